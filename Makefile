@@ -1,0 +1,83 @@
+# occnet_ros, pip route: everything installs into .venv/ at the repo root.
+#   make test    install what is missing, build the interfaces, run the whole test suite
+#   make demo    simulated RGB-D camera + reconstruction node, results in out/demo/
+#   make bench   speed benchmarks, results in out/bench/
+# Re-running is incremental: each step leaves a stamp in .venv/ and runs again only when its inputs change.
+
+PYTHON_SYS ?= python3
+VENV       := $(CURDIR)/.venv
+PY         := $(VENV)/bin/python
+SITE        = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+IFACE_DIR  := $(VENV)/lib/occnet_ros_interfaces
+BUILD_DIR  := $(CURDIR)/build/interfaces
+export AMENT_PREFIX_PATH := $(VENV)
+PYTEST_ARGS ?=
+
+STAMP_DEPS    := $(VENV)/.stamp-deps
+STAMP_IFACE   := $(VENV)/.stamp-interfaces
+STAMP_DEVELOP := $(VENV)/.stamp-develop
+INTERFACES    := $(wildcard msg/*.msg) $(wildcard srv/*.srv)
+
+.PHONY: all install test test-fast demo bench train eval figures colcon-build clean distclean
+
+all: install
+
+install: $(STAMP_DEVELOP) $(STAMP_IFACE)
+
+$(STAMP_DEPS): requirements.txt tools/ensure_system_deps.sh tools/patch_ros_cmake_paths.py
+	tools/ensure_system_deps.sh
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) tools/patch_ros_cmake_paths.py
+	touch $@
+
+# The generated interfaces (occnet_ros.msg / occnet_ros.srv) go to their own folder, joined to the
+# hand-written package by pkgutil.extend_path (occnet_ros/__init__.py). The egg-info that ament writes
+# there is removed, or pip would take it for a second copy of occnet_ros.
+$(STAMP_IFACE): $(STAMP_DEPS) $(INTERFACES) CMakeLists.txt package.xml
+	cmake -S . -B $(BUILD_DIR) -DOCCNET_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF \
+	  -DCMAKE_PREFIX_PATH=$(VENV) -DPython3_EXECUTABLE=$(PY) -DCMAKE_INSTALL_PREFIX=$(VENV) \
+	  -DPYTHON_INSTALL_DIR=lib/occnet_ros_interfaces > $(BUILD_DIR).log 2>&1 || (cat $(BUILD_DIR).log; exit 1)
+	cmake --build $(BUILD_DIR) -j2 >> $(BUILD_DIR).log 2>&1 || (tail -50 $(BUILD_DIR).log; exit 1)
+	cmake --install $(BUILD_DIR) >> $(BUILD_DIR).log 2>&1 || (tail -50 $(BUILD_DIR).log; exit 1)
+	rm -rf $(IFACE_DIR)/occnet_ros-*.egg-info
+	echo "$(IFACE_DIR)" > $(SITE)/occnet_ros_interfaces.pth
+	touch $@
+
+$(STAMP_DEVELOP): $(STAMP_DEPS) setup.py
+	rm -rf $(IFACE_DIR)/occnet_ros-*.egg-info
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	touch $@
+
+test: install
+	$(PY) -m pytest test/ $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest test/ -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/occnet_demo --out out/demo
+
+bench: install
+	$(VENV)/bin/occnet_bench --out out/bench
+
+train: install
+	$(VENV)/bin/occnet_train --config config/train/default.yaml --resume
+
+eval: install
+	$(VENV)/bin/occnet_eval --out out/eval
+
+# Regenerates the pictures committed for the README.
+figures: install
+	$(VENV)/bin/occnet_demo --out out/demo
+	mkdir -p docs/img && cp out/demo/overview.png docs/img/demo_overview.png
+
+# The ROS 2 workspace route, against the pip-installed ROS 2: a colcon build of a copy of this repo.
+colcon-build: install
+	$(PY) tools/colcon_check.py
+
+clean:
+	rm -rf build out .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,141 @@
+"""Saving and loading checkpoints; the path of the shipped default weights.
+
+A checkpoint is a ``.pt`` file holding only plain types (dicts, lists, str, numbers, tensors) so that
+``torch.load(..., weights_only=True)`` reads it::
+
+    {"format": "occnet_ros-checkpoint", "version": 1,
+     "model_config": {...ModelConfig fields...},
+     "state_dict": {...tensors...},
+     "meta": {"step", "data_config_hash", "threshold", "metrics", "wall_time_s", ...},
+     "training": {...optimiser / RNG state...}  # optional, absent in exported weights}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from occnet_ros.config_io import ConfigError, from_dict
+from occnet_ros.model import ModelConfig, OccupancyNetwork
+
+FORMAT = "occnet_ros-checkpoint"
+VERSION = 1
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "occnet_default.pt"
+"""Shipped weights (exported from the best training checkpoint)."""
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or not an occnet_ros checkpoint."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Training metadata stored next to the weights. ``threshold``: occupancy probability of the
+    surface (best on validation); ``metrics``: e.g. ``{"val_iou": 0.7}``; ``wall_time_s``: training
+    wall time in seconds."""
+
+    step: int = 0
+    data_config_hash: str = ""
+    threshold: float = DEFAULT_THRESHOLD
+    metrics: dict = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def config_hash(config: Any) -> str:
+    """Short stable hash of a config dataclass (or dict): 16 hex digits of SHA-256 of sorted JSON."""
+    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    """Make ``obj`` weights_only-safe: numpy scalars/arrays -> Python numbers/lists, tuples kept."""
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_plain(v) for v in obj]
+        return tuple(out) if isinstance(obj, tuple) else out
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def save_checkpoint(path: str | Path, model: OccupancyNetwork, meta: CheckpointMeta,
+                    training: dict | None = None) -> Path:
+    """Write ``model`` (config + CPU state dict), ``meta`` and optional ``training`` state (optimiser,
+    RNG; plain types) to ``path`` atomically (temp file then rename). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": _plain(dataclasses.asdict(meta)),
+    }
+    if training is not None:
+        payload["training"] = _plain(training)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_raw(path: str | Path) -> dict:
+    """Read and validate a checkpoint file -> its payload dict (tensors on CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, not a torch file, unsafe pickle
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an occnet_ros checkpoint (format tag missing)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {payload.get('version')!r}")
+    for key in ("model_config", "state_dict", "meta"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[OccupancyNetwork, CheckpointMeta, dict]:
+    """Load ``path`` -> (model in eval mode on ``device``, meta, raw payload)."""
+    payload = load_raw(path)
+    try:
+        cfg = from_dict(ModelConfig, payload["model_config"], where=f"{path}:model_config")
+        meta = from_dict(CheckpointMeta, payload["meta"], where=f"{path}:meta")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    model = OccupancyNetwork(cfg)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config: {e}") from e
+    model.to(device).eval()
+    return model, meta, payload
+
+
+def export_weights(src: str | Path, dst: str | Path) -> Path:
+    """Copy a training checkpoint without optimiser/RNG state (a small file to ship)."""
+    payload = load_raw(src)
+    payload.pop("training", None)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, dst)
+    return dst

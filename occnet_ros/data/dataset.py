@@ -1,0 +1,244 @@
+"""Training/validation datasets for the occupancy network: configuration, cached generation, batches.
+
+    cfg = load_config(DataConfig, "config/data/default.yaml")
+    train = load_or_generate(cfg, "train", Path("data_cache"))
+    x, q, occ = train.sample_batch(rng, batch_size=64, n_input_points=1024, n_query_points=2048)
+
+Cache layout: ``<cache_dir>/<split>-<hash>/shard_NNNN.npz`` where the hash covers every field that
+changes the data (so the same config loads the cache, another config regenerates). Each object ``i`` of a
+split draws from its own generator ``default_rng([seed, split_code, i])``: the data are identical for the
+same config whatever the shard size or the order of generation. The val split uses other seed streams
+and held-out random_urdfs meshes (every 10th), with the same families.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from occnet_ros.data.generate import FAMILY_CODES, GenStats, generate_object
+from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise
+
+DATA_FORMAT_VERSION = 1
+SPLITS = {"train": 0, "val": 1}
+
+
+@dataclass
+class DataConfig:
+    """Training-data generation. Lengths in metres unless said otherwise."""
+
+    seed: int = 0
+    n_objects: int = 2500
+    """objects of the train split"""
+    n_val_objects: int = 150
+    views_per_object: int = 4
+    mesh_fraction: float = 0.25
+    """fraction of objects from pybullet_data random_urdfs meshes (the rest procedural)"""
+    mesh_size_range: tuple[float, float] = (0.05, 0.25)
+    """largest extent of a random_urdfs object after rescaling"""
+    mesh_resolution: int = 48
+    """marching-cubes cells along the longest side, procedural shapes (rendering and surface samples)"""
+    n_input_points: int = 2048
+    """observed points stored per view (fewer observed: padded by resampling)"""
+    min_view_points: int = 64
+    """views with fewer segmented points are re-drawn"""
+    n_query_uniform: int = 1024
+    n_query_near_surface: int = 1024
+    near_surface_sigmas: list[float] = field(default_factory=lambda: [0.01, 0.05])
+    """Gaussian offsets of the near-surface queries, canonical units (split evenly)"""
+    camera: CameraIntrinsics = field(default_factory=CameraIntrinsics)
+    distance_range: tuple[float, float] = (0.35, 1.2)
+    elevation_deg_range: tuple[float, float] = (10.0, 65.0)
+    max_roll_deg: float = 5.0
+    noise: DepthNoise = field(default_factory=DepthNoise)
+    table: bool = True
+    """render the table plane (occludes the base)"""
+    table_leak_prob: float = 0.05
+    """probability that a table pixel within 2 px of the object is mis-segmented into the cloud"""
+    shard_size: int = 250
+    """objects per cache file"""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        for name in ("n_objects", "n_val_objects", "views_per_object", "n_input_points", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_query_uniform < 0 or self.n_query_near_surface < 0 or \
+                self.n_query_uniform + self.n_query_near_surface < 1:
+            raise ValueError("n_query_uniform and n_query_near_surface must be >= 0 and not both 0")
+        if not 0.0 <= self.mesh_fraction <= 1.0:
+            raise ValueError(f"mesh_fraction must be in [0, 1], got {self.mesh_fraction}")
+        if self.min_view_points < 3:
+            raise ValueError("min_view_points must be >= 3")
+        if self.mesh_resolution < 8:
+            raise ValueError("mesh_resolution must be >= 8")
+        if not self.near_surface_sigmas or min(self.near_surface_sigmas) <= 0:
+            raise ValueError("near_surface_sigmas must be a non-empty list of positive numbers")
+        for name in ("mesh_size_range", "distance_range", "elevation_deg_range"):
+            a, b = getattr(self, name)
+            if not 0 < a <= b:
+                raise ValueError(f"{name} must be an increasing pair of positive numbers, got {(a, b)}")
+        if self.elevation_deg_range[1] >= 90:
+            raise ValueError("elevation_deg_range must stay below 90 degrees")
+        if not 0.0 <= self.table_leak_prob <= 1.0:
+            raise ValueError("table_leak_prob must be in [0, 1]")
+        self.camera.validate()
+        self.noise.validate()
+
+    def n_for_split(self, split: str) -> int:
+        _check_split(split)
+        return self.n_objects if split == "train" else self.n_val_objects
+
+    def cache_key(self, split: str) -> str:
+        """16 hex digits identifying the data of ``split`` under this config."""
+        d = dataclasses.asdict(self)
+        for k in ("n_objects", "n_val_objects", "shard_size"):
+            d.pop(k)
+        d.update(split=split, n=self.n_for_split(split), version=DATA_FORMAT_VERSION)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+
+
+class OccupancyDataset:
+    """Samples (one object view each) in canonical units.
+
+    inputs: (S, n_in, 3) float16; queries: (S, n_q, 3) float16, the first ``n_query_uniform`` of each row
+    uniform in the box, the rest near the surface; occupancies: (S, n_q) bool; family: (S,) int16 index
+    into ``FAMILY_CODES``; frame_scale: (S,) float32 metres per canonical unit; object_index: (S,) int32.
+    """
+
+    def __init__(self, inputs, queries, occupancies, n_query_uniform: int, family=None, frame_scale=None,
+                 object_index=None, stats: GenStats | None = None):
+        self.inputs, self.queries, self.occupancies = inputs, queries, occupancies
+        s = len(inputs)
+        if queries.shape[0] != s or occupancies.shape != queries.shape[:2]:
+            raise ValueError("inputs, queries and occupancies disagree in shape")
+        self.n_query_uniform = int(n_query_uniform)
+        self.family = family if family is not None else np.zeros(s, np.int16)
+        self.frame_scale = frame_scale if frame_scale is not None else np.ones(s, np.float32)
+        self.object_index = object_index if object_index is not None else np.arange(s, dtype=np.int32)
+        self.stats = stats or GenStats()
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @staticmethod
+    def _subset(rng, batch: int, n_avail: int, n_take: int) -> np.ndarray:
+        """(batch, n_take) column indices: without replacement when possible."""
+        if n_take <= n_avail:
+            return np.argpartition(rng.random((batch, n_avail)), n_take - 1, axis=1)[:, :n_take] \
+                if n_take < n_avail else np.tile(np.arange(n_avail), (batch, 1))
+        return rng.integers(0, n_avail, (batch, n_take))
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int, n_input_points: int,
+                     n_query_points: int, input_noise: float = 0.0):
+        """Random batch: inputs (B, n_input_points, 3) float32, queries (B, n_query_points, 3) float32,
+        occupancies (B, n_query_points) float32 in {0, 1}. Queries are half uniform, half near-surface
+        (all from one kind if the other is absent); ``input_noise``: std of Gaussian noise added to the
+        inputs, canonical units."""
+        if len(self) == 0:
+            raise ValueError("the dataset is empty")
+        if batch_size < 1 or n_input_points < 1 or n_query_points < 1:
+            raise ValueError("batch_size, n_input_points and n_query_points must be >= 1")
+        rows = rng.integers(0, len(self), batch_size)
+        cols_in = self._subset(rng, batch_size, self.inputs.shape[1], n_input_points)
+        x = np.take_along_axis(self.inputs[rows], cols_in[..., None], axis=1).astype(np.float32)
+        if input_noise > 0:
+            x += rng.normal(0.0, input_noise, x.shape).astype(np.float32)
+        n_u_avail = self.n_query_uniform
+        n_s_avail = self.queries.shape[1] - n_u_avail
+        n_u = n_query_points // 2 if n_s_avail > 0 else n_query_points
+        n_u = n_u if n_u_avail > 0 else 0
+        cols = []
+        if n_u > 0:
+            cols.append(self._subset(rng, batch_size, n_u_avail, n_u))
+        if n_query_points - n_u > 0:
+            cols.append(n_u_avail + self._subset(rng, batch_size, n_s_avail, n_query_points - n_u))
+        cq = np.concatenate(cols, axis=1)
+        q = np.take_along_axis(self.queries[rows], cq[..., None], axis=1).astype(np.float32)
+        occ = np.take_along_axis(self.occupancies[rows], cq, axis=1).astype(np.float32)
+        return x, q, occ
+
+
+def _generate_shard(cfg: DataConfig, split: str, start: int, stop: int, mesh_paths: list, bar) -> dict:
+    parts, stats = [], GenStats()
+    for i in range(start, stop):
+        rng = np.random.default_rng([cfg.seed, SPLITS[split], i])
+        obj = generate_object(cfg, rng, mesh_paths)
+        stats.add(obj.stats)
+        parts.append((i, obj))
+        if bar is not None:
+            bar.update(1)
+    n_q = cfg.n_query_uniform + cfg.n_query_near_surface
+    occ = np.concatenate([o.occupancies for _, o in parts]) if parts else np.zeros((0, n_q), bool)
+    return {
+        "inputs": np.concatenate([o.inputs for _, o in parts]),
+        "queries": np.concatenate([o.queries for _, o in parts]),
+        "occupancies_packed": np.packbits(occ, axis=1),
+        "family": np.concatenate([np.full(len(o.inputs), o.family, np.int16) for _, o in parts]),
+        "frame_scale": np.concatenate([o.frame_scale for _, o in parts]),
+        "object_index": np.concatenate([np.full(len(o.inputs), i, np.int32) for i, o in parts]),
+        "stats": stats.as_array(),
+    }
+
+
+def _split_meshes(split: str) -> list:
+    from occnet_ros.data.mesh_sources import training_mesh_paths
+
+    paths = training_mesh_paths()
+    return [p for k, p in enumerate(paths) if (k % 10 == 0) == (split == "val")]
+
+
+def load_or_generate(cfg: DataConfig, split: str, cache_dir: str | Path, progress: bool = True
+                     ) -> OccupancyDataset:
+    """The dataset of ``split`` ('train' or 'val') under ``cfg``: loaded from the cache in ``cache_dir``
+    if present, else generated (single process, tqdm bar if ``progress``) and cached shard by shard."""
+    _check_split(split)
+    cfg.validate()
+    n = cfg.n_for_split(split)
+    out_dir = Path(cache_dir) / f"{split}-{cfg.cache_key(split)}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True))
+    bounds = [(s, min(n, s + cfg.shard_size)) for s in range(0, n, cfg.shard_size)]
+    missing = [b for b in bounds if not (out_dir / f"shard_{b[0]:07d}_{b[1]:07d}.npz").exists()]
+    mesh_paths = _split_meshes(split) if missing and cfg.mesh_fraction > 0 else []
+    bar = None
+    if missing and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(b - a for a, b in missing), desc=f"generating {split} data", unit="obj")
+    shards = []
+    for a, b in bounds:
+        path = out_dir / f"shard_{a:07d}_{b:07d}.npz"
+        if (a, b) in missing:
+            data = _generate_shard(cfg, split, a, b, mesh_paths, bar)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, **data)
+            os.replace(tmp, path)
+        else:
+            with np.load(path) as f:
+                data = {k: f[k] for k in f.files}
+        shards.append(data)
+    if bar is not None:
+        bar.close()
+    n_q = cfg.n_query_uniform + cfg.n_query_near_surface
+    stats = GenStats()
+    for s in shards:
+        stats.add(GenStats.from_array(s["stats"]))
+    cat = {k: np.concatenate([s[k] for s in shards]) for k in
+           ("inputs", "queries", "occupancies_packed", "family", "frame_scale", "object_index")}
+    occ = np.unpackbits(cat["occupancies_packed"], axis=1, count=n_q).astype(bool)
+    return OccupancyDataset(cat["inputs"], cat["queries"], occ, cfg.n_query_uniform, cat["family"],
+                            cat["frame_scale"], cat["object_index"], stats)
+
+
+__all__ = ["DataConfig", "OccupancyDataset", "load_or_generate", "FAMILY_CODES", "DATA_FORMAT_VERSION"]

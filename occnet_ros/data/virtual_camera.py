@@ -1,0 +1,240 @@
+"""A virtual depth camera by ray casting (open3d ``RaycastingScene``), with RealSense-like noise.
+
+Frames: the *world* frame is the object frame of the data generator (z up, table plane z = 0, metres).
+The camera *optical* frame has x right, y down, z forward (ROS ``*_optical_frame`` convention). A pose
+is a (4, 4) float64 optical-to-world transform. Pixel (u, v) = (column, row) looks along
+((u - cx) / fx, (v - cy) / fy, 1) in the optical frame; depth is the optical z, metres.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+import trimesh
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics, pixels. Default: a 640x480 RealSense-D435-like depth stream."""
+
+    width: int = 640
+    height: int = 480
+    fx: float = 615.0
+    fy: float = 615.0
+    cx: float = 319.5
+    cy: float = 239.5
+
+    def validate(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        if self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"focal lengths must be positive, got fx={self.fx} fy={self.fy}")
+
+    def matrix(self) -> np.ndarray:
+        """(3, 3) float64 camera matrix K."""
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
+
+
+@dataclass
+class DepthNoise:
+    """Depth sensor artefacts. All lengths metres; sigma(z) = sigma_a + sigma_b * z^2."""
+
+    enabled: bool = True
+    sigma_a: float = 0.0005
+    sigma_b: float = 0.003
+    missing_fraction: float = 0.02
+    """fraction of pixels dropped independently"""
+    max_blobs: int = 2
+    """missing blobs per view: uniform integer in [0, max_blobs]"""
+    blob_radius_px: tuple[float, float] = (2.0, 8.0)
+    edge_threshold: float = 0.02
+    """a depth jump to a 4-neighbour larger than this marks a discontinuity pixel"""
+    edge_dropout_prob: float = 0.3
+    flying_pixel_prob: float = 0.3
+    """discontinuity pixels that take a depth between their own and the far neighbour's"""
+    flying_max_offset: float = 0.03
+    """largest depth shift of a flying pixel: farther ones are assumed removed by the segmenter's depth
+    crop (they would dominate the min/max extent used by the normalisation)"""
+
+    def validate(self) -> None:
+        for name in ("sigma_a", "sigma_b", "edge_threshold", "flying_max_offset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"noise.{name} must be >= 0")
+        for name in ("missing_fraction", "edge_dropout_prob", "flying_pixel_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"noise.{name} must be in [0, 1]")
+        if self.max_blobs < 0 or not 0 < self.blob_radius_px[0] <= self.blob_radius_px[1]:
+            raise ValueError("noise.max_blobs must be >= 0 and blob_radius_px an increasing positive pair")
+
+
+def look_at_pose(eye, target, world_up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """(4, 4) optical-to-world pose of a camera at ``eye`` looking at ``target`` (world, metres),
+    image "up" towards ``world_up``."""
+    eye = np.asarray(eye, dtype=np.float64)
+    z = np.asarray(target, dtype=np.float64) - eye
+    if np.linalg.norm(z) < 1e-9:
+        raise ValueError("look_at_pose: eye and target coincide")
+    z /= np.linalg.norm(z)
+    x = np.cross(z, np.asarray(world_up, dtype=np.float64))
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError("look_at_pose: viewing direction is parallel to world_up")
+    x /= np.linalg.norm(x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def sample_tabletop_pose(rng: np.random.Generator, target, distance_range=(0.35, 1.2),
+                         elevation_deg_range=(10.0, 65.0), max_roll_deg: float = 5.0) -> np.ndarray:
+    """Random tabletop camera pose (4, 4): at a distance in ``distance_range`` (m) from ``target``,
+    looking down by an elevation angle in ``elevation_deg_range``, random azimuth, roll about the
+    optical axis uniform in +-``max_roll_deg``."""
+    d = rng.uniform(*distance_range)
+    el = np.radians(rng.uniform(*elevation_deg_range))
+    az = rng.uniform(0.0, 2 * np.pi)
+    target = np.asarray(target, dtype=np.float64)
+    eye = target + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    pose = look_at_pose(eye, target)
+    roll = np.radians(rng.uniform(-max_roll_deg, max_roll_deg))
+    c, s = np.cos(roll), np.sin(roll)
+    pose[:3, :3] = pose[:3, :3] @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    return pose
+
+
+class RayScene:
+    """Meshes (world frame, metres) in an open3d ray-casting scene; ``ids[i]`` is mesh i's id."""
+
+    def __init__(self, meshes: list[trimesh.Trimesh]):
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.ids = [self.scene.add_triangles(o3d.core.Tensor(np.asarray(m.vertices, np.float32)),
+                                             o3d.core.Tensor(np.asarray(m.faces, np.uint32)))
+                    for m in meshes]
+
+
+def table_mesh(half_size: float = 2.0, z: float = -1e-4) -> trimesh.Trimesh:
+    """A square table plane (two triangles) at height z, facing up."""
+    h = half_size
+    v = np.array([[-h, -h, z], [h, -h, z], [h, h, z], [-h, h, z]])
+    return trimesh.Trimesh(v, np.array([[0, 1, 2], [0, 2, 3]]), process=False)
+
+
+def _cast(scene: RayScene, intr: CameraIntrinsics, pose: np.ndarray, roi=None):
+    """Depth (h, w) float32 (NaN: no hit) and geometry ids (h, w) int64 (-1: none) of the pixels
+    rows r0:r1, cols c0:c1 (``roi``; whole image if None)."""
+    r0, r1, c0, c1 = roi if roi is not None else (0, intr.height, 0, intr.width)
+    v, u = np.mgrid[r0:r1, c0:c1]
+    dirs = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones(u.shape)], axis=-1)
+    dirs_w = dirs.reshape(-1, 3) @ pose[:3, :3].T
+    rays = np.concatenate([np.broadcast_to(pose[:3, 3], dirs_w.shape), dirs_w], axis=1)
+    ans = scene.scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
+    t = ans["t_hit"].numpy().reshape(u.shape)  # in units of the ray direction, whose z is 1
+    gid = ans["geometry_ids"].numpy().astype(np.int64).reshape(u.shape)
+    hit = np.isfinite(t)
+    gid[~hit] = -1
+    return np.where(hit, t, np.nan).astype(np.float32), gid
+
+
+def render_depth(meshes: list[trimesh.Trimesh] | RayScene, intrinsics: CameraIntrinsics,
+                 pose: np.ndarray) -> np.ndarray:
+    """(H, W) float32 depth image, metres (optical z), NaN where no surface is hit."""
+    scene = meshes if isinstance(meshes, RayScene) else RayScene(list(meshes))
+    return _cast(scene, intrinsics, np.asarray(pose, dtype=np.float64))[0]
+
+
+def depth_to_points(depth: np.ndarray, intrinsics: CameraIntrinsics, roi_origin=(0, 0)) -> np.ndarray:
+    """depth: (H, W) metres -> (H, W, 3) float32 points in the optical frame (NaN where depth is NaN).
+    roi_origin: (row, col) of depth[0, 0] in the full image, for crops."""
+    d = np.asarray(depth, dtype=np.float64)
+    v, u = np.mgrid[0:d.shape[0], 0:d.shape[1]]
+    u = u + roi_origin[1]
+    v = v + roi_origin[0]
+    return np.stack([(u - intrinsics.cx) / intrinsics.fx * d, (v - intrinsics.cy) / intrinsics.fy * d, d],
+                    axis=-1).astype(np.float32)
+
+
+def apply_depth_noise(depth: np.ndarray, rng: np.random.Generator, noise: DepthNoise) -> np.ndarray:
+    """Noisy copy of a clean depth image (H, W) float32 metres (NaN = no return); see :class:`DepthNoise`."""
+    d = np.asarray(depth, dtype=np.float64).copy()
+    if not noise.enabled:
+        return d.astype(np.float32)
+    h, w = d.shape
+    # discontinuities: the 4-neighbour with the largest depth difference (a missing return counts as far)
+    far = np.where(np.isfinite(d), d, 1e3)
+    pad = np.pad(far, 1, mode="edge")
+    nbrs = np.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
+    diff = np.abs(nbrs - far[None])
+    k = diff.argmax(axis=0)
+    jump = np.take_along_axis(diff, k[None], 0)[0]
+    nb = np.take_along_axis(nbrs, k[None], 0)[0]
+    edge = np.isfinite(d) & (jump > noise.edge_threshold)
+    flying = edge & (rng.random((h, w)) < noise.flying_pixel_prob) & (nb < 1e3 - 1)
+    alpha = rng.uniform(0.1, 0.9, (h, w))
+    shift = np.clip(alpha * (nb - d), -noise.flying_max_offset, noise.flying_max_offset)
+    d = np.where(flying, d + shift, d)
+    d = d + rng.standard_normal((h, w)) * (noise.sigma_a + noise.sigma_b * np.nan_to_num(d) ** 2)
+    drop = rng.random((h, w)) < noise.missing_fraction
+    drop |= edge & ~flying & (rng.random((h, w)) < noise.edge_dropout_prob)
+    vv, uu = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(0, noise.max_blobs + 1))):
+        r = rng.uniform(*noise.blob_radius_px)
+        cv, cu = rng.uniform(0, h), rng.uniform(0, w)
+        drop |= (vv - cv) ** 2 + (uu - cu) ** 2 < r * r
+    d[drop] = np.nan
+    return d.astype(np.float32)
+
+
+class ObjectScene:
+    """One object mesh (world = object frame, resting on z = 0), optionally on a table plane."""
+
+    def __init__(self, mesh: trimesh.Trimesh, table: bool = True):
+        self.mesh = mesh
+        self.bounds = np.asarray(mesh.bounds, dtype=np.float64)
+        self.rays = RayScene([mesh, table_mesh()] if table else [mesh])
+        self.object_id = self.rays.ids[0]
+        self.table_id = self.rays.ids[1] if table else None
+
+
+def _roi(bounds: np.ndarray, intr: CameraIntrinsics, pose: np.ndarray, pad: int = 4):
+    corners = np.array(np.meshgrid(*zip(*bounds), indexing="ij")).reshape(3, -1).T
+    c = (corners - pose[:3, 3]) @ pose[:3, :3]  # world -> optical
+    if np.any(c[:, 2] <= 1e-3):
+        return 0, intr.height, 0, intr.width
+    u = intr.fx * c[:, 0] / c[:, 2] + intr.cx
+    v = intr.fy * c[:, 1] / c[:, 2] + intr.cy
+    c0, c1 = int(np.clip(np.floor(u.min()) - pad, 0, intr.width)), int(np.clip(np.ceil(u.max()) + pad + 1, 0, intr.width))
+    r0, r1 = int(np.clip(np.floor(v.min()) - pad, 0, intr.height)), int(np.clip(np.ceil(v.max()) + pad + 1, 0, intr.height))
+    return r0, r1, c0, c1
+
+
+def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: CameraIntrinsics,
+            noise: DepthNoise, rng: np.random.Generator, table_leak_prob: float = 0.0
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Segmented depth points of one object as a depth camera at ``pose`` sees it.
+
+    Only pixels whose ray hits the object (a perfect segmenter on the clean image) are kept, after
+    noise; with ``table_leak_prob`` > 0, table pixels within 2 px of the object are mis-segmented
+    into the cloud with that probability (only those within 3 cm in depth of the object pixels next to
+    them, i.e. at its base, not the table seen far behind it). A table plane (if the scene has one) occludes the base.
+
+    Returns points (N, 3) float32 in the camera optical frame, metres (N may be 0), and the
+    gravity-up vector (3,) float64 in the optical frame.
+    """
+    scene = mesh if isinstance(mesh, ObjectScene) else ObjectScene(mesh)
+    pose = np.asarray(pose, dtype=np.float64)
+    up = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
+    r0, r1, c0, c1 = _roi(scene.bounds, intrinsics, pose)
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros((0, 3), np.float32), up
+    depth, gid = _cast(scene.rays, intrinsics, pose, (r0, r1, c0, c1))
+    mask = gid == scene.object_id
+    if table_leak_prob > 0 and scene.table_id is not None:
+        ring = ndimage.binary_dilation(mask, iterations=2) & (gid == scene.table_id)
+        nearest_obj = ndimage.minimum_filter(np.where(mask, depth, np.inf), size=5)
+        ring &= np.abs(depth - nearest_obj) < 0.03
+        mask |= ring & (rng.random(mask.shape) < table_leak_prob)
+    noisy = apply_depth_noise(depth, rng, noise)
+    pts = depth_to_points(noisy, intrinsics, (r0, c0))[mask & np.isfinite(noisy)]
+    return pts.astype(np.float32), up

@@ -1,0 +1,241 @@
+"""The pure-Python reconstruction API (no ROS): point cloud in, watertight mesh and occupancy queries out.
+
+    from occnet_ros import Reconstructor
+    rec = Reconstructor.from_pretrained()             # shipped weights, device "auto"
+    obj = rec.reconstruct(points)                     # (N, 3) camera optical frame, metres
+    obj.mesh.export("object.ply")                     # trimesh.Trimesh, same frame, metres
+    p = obj.query(np.array([[0.0, 0.0, 0.6]]))        # occupancy probability per point
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from occnet_ros.checkpoint import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, load_checkpoint
+from occnet_ros.mise import mesh_from_values, mise_values
+from occnet_ros.model import OccupancyNetwork, PreparedCode, resolve_device
+from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
+from occnet_ros.occupancy_grid import OccupancyGrid
+
+__all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES"]
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUERY_MODES = ("exact", "grid")
+AUTO_BATCH = {"cpu": 4096, "cuda": 65536}
+"""Points per network call when ``query_batch_size`` is 0: on a CPU, chunks whose activations
+(3 x 4096 x hidden 64 x 4 bytes = 3 MB) stay in the L2 caches; on a GPU, large launches."""
+
+
+@dataclass
+class ReconstructorConfig:
+    """``resolution0``, ``upsampling_steps``: MISE grid (final resolution ``resolution0 * 2**steps``);
+    ``threshold``: surface probability (None = the checkpoint's, else 0.5); ``n_input_points``: fixed
+    input size (seeded subsample / resample with ``seed``); ``query_batch_size``: points per network
+    call (0 = :data:`AUTO_BATCH` for the device); ``device``: auto/cpu/cuda; ``precision``: float32,
+    bfloat16 or float16 for the decoder's fast path (the code and encoder stay float32); ``keep_grid``:
+    keep the MISE probability grid with each object for ``query(..., mode="grid")`` (4 * (R+1)^3 bytes,
+    8.6 MB at R = 128)."""
+
+    resolution0: int = 32
+    upsampling_steps: int = 2
+    threshold: float | None = None
+    n_input_points: int = 300
+    query_batch_size: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "float32"
+    keep_grid: bool = True
+
+    def validate(self) -> None:
+        if self.resolution0 < 1 or self.upsampling_steps < 0:
+            raise ValueError("resolution0 must be >= 1 and upsampling_steps >= 0")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.n_input_points < 1:
+            raise ValueError(f"n_input_points must be >= 1, got {self.n_input_points}")
+        if self.query_batch_size < 0:
+            raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class ReconstructedObject:
+    """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
+    with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
+    (1, c_dim) latent code on the model device. ``timings``: seconds per stage (normalize, encode, mise,
+    marching_cubes, total). ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE
+    probability grid (None without a mesh or with ``keep_grid`` off), see
+    :mod:`occnet_ros.occupancy_grid` for what its answers are exact for."""
+
+    mesh: trimesh.Trimesh | None
+    frame: CanonicalFrame
+    code: torch.Tensor
+    n_input_points: int
+    timings: dict[str, float]
+    mise_stats: dict = field(default_factory=dict)
+    threshold: float = DEFAULT_THRESHOLD
+    _model: OccupancyNetwork | None = field(default=None, repr=False)
+    _prepared: PreparedCode | None = field(default=None, repr=False)
+    _batch_size: int = field(default=AUTO_BATCH["cpu"], repr=False)
+    grid: OccupancyGrid | None = field(default=None, repr=False)
+
+    def probabilities(self, points: np.ndarray) -> np.ndarray:
+        """The network on every point, no box test: points (M, 3) float32 canonical -> (M,) float32
+        probabilities. Chunks of ``_batch_size`` points; one prepared code, no per-point Python."""
+        if self._model is None or self._prepared is None:
+            raise RuntimeError("this ReconstructedObject has no network attached")
+        p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
+        out = np.empty(p.shape[0], dtype=np.float32)
+        dev = self.code.device
+        bs = self._batch_size
+        with torch.inference_mode():
+            src, dst = torch.from_numpy(p), torch.from_numpy(out)
+            for s in range(0, p.shape[0], bs):
+                q = src[s:s + bs].to(dev, non_blocking=True).unsqueeze(0)
+                dst[s:s + bs].copy_(self._model.decode_prepared(q, self._prepared)[0].sigmoid_())
+        return out
+
+    def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
+        """points (M, 3) canonical -> (M,) float32 probabilities; outside the padded box (or not finite)
+        -> 0. ``mode``: "exact" = the network; "grid" = trilinear in the cached MISE grid (see
+        :mod:`occnet_ros.occupancy_grid`)."""
+        if mode == "grid":
+            if self.grid is None:
+                raise ValueError("grid queries need the MISE grid: reconstruct with extract_mesh=True "
+                                 "and keep_grid=True")
+            return self.grid.interpolate(points)
+        if mode != "exact":
+            raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
+        p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        out = np.zeros(p.shape[0], dtype=np.float32)
+        with np.errstate(invalid="ignore"):
+            inside = (np.abs(p) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)  # False for NaN
+        idx = np.flatnonzero(inside)
+        if idx.size == 0:
+            return out
+        out[idx] = self.probabilities(p[idx])
+        return out
+
+    def query(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
+        """points (M, 3) source frame, metres -> (M,) float32 occupancy probabilities. Points outside
+        the padded box get 0 without touching the network; evaluated in batches. ``mode``: see
+        :meth:`query_canonical`."""
+        p = np.asarray(points)
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise ValueError(f"points must be (M, 3), got {p.shape}")
+        return self.query_canonical(self.frame.to_canonical(p), mode)
+
+    def occupied(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 3) source frame, metres -> (M,) bool, probability >= ``threshold``."""
+        return self.query(points) >= self.threshold
+
+    def box_corners(self) -> np.ndarray:
+        """(8, 3) float32 corners of the padded canonical box in the source frame, metres."""
+        return self.frame.box_corners_source()
+
+    def bounds(self) -> np.ndarray:
+        """(2, 3) axis-aligned bounds (min, max) in the source frame, metres: of the mesh if it has
+        faces, otherwise of the padded box."""
+        if self.mesh is not None and len(self.mesh.faces):
+            return np.asarray(self.mesh.bounds, dtype=np.float32)
+        c = self.box_corners()
+        return np.stack([c.min(axis=0), c.max(axis=0)])
+
+
+class Reconstructor:
+    """Reconstruct objects from single-view point clouds with an :class:`OccupancyNetwork`."""
+
+    def __init__(self, model: OccupancyNetwork, device: str = "auto",
+                 config: ReconstructorConfig | None = None, default_threshold: float = DEFAULT_THRESHOLD):
+        self.config = replace(config) if config is not None else ReconstructorConfig(device=device)
+        if config is None or device != "auto":
+            self.config.device = device
+        self.config.validate()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device).eval()
+        self.threshold = self.config.threshold if self.config.threshold is not None else default_threshold
+        self.batch_size = self.config.query_batch_size or AUTO_BATCH.get(self.device.type, AUTO_BATCH["cuda"])
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
+                        **overrides) -> "Reconstructor":
+        """Load weights (``path`` None = shipped :data:`DEFAULT_WEIGHTS`); ``overrides`` are
+        :class:`ReconstructorConfig` fields. Threshold and n_input_points default to the checkpoint's
+        (its best validation threshold and its training input size)."""
+        names = {f.name for f in fields(ReconstructorConfig)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown ReconstructorConfig field(s) {unknown}; known: {sorted(names)}")
+        if path is None:
+            path = DEFAULT_WEIGHTS
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"default weights not found at {path}. Train a model with "
+                    f"`occnet_train --config config/train/default.yaml`, then export it with "
+                    f"`occnet_train --export runs/default/best.pt {path}`, or pass path=...")
+        dev = resolve_device(device)
+        model, meta, _ = load_checkpoint(path, device=dev)
+        trained_n = meta.extra.get("train_config", {}).get("n_input_points")
+        if "n_input_points" not in overrides and isinstance(trained_n, int):
+            overrides["n_input_points"] = trained_n  # the input size the network was trained with
+        config = ReconstructorConfig(**{**overrides, "device": str(dev)})
+        return cls(model, device=str(dev), config=config, default_threshold=meta.threshold)
+
+    def _subsample(self, p: np.ndarray) -> np.ndarray:
+        """(N, 3) -> (n_input_points, 3): seeded choice without replacement (with, if N is smaller)."""
+        n = self.config.n_input_points
+        rng = np.random.default_rng(self.config.seed)
+        idx = rng.choice(p.shape[0], size=n, replace=p.shape[0] < n)
+        return p[idx]
+
+    def encode(self, points_canonical: np.ndarray) -> torch.Tensor:
+        """(N, 3) canonical points -> (1, c_dim) code on the model device."""
+        x = torch.from_numpy(np.ascontiguousarray(points_canonical, dtype=np.float32))
+        with torch.inference_mode():
+            return self.model.encode(x.to(self.device).unsqueeze(0))
+
+    def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
+                    extract_mesh: bool = True) -> ReconstructedObject:
+        """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
+        frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
+        frame; viewpoint: (3,) camera centre in the source frame, metres."""
+        t0 = time.perf_counter()
+        p = np.asarray(points, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise ValueError(f"points must be (N, 3), got {p.shape}")
+        p = p[np.all(np.isfinite(p), axis=1)]
+        frame = canonical_frame_from_observation(p, up, viewpoint)
+        pc = frame.to_canonical(self._subsample(p))
+        t1 = time.perf_counter()
+        code = self.encode(pc)
+        with torch.inference_mode():
+            prepared = self.model.prepare(code, dtype=PRECISIONS[self.config.precision])
+        t2 = time.perf_counter()
+        obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
+                                  timings={}, threshold=self.threshold, _model=self.model,
+                                  _prepared=prepared, _batch_size=self.batch_size)
+        timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0}
+        if extract_mesh:
+            c = self.config
+            n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
+            # every level's new corners in one call; the object chunks them for the device
+            values, stats = mise_values(obj.probabilities, c.resolution0, c.upsampling_steps,
+                                        self.threshold, BOX_HALF, batch_size=n_dense)
+            t3 = time.perf_counter()
+            verts, faces = mesh_from_values(values, self.threshold, BOX_HALF)
+            obj.mesh = trimesh.Trimesh(frame.from_canonical(verts), faces, process=False)
+            stats["time_marching_cubes_s"] = time.perf_counter() - t3
+            timings["mise"] = stats["time_total_s"]
+            timings["marching_cubes"] = stats["time_marching_cubes_s"]
+            obj.mise_stats = stats
+            if c.keep_grid:
+                obj.grid = OccupancyGrid(values, BOX_HALF)
+        timings["total"] = time.perf_counter() - t0
+        obj.timings = timings
+        return obj

@@ -1,0 +1,125 @@
+"""Reconstructor API: frames, fixed-size seeded inputs, MISE mesh in the source frame, batched queries,
+the missing/corrupt weights errors. Uses a randomly initialised network and an analytic test double."""
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from occnet_ros.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
+from occnet_ros.model import ModelConfig, OccupancyNetwork
+from occnet_ros.normalization import BOX_HALF
+from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+
+SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
+
+
+class SphereOccupancyTestModel(OccupancyNetwork):
+    """TEST DOUBLE, not a trained model: logit = 40 * (0.35 - |p|) in canonical units (a sphere of
+    radius 0.35 at the canonical origin), whatever the input. Records how many points it decoded."""
+
+    def __init__(self):
+        super().__init__(SMALL)
+        self.n_decoded = 0
+
+    def decode_prepared(self, query, prep):
+        self.n_decoded += query.shape[1]
+        return 40.0 * (0.35 - query.norm(dim=-1))
+
+
+def _cloud(n=500, seed=0):
+    """Front half (towards the camera) of a 10 cm radius sphere 0.8 m in front of an optical frame."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    d[:, 2] = -np.abs(d[:, 2])
+    return (np.array([0.05, 0.02, 0.8]) + 0.1 * d).astype(np.float32)
+
+
+def test_random_network_reconstruct_shapes_and_determinism():
+    torch.manual_seed(0)
+    rec = Reconstructor(OccupancyNetwork(SMALL), device="cpu",
+                        config=ReconstructorConfig(resolution0=8, upsampling_steps=1, n_input_points=64))
+    pts = _cloud()
+    pts[3] = np.nan
+    a = rec.reconstruct(pts)
+    b = rec.reconstruct(pts[::-1].copy())  # same set, other order: seeded subsample differs, but stable
+    c = rec.reconstruct(pts)
+    assert a.n_input_points == 499
+    assert a.code.shape == (1, 16) and torch.equal(a.code, c.code)
+    assert set(a.timings) == {"normalize", "encode", "mise", "marching_cubes", "total"}
+    assert a.mise_stats["evals_per_level"][0] == 9 ** 3
+    q = _cloud(50, seed=1)
+    assert np.array_equal(a.query(q), c.query(q))
+    assert b.code.shape == (1, 16)
+    none = rec.reconstruct(pts, extract_mesh=False)
+    assert none.mesh is None and none.timings["mise"] == 0.0
+
+
+def test_sphere_test_double_mesh_in_source_frame():
+    model = SphereOccupancyTestModel()
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=16, upsampling_steps=2))
+    obj = rec.reconstruct(_cloud())
+    m = obj.mesh
+    assert isinstance(m, trimesh.Trimesh) and m.is_watertight and m.volume > 0
+    # the sphere of radius 0.35 canonical units is centred at the frame origin, scale = frame.scale
+    r = np.linalg.norm(m.vertices - obj.frame.center, axis=1)
+    assert np.allclose(r, 0.35 * obj.frame.scale, rtol=0.02)
+    # MISE evaluated far fewer points than the dense 65^3 grid
+    assert obj.mise_stats["n_evals"] < 0.3 * 65 ** 3
+    assert np.all(obj.bounds()[0] <= m.vertices.min(0) + 1e-6)
+
+
+def test_query_matches_mesh_and_skips_points_outside_the_box():
+    model = SphereOccupancyTestModel()
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(query_batch_size=7))
+    obj = rec.reconstruct(_cloud(), extract_mesh=False)
+    f = obj.frame
+    canon = np.array([[0, 0, 0], [0.3, 0, 0], [0.4, 0, 0], [0.6, 0, 0], [0, 0, -2.0]], np.float32)
+    model.n_decoded = 0
+    p = obj.query(f.from_canonical(canon))
+    assert p.dtype == np.float32 and p.shape == (5,)
+    ref = 1 / (1 + np.exp(-40 * (0.35 - np.linalg.norm(canon, axis=1))))
+    assert np.allclose(p[:3], ref[:3], atol=1e-5)
+    assert p[3] == 0.0 and p[4] == 0.0 and model.n_decoded == 3  # outside the box: no network call
+    big = f.from_canonical(np.random.default_rng(0).uniform(-0.5, 0.5, (100, 3)))
+    model.n_decoded = 0
+    assert np.allclose(obj.query(big), 1 / (1 + np.exp(-40 * (0.35 - np.linalg.norm(f.to_canonical(big), axis=1)))), atol=1e-5)
+    assert model.n_decoded == 100
+    assert obj.occupied(f.from_canonical(canon)).tolist() == [True, True, False, False, False]
+    corners = obj.box_corners()
+    assert np.allclose(np.abs(f.to_canonical(corners)), BOX_HALF, atol=1e-5)
+
+
+def test_from_pretrained_threshold_overrides_and_errors(tmp_path):
+    torch.manual_seed(0)
+    meta = CheckpointMeta(threshold=0.3, extra={"train_config": {"n_input_points": 123}})
+    path = save_checkpoint(tmp_path / "w.pt", OccupancyNetwork(SMALL), meta)
+    rec = Reconstructor.from_pretrained(path, device="cpu", resolution0=8, upsampling_steps=0)
+    assert rec.threshold == 0.3 and rec.config.resolution0 == 8 and rec.device == torch.device("cpu")
+    assert rec.config.n_input_points == 123
+    assert Reconstructor.from_pretrained(path, device="cpu", n_input_points=50).config.n_input_points == 50
+    assert Reconstructor.from_pretrained(path, device="cpu", threshold=0.6).threshold == 0.6
+    with pytest.raises(TypeError, match="unknown"):
+        Reconstructor.from_pretrained(path, device="cpu", resolution=8)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        Reconstructor.from_pretrained(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        Reconstructor.from_pretrained(bad)
+
+
+def test_default_weights_missing_message(monkeypatch, tmp_path):
+    import occnet_ros.reconstructor as r
+
+    monkeypatch.setattr(r, "DEFAULT_WEIGHTS", tmp_path / "weights" / "occnet_default.pt")
+    with pytest.raises(FileNotFoundError, match="occnet_train"):
+        r.Reconstructor.from_pretrained()
+
+
+def test_bad_inputs():
+    rec = Reconstructor(OccupancyNetwork(SMALL), device="cpu")
+    with pytest.raises(ValueError):
+        rec.reconstruct(np.zeros((10, 2)))
+    with pytest.raises(ValueError):
+        rec.reconstruct(np.full((10, 3), np.nan))
