@@ -1,0 +1,142 @@
+"""What the occnet_ros launch starts: the ONE description shared by ``launch/reconstruct.launch.py``
+(ROS 2 workspace, launch_ros) and ``occnet_launch`` (pip route, plain processes). Pure Python.
+
+:func:`launch_nodes` turns the launch options (parameter file, namespace, topic remaps, simulated
+camera on/off) into :class:`NodeSpec` s; :meth:`NodeSpec.ros_args` gives the ``--ros-args`` command
+line that launch_ros would build for the same node.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+PACKAGE = "occnet_ros"
+NODE_EXECUTABLE = "reconstruction_node"
+NODE_NAME = "reconstruction_node"
+SIM_EXECUTABLE = "sim_camera"
+SIM_NAME = "sim_camera"
+
+NODE_INPUTS = ("points", "mask", "image", "camera_info")
+"""Topics the reconstruction node subscribes to (relative names)."""
+NODE_NAMES = NODE_INPUTS + ("objects", "markers", "query_occupancy")
+"""Every topic / service name of the reconstruction node that a remap may rename."""
+SIM_CAMERA_OUTPUTS = ("points", "mask", "image", "camera_info")
+"""Topics the simulated camera publishes (relative names), each feeding the node input of that name."""
+
+PARAMS_FILE = "reconstruct.yaml"
+SIM_PARAMS_FILE = "sim_camera.yaml"
+
+_NAME = re.compile(r"^~?/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class LaunchSpecError(ValueError):
+    """A launch option that cannot be honoured (the message says which)."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One process to start: ``package``/``executable``, node ``name`` and ``namespace`` ("" = root),
+    ``parameters`` (parameter files, in order), ``remappings`` ((from, to) name pairs)."""
+
+    package: str
+    executable: str
+    name: str
+    namespace: str = ""
+    parameters: tuple[str, ...] = ()
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    def ros_args(self) -> list[str]:
+        """The ``--ros-args`` arguments that start this node as specified."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}"]
+        for f in self.parameters:
+            args += ["--params-file", f]
+        for a, b in self.remappings:
+            args += ["-r", f"{a}:={b}"]
+        return args
+
+
+def source_config_dir() -> Path:
+    """``config/`` of the source checkout this module lives in (pip route, editable install)."""
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def config_dir() -> Path:
+    """Where the shipped config files are: the installed share directory of a ROS 2 workspace when it
+    holds them, else the source checkout's ``config/``."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return source_config_dir()
+    try:
+        share = Path(get_package_share_directory(PACKAGE)) / "config"
+    except (PackageNotFoundError, LookupError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
+        return source_config_dir()
+    return share if (share / PARAMS_FILE).is_file() else source_config_dir()
+
+
+def default_params_file() -> Path:
+    """The node's shipped parameter file."""
+    return config_dir() / PARAMS_FILE
+
+
+def default_sim_params_file() -> Path:
+    """The simulated camera's shipped parameter file."""
+    return config_dir() / SIM_PARAMS_FILE
+
+
+def normalize_namespace(namespace: str) -> str:
+    """"" or "/a/b" from "a/b", "/a/b/", ...; raises :class:`LaunchSpecError` for invalid names."""
+    ns = (namespace or "").strip().strip("/")
+    if not ns:
+        return ""
+    if not _NAME.match(ns):
+        raise LaunchSpecError(f"invalid namespace '{namespace}'")
+    return "/" + ns
+
+
+def parse_remap(rule: str) -> tuple[str, str]:
+    """"from:=to" -> ("from", "to"); raises :class:`LaunchSpecError`."""
+    if rule.count(":=") != 1:
+        raise LaunchSpecError(f"remap '{rule}' is not of the form from:=to")
+    a, b = (s.strip() for s in rule.split(":="))
+    for name in (a, b):
+        if not _NAME.match(name):
+            raise LaunchSpecError(f"remap '{rule}': '{name}' is not a valid topic name")
+    return a, b
+
+
+def launch_nodes(params_file: str | Path | None = None, namespace: str = "",
+                 remaps: Iterable[tuple[str, str] | str] = (), use_sim_camera: bool = False,
+                 sim_params_file: str | Path | None = None) -> list[NodeSpec]:
+    """The processes of one launch.
+
+    params_file: the node's parameter file (None = the shipped ``config/reconstruct.yaml``).
+    namespace: namespace of every started node ("" = root). remaps: ``(from, to)`` pairs or "from:=to"
+    rules for the reconstruction node's names (:data:`NODE_NAMES`). use_sim_camera: also start
+    ``sim_camera`` with ``sim_params_file`` (None = shipped ``config/sim_camera.yaml``), its outputs
+    remapped onto the node's (remapped) inputs; that file is also given to the node, after its own, since
+    its ``/**/reconstruction_node`` section holds what the node must know about this camera (its
+    gravity-up vector).
+    """
+    ns = normalize_namespace(namespace)
+    pairs = [parse_remap(r) if isinstance(r, str) else (str(r[0]), str(r[1])) for r in remaps]
+    seen = set()
+    for a, b in pairs:
+        if a not in NODE_NAMES:
+            raise LaunchSpecError(f"cannot remap '{a}': the node's names are {list(NODE_NAMES)}")
+        if a in seen:
+            raise LaunchSpecError(f"'{a}' is remapped twice")
+        seen.add(a)
+        parse_remap(f"{a}:={b}")
+    params = Path(params_file) if params_file else default_params_file()
+    if not use_sim_camera:
+        return [NodeSpec(PACKAGE, NODE_EXECUTABLE, NODE_NAME, ns, (str(params),), tuple(pairs))]
+    targets = dict(pairs)
+    sim_remaps = tuple((t, targets[t]) for t in SIM_CAMERA_OUTPUTS if t in targets and targets[t] != t)
+    sim_params = str(Path(sim_params_file) if sim_params_file else default_sim_params_file())
+    return [NodeSpec(PACKAGE, NODE_EXECUTABLE, NODE_NAME, ns, (str(params), sim_params), tuple(pairs)),
+            NodeSpec(PACKAGE, SIM_EXECUTABLE, SIM_NAME, ns, (sim_params,), sim_remaps)]

@@ -1,0 +1,264 @@
+"""ROS messages <-> numpy, done once at the edge of the node. No per-point Python for clouds and images
+(vectorised through :mod:`occnet_ros.pointcloud2` and strided numpy views); meshes and markers need one
+message object per vertex by their definition.
+
+Frames and units are those of the messages: points in ``header.frame_id``, metres.
+"""
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from shape_msgs.msg import Mesh, MeshTriangle
+from std_msgs.msg import ColorRGBA, Header
+
+from occnet_ros.pointcloud2 import CloudLayout, Field, build_cloud, parse_cloud
+from occnet_ros.segmentation import CameraIntrinsics
+
+
+class MessageError(ValueError):
+    """A message whose content cannot be converted (the message says what is wrong)."""
+
+
+# ---------------------------------------------------------------- time
+
+def stamp_to_sec(stamp) -> float:
+    """builtin_interfaces/Time -> seconds (float)."""
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+# ---------------------------------------------------------------- PointCloud2
+
+def cloud_layout(msg: PointCloud2) -> CloudLayout:
+    """The byte layout of a PointCloud2 message."""
+    fields = tuple(Field(f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields)
+    return CloudLayout(fields, int(msg.height), int(msg.width), int(msg.point_step), int(msg.row_step),
+                       bool(msg.is_bigendian))
+
+
+def pointcloud2_to_arrays(msg: PointCloud2, want_rgb: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """PointCloud2 -> (xyz, rgb). xyz: (H, W, 3) float32 if organized (height > 1) else (N, 3) float32,
+    ``msg.header.frame_id``, metres, NaN where invalid; rgb: same leading shape x 3 uint8 or None.
+    Raises :class:`occnet_ros.pointcloud2.CloudFormatError` for a malformed message."""
+    out = parse_cloud(msg.data, cloud_layout(msg), want_rgb=want_rgb)
+    return out.xyz, out.rgb
+
+
+def arrays_to_pointcloud2(xyz: np.ndarray, rgb: np.ndarray | None = None,
+                          header: Header | None = None) -> PointCloud2:
+    """xyz (H, W, 3) organized or (N, 3), metres, NaN = no return; rgb same shape uint8 or None ->
+    PointCloud2 (FLOAT32 x, y, z and a packed FLOAT32 ``rgb`` field, little endian)."""
+    layout, data = build_cloud(xyz, rgb, is_bigendian=False)
+    msg = PointCloud2()
+    msg.header = header if header is not None else Header()
+    msg.height, msg.width = layout.height, layout.width
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
+                  for f in layout.fields]
+    msg.is_bigendian = layout.is_bigendian
+    msg.point_step, msg.row_step = layout.point_step, layout.row_step
+    msg.data = array.array("B", data)
+    msg.is_dense = bool(np.isfinite(np.asarray(xyz)).all())
+    return msg
+
+
+# ---------------------------------------------------------------- Image
+
+ENCODINGS: dict[str, tuple[str, int]] = {
+    # encoding: (numpy base type, channels)
+    "mono8": ("u1", 1), "8UC1": ("u1", 1), "8SC1": ("i1", 1),
+    "mono16": ("u2", 1), "16UC1": ("u2", 1), "16SC1": ("i2", 1),
+    "32SC1": ("i4", 1), "32UC1": ("u4", 1), "32FC1": ("f4", 1), "64FC1": ("f8", 1),
+    "rgb8": ("u1", 3), "bgr8": ("u1", 3), "8UC3": ("u1", 3),
+    "rgba8": ("u1", 4), "bgra8": ("u1", 4), "8UC4": ("u1", 4),
+}
+MASK_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32SC1", "32UC1")
+COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Image -> (H, W) or (H, W, C) array in native byte order, honouring ``step`` padding and
+    ``is_bigendian``. Raises :class:`MessageError` for unknown encodings and inconsistent sizes."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise MessageError(f"unsupported image encoding '{enc}' (supported: {sorted(ENCODINGS)})")
+    base, ch = ENCODINGS[enc]
+    dt = np.dtype(base).newbyteorder(">" if msg.is_bigendian else "<")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row = w * ch * dt.itemsize
+    if h == 0 or w == 0:
+        raise MessageError(f"empty image {w}x{h}")
+    if step < row:
+        raise MessageError(f"image step {step} is smaller than width*channels*bytes = {row}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    need = (h - 1) * step + row
+    if buf.size < need:
+        raise MessageError(f"image data has {buf.size} bytes, {w}x{h} '{enc}' with step {step} needs {need}")
+    view = np.ndarray((h, w, ch), dtype=dt, buffer=buf, strides=(step, ch * dt.itemsize, dt.itemsize))
+    out = view.astype(dt.newbyteorder("="), copy=True)
+    return out[..., 0] if ch == 1 else out
+
+
+def image_to_mask(msg: Image) -> np.ndarray:
+    """Instance-label image (mono8/mono16/8UC1/16UC1/32SC1/32UC1, 0 = background) -> (H, W) int64."""
+    if msg.encoding not in MASK_ENCODINGS:
+        raise MessageError(f"mask encoding '{msg.encoding}' is not an integer label image {MASK_ENCODINGS}")
+    return image_to_array(msg).astype(np.int64)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """Colour image (rgb8/bgr8/rgba8/bgra8, or mono8 as grey) -> (H, W, 3) uint8 RGB."""
+    if msg.encoding not in COLOR_ENCODINGS:
+        raise MessageError(f"image encoding '{msg.encoding}' is not a colour encoding {COLOR_ENCODINGS}")
+    a = image_to_array(msg)
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2)
+    if msg.encoding.startswith("bgr"):
+        a = a[..., 2::-1]
+    return np.ascontiguousarray(a[..., :3])
+
+
+def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """(H, W) or (H, W, C) array -> Image with ``encoding`` (little endian, no row padding). The array
+    must fit the encoding's channel count; values are cast to its type."""
+    if encoding not in ENCODINGS:
+        raise MessageError(f"unsupported image encoding '{encoding}'")
+    base, ch = ENCODINGS[encoding]
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] != ch:
+        raise MessageError(f"array of shape {np.shape(arr)} does not fit encoding '{encoding}' ({ch} channels)")
+    a = np.ascontiguousarray(a.astype(np.dtype(base).newbyteorder("<")))
+    msg = Image()
+    msg.header = header if header is not None else Header()
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(a.shape[1] * a.shape[2] * a.dtype.itemsize)
+    msg.data = array.array("B", a.tobytes())
+    return msg
+
+
+# ---------------------------------------------------------------- CameraInfo
+
+def camera_info(width: int, height: int, fx: float, fy: float, cx: float, cy: float,
+                header: Header | None = None) -> CameraInfo:
+    """CameraInfo of an undistorted pinhole camera (plumb_bob, zero distortion)."""
+    msg = CameraInfo()
+    msg.header = header if header is not None else Header()
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [float(fx), 0.0, float(cx), 0.0, 0.0, float(fy), float(cy), 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
+    """CameraInfo -> pinhole intrinsics from K (pixels). Raises :class:`MessageError` when K is unset."""
+    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if k.size != 9 or not np.isfinite(k).all() or k[0] <= 0 or k[4] <= 0:
+        raise MessageError(f"camera_info K has no valid focal lengths: {k.tolist()}")
+    if msg.width <= 0 or msg.height <= 0:
+        raise MessageError(f"camera_info size {msg.width}x{msg.height} is empty")
+    return CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]), int(msg.width), int(msg.height))
+
+
+# ---------------------------------------------------------------- geometry
+
+def points_to_msgs(points: np.ndarray) -> list[Point]:
+    """(N, 3) -> list of geometry_msgs/Point."""
+    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(points, np.float64).reshape(-1, 3).tolist()]
+
+
+def colors_to_msgs(rgb: np.ndarray, alpha: float = 1.0) -> list[ColorRGBA]:
+    """(N, 3) uint8 -> list of std_msgs/ColorRGBA with components in [0, 1]. One message object per
+    distinct colour, shared by the entries of that colour (treat the list as read-only)."""
+    c = np.asarray(rgb).reshape(-1, 3).astype(np.uint32)
+    packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+    uniq, inverse = np.unique(packed, return_inverse=True)
+    a = float(alpha)
+    msgs = [ColorRGBA(r=((u >> 16) & 255) / 255.0, g=((u >> 8) & 255) / 255.0, b=(u & 255) / 255.0, a=a)
+            for u in uniq.tolist()]
+    return [msgs[i] for i in inverse.reshape(-1).tolist()]
+
+
+def mesh_to_msg(vertices: np.ndarray, faces: np.ndarray) -> Mesh:
+    """vertices (V, 3) metres, faces (F, 3) vertex indices -> shape_msgs/Mesh."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    v = np.asarray(vertices).reshape(-1, 3)
+    if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
+        raise ValueError(f"face indices must be in [0, {v.shape[0]})")
+    msg = Mesh()
+    msg.vertices = points_to_msgs(v)
+    msg.triangles = [MeshTriangle(vertex_indices=t) for t in f.astype(np.uint32)]
+    return msg
+
+
+def mesh_msg_to_arrays(msg: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """shape_msgs/Mesh -> (vertices (V, 3) float64, faces (F, 3) int64)."""
+    v = np.array([(p.x, p.y, p.z) for p in msg.vertices], dtype=np.float64).reshape(-1, 3)
+    f = np.array([np.asarray(t.vertex_indices) for t in msg.triangles], dtype=np.int64).reshape(-1, 3)
+    return v, f
+
+
+def quaternion_from_matrix(rotation: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix -> (4,) unit quaternion (x, y, z, w), w >= 0."""
+    m = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    # The eigenvector of the symmetric 4x4 matrix K of largest eigenvalue (Bar-Itzhack), robust for
+    # slightly non-orthogonal input.
+    k = np.array([
+        [m[0, 0] - m[1, 1] - m[2, 2], m[1, 0] + m[0, 1], m[2, 0] + m[0, 2], m[2, 1] - m[1, 2]],
+        [m[1, 0] + m[0, 1], m[1, 1] - m[0, 0] - m[2, 2], m[2, 1] + m[1, 2], m[0, 2] - m[2, 0]],
+        [m[2, 0] + m[0, 2], m[2, 1] + m[1, 2], m[2, 2] - m[0, 0] - m[1, 1], m[1, 0] - m[0, 1]],
+        [m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], m[0, 0] + m[1, 1] + m[2, 2]],
+    ]) / 3.0
+    w, v = np.linalg.eigh(k)
+    q = v[:, int(np.argmax(w))]
+    return -q if q[3] < 0 else q
+
+
+def matrix_from_quaternion(q) -> np.ndarray:
+    """(x, y, z, w) -> (3, 3) rotation matrix (the quaternion is normalised first)."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def pose_from_rt(rotation: np.ndarray, translation: np.ndarray) -> Pose:
+    """rotation (3, 3) whose columns are the pose frame's axes in the parent frame, translation (3,)
+    metres -> geometry_msgs/Pose."""
+    q = quaternion_from_matrix(rotation)
+    t = np.asarray(translation, dtype=np.float64).reshape(3)
+    return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def pose_to_matrix(pose: Pose) -> np.ndarray:
+    """geometry_msgs/Pose -> (4, 4) homogeneous transform (pose frame -> parent frame)."""
+    m = np.eye(4)
+    o = pose.orientation
+    m[:3, :3] = matrix_from_quaternion((o.x, o.y, o.z, o.w))
+    m[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
+    return m
+
+
+def transform_to_matrix(transform) -> np.ndarray:
+    """geometry_msgs/Transform -> (4, 4) homogeneous transform (child -> parent frame)."""
+    m = np.eye(4)
+    r = transform.rotation
+    m[:3, :3] = matrix_from_quaternion((r.x, r.y, r.z, r.w))
+    m[:3, 3] = (transform.translation.x, transform.translation.y, transform.translation.z)
+    return m
+
+
+def vector3(v) -> Vector3:
+    """(3,) -> geometry_msgs/Vector3."""
+    x, y, z = (float(c) for c in np.asarray(v, dtype=np.float64).reshape(3))
+    return Vector3(x=x, y=y, z=z)

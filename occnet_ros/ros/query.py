@@ -1,0 +1,59 @@
+"""The occupancy query behind the ``query_occupancy`` service, on plain arrays (no ROS types): request
+checks, frame change, store lookup. Every refusal is a :class:`QueryAnswer` with ``success=False`` and
+a message saying why."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from occnet_ros.object_store import ObjectStore, UnknownObjectError
+from occnet_ros.ros.tf_lookup import TransformError, apply
+
+
+@dataclass
+class QueryAnswer:
+    """``probabilities`` (M,) float32 and ``object_ids`` (M,) int32 when ``success``; empty otherwise."""
+
+    success: bool
+    message: str
+    probabilities: np.ndarray
+    object_ids: np.ndarray
+
+
+def _refuse(message: str) -> QueryAnswer:
+    return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+
+def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
+                 transform: Callable[[str, str], np.ndarray], max_points: int) -> QueryAnswer:
+    """Occupancy of ``flat_points`` (buffer of float32 x0, y0, z0, x1, ... metres, in ``frame_id``;
+    empty = the objects' frame) over ``object_ids`` (buffer of uint32; empty = all objects).
+
+    transform(target, source) -> (4, 4) matrix from source to target frame, raising
+    :class:`~occnet_ros.ros.tf_lookup.TransformError` when unknown.
+    """
+    pts = np.frombuffer(flat_points, dtype=np.float32) if len(flat_points) else np.zeros(0, np.float32)
+    if pts.size % 3:
+        return _refuse(f"points has {pts.size} values, not a multiple of 3 (flat x, y, z triples)")
+    n = pts.size // 3
+    if n > max_points:
+        return _refuse(f"{n} query points exceed query_max_points = {max_points}")
+    pts = pts.reshape(-1, 3)
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        return _refuse(f"{int(bad.sum())} query point(s) contain NaN or inf (first at index {int(np.argmax(bad))})")
+    ids = np.frombuffer(object_ids, dtype=np.uint32) if len(object_ids) else np.zeros(0, np.uint32)
+    snap = store.snapshot()
+    if frame_id and snap.frame_id and frame_id != snap.frame_id and n:
+        try:
+            pts = apply(transform(snap.frame_id, frame_id), pts)
+        except TransformError as e:
+            return _refuse(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
+    try:
+        probs, oids = store.query(pts, ids.tolist() if ids.size else None, snapshot=snap)
+    except UnknownObjectError as e:
+        return _refuse(str(e))
+    where = f"{len(snap.objects)} object(s) in '{snap.frame_id}'" if snap.objects else "no objects yet"
+    return QueryAnswer(True, f"{n} points, {where}", probs, oids)

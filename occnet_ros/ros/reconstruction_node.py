@@ -1,0 +1,269 @@
+"""``reconstruction_node``: point clouds (+ instance masks, colour images) in, reconstructed objects,
+RViz markers and an occupancy query service out.
+
+Topics (relative names, remappable): subscribes ``points`` (sensor_msgs/PointCloud2), ``mask``
+(sensor_msgs/Image, instance labels), ``image`` (sensor_msgs/Image, rgb8/bgr8), ``camera_info``, all with
+sensor-data QoS; publishes ``objects`` (occnet_ros/ReconstructedObjectArray) and ``markers``
+(visualization_msgs/MarkerArray); serves ``query_occupancy`` (occnet_ros/QueryOccupancy).
+
+Threads: subscription callbacks only store the newest messages (:class:`FrameSync`, bounded); one
+worker thread converts, segments and reconstructs the newest complete frame; the service runs in its
+own callback group on a MultiThreadedExecutor and answers from the :class:`ObjectStore` snapshot while
+the worker is busy. Query points in another frame than the objects' are moved with the latest tf2
+transform (when tf2_ros exists; otherwise such requests are refused).
+"""
+from __future__ import annotations
+
+import array
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from occnet_ros.frame_sync import FrameSync, SyncedFrame
+from occnet_ros.msg import ReconstructedObjectArray
+from occnet_ros.object_store import ObjectStore, StoredObject
+from occnet_ros.pointcloud2 import CloudFormatError
+from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
+                                        pointcloud2_to_arrays, stamp_to_sec)
+from occnet_ros.ros.markers import marker_array
+from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
+from occnet_ros.ros.object_msgs import mesh_view, object_msg
+from occnet_ros.ros.pipeline import FrameInput, FramePipeline
+from occnet_ros.ros.query import answer_query
+from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
+from occnet_ros.segmentation import SegmentationError
+from occnet_ros.srv import QueryOccupancy
+
+
+def check_startup(params: NodeParams) -> None:
+    """Problems that must stop the node before it loads anything (raises :class:`ParamError`)."""
+    if params.checkpoint and not Path(params.checkpoint).expanduser().is_file():
+        raise ParamError(f"parameter 'checkpoint': file not found: {params.checkpoint}")
+    if params.world_frame and not tf2_available():
+        raise ParamError(f"parameter 'world_frame' = '{params.world_frame}' needs tf2_ros, which is not "
+                         "installed here; set 'up' instead")
+
+
+def load_reconstructor(params: NodeParams):
+    """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for."""
+    from occnet_ros.reconstructor import Reconstructor
+
+    overrides = {"resolution0": params.mesh.resolution0, "upsampling_steps": params.mesh.upsampling_steps,
+                 "seed": params.seed}
+    if params.mesh.threshold > 0:
+        overrides["threshold"] = params.mesh.threshold
+    if params.mesh.n_input_points > 0:
+        overrides["n_input_points"] = params.mesh.n_input_points
+    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
+    try:
+        return Reconstructor.from_pretrained(path, device=params.device, **overrides)
+    except FileNotFoundError as e:
+        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
+    except ValueError as e:  # e.g. device cuda without CUDA
+        if "device" in str(e):
+            raise ParamError(f"parameter 'device' = '{params.device}': {e}") from e
+        raise
+
+
+class ReconstructionNode(Node):
+    """The node. Raises :class:`ParamError` (bad parameters) or the loader's errors at construction."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = declare_parameters(self)
+        check_startup(self.params)
+        p = self.params
+        self.reconstructor = load_reconstructor(p)
+        self.pipeline = FramePipeline(self.reconstructor, p)
+        self.store = ObjectStore()
+        self.sync = FrameSync(["points", "mask", "image"], "points", p.sync.tolerance, history=3)
+        self.tf = TransformLookup(self, p.tf_timeout)
+        self._camera_info: CameraInfo | None = None
+        self._info_lock = threading.Lock()
+        self._marker_ids: set[int] = set()
+        self._stop = threading.Event()
+        self.frames_done = 0
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        qos = qos_profile_sensor_data
+        self.create_subscription(PointCloud2, "points", self._on_points, qos, callback_group=sensors)
+        self.create_subscription(Image, "mask", self._on_mask, qos, callback_group=sensors)
+        self.create_subscription(Image, "image", self._on_image, qos, callback_group=sensors)
+        self.create_subscription(CameraInfo, "camera_info", self._on_info, qos, callback_group=sensors)
+        out_qos = QoSProfile(depth=2)
+        self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
+        self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
+        self.create_service(QueryOccupancy, "query_occupancy", self._on_query,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"ready: device {self.reconstructor.device}, segmentation {p.segmentation.mode}, "
+            f"mesh {p.mesh.resolution0}x2^{p.mesh.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
+            f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
+            f"tf2 {'available' if self.tf.available else 'not available'}")
+
+    # ------------------------------------------------------------ callbacks: store only
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        self.sync.push("points", stamp_to_sec(msg.header.stamp), msg)
+
+    def _on_mask(self, msg: Image) -> None:
+        if self.params.segmentation.mode != "geometric":
+            self.sync.push("mask", stamp_to_sec(msg.header.stamp), msg)
+
+    def _on_image(self, msg: Image) -> None:
+        if self.params.color_from_image:
+            self.sync.push("image", stamp_to_sec(msg.header.stamp), msg)
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        with self._info_lock:
+            self._camera_info = msg
+
+    def _on_query(self, request, response):
+        ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
+                           lambda target, source: self.tf.matrix(target, source), self.params.query_max_points)
+        response.success, response.message = ans.success, ans.message
+        response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
+        response.object_ids = array.array("i", ans.object_ids.astype(np.int32).tobytes())
+        if not ans.success:
+            self.get_logger().warning(f"query_occupancy refused: {ans.message}",
+                                      throttle_duration_sec=self.params.log_throttle_sec)
+        return response
+
+    # ------------------------------------------------------------ worker
+
+    def _take(self) -> SyncedFrame | None:
+        p = self.params
+        timeout = p.sync.stream_timeout
+        required, optional = [], []
+        if p.segmentation.mode == "mask" or (p.segmentation.mode == "auto" and self.sync.active("mask", timeout)):
+            required.append("mask")
+        elif p.segmentation.mode == "auto":
+            optional.append("mask")
+        if p.color_from_image:
+            (required if self.sync.active("image", timeout) else optional).append("image")
+        return self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
+
+    def _work(self) -> None:
+        version = self.sync.version
+        while not self._stop.is_set():
+            version = self.sync.wait(version, 0.05)
+            frame = self._take()
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except (CloudFormatError, MessageError, SegmentationError, TransformError) as e:
+                self.get_logger().warning(f"dropped frame at {frame.stamp:.3f}: {e}",
+                                          throttle_duration_sec=self.params.log_throttle_sec)
+            except Exception as e:  # keep serving: a bug in one frame must not kill the node
+                if self._stop.is_set():
+                    break
+                self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
+                                        throttle_duration_sec=self.params.log_throttle_sec)
+
+    def _up_and_viewpoint(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray]:
+        """Gravity-up and camera centre in the cloud frame."""
+        up = np.asarray(self.params.up, np.float64)
+        if self.params.world_frame:
+            m = self.tf.matrix(header.frame_id, self.params.world_frame, header.stamp)
+            up = m[:3, :3] @ np.array([0.0, 0.0, 1.0])
+        viewpoint = np.zeros(3)
+        cam = info.header.frame_id if info is not None else ""
+        if cam and cam != header.frame_id:
+            try:
+                viewpoint = self.tf.matrix(header.frame_id, cam, header.stamp)[:3, 3]
+            except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
+                self.get_logger().warning(f"camera centre unknown, using the cloud frame's origin: {e}",
+                                          throttle_duration_sec=self.params.log_throttle_sec)
+        return up, viewpoint
+
+    def _process(self, frame: SyncedFrame) -> None:
+        t0 = time.perf_counter()
+        cloud = frame.items["points"]
+        header = cloud.header
+        if not header.frame_id:
+            raise MessageError("PointCloud2 has an empty header.frame_id")
+        xyz, cloud_rgb = pointcloud2_to_arrays(cloud)
+        mask = image_to_mask(frame.items["mask"]) if "mask" in frame.items else None
+        image = image_to_rgb(frame.items["image"]) if "image" in frame.items else None
+        with self._info_lock:
+            info = self._camera_info
+        intrinsics = camera_info_to_intrinsics(info) if info is not None else None
+        if intrinsics is not None and mask is not None and xyz.ndim == 2:
+            if info.header.frame_id and info.header.frame_id != header.frame_id:
+                raise SegmentationError(
+                    f"unorganized cloud in '{header.frame_id}' cannot be projected into the mask of camera "
+                    f"frame '{info.header.frame_id}'; publish the cloud in the camera frame")
+        up, viewpoint = self._up_and_viewpoint(header, info)
+        inp = FrameInput(xyz=xyz, stamp=frame.stamp, cloud_rgb=cloud_rgb, mask=mask, image=image,
+                         intrinsics=intrinsics, up=up, viewpoint=viewpoint)
+        result = self.pipeline.process(inp, should_stop=self._stop.is_set)
+        if result.cancelled:
+            return
+        if result.warnings:
+            self.get_logger().info(f"frame {frame.stamp:.3f}: " + "; ".join(result.warnings),
+                                   throttle_duration_sec=self.params.log_throttle_sec)
+        msgs = [object_msg(r, header) for r in result.objects]
+        self.store.replace([StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects],
+                           header.frame_id, frame.stamp)
+        out = ReconstructedObjectArray(header=header, objects=msgs)
+        self.pub_objects.publish(out)
+        if self.pub_markers is not None:
+            markers, self._marker_ids = marker_array([mesh_view(r) for r in result.objects], self._marker_ids,
+                                                     header, self.params.marker_alpha)
+            self.pub_markers.publish(markers)
+        self.frames_done += 1
+        self.get_logger().info(
+            f"frame {frame.stamp:.3f}: {len(msgs)} object(s) by {result.method} in {time.perf_counter() - t0:.2f} s"
+            f" (dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
+
+    def stop(self, timeout: float = 3.0) -> bool:
+        """Ask the worker to stop after the current object; True if it ended within ``timeout`` s."""
+        self._stop.set()
+        self.worker.join(timeout)
+        return not self.worker.is_alive()
+
+
+def main(args=None) -> int:
+    """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ReconstructionNode()
+    except Exception as e:
+        from occnet_ros.checkpoint import CheckpointError  # an unreadable or foreign checkpoint file
+
+        if not isinstance(e, (ParamError, FileNotFoundError, CheckpointError)):
+            raise
+        print(f"{NODE_NAME}: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if not node.stop(timeout=3.0):
+            print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Splitting a camera frame into object segments: by an instance mask, or geometrically (support plane
+by RANSAC, Euclidean clustering of the rest). Plain numpy/scipy; no ROS types.
+
+Frames: all points are in the camera optical frame of the mask (x right, y down, z forward), metres,
+unless said otherwise. Pixel indices are flat ``row * width + column`` indices into the (H, W) image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from occnet_ros.cloud_filter import voxel_downsample
+
+SegmentationMode = Literal["auto", "mask", "geometric"]
+
+
+class SegmentationError(ValueError):
+    """Inputs that cannot be segmented together (sizes disagree, missing intrinsics...)."""
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole camera: focal lengths and principal point in pixels, image size in pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """points: (N, 3) optical frame, metres -> (flat pixel index (N,) int64, valid (N,) bool).
+        Valid: finite, in front of the camera (z > 0) and inside the image."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.floor(self.fx * p[:, 0] / p[:, 2] + self.cx + 0.5)  # pixel centres at integers
+            v = np.floor(self.fy * p[:, 1] / p[:, 2] + self.cy + 0.5)
+            valid = (np.isfinite(u) & np.isfinite(v) & (p[:, 2] > 0) & (u >= 0) & (u < self.width)
+                     & (v >= 0) & (v < self.height))
+        flat = np.zeros(p.shape[0], dtype=np.int64)
+        flat[valid] = v[valid].astype(np.int64) * self.width + u[valid].astype(np.int64)
+        return flat, valid
+
+
+@dataclass
+class Segment:
+    """One object's observation. ``id``: stable id (mask label or tracked cluster id); ``label``: text
+    ("mask_3", "cluster_1"); ``points``: (N, 3) float32, the cloud's frame, metres, all finite;
+    ``pixels``: (N,) int64 flat pixel index of each point, or None when unknown."""
+
+    id: int
+    label: str
+    points: np.ndarray
+    pixels: np.ndarray | None = None
+
+    @property
+    def extent(self) -> float:
+        """Largest edge of the axis-aligned bounding box, metres (0 for fewer than 2 points)."""
+        if self.points.shape[0] < 2:
+            return 0.0
+        return float((self.points.max(axis=0) - self.points.min(axis=0)).max())
+
+
+@dataclass
+class SegmentationConfig:
+    """Segmentation settings. Size limits (both methods): ``min_points``/``max_points`` observed points,
+    ``min_extent``/``max_extent`` largest bounding-box edge in metres; ``max_objects``: keep the largest
+    segments. Geometric method: ``plane_distance`` (m) RANSAC inlier distance, ``plane_iterations``,
+    ``plane_max_tilt_deg``: the support plane's normal must lie within this angle of the up vector,
+    ``plane_min_inliers``: fraction of the points a plane must hold to be removed,
+    ``cluster_distance`` (m) neighbour distance of the Euclidean clustering, computed on voxel centroids
+    of edge ``cluster_voxel`` (m, 0 = on the raw points); ``track_distance`` (m): a cluster keeps the id
+    of the previous frame's nearest cluster centroid within this distance."""
+
+    mode: SegmentationMode = "auto"
+    min_points: int = 50
+    max_points: int = 500000
+    min_extent: float = 0.01
+    max_extent: float = 1.5
+    max_objects: int = 16
+    plane_distance: float = 0.01
+    plane_iterations: int = 200
+    plane_max_tilt_deg: float = 30.0
+    plane_min_inliers: float = 0.05
+    cluster_distance: float = 0.02
+    cluster_voxel: float = 0.005
+    track_distance: float = 0.1
+
+    def validate(self) -> None:
+        if self.min_points < 3:
+            raise ValueError(f"min_points must be >= 3, got {self.min_points}")
+        if self.max_points < self.min_points:
+            raise ValueError(f"max_points {self.max_points} is below min_points {self.min_points}")
+        if not 0 <= self.min_extent < self.max_extent:
+            raise ValueError(f"need 0 <= min_extent < max_extent, got {self.min_extent}, {self.max_extent}")
+        for name in ("plane_distance", "cluster_distance", "track_distance"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.cluster_voxel < 0 or self.cluster_voxel > self.cluster_distance:
+            raise ValueError(f"cluster_voxel must be in [0, cluster_distance], got {self.cluster_voxel}")
+        if self.plane_iterations < 1 or self.max_objects < 1:
+            raise ValueError("plane_iterations and max_objects must be >= 1")
+        if not 0 <= self.plane_max_tilt_deg <= 90 or not 0 <= self.plane_min_inliers <= 1:
+            raise ValueError("plane_max_tilt_deg must be in [0, 90] and plane_min_inliers in [0, 1]")
+
+
+# ---------------------------------------------------------------- mask segmentation
+
+def _group_by_label(labels: np.ndarray, index: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """labels (K,) non-zero labels of the pixels ``index`` (K,) -> [(label, pixel indices)] sorted by label."""
+    if labels.size == 0:
+        return []
+    order = np.argsort(labels, kind="stable")
+    lab, idx = labels[order], index[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    return [(int(lab[s]), idx[s:e]) for s, e in zip(starts, np.r_[starts[1:], lab.size])]
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2 or not np.issubdtype(m.dtype, np.integer):
+        raise SegmentationError(f"mask must be a 2-D integer image, got shape {m.shape} dtype {m.dtype}")
+    return m
+
+
+def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
+    """Organized cloud + instance mask of the same size -> one segment per non-zero label.
+
+    xyz: (H, W, 3) metres (NaN where no return); mask: (H, W) integer labels, 0 = background.
+    Non-finite points are dropped. Segments are sorted by label.
+    """
+    m = _check_mask(mask)
+    if xyz.ndim != 3 or xyz.shape[:2] != m.shape:
+        raise SegmentationError(f"organized cloud {xyz.shape[:-1]} and mask {m.shape} differ in size; "
+                                "give camera_info to project instead")
+    flat_xyz = xyz.reshape(-1, 3)
+    flat_m = m.reshape(-1)
+    index = np.flatnonzero((flat_m != 0) & np.isfinite(flat_xyz).all(axis=1))
+    return [Segment(lab, f"mask_{lab}", np.ascontiguousarray(flat_xyz[pix], np.float32), pix)
+            for lab, pix in _group_by_label(flat_m[index], index)]
+
+
+def segment_by_projected_mask(points: np.ndarray, mask: np.ndarray,
+                              intrinsics: CameraIntrinsics) -> list[Segment]:
+    """Unorganized cloud in the mask camera's optical frame + instance mask -> segments.
+
+    points: (N, 3) metres; each point takes the label of the pixel it projects to (points outside the
+    image, behind the camera or non-finite are dropped). ``pixels`` holds the projected pixel indices.
+    """
+    m = _check_mask(mask)
+    if m.shape != (intrinsics.height, intrinsics.width):
+        raise SegmentationError(f"mask {m.shape} and camera_info {intrinsics.height}x{intrinsics.width} differ")
+    p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    flat, valid = intrinsics.project(p)
+    pts_idx = np.flatnonzero(valid)
+    labels = m.reshape(-1)[flat[pts_idx]]
+    keep = labels != 0
+    out = []
+    for lab, idx in _group_by_label(labels[keep], pts_idx[keep]):
+        out.append(Segment(lab, f"mask_{lab}", np.ascontiguousarray(p[idx]), flat[idx]))
+    return out
+
+
+# ---------------------------------------------------------------- geometric segmentation
+
+@dataclass(frozen=True)
+class Plane:
+    """Plane ``normal . p + offset = 0``; ``normal`` unit (3,), oriented to the side of the objects."""
+
+    normal: np.ndarray
+    offset: float
+
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """points (N, 3) -> (N,) metres, positive on the objects' side."""
+        return np.asarray(points, np.float64).reshape(-1, 3) @ self.normal + self.offset
+
+
+def score_planes(points: np.ndarray, normals: np.ndarray, offsets: np.ndarray, distance: float) -> np.ndarray:
+    """Inlier counts: points (S, 3), normals (K, 3) unit, offsets (K,) -> (K,) int64 number of points
+    within ``distance`` of each plane."""
+    d = np.abs(points.astype(np.float64) @ normals.T + offsets[None, :])
+    return (d < distance).sum(axis=0)
+
+
+def fit_plane_ransac(points: np.ndarray, distance: float, iterations: int, rng: np.random.Generator,
+                     up: np.ndarray | None = None, max_tilt_deg: float = 90.0,
+                     viewpoint: np.ndarray | tuple = (0.0, 0.0, 0.0), score_samples: int = 4000) -> Plane | None:
+    """Dominant plane of points (N, 3) finite, metres, by RANSAC, refined by least squares on its inliers.
+
+    All ``iterations`` hypotheses (3 random points each) are scored at once on a random subset of
+    ``score_samples`` points. With ``up`` (3,) given, only planes whose normal is within
+    ``max_tilt_deg`` of it are accepted and the normal is oriented along ``up``; otherwise it is
+    oriented towards ``viewpoint``. None when no acceptable plane exists.
+    """
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    n = p.shape[0]
+    if n < 3:
+        return None
+    tri = p[rng.integers(0, n, size=(iterations, 3))]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(normals, axis=1)
+    ok = length > 1e-12
+    normals[ok] /= length[ok, None]
+    cos_tilt = np.cos(np.deg2rad(max_tilt_deg))
+    upv = None
+    if up is not None:
+        upv = np.asarray(up, np.float64).reshape(3)
+        upv = upv / np.linalg.norm(upv)
+        ok &= np.abs(normals @ upv) >= cos_tilt - 1e-12
+    if not ok.any():
+        return None
+    normals, tri = normals[ok], tri[ok]
+    offsets = -np.einsum("ij,ij->i", normals, tri[:, 0])
+    sample = p if n <= score_samples else p[rng.choice(n, score_samples, replace=False)]
+    best = int(np.argmax(score_planes(sample, normals, offsets, distance)))
+    normal, offset = normals[best], offsets[best]
+    inl = np.abs(p @ normal + offset) < distance
+    if inl.sum() >= 3:  # least-squares refinement
+        q = p[inl]
+        c = q.mean(axis=0)
+        refined = np.linalg.svd(q - c, full_matrices=False)[2][2]
+        if upv is None or abs(refined @ upv) >= cos_tilt:
+            normal, offset = refined, -float(refined @ c)
+    ref = upv if upv is not None else np.asarray(viewpoint, np.float64).reshape(3) - p[inl].mean(axis=0)
+    if normal @ ref < 0:
+        normal, offset = -normal, -offset
+    return Plane(normal=normal, offset=float(offset))
+
+
+def euclidean_clusters(points: np.ndarray, distance: float) -> np.ndarray:
+    """points (N, 3) metres -> (N,) int64 cluster labels 0..K-1: connected components of the graph
+    linking points closer than ``distance``; labels numbered in order of each cluster's first point."""
+    n = points.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    pairs = cKDTree(points).query_pairs(distance, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]
+
+
+def segment_geometric(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.Generator,
+                      up: np.ndarray | None = None, viewpoint: np.ndarray | tuple = (0.0, 0.0, 0.0),
+                      pixels: np.ndarray | None = None) -> tuple[list[Segment], Plane | None]:
+    """Remove the support plane, cluster the rest -> (segments with provisional ids 1..K, plane).
+
+    points: (N, 3) metres, may hold NaN; pixels: (N,) flat pixel index of each point or None. Only points
+    on the objects' side of the plane (above it when ``up`` is given) by more than ``plane_distance``
+    are clustered. Size limits are not applied here (see :func:`apply_limits`).
+    """
+    p = np.asarray(points, np.float32).reshape(-1, 3)
+    idx = np.flatnonzero(np.isfinite(p).all(axis=1))
+    plane = fit_plane_ransac(p[idx], cfg.plane_distance, cfg.plane_iterations, rng, up,
+                             cfg.plane_max_tilt_deg if up is not None else 90.0, viewpoint)
+    if plane is not None:
+        sd = plane.signed_distance(p[idx])
+        if (np.abs(sd) < cfg.plane_distance).mean() >= cfg.plane_min_inliers:
+            idx = idx[sd > cfg.plane_distance]
+        else:
+            plane = None
+    q = p[idx]
+    if cfg.cluster_voxel > 0 and q.shape[0]:
+        centroids, inverse = voxel_downsample(q, cfg.cluster_voxel)
+        labels = euclidean_clusters(centroids, cfg.cluster_distance)[inverse]
+    else:
+        labels = euclidean_clusters(q, cfg.cluster_distance)
+    segs = []
+    for lab, member in _group_by_label(labels + 1, np.arange(labels.size)):
+        sel = idx[member]
+        segs.append(Segment(lab, f"cluster_{lab}", np.ascontiguousarray(p[sel]),
+                            None if pixels is None else np.asarray(pixels)[sel]))
+    return segs, plane
+
+
+def apply_limits(segments: list[Segment], cfg: SegmentationConfig) -> list[Segment]:
+    """Drop segments outside the point-count and extent limits, keep the ``max_objects`` largest (by
+    point count), sorted by id."""
+    kept = [s for s in segments
+            if cfg.min_points <= s.points.shape[0] <= cfg.max_points and cfg.min_extent <= s.extent <= cfg.max_extent]
+    kept.sort(key=lambda s: (-s.points.shape[0], s.id))
+    return sorted(kept[:cfg.max_objects], key=lambda s: s.id)
+
+
+class ClusterTracker:
+    """Stable ids for geometric clusters across frames: a cluster takes the id of the previous frame's
+    nearest unclaimed cluster centroid within ``max_distance`` metres (greedy, closest pairs first);
+    others get new ids counting up from 1. Not thread-safe (one worker uses it)."""
+
+    def __init__(self, max_distance: float):
+        self.max_distance = float(max_distance)
+        self._next_id = 1
+        self._prev_ids = np.zeros(0, np.int64)
+        self._prev_centroids = np.zeros((0, 3))
+
+    def assign(self, centroids: np.ndarray) -> np.ndarray:
+        """centroids (K, 3) metres -> (K,) int64 ids; remembers them for the next call."""
+        c = np.asarray(centroids, np.float64).reshape(-1, 3)
+        ids = np.full(c.shape[0], -1, np.int64)
+        if c.shape[0] and self._prev_ids.size:
+            d = np.linalg.norm(c[:, None, :] - self._prev_centroids[None, :, :], axis=2)
+            claimed = np.zeros(self._prev_ids.size, bool)
+            for flat in np.argsort(d, axis=None):
+                i, j = divmod(int(flat), d.shape[1])
+                if d[i, j] > self.max_distance:
+                    break
+                if ids[i] < 0 and not claimed[j]:
+                    ids[i], claimed[j] = self._prev_ids[j], True
+        for i in np.flatnonzero(ids < 0):
+            ids[i] = self._next_id
+            self._next_id += 1
+        self._prev_ids, self._prev_centroids = ids.copy(), c
+        return ids
+
+    def relabel(self, segments: list[Segment]) -> list[Segment]:
+        """Give geometric segments their tracked ids (and ``cluster_<id>`` labels)."""
+        ids = self.assign(np.array([s.points.mean(axis=0) for s in segments]).reshape(-1, 3))
+        return [Segment(int(i), f"cluster_{int(i)}", s.points, s.pixels) for s, i in zip(segments, ids)]

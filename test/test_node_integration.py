@@ -1,0 +1,267 @@
+"""The reconstruction node end to end: in-process pipeline checks, then the real node in a separate
+process (its own ROS_DOMAIN_ID) fed with a generated scene by this process: objects, markers, the query
+service with good and malformed requests, a malformed PointCloud2, bad parameters, SIGINT.
+
+The network is a TEST DOUBLE (random weights; see ros_helpers.write_random_checkpoint): it is nearly
+constant, so every mesh is the object's padded box. That is enough for the plumbing tested here.
+"""
+import array
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from ros_helpers import (BOX_LABEL, SPHERE_LABEL, VENV_BIN, node_env, random_domain_id, render_scene,
+                         start_program, stop_program, wait_until, write_random_checkpoint)
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from occnet_ros.msg import ReconstructedObjectArray  # noqa: E402
+from occnet_ros.ros import conversions  # noqa: E402
+from occnet_ros.srv import QueryOccupancy  # noqa: E402
+
+FRAME = "camera_color_optical_frame"
+NODE_ARGS = ["-p", "device:=cpu", "-p", "mesh.resolution0:=8", "-p", "mesh.upsampling_steps:=1",
+             "-p", "segmentation.min_points:=20", "-p", "filter.min_range:=0.05", "-p", "log_throttle_sec:=0.0"]
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(160, 120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random_test_double.pt")
+
+
+# ---------------------------------------------------------------- in process: the pipeline
+
+
+def test_pipeline_mask_and_geometric(scene, checkpoint):
+    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.ros.node_params import default_values, params_from_values
+    from occnet_ros.ros.pipeline import FrameInput, FramePipeline
+
+    rec = Reconstructor.from_pretrained(str(checkpoint), device="cpu", resolution0=8, upsampling_steps=1)
+    values = default_values()
+    values["segmentation.min_points"] = 20
+    pipe = FramePipeline(rec, params_from_values(values))
+    by_mask = pipe.process(FrameInput(xyz=scene.xyz, mask=scene.mask.astype(np.int64), image=scene.rgb,
+                                      up=scene.up))
+    assert by_mask.method == "mask" and [o.segment.id for o in by_mask.objects] == [BOX_LABEL, SPHERE_LABEL]
+    for o in by_mask.objects:
+        assert len(o.obj.mesh.faces) > 0
+        assert o.vertex_colors.shape == (len(o.obj.mesh.vertices), 3)
+        expected = scene.rgb[scene.mask == o.segment.id][0]
+        np.testing.assert_array_equal(np.median(o.vertex_colors, axis=0), expected)
+        # the observation (but the few points cleaning removed) lies inside the object's padded box
+        assert np.mean(o.obj.query(o.segment.points) > 0) > 0.95
+    geo = pipe.process(FrameInput(xyz=scene.xyz, image=scene.rgb, up=scene.up))
+    assert geo.method == "geometric" and len(geo.objects) == 2
+    again = pipe.process(FrameInput(xyz=scene.xyz, image=scene.rgb, up=scene.up))
+    assert [o.segment.id for o in again.objects] == [o.segment.id for o in geo.objects]  # tracked ids
+
+
+# ---------------------------------------------------------------- the node in another process
+
+
+class Client:
+    """This process's ROS side: publishes scene frames, keeps the latest outputs, calls the service."""
+
+    def __init__(self, domain_id):
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("test_client", context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=5)
+        self.pubs = {name: self.node.create_publisher(t, name, qos) for name, t in
+                     (("points", PointCloud2), ("mask", Image), ("image", Image), ("camera_info", CameraInfo))}
+        self.objects: list[ReconstructedObjectArray] = []
+        self.markers: list[MarkerArray] = []
+        self.node.create_subscription(ReconstructedObjectArray, "objects", self.objects.append, qos)
+        self.node.create_subscription(MarkerArray, "markers", self.markers.append, qos)
+        self.query_client = self.node.create_client(QueryOccupancy, "query_occupancy")
+
+    def spin(self, seconds=0.05):
+        self.executor.spin_once(timeout_sec=seconds)
+
+    def publish_scene(self, scene, stamp_s, mangle_cloud=None, mangle_mask=None):
+        """One frame (camera_info, mask, image, points) stamped ``stamp_s``; ``mangle_*`` edit a message."""
+        h = Header(frame_id=FRAME)
+        h.stamp.sec, h.stamp.nanosec = int(stamp_s), int(round((stamp_s % 1) * 1e9))
+        mask = conversions.array_to_image(scene.mask, "mono16", h)
+        cloud = conversions.arrays_to_pointcloud2(scene.xyz, None, h)
+        for msg, mangle in ((mask, mangle_mask), (cloud, mangle_cloud)):
+            if mangle is not None:
+                mangle(msg)
+        self.pubs["camera_info"].publish(conversions.camera_info(160, 120, scene.fx, scene.fy, scene.cx, scene.cy, h))
+        self.pubs["mask"].publish(mask)
+        self.pubs["image"].publish(conversions.array_to_image(scene.rgb, "rgb8", h))
+        self.pubs["points"].publish(cloud)
+        return h
+
+    def objects_at(self, stamp_s):
+        for msg in reversed(self.objects):
+            if abs(conversions.stamp_to_sec(msg.header.stamp) - stamp_s) < 1e-6:
+                return msg
+        return None
+
+    def feed_until_objects(self, scene, stamp_s, timeout):
+        """Publish the scene at stamp ``stamp_s`` every 0.5 s until objects of that stamp arrive."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.publish_scene(scene, stamp_s)
+            if wait_until(lambda: self.objects_at(stamp_s) is not None, 0.5, spin=self.spin):
+                return self.objects_at(stamp_s)
+        return None
+
+    def query(self, points, object_ids=(), frame_id="", timeout=10.0):
+        req = QueryOccupancy.Request()
+        req.header.frame_id = frame_id
+        req.points = array.array("f", np.asarray(points, np.float32).reshape(-1).tobytes())
+        req.object_ids = array.array("I", np.asarray(object_ids, np.uint32).tobytes())
+        fut = self.query_client.call_async(req)
+        assert wait_until(fut.done, timeout, spin=self.spin), "no answer from query_occupancy"
+        return fut.result()
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+@pytest.fixture(scope="module")
+def domain_id():
+    return random_domain_id()
+
+
+@pytest.fixture(scope="module")
+def node_proc(domain_id, checkpoint, tmp_path_factory):
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    proc = start_program("reconstruction_node", NODE_ARGS + ["-p", f"checkpoint:={checkpoint}"], domain_id, log)
+    proc.log_path = log
+    yield proc
+    stop_program(proc)
+
+
+@pytest.fixture(scope="module")
+def client(domain_id, node_proc):
+    c = Client(domain_id)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def first_objects(client, scene, node_proc):
+    msg = client.feed_until_objects(scene, 100.0, timeout=45)
+    assert msg is not None, "no objects from the node:\n" + node_proc.log_path.read_text()[-3000:]
+    return msg
+
+
+def test_objects_from_masked_scene(first_objects, scene):
+    msg = first_objects
+    assert msg.header.frame_id == FRAME
+    assert [o.id for o in msg.objects] == [BOX_LABEL, SPHERE_LABEL]
+    assert [o.label for o in msg.objects] == ["mask_1", "mask_2"]
+    for o, centre in zip(msg.objects, (scene.box_center, scene.sphere_center)):
+        verts, faces = conversions.mesh_msg_to_arrays(o.mesh)
+        assert len(faces) > 0 and faces.max() < len(verts)
+        assert np.linalg.norm(verts.mean(axis=0) - centre) < 0.15  # mesh around the object, metres
+        assert len(o.vertex_colors) == len(verts)
+        assert o.num_observed_points >= 20 and o.reconstruction_time > 0
+        assert o.scale > 0 and o.bbox_size.x > 0
+        assert abs(np.linalg.norm([o.pose.orientation.x, o.pose.orientation.y, o.pose.orientation.z,
+                                   o.pose.orientation.w]) - 1) < 1e-6
+
+
+def test_markers_match_objects(first_objects, client):
+    assert wait_until(lambda: len(client.markers) > 0, 10, spin=client.spin)
+    markers = client.markers[-1].markers
+    by_id = {o.id: o for o in first_objects.objects}
+    adds = [m for m in markers if m.action == Marker.ADD]
+    assert sorted(m.id for m in adds) == sorted(by_id)
+    for m in adds:
+        assert m.type == Marker.TRIANGLE_LIST and m.header.frame_id == FRAME
+        assert len(m.points) == 3 * len(by_id[m.id].mesh.triangles)
+        assert len(m.colors) == len(m.points)
+
+
+def test_query_service(first_objects, client, scene):
+    pts = np.array([scene.sphere_center, scene.box_center, [5, 5, 5], [-3, 0, 1]], np.float32)
+    res = client.query(pts)
+    assert res.success, res.message
+    probs, ids = np.asarray(res.probabilities), np.asarray(res.object_ids)
+    assert ids.tolist() == [SPHERE_LABEL, BOX_LABEL, -1, -1]
+    assert probs[0] > probs[2] and probs[1] > probs[3] and probs[2] == 0 and probs[3] == 0
+    # restricted to the box: the sphere centre is outside its box
+    res = client.query(pts[:2], object_ids=[BOX_LABEL])
+    assert res.success and np.asarray(res.object_ids).tolist() == [-1, BOX_LABEL]
+    # the objects' own frame by name is fine
+    assert client.query(pts, frame_id=FRAME).success
+    # a big query
+    big = np.random.default_rng(0).uniform(-0.3, 0.3, size=(100000, 3)).astype(np.float32) + scene.box_center
+    res = client.query(big)
+    assert res.success and len(res.probabilities) == 100000 and (np.asarray(res.object_ids) >= 0).any()
+
+
+@pytest.mark.parametrize("points,ids,frame,words", [
+    (np.zeros(4, np.float32), (), "", "multiple of 3"),
+    (np.array([0, 0, np.nan], np.float32), (), "", "NaN"),
+    (np.zeros(3, np.float32), (999,), "", "unknown object id"),
+    (np.zeros(3, np.float32), (), "some_other_frame", "tf2"),
+])
+def test_query_malformed(first_objects, client, points, ids, frame, words):
+    res = client.query(points, object_ids=ids, frame_id=frame)
+    assert not res.success and words in res.message
+    assert len(res.probabilities) == 0
+
+
+def test_survives_malformed_cloud(first_objects, client, scene, node_proc):
+    def truncate(cloud):
+        cloud.data = cloud.data[: len(cloud.data) // 2]
+
+    def bad_step(mask):
+        mask.step = 3  # smaller than one row
+
+    client.publish_scene(scene, 200.0, mangle_cloud=truncate)
+    wait_until(lambda: False, 1.0, spin=client.spin)
+    client.publish_scene(scene, 201.0, mangle_mask=bad_step)
+    wait_until(lambda: False, 1.0, spin=client.spin)
+    msg = client.feed_until_objects(scene, 300.0, timeout=20)
+    assert msg is not None and len(msg.objects) == 2
+    assert node_proc.poll() is None
+    assert client.objects_at(200.0) is None and client.objects_at(201.0) is None
+    log = node_proc.log_path.read_text()
+    assert "dropped frame at 200.000" in log and "needs" in log
+    assert "dropped frame at 201.000" in log and "step 3" in log
+
+
+def test_bad_parameters_stop_the_node(domain_id, checkpoint, tmp_path):
+    # (range and type errors of every parameter are tested in process: test_node_params.py)
+    cases = [(["-p", f"checkpoint:={checkpoint}", "-p", "segmentation.mode:=magic"], "segmentation.mode"),
+             (["-p", "checkpoint:=/no/such/file.pt"], "/no/such/file.pt")]
+    procs = [subprocess.Popen([str(VENV_BIN / "reconstruction_node"), "--ros-args"] + args, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=node_env(domain_id)) for args, _ in cases]
+    for proc, (_, words) in zip(procs, cases):
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        assert words in err
+
+
+def test_sigint_clean_shutdown(first_objects, node_proc, client, scene):
+    client.publish_scene(scene, 400.0)  # keep the worker busy while the signal comes
+    t0 = time.monotonic()
+    node_proc.send_signal(signal.SIGINT)
+    rc = node_proc.wait(15)
+    assert rc == 0, node_proc.log_path.read_text()[-2000:]
+    assert time.monotonic() - t0 < 5.0

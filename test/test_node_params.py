@@ -1,0 +1,128 @@
+"""Node parameters: one table, the shipped YAML, validation messages, declaration on a real rclpy node."""
+import pytest
+import yaml
+from ros_helpers import REPO, random_domain_id
+
+from occnet_ros.ros.node_params import (PARAMETERS, NodeParams, ParamError, check_ranges, default_values, flatten,
+                                        params_from_values)
+
+
+def shipped_values():
+    data = yaml.safe_load((REPO / "config" / "reconstruct.yaml").read_text())
+    assert list(data) == ["/**"] and list(data["/**"]) == ["ros__parameters"]
+
+    def walk(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(walk(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+    return walk(data["/**"]["ros__parameters"])
+
+
+def test_every_parameter_has_description_and_is_in_the_yaml():
+    names = set(default_values())
+    assert names == set(PARAMETERS)
+    assert all(desc for desc, _ in PARAMETERS.values())
+    values = shipped_values()
+    assert set(values) == names
+    assert values == default_values()  # the YAML documents the defaults
+    assert params_from_values(values) == NodeParams()
+    for name, (_, rng) in PARAMETERS.items():
+        if rng is not None:
+            assert rng[0] <= default_values()[name] <= rng[1], name
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("mesh.resolution0", 1, "'mesh.resolution0' = 1 is outside"),
+    ("marker_alpha", 1.5, "'marker_alpha' = 1.5 is outside"),
+    ("sync.tolerance", float("nan"), "'sync.tolerance'"),
+    ("segmentation.mode", "magic", "parameter 'segmentation.mode': 'magic' is not one of"),
+    ("device", "tpu", "parameter 'device'"),
+    ("mesh.upsampling_steps", 2.5, "parameter 'mesh.upsampling_steps': expected an integer"),
+    ("filter.voxel_size", "big", "parameter 'filter.voxel_size': expected a number"),
+    ("up", [0.0, 0.0], "up must be 3 finite numbers"),
+    ("segmentation.max_points", 10, "max_points 10 is below min_points"),
+    ("filter.max_range", 0.05, "max_range 0.05 must exceed min_range"),
+    ("world_frame", "/world", "world_frame must not start with '/'"),
+    ("nonsense", 1, "unknown parameter 'nonsense'"),
+])
+def test_bad_values_name_the_parameter(name, value, words):
+    values = default_values()
+    values[name] = value
+    with pytest.raises(ParamError) as e:
+        params_from_values(values)
+    assert words in str(e.value)
+
+
+def test_integers_accepted_for_floats_and_nested_types():
+    values = default_values()
+    values.update({"filter.voxel_size": 0, "up": [0, 0, 1], "segmentation.mode": "geometric"})
+    p = params_from_values(values)
+    assert p.filter.voxel_size == 0.0 and p.up == [0.0, 0.0, 1.0] and p.segmentation.mode == "geometric"
+    assert flatten(p)["up"] == [0.0, 0.0, 1.0]
+    check_ranges({"seed": 5})
+    with pytest.raises(ParamError, match="seed"):
+        check_ranges({"seed": -1})
+
+
+def test_check_startup(tmp_path):
+    from occnet_ros.ros.reconstruction_node import check_startup
+
+    values = default_values()
+    values["checkpoint"] = str(tmp_path / "missing.pt")
+    with pytest.raises(ParamError, match="missing.pt"):
+        check_startup(params_from_values(values))
+    values["checkpoint"] = ""
+    check_startup(params_from_values(values))  # the shipped default is looked up later, by the loader
+
+
+@pytest.fixture
+def ros_context():
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def test_declare_on_a_real_node(ros_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from occnet_ros.ros.node_params import declare_parameters
+
+    node = Node("params_test", context=ros_context, parameter_overrides=[
+        Parameter("segmentation.min_points", value=123), Parameter("up", value=[0.0, 0.0, 1.0]),
+        Parameter("filter.voxel_size", value=0)])
+    try:
+        p = declare_parameters(node)
+        assert p.segmentation.min_points == 123 and p.up == [0.0, 0.0, 1.0] and p.filter.voxel_size == 0.0
+        desc = node.describe_parameter("mesh.resolution0")
+        assert "MISE" in desc.description and desc.read_only
+        assert (desc.integer_range[0].from_value, desc.integer_range[0].to_value) == (2, 512)
+        fdesc = node.describe_parameter("marker_alpha")
+        assert fdesc.floating_point_range[0].to_value == 1.0
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("override,words", [
+    (("mesh.resolution0", 1), "mesh.resolution0"),
+    (("segmentation.mode", "magic"), "segmentation.mode"),
+    (("marker_alpha", 3.0), "marker_alpha"),
+])
+def test_declare_rejects_bad_overrides(ros_context, override, words):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from occnet_ros.ros.node_params import declare_parameters
+
+    node = Node("params_test_bad", context=ros_context, parameter_overrides=[Parameter(override[0], value=override[1])])
+    try:
+        with pytest.raises(ParamError, match=words):
+            declare_parameters(node)
+    finally:
+        node.destroy_node()
