@@ -49,21 +49,46 @@ def _corner_views(a: np.ndarray) -> list[np.ndarray]:
             for i in (0, 1) for j in (0, 1) for k in (0, 1)]
 
 
-def _upsample2(a: np.ndarray) -> np.ndarray:
-    """Trilinear 2x upsampling of a corner grid: (n+1)^3 -> (2n+1)^3."""
-    for axis in range(3):
-        a = np.moveaxis(a, axis, 0)
-        out = np.empty((2 * a.shape[0] - 1,) + a.shape[1:], dtype=a.dtype)
-        out[0::2] = a
-        out[1::2] = 0.5 * (a[:-1] + a[1:])
-        a = np.moveaxis(out, 0, axis)
-    return a
+def _active_cells(values: np.ndarray, evaluated: np.ndarray, stride: int, threshold: float) -> np.ndarray:
+    """Flat indices (full grid) of the lowest corners of the active cells of the ``stride`` lattice: all
+    8 corners evaluated, some inside (``>= threshold``) and some not. values/evaluated: (n, n, n)."""
+    v = values[::stride, ::stride, ::stride]
+    e = evaluated[::stride, ::stride, ::stride]
+    corners_in, corners_known = _corner_views(v >= threshold), _corner_views(e)
+    any_in, all_in, known = corners_in[0].copy(), corners_in[0].copy(), corners_known[0].copy()
+    for ci, ck in zip(corners_in[1:], corners_known[1:]):
+        any_in |= ci
+        all_in &= ci
+        known &= ck
+    m = any_in.shape[0]
+    f = np.flatnonzero(known & any_in & ~all_in)
+    n = values.shape[0]
+    return ((f // (m * m)) * (n * n) + ((f // m) % m) * n + f % m) * stride
+
+
+def _flat_to_index(flat: np.ndarray, n: int) -> np.ndarray:
+    """Flat indices of an (n, n, n) C-order grid -> (K, 3) integer indices."""
+    return np.stack([flat // (n * n), (flat // n) % n, flat % n], axis=1)
+
+
+def _interpolate_level(values: np.ndarray, stride: int) -> None:
+    """Trilinear 2x upsampling, in place, of the ``2 * stride`` lattice onto the ``stride`` lattice
+    (separable: along x, then y, then z); overwrites every ``stride`` lattice value that is not on the
+    coarser lattice."""
+    v = values[::stride, ::stride, ::stride]
+    v[1::2, ::2, ::2] = 0.5 * (v[0:-1:2, ::2, ::2] + v[2::2, ::2, ::2])
+    v[:, 1::2, ::2] = 0.5 * (v[:, 0:-1:2, ::2] + v[:, 2::2, ::2])
+    v[:, :, 1::2] = 0.5 * (v[:, :, 0:-1:2] + v[:, :, 2::2])
 
 
 def mise_values(eval_fn: EvalFn, resolution0: int = 32, upsampling_steps: int = 2,
                 threshold: float = 0.5, box_half: float = BOX_HALF, batch_size: int = 100_000
                 ) -> tuple[np.ndarray, dict]:
     """MISE on the corner grid -> (values (R+1, R+1, R+1) float32, all filled; stats).
+
+    Each level's new corners go to ``eval_fn`` in one pass (cut into chunks of ``batch_size``), in
+    C order of the grid. Never-evaluated values are filled coarse to fine by trilinear interpolation
+    of the coarser level (the evaluated ones keep the network's values).
 
     stats: ``evals_per_level`` (list of int), ``eval_calls``, ``n_evals``, ``n_dense`` ((R+1)^3),
     ``time_eval_s``, ``time_total_s``, ``resolution``."""
@@ -74,41 +99,39 @@ def mise_values(eval_fn: EvalFn, resolution0: int = 32, upsampling_steps: int = 
     n = res + 1
     values = np.zeros((n, n, n), dtype=np.float32)
     evaluated = np.zeros((n, n, n), dtype=bool)
-    evals, calls, t_eval = [], 0, 0.0
+    flat_values, flat_evaluated = values.reshape(-1), evaluated.reshape(-1)
+    evals, calls, t_eval, per_level = [], 0, 0.0, []
     for level in range(upsampling_steps + 1):
         s = 2 ** (upsampling_steps - level)
         if level == 0:
-            mark = np.zeros((n, n, n), dtype=bool)
-            mark[::s, ::s, ::s] = True
+            a = np.arange(0, n, s)
+            new = (a[:, None, None] * (n * n) + a[None, :, None] * n + a[None, None, :]).reshape(-1)
         else:
-            # active cells of the previous (stride 2s) grid: all 8 corners evaluated, not all agreeing
-            v, e = values[::2 * s, ::2 * s, ::2 * s], evaluated[::2 * s, ::2 * s, ::2 * s]
-            inside = [c >= threshold for c in _corner_views(v)]
-            known = np.logical_and.reduce(_corner_views(e))
-            active = known & np.logical_or.reduce(inside) & ~np.logical_and.reduce(inside)
-            cells = np.argwhere(active) * (2 * s)  # (K, 3) lowest corner, full-resolution index
-            mark = np.zeros((n, n, n), dtype=bool)
-            for di in range(3):
-                for dj in range(3):
-                    for dk in range(3):
-                        mark[cells[:, 0] + di * s, cells[:, 1] + dj * s, cells[:, 2] + dk * s] = True
-        new = np.argwhere(mark & ~evaluated)
-        if new.shape[0]:
+            cells = _active_cells(values, evaluated, 2 * s, threshold)
+            offsets = np.array([(di * n * n + dj * n + dk) * s
+                                for di in range(3) for dj in range(3) for dk in range(3)])
+            mark = np.zeros(n ** 3, dtype=bool)
+            mark[(cells[:, None] + offsets[None, :]).reshape(-1)] = True
+            for done, _ in per_level:
+                mark[done] = False
+            new = np.flatnonzero(mark)
+        if new.size:
             te = time.perf_counter()
-            vals, c = _evaluate(eval_fn, grid_coords(new, res, box_half), batch_size)
+            vals, c = _evaluate(eval_fn, grid_coords(_flat_to_index(new, n), res, box_half), batch_size)
             t_eval += time.perf_counter() - te
             calls += c
-            values[new[:, 0], new[:, 1], new[:, 2]] = vals
-            evaluated[new[:, 0], new[:, 1], new[:, 2]] = True
-        evals.append(int(new.shape[0]))
-    # fill never-evaluated values coarse-to-fine by trilinear interpolation
+            flat_values[new] = vals
+            flat_evaluated[new] = True
+        else:
+            vals = np.zeros(0, np.float32)
+        per_level.append((new, vals))
+        evals.append(int(new.size))
+    # fill never-evaluated values coarse to fine: interpolate the whole level, then put back the network
+    # values of the corners evaluated at that level (corners of coarser levels are never overwritten)
     for level in range(1, upsampling_steps + 1):
-        s = 2 ** (upsampling_steps - level)
-        coarse = values[::2 * s, ::2 * s, ::2 * s]
-        fine_view = values[::s, ::s, ::s]
-        unknown = ~evaluated[::s, ::s, ::s]
-        fine_view[unknown] = _upsample2(coarse)[unknown]
-        evaluated[::s, ::s, ::s] = True
+        _interpolate_level(values, 2 ** (upsampling_steps - level))
+        done, vals = per_level[level]
+        flat_values[done] = vals
     stats = {
         "resolution": res,
         "evals_per_level": evals,

@@ -22,7 +22,8 @@ from occnet_ros.model import OccupancyNetwork, PreparedCode, resolve_device
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
 from occnet_ros.occupancy_grid import OccupancyGrid
 
-__all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES"]
+__all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
+           "frames_close"]
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUERY_MODES = ("exact", "grid")
@@ -39,7 +40,9 @@ class ReconstructorConfig:
     call (0 = :data:`AUTO_BATCH` for the device); ``device``: auto/cpu/cuda; ``precision``: float32,
     bfloat16 or float16 for the decoder's fast path (the code and encoder stay float32); ``keep_grid``:
     keep the MISE probability grid with each object for ``query(..., mode="grid")`` (4 * (R+1)^3 bytes,
-    8.6 MB at R = 128)."""
+    8.6 MB at R = 128); ``reuse_tolerance``: :meth:`Reconstructor.reconstruct` given the object's
+    previous reconstruction returns it unchanged when the new observation's canonical frame is within
+    this tolerance of the old one (see :func:`frames_close`; 0 = always reconstruct)."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
@@ -50,6 +53,7 @@ class ReconstructorConfig:
     device: str = "auto"
     precision: str = "float32"
     keep_grid: bool = True
+    reuse_tolerance: float = 0.0
 
     def validate(self) -> None:
         if self.resolution0 < 1 or self.upsampling_steps < 0:
@@ -60,6 +64,8 @@ class ReconstructorConfig:
             raise ValueError(f"n_input_points must be >= 1, got {self.n_input_points}")
         if self.query_batch_size < 0:
             raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
+        if not 0.0 <= self.reuse_tolerance < 1.0:
+            raise ValueError(f"reuse_tolerance must be in [0, 1), got {self.reuse_tolerance}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
@@ -87,7 +93,8 @@ class ReconstructedObject:
 
     def probabilities(self, points: np.ndarray) -> np.ndarray:
         """The network on every point, no box test: points (M, 3) float32 canonical -> (M,) float32
-        probabilities. Chunks of ``_batch_size`` points; one prepared code, no per-point Python."""
+        probabilities. Chunks of ``_batch_size`` points; one prepared code, no per-point Python. On a
+        GPU: one transfer each way per call (no synchronisation per chunk)."""
         if self._model is None or self._prepared is None:
             raise RuntimeError("this ReconstructedObject has no network attached")
         p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
@@ -96,9 +103,13 @@ class ReconstructedObject:
         bs = self._batch_size
         with torch.inference_mode():
             src, dst = torch.from_numpy(p), torch.from_numpy(out)
+            if dev.type != "cpu":
+                src, dst = src.to(dev), torch.empty(p.shape[0], dtype=torch.float32, device=dev)
             for s in range(0, p.shape[0], bs):
-                q = src[s:s + bs].to(dev, non_blocking=True).unsqueeze(0)
-                dst[s:s + bs].copy_(self._model.decode_prepared(q, self._prepared)[0].sigmoid_())
+                logits = self._model.decode_prepared(src[s:s + bs].unsqueeze(0), self._prepared)[0]
+                dst[s:s + bs] = logits.sigmoid_()
+            if dev.type != "cpu":
+                out[:] = dst.cpu().numpy()
         return out
 
     def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
@@ -146,6 +157,15 @@ class ReconstructedObject:
             return np.asarray(self.mesh.bounds, dtype=np.float32)
         c = self.box_corners()
         return np.stack([c.min(axis=0), c.max(axis=0)])
+
+
+def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool:
+    """Whether two observations give the same object frame within ``tolerance``: centres closer than
+    ``tolerance * scale``, scales within ``tolerance * scale``, and rotation matrices within
+    ``tolerance`` (Frobenius norm of the difference, about the rotation angle in radians * 1.4)."""
+    s = max(a.scale, b.scale)
+    return bool(np.linalg.norm(a.center - b.center) <= tolerance * s and abs(a.scale - b.scale) <= tolerance * s
+                and np.linalg.norm(a.rotation - b.rotation) <= tolerance)
 
 
 class Reconstructor:
@@ -201,16 +221,26 @@ class Reconstructor:
             return self.model.encode(x.to(self.device).unsqueeze(0))
 
     def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
-                    extract_mesh: bool = True) -> ReconstructedObject:
+                    extract_mesh: bool = True, previous: ReconstructedObject | None = None
+                    ) -> ReconstructedObject:
         """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
         frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
-        frame; viewpoint: (3,) camera centre in the source frame, metres."""
+        frame; viewpoint: (3,) camera centre in the source frame, metres. previous: this object's last
+        reconstruction; with ``reuse_tolerance`` > 0 it is returned as is (``mise_stats["reused"]``)
+        when the new frame is within the tolerance (:func:`frames_close`) and it has what is asked."""
         t0 = time.perf_counter()
         p = np.asarray(points, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"points must be (N, 3), got {p.shape}")
         p = p[np.all(np.isfinite(p), axis=1)]
         frame = canonical_frame_from_observation(p, up, viewpoint)
+        tol = self.config.reuse_tolerance
+        if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
+                and previous._model is self.model and frames_close(previous.frame, frame, tol)):
+            dt = time.perf_counter() - t0
+            return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
+                                              "total": dt},
+                           mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
         pc = frame.to_canonical(self._subsample(p))
         t1 = time.perf_counter()
         code = self.encode(pc)

@@ -1,0 +1,218 @@
+"""Shared pieces of the benchmark: sizes (full / quick), timing by medians, the network under test and
+a realistic test object (a partial view of a procedural shape from the training data's virtual camera).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from occnet_ros.checkpoint import DEFAULT_WEIGHTS, CheckpointMeta, load_checkpoint, save_checkpoint
+from occnet_ros.config_io import from_dict
+from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_CONFIG = REPO / "config" / "train" / "default.yaml"
+RANDOM_WEIGHTS_NAME = "random_default_architecture.pt"
+
+
+@dataclass
+class BenchSizes:
+    """Problem sizes. Full run: the sizes issue 5 names; quick (``--quick``): tiny, for the smoke test.
+
+    ``resolution0`` * 2**``upsampling_steps`` = final MISE resolution; ``cloud_sizes``: observed points
+    per object (latency); ``query_sizes``: points per request; ``matmul_batch``: rows of the floor
+    matmul; ``chunk_sizes``: decoder chunk sizes tried; ``iou_points``: points of the mesh IoU;
+    ``node_seconds``: how long frames are streamed to the node; ``latency_calls``: service calls
+    during reconstructions (p50/p99); ``dense_repeats``: repeats of the slow dense grid."""
+
+    resolution0: int = 32
+    upsampling_steps: int = 2
+    cloud_sizes: tuple[int, ...] = (1000, 5000, 20000)
+    query_sizes: tuple[int, ...] = (1000, 10000, 100000)
+    matmul_batch: int = 65536
+    chunk_sizes: tuple[int, ...] = (1024, 4096, 8192, 16384, 65536)
+    decoder_points: int = 262144
+    iou_points: int = 100_000
+    node_seconds: float = 40.0
+    latency_calls: int = 200
+    dense_repeats: int = 3
+
+    @property
+    def resolution(self) -> int:
+        return self.resolution0 * 2 ** self.upsampling_steps
+
+
+QUICK_SIZES = BenchSizes(resolution0=8, upsampling_steps=2, cloud_sizes=(300, 1000), query_sizes=(1000, 5000),
+                         matmul_batch=8192, chunk_sizes=(1024, 4096), decoder_points=16384,
+                         iou_points=20_000, node_seconds=6.0, latency_calls=10, dense_repeats=1)
+
+
+@dataclass
+class BenchContext:
+    """What every section gets: ``sizes``, ``repeats`` (medians over this many runs), ``out`` folder,
+    the network (``model``, ``threshold``, ``weights`` description), ``rate_gflops`` (measured float32
+    matmul rate of the decoder's size; set by the floor section), ``seed``."""
+
+    sizes: BenchSizes
+    repeats: int
+    out: Path
+    model: OccupancyNetwork
+    threshold: float
+    weights: dict
+    n_input_points: int
+    seed: int = 0
+    rate_gflops: float = float("nan")
+    costs: dict = field(default_factory=dict)
+
+    def floor_s(self, flops: float) -> float:
+        """Seconds the given FLOPs take at the measured matmul rate (the FLOPs-based floor)."""
+        return float(flops / (self.rate_gflops * 1e9)) if self.rate_gflops > 0 else float("nan")
+
+    def decoder_floor_s(self, n_queries: int) -> float:
+        return self.floor_s(n_queries * self.costs["decoder_flops_per_query"])
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[dict, object]:
+    """Run ``fn`` ``warmup`` + ``repeats`` times -> ({median_s, min_s, max_s, runs}, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return summary(times), result
+
+
+def summary(times: list[float]) -> dict:
+    """Seconds -> {median_s, min_s, max_s, runs}."""
+    return {"median_s": float(statistics.median(times)), "min_s": float(min(times)),
+            "max_s": float(max(times)), "runs": len(times)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """q-th percentile (0..100), linear interpolation; NaN for no values."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def machine_info() -> dict:
+    """Core counts, torch threads and versions, CPU model, load average (a busy machine skews timings)."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpu_count": os.cpu_count(), "usable_cores": usable, "cpu_model": cpu,
+            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "numpy_version": np.__version__, "cuda_available": torch.cuda.is_available(),
+            "loadavg_1_5_15": [round(x, 2) for x in load]}
+
+
+def default_model_config() -> ModelConfig:
+    """The model section of ``config/train/default.yaml`` (the shipped architecture); ModelConfig
+    defaults if the file is not there (an installed package)."""
+    if TRAIN_CONFIG.is_file():
+        data = yaml.safe_load(TRAIN_CONFIG.read_text()) or {}
+        if isinstance(data.get("model"), dict):
+            return from_dict(ModelConfig, data["model"], where=f"{TRAIN_CONFIG}:model")
+    return ModelConfig()
+
+
+def resolve_weights(weights: str | Path | None, out: Path, seed: int = 0) -> tuple[Path, str]:
+    """The checkpoint to benchmark -> (path, kind). ``weights`` given: that file ("given", or "random"
+    when it is a named test double). None: the shipped weights if present ("trained"), else a randomly
+    initialised network of the default architecture written to ``out`` ("random": a stand-in, never a
+    model; a random net's surface, and so MISE's work, differs from a trained one's)."""
+    if weights is not None:
+        path = Path(weights)
+        _, meta, _ = load_checkpoint(path)
+        return path, ("random" if "test_double" in meta.extra else "given")
+    if DEFAULT_WEIGHTS.is_file():
+        return DEFAULT_WEIGHTS, "trained"
+    return write_random_weights(out / RANDOM_WEIGHTS_NAME, seed), "random"
+
+
+def write_random_weights(path: Path, seed: int = 0) -> Path:
+    """A TEST DOUBLE checkpoint: the default architecture with random (untrained) weights."""
+    torch.manual_seed(seed)
+    model = OccupancyNetwork(default_model_config())
+    meta = CheckpointMeta(extra={"test_double": "random weights, untrained: benchmark stand-in for the "
+                                                "shipped model (occnet_bench)"})
+    return save_checkpoint(path, model, meta)
+
+
+def make_context(weights: str | Path | None, out: Path, sizes: BenchSizes, repeats: int,
+                 seed: int = 0) -> BenchContext:
+    """Load the network to benchmark (CPU; the benchmark measures this machine)."""
+    path, kind = resolve_weights(weights, out, seed)
+    model, meta, _ = load_checkpoint(path, device="cpu")
+    n_in = meta.extra.get("train_config", {}).get("n_input_points")
+    n_in = int(n_in) if isinstance(n_in, int) else 300
+    info = {"path": str(path), "kind": kind, "threshold": meta.threshold, "step": meta.step,
+            "model_config": {k: getattr(model.config, k) for k in
+                             ("c_dim", "encoder_hidden", "encoder_blocks", "decoder_hidden", "decoder_blocks")},
+            "n_input_points": n_in}
+    return BenchContext(sizes=sizes, repeats=repeats, out=out, model=model, threshold=meta.threshold,
+                        weights=info, n_input_points=n_in, seed=seed, costs=cost_report(model.config))
+
+
+@dataclass
+class TestObject:
+    """A partial view: ``points`` (N, 3) float32 camera optical frame, metres; ``up`` (3,) gravity-up
+    in that frame; ``family``: the procedural shape family; ``mesh``: the shape (object frame)."""
+
+    points: np.ndarray
+    up: np.ndarray
+    family: str
+    mesh: object
+
+
+def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
+                     distance: float = 0.7) -> TestObject:
+    """A procedural shape (default: a mug, handle included) seen by the training data's virtual depth
+    camera (640x480, RealSense-like noise) from ``distance`` metres; moved closer until the view holds
+    at least ``min_points`` points."""
+    from occnet_ros.data.shapes import sample_shape
+    from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
+                                                observe)
+
+    rng = np.random.default_rng([seed, 5])
+    shape = sample_shape(rng, family)
+    mesh = shape.mesh(96)
+    scene = ObjectScene(mesh)
+    target = np.array([0.0, 0.0, 0.5 * float(mesh.bounds[1, 2])])
+    d = distance
+    while True:
+        eye = target + d * np.array([-np.cos(np.radians(35)), -0.25, np.sin(np.radians(35))])
+        pts, up = observe(scene, look_at_pose(eye, target), CameraIntrinsics(), DepthNoise(),
+                          np.random.default_rng([seed, 6]))
+        if pts.shape[0] >= max(min_points, 50) or d < 0.2:
+            break
+        d *= 0.8
+    if pts.shape[0] < 50:
+        raise RuntimeError(f"the test object ({family}, seed {seed}) shows only {pts.shape[0]} points")
+    return TestObject(points=pts, up=up, family=family, mesh=mesh)
+
+
+def resample(points: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Exactly ``n`` of ``points`` (without replacement when there are enough)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(points.shape[0], size=n, replace=points.shape[0] < n)
+    return np.ascontiguousarray(points[idx])

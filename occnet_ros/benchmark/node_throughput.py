@@ -1,0 +1,280 @@
+"""Section "ros": the reconstruction node in its own process, driven from this one (the benchmark is
+the other process: a camera publishing frames, and a planner calling the service).
+
+1. frame throughput: a 640x480 organized cloud of the simulated tabletop (4 objects, mask, image,
+   camera_info) is published with fresh stamps at ``PUBLISH_HZ`` for ``node_seconds``; frames/s =
+   reconstructed frames (``objects`` messages) per second, end to end; latency = arrival - stamp;
+   peak memory = the node process's VmHWM;
+2. service throughput, node idle: ``query_occupancy`` with 1k/10k/100k points spread over the scene
+   (uniform in the box around the objects' points, enlarged by ``SCENE_MARGIN_M``) and inside one
+   object (its observed points' box), points/s of the full round trip;
+3. service latency while reconstructions run (frames keep coming): p50/p99 of 10k-point requests.
+
+rclpy is imported only when this section runs.
+"""
+from __future__ import annotations
+
+import array
+import importlib.util
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from occnet_ros.benchmark.common import BenchContext, percentile, summary
+
+PUBLISH_HZ = 5.0
+SCENE_MARGIN_M = 0.2
+FRAME_ID = "camera_color_optical_frame"
+START_TIMEOUT_S = 180.0
+LATENCY_POINTS = 10_000
+
+
+def unavailable_reason() -> str | None:
+    """Why the section cannot run here (None when it can)."""
+    for mod in ("rclpy", "occnet_ros.srv", "occnet_ros.msg", "occnet_ros.ros.reconstruction_node"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return f"module {mod} not found"
+        except (ImportError, ValueError) as e:
+            return f"module {mod}: {e}"
+    if not (Path(sys.executable).parent / "reconstruction_node").exists():
+        return f"no reconstruction_node program next to {sys.executable}"
+    return None
+
+
+def peak_rss_mb(pid: int) -> dict:
+    """VmHWM (peak resident set) and VmRSS of ``pid`` in MiB, from /proc (NaN if unreadable)."""
+    out = {"peak_rss_mb": float("nan"), "rss_mb": float("nan")}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mb"] = int(line.split()[1]) / 1024.0
+            elif line.startswith("VmRSS:"):
+                out["rss_mb"] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def render_scene(ctx: BenchContext):
+    """One simulated 640x480 frame of a tabletop with 4 objects (PyBullet, no GUI)."""
+    from occnet_ros.sim import CameraConfig, SceneConfig, SimCamera, TabletopScene
+
+    with TabletopScene(SceneConfig(seed=ctx.seed, num_objects=4)) as scene:
+        return SimCamera(scene, CameraConfig(), seed=ctx.seed).render(stamp=0.0, index=0)
+
+
+def query_sets(frame, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` points spread over the scene, and ``n`` in the box of object 1's observed points."""
+    pts = frame.points.reshape(-1, 3)
+    labels = frame.mask.reshape(-1)
+    ok = np.isfinite(pts).all(axis=1)
+    objs = pts[ok & (labels > 0)]
+    lo, hi = objs.min(axis=0) - SCENE_MARGIN_M, objs.max(axis=0) + SCENE_MARGIN_M
+    one = pts[ok & (labels == labels[ok & (labels > 0)].min())]
+    c, h = 0.5 * (one.min(axis=0) + one.max(axis=0)), 0.5 * (one.max(axis=0) - one.min(axis=0))
+    return {"spread": rng.uniform(lo, hi, (n, 3)).astype(np.float32),
+            "inside_one": rng.uniform(c - h, c + h, (n, 3)).astype(np.float32)}
+
+
+class _Client:
+    """The benchmark's ROS side: publishes the frame, counts ``objects``, calls the service."""
+
+    def __init__(self, ctx: BenchContext, frame, domain_id: int):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from std_msgs.msg import Header
+
+        from occnet_ros.msg import ReconstructedObjectArray
+        from occnet_ros.ros import conversions
+        from occnet_ros.srv import QueryOccupancy
+
+        self.rclpy, self.Header, self.QueryOccupancy = rclpy, Header, QueryOccupancy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("occnet_bench_client", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=2)
+        self.pubs = {"points": self.node.create_publisher(PointCloud2, "points", qos),
+                     "image": self.node.create_publisher(Image, "image", qos),
+                     "mask": self.node.create_publisher(Image, "mask", qos),
+                     "camera_info": self.node.create_publisher(CameraInfo, "camera_info", qos)}
+        header = Header(frame_id=FRAME_ID)
+        intr = frame.intrinsics
+        self.msgs = {"points": conversions.arrays_to_pointcloud2(frame.points, frame.rgb, header),
+                     "image": conversions.array_to_image(frame.rgb, "rgb8", header),
+                     "mask": conversions.array_to_image(frame.mask, "mono16", header),
+                     "camera_info": conversions.camera_info(intr.width, intr.height, intr.fx, intr.fy,
+                                                            intr.cx, intr.cy, header)}
+        self.received: list[tuple[float, float, int]] = []  # (arrival wall time, stamp, objects)
+        self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects, 10)
+        self.client = self.node.create_client(QueryOccupancy, "query_occupancy")
+        self.published = 0
+        self._next_pub = 0.0
+
+    def _on_objects(self, msg) -> None:
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.received.append((time.time(), stamp, len(msg.objects)))
+
+    def publish_frame(self) -> None:
+        """All four messages with one fresh stamp (wall clock)."""
+        stamp = self.node.get_clock().now().to_msg()
+        for name in ("camera_info", "image", "mask", "points"):
+            msg = self.msgs[name]
+            msg.header.stamp = stamp
+            self.pubs[name].publish(msg)
+        self.published += 1
+
+    def spin_for(self, seconds: float, publish: bool) -> None:
+        """Spin (and publish at PUBLISH_HZ when ``publish``) for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.tick(publish)
+
+    def tick(self, publish: bool) -> None:
+        now = time.monotonic()
+        if publish and now >= self._next_pub:
+            self.publish_frame()
+            self._next_pub = now + 1.0 / PUBLISH_HZ
+        self.executor.spin_once(timeout_sec=0.01)
+
+    def call(self, points: np.ndarray, publish: bool, timeout: float = 30.0) -> float:
+        """One service round trip -> seconds (frames keep being published when ``publish``)."""
+        req = self.QueryOccupancy.Request()
+        req.header.frame_id = ""
+        req.points = array.array("f", np.ascontiguousarray(points, np.float32).tobytes())
+        t0 = time.perf_counter()
+        future = self.client.call_async(req)
+        end = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > end:
+                raise TimeoutError(f"query_occupancy did not answer within {timeout} s")
+            self.tick(publish)
+        dt = time.perf_counter() - t0
+        res = future.result()
+        if not res.success or len(res.probabilities) != points.shape[0]:
+            raise RuntimeError(f"query_occupancy failed: success={res.success} message={res.message!r}")
+        return dt
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def _start_node(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> subprocess.Popen:
+    s = ctx.sizes
+    up = ",".join(f"{v:.6f}" for v in frame.up)
+    args = ["-p", "device:=cpu", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
+            "-p", f"mesh.resolution0:={s.resolution0}", "-p", f"mesh.upsampling_steps:={s.upsampling_steps}"]
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1",
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    exe = Path(sys.executable).parent / "reconstruction_node"
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen([str(exe), "--ros-args"] + args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    finally:
+        log.close()
+
+
+def _stop_node(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
+def _frame_stats(received: list[tuple[float, float, int]]) -> dict:
+    if len(received) < 2:
+        return {"frames": len(received), "frames_per_s": float("nan")}
+    arrivals = [r[0] for r in received]
+    return {"frames": len(received),
+            "frames_per_s": (len(received) - 1) / (arrivals[-1] - arrivals[0]),
+            "end_to_end_latency": summary([a - s for a, s, _ in received]),
+            "objects_per_frame": summary([float(n) for _, _, n in received])}
+
+
+def run(ctx: BenchContext) -> dict:
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"available": False, "reason": reason}
+    s = ctx.sizes
+    frame = render_scene(ctx)
+    domain_id = random.SystemRandom().randint(20, 99)
+    log_path = ctx.out / "reconstruction_node.log"
+    saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    proc = _start_node(ctx, frame, domain_id, log_path)
+    client = None
+    try:
+        client = _Client(ctx, frame, domain_id)
+        end = time.monotonic() + START_TIMEOUT_S
+        while not client.received:  # node start-up (imports, weights) and the first frame
+            if proc.poll() is not None:
+                raise RuntimeError(f"reconstruction_node exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"no objects from reconstruction_node within {START_TIMEOUT_S} s; see {log_path}")
+            client.tick(publish=True)
+        # 1. frame throughput, nothing else running
+        client.received.clear()
+        published0 = client.published
+        client.spin_for(s.node_seconds, publish=True)
+        frames = _frame_stats(list(client.received))
+        frames["published"] = client.published - published0
+        frames.update(peak_rss_mb(proc.pid))
+        # 2. service throughput with the node idle (wait for the frame in progress to finish)
+        last = len(client.received)
+        idle_end = time.monotonic() + 60.0
+        while time.monotonic() < idle_end:
+            client.spin_for(max(1.0, 1.5 * frames.get("end_to_end_latency", {}).get("max_s", 1.0)), publish=False)
+            if len(client.received) == last:
+                break
+            last = len(client.received)
+        rng = np.random.default_rng(ctx.seed)
+        service = []
+        for n in s.query_sizes:
+            row = {"points": n}
+            for name, pts in query_sets(frame, n, rng).items():
+                client.call(pts, publish=False)  # warm-up
+                t = summary([client.call(pts, publish=False) for _ in range(ctx.repeats)])
+                row[name] = {"points_per_s": n / t["median_s"], "time": t}
+            service.append(row)
+        # 3. latency while reconstructions run
+        client.received.clear()
+        wait_end = time.monotonic() + 120.0
+        while not client.received and time.monotonic() < wait_end:  # reconstructions are running again
+            client.tick(publish=True)
+        pts = query_sets(frame, LATENCY_POINTS, rng)["spread"]
+        n_before, t_start = len(client.received), time.monotonic()
+        lat = [client.call(pts, publish=True) for _ in range(s.latency_calls)]
+        under_load = {"points": LATENCY_POINTS, "calls": len(lat), "p50_s": percentile(lat, 50),
+                      "p99_s": percentile(lat, 99), "max_s": max(lat), "window_s": time.monotonic() - t_start,
+                      "frames_reconstructed_meanwhile": len(client.received) - n_before}
+        memory = peak_rss_mb(proc.pid)
+    finally:
+        if client is not None:
+            client.close()
+        code = _stop_node(proc)
+        if saved_env is None:
+            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        else:
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = saved_env
+    return {"available": True, "domain_id": domain_id, "publish_hz": PUBLISH_HZ,
+            "frame": {"width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
+                      "objects": int(len(np.unique(frame.mask)) - 1)},
+            "node_throughput": frames, "service": service, "service_under_load": under_load,
+            "node_memory": memory, "node_exit_code": code, "node_log": str(log_path)}

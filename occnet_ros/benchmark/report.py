@@ -1,0 +1,218 @@
+"""The issue-5 targets checked against measured results (PASS/MISS, never asserted), and the outputs:
+``results.json`` (everything measured) and ``results.md`` (the tables), both under the output folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Target:
+    """``name``; ``unit``; ``limit``; ``higher_is_better``; ``get(results) -> measured value`` (None or
+    NaN = not measured); ``what`` says which measurement is compared."""
+
+    name: str
+    unit: str
+    limit: float
+    higher_is_better: bool
+    get: Callable[[dict], float | None]
+    what: str
+
+
+def _dig(d: Any, *keys) -> Any:
+    for k in keys:
+        if isinstance(d, dict):
+            d = d.get(k)
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def _size_row(rows: list | None, key: str, value: int) -> dict | None:
+    for r in rows or []:
+        if r.get(key) == value:
+            return r
+    return max(rows, key=lambda r: r.get(key, 0)) if rows else None
+
+
+def _latency_row(res: dict) -> dict | None:
+    return _size_row(_dig(res, "latency", "sizes"), "cloud_points", 5000)
+
+
+def _query_row(res: dict) -> dict | None:
+    return _size_row(_dig(res, "queries", "sizes"), "points", 100_000)
+
+
+TARGETS = (
+    Target("reconstruct_one_object_s", "s", 0.5, False,
+           lambda r: _dig(_latency_row(r), "reconstruct_median_s"),
+           "median normalise+encode+MISE+marching cubes, 5k-point cloud (or the largest), final resolution"),
+    Target("mise_fewer_evaluations", "x", 10.0, True,
+           lambda r: _dig(r, "mise_vs_dense", "eval_ratio_dense_over_mise"),
+           "dense-grid / MISE network evaluations at the same final resolution"),
+    Target("mise_vs_dense_iou", "", 0.99, True, lambda r: _dig(r, "mise_vs_dense", "mesh_iou"),
+           "volumetric IoU of the MISE and dense meshes"),
+    Target("query_spread_points_per_s", "pts/s", 1e6, True,
+           lambda r: _dig(_query_row(r), "store_spread", "points_per_s"),
+           "object store, points spread over the scene, 100k per request (or the largest)"),
+    Target("query_inside_points_per_s", "pts/s", 2e5, True,
+           lambda r: _dig(_query_row(r), "object_exact_inside", "points_per_s"),
+           "one object, exact network answers, points inside its box, 100k per request (or the largest)"),
+    Target("service_10k_p50_under_load_s", "s", 0.020, False,
+           lambda r: _dig(r, "ros", "service_under_load", "p50_s"),
+           "query_occupancy round trip from another process, 10k points, while frames are reconstructed"),
+)
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Each target -> {name, limit, measured, status PASS/MISS/NOT MEASURED, what}."""
+    rows = []
+    for t in TARGETS:
+        v = t.get(results)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            status, v = "NOT MEASURED", None
+        else:
+            ok = v >= t.limit if t.higher_is_better else v <= t.limit
+            status = "PASS" if ok else "MISS"
+        rows.append({"name": t.name, "limit": t.limit, "unit": t.unit, "direction": ">=" if t.higher_is_better
+                     else "<=", "measured": v, "status": status, "what": t.what})
+    return rows
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if unit == "s":
+            return f"{v * 1e3:.1f} ms" if v < 1.0 else f"{v:.2f} s"
+        if abs(v) >= 1e5:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _ms(t: dict | None) -> str:
+    return _fmt(_dig(t, "median_s"), "s")
+
+
+def markdown(results: dict) -> str:
+    """The human-readable report."""
+    m = results.get("machine", {})
+    w = results.get("weights", {})
+    lines = [f"# occnet_ros benchmark ({'quick' if results.get('quick') else 'full'} run)", "",
+             f"- machine: {m.get('cpu_model')}, {m.get('usable_cores')} usable cores, torch threads "
+             f"{m.get('torch_threads')}, load average at start {m.get('loadavg_1_5_15')}",
+             f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
+             f"- medians over {results.get('repeats')} runs; floors = network FLOPs / measured float32 matmul "
+             f"rate {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s", ""]
+    lines += ["## Targets", "", "| target | limit | measured | status | what |", "|---|---|---|---|---|"]
+    for t in results.get("targets", []):
+        unit = t["unit"] if t["unit"] != "s" else ""
+        lines.append(f"| {t['name']} | {t['direction']} {_fmt(float(t['limit']), t['unit'])} {unit} "
+                     f"| {_fmt(t['measured'], t['unit'])} | {t['status']} | {t['what']} |")
+    f = results.get("floor")
+    if isinstance(f, dict) and "decoder_by_chunk" in f:
+        lines += ["", "## Floor: decoder rate by chunk size", "", "| chunk | points/s | floor points/s |",
+                  "|---|---|---|"]
+        for r in f["decoder_by_chunk"]:
+            lines.append(f"| {r['chunk']} | {_fmt(r['points_per_s'])} | {_fmt(r['floor_points_per_s'])} |")
+        lines.append(f"| unfused reference ({f['decoder_unfused_reference']['chunk']}) | "
+                     f"{_fmt(f['decoder_unfused_reference']['points_per_s'])} | |")
+        lines.append(f"| bfloat16 ({f['decoder_bfloat16']['chunk']}) | {_fmt(f['decoder_bfloat16']['points_per_s'])} "
+                     f"| max prob error {_fmt(f['bfloat16_error']['max_abs_prob_diff'])} |")
+    mv = results.get("mise_vs_dense")
+    if isinstance(mv, dict) and "mise" in mv:
+        lines += ["", f"## MISE vs dense at {mv['resolution']}^3", "",
+                  "| | evaluations | time | floor |", "|---|---|---|---|",
+                  f"| MISE | {mv['mise']['n_evals']} {mv['mise']['evals_per_level']} | {_ms(mv['mise']['time'])} "
+                  f"| {_fmt(mv['mise']['floor_s'], 's')} |",
+                  f"| dense | {mv['dense']['n_evals']} | {_ms(mv['dense']['time'])} "
+                  f"| {_fmt(mv['dense']['floor_s'], 's')} |",
+                  "", f"- ratio of evaluations {_fmt(mv['eval_ratio_dense_over_mise'])}x, of time "
+                  f"{_fmt(mv['time_ratio_dense_over_mise'])}x; mesh IoU {_fmt(mv['mesh_iou'])}; "
+                  f"marching cubes {_ms(mv['marching_cubes']['time'])}"]
+        if "coarser_start" in mv:
+            cs = mv["coarser_start"]
+            lines.append(f"- coarser start {cs['resolution0']}x2^{cs['upsampling_steps']}: {cs['n_evals']} evaluations "
+                         f"{cs['evals_per_level']} ({_fmt(cs['eval_ratio_dense_over_mise'])}x fewer than dense), "
+                         f"{_ms(cs['time'])}, mesh IoU vs dense {_fmt(cs['mesh_iou_vs_dense'])}")
+        if "random_network_counts" in mv:
+            rc = mv["random_network_counts"]
+            lines.append(f"- random network of the same architecture: {rc['n_evals']} MISE evaluations "
+                         f"({_fmt(rc['ratio_dense_over_mise'])}x fewer than dense)")
+    lat = results.get("latency")
+    if isinstance(lat, dict) and "sizes" in lat:
+        stages = ["crop", "clean", "normalize", "encode", "mise", "marching_cubes", "colour", "message", "total"]
+        lines += ["", f"## Per-object latency (median), {lat['resolution']}^3", "",
+                  "| points | " + " | ".join(stages) + " | MISE evals | MISE floor |",
+                  "|---" * (len(stages) + 3) + "|"]
+        for r in lat["sizes"]:
+            lines.append(f"| {r['cloud_points']} | " + " | ".join(_ms(r['stages'][k]) for k in stages)
+                         + f" | {r['mise_n_evals']} | {_fmt(r['floor']['mise_s'], 's')} |")
+    q = results.get("queries")
+    if isinstance(q, dict) and "sizes" in q:
+        lines += ["", "## Query throughput, Python API (points/s)", "",
+                  "| points | object exact (inside) | floor | object grid | store spread | reaching network "
+                  "| store inside one |", "|---|---|---|---|---|---|---|"]
+        for r in q["sizes"]:
+            lines.append(f"| {r['points']} | {_fmt(r['object_exact_inside']['points_per_s'])} | "
+                         f"{_fmt(r['object_exact_inside']['floor_points_per_s'])} | "
+                         f"{_fmt(r['object_grid_inside']['points_per_s'])} | "
+                         f"{_fmt(r['store_spread']['points_per_s'])} | "
+                         f"{r['store_spread']['points_reaching_network']} | "
+                         f"{_fmt(r['store_inside_one']['points_per_s'])} |")
+        g = q["grid_vs_exact"]
+        lines.append(f"\ngrid vs exact: max |dp| {_fmt(g['max_abs_prob_diff'])}, mean {_fmt(g['mean_abs_prob_diff'])}, "
+                     f"occupancy agreement {_fmt(g['occupancy_agreement'])} (near the surface "
+                     f"{_fmt(g['occupancy_agreement_near_surface'])})")
+    ros = results.get("ros")
+    if isinstance(ros, dict):
+        lines += ["", "## ROS node (separate process)", ""]
+        if not ros.get("available", False):
+            lines.append(f"not measured: {ros.get('reason', ros.get('error'))}")
+        else:
+            nt = ros["node_throughput"]
+            lines.append(f"- frames: {_fmt(nt.get('frames_per_s'))} frames/s reconstructed "
+                         f"({nt.get('frames')} frames, {ros['frame']['objects']} objects, "
+                         f"{ros['frame']['width']}x{ros['frame']['height']}), end-to-end latency "
+                         f"{_ms(nt.get('end_to_end_latency'))}; node peak RSS "
+                         f"{_fmt(ros['node_memory']['peak_rss_mb'])} MiB")
+            for r in ros["service"]:
+                lines.append(f"- service {r['points']} points: spread {_fmt(r['spread']['points_per_s'])} pts/s "
+                             f"({_ms(r['spread']['time'])}), inside one object {_fmt(r['inside_one']['points_per_s'])} "
+                             f"pts/s ({_ms(r['inside_one']['time'])})")
+            u = ros["service_under_load"]
+            lines.append(f"- under load ({u['frames_reconstructed_meanwhile']} frames reconstructed meanwhile): "
+                         f"{u['points']} points p50 {_fmt(u['p50_s'], 's')}, p99 {_fmt(u['p99_s'], 's')}")
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> None, so results.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write(results: dict, out: Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out`` -> their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / "results.json", out / "results.md"
+    jp.write_text(json.dumps(_clean(results), indent=2, sort_keys=False, default=str) + "\n")
+    mp.write_text(markdown(results))
+    return jp, mp

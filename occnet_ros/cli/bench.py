@@ -1,0 +1,93 @@
+"""``occnet_bench``: the speed benchmark of issue 5 (``make bench``). Prints the tables and the targets
+with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
+
+    occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N]
+                 [--sections floor mise latency queries ros]
+
+Timings are medians over ``--repeats`` runs on this machine; run it on an otherwise idle machine (the
+load average at start is recorded). ``--quick``: tiny sizes, for the smoke test; its numbers mean
+nothing. Without ``--weights`` the shipped weights are used, or, when there are none yet, a randomly
+initialised network of the default architecture (a stand-in: MISE's work depends on the surface).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from occnet_ros.benchmark import floor, latency, mise_vs_dense, node_throughput, queries, report
+from occnet_ros.benchmark.common import QUICK_SIZES, BenchSizes, machine_info, make_context
+
+SECTIONS = {"mise": ("mise_vs_dense", mise_vs_dense.run), "latency": ("latency", latency.run),
+            "queries": ("queries", queries.run), "ros": ("ros", node_throughput.run)}
+"""Optional sections: name on the command line -> (key in results.json, function). The floor section
+always runs: every other section's floor needs its matmul rate."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="occnet_bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
+    ap.add_argument("--weights", default=None, help="checkpoint to benchmark (default: shipped weights, "
+                                                    "else a random network of the default architecture)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); numbers mean nothing")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per median (default 5, quick 2)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: usable cores)")
+    ap.add_argument("--sections", nargs="+", choices=["floor", *SECTIONS], default=None,
+                    help="sections to run (default all; floor always runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0, got {args.threads}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark; returns the results dict (also written to ``args.out``)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = QUICK_SIZES if args.quick else BenchSizes()
+    repeats = args.repeats or (2 if args.quick else 5)
+    info = machine_info()
+    torch.set_num_threads(args.threads or info["usable_cores"])
+    info["torch_threads"] = torch.get_num_threads()
+    ctx = make_context(args.weights, out, sizes, repeats, args.seed)
+    results: dict = {"quick": bool(args.quick), "repeats": repeats, "machine": info, "weights": ctx.weights,
+                     "sizes": vars(sizes) | {"resolution": sizes.resolution},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    wanted = [s for s in SECTIONS if args.sections is None or s in args.sections]
+    for name, fn in [("floor", floor.run)] + [SECTIONS[s] for s in wanted]:
+        t0 = time.perf_counter()
+        print(f"[occnet_bench] {name} ...", flush=True)
+        try:
+            results[name] = fn(ctx)
+        except Exception as e:  # one failing section must not hide the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+        results[name]["section_wall_s"] = time.perf_counter() - t0
+        if name == "floor" and "error" in results[name]:
+            break  # no rate, no floors
+    results["targets"] = report.check_targets(results)
+    report.write(results, out)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run(args)
+    print(report.markdown(results))
+    print(f"[occnet_bench] results in {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        print(f"[occnet_bench] sections that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
