@@ -2,9 +2,10 @@
 
 The reconstruction worker swaps in a whole new set of objects at once (:meth:`ObjectStore.replace`);
 queries (the ROS service, planners) read one immutable snapshot, so they never see half an update and
-never wait for a reconstruction. A query point first meets a vectorised axis-aligned box test, then the
-object's oriented padded box; only points inside that box reach the network, through the object's
-cached code.
+never wait for a reconstruction. A query first rejects every point outside the axis-aligned box that
+holds all queried objects' boxes (one vectorised test), then each remaining point meets each object's
+axis-aligned box, then that object's oriented padded box; only points inside it reach the object
+(the network through its cached code, or its cached probability grid: ``mode``).
 """
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ import numpy as np
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame
 
 
+QUERY_MODES = ("exact", "grid")
+"""exact: the network on each point; grid: interpolated in the object's cached MISE grid (approximate; see
+:mod:`occnet_ros.occupancy_grid`)."""
+
+
 class QueryableObject(Protocol):
     """What the store needs of a reconstruction (e.g. :class:`occnet_ros.reconstructor.ReconstructedObject`):
-    ``frame`` (canonical <-> store frame) and ``query_canonical(points (K, 3) canonical) -> (K,) float32``."""
+    ``frame`` (canonical <-> store frame) and ``query_canonical(points (K, 3) canonical, mode) -> (K,)
+    float32`` with ``mode`` one of :data:`QUERY_MODES`."""
 
     frame: CanonicalFrame
 
-    def query_canonical(self, points: np.ndarray) -> np.ndarray: ...
+    def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray: ...
 
 
 class UnknownObjectError(KeyError):
@@ -103,15 +110,19 @@ class ObjectStore:
         """Remove every object -> the removed ids."""
         return self.replace((), self.snapshot().frame_id, self.snapshot().stamp)[1]
 
-    def query(self, points: np.ndarray, object_ids: Iterable[int] | None = None,
+    def query(self, points: np.ndarray, object_ids: Iterable[int] | None = None, mode: str = "exact",
               snapshot: Snapshot | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Occupancy of points (M, 3) float32, store frame, metres, finite.
 
         Returns ``(probs (M,) float32, ids (M,) int32)``: the highest probability over the objects
         (``object_ids``; None or empty = all) whose padded box holds the point, and the id of that object;
-        0 and -1 where no box holds it. Raises :class:`UnknownObjectError` for ids not in the store,
-        ``ValueError`` for a bad shape or non-finite points.
+        0 and -1 where no box holds it. ``mode``: "exact" (the network) or "grid" (the objects' cached MISE
+        grids, approximate), passed to ``query_canonical``. ``snapshot``: the objects to ask (default: the
+        current ones). Raises :class:`UnknownObjectError` for ids not in the store, ``ValueError`` for a
+        bad shape, non-finite points or an unknown mode.
         """
+        if mode not in QUERY_MODES:
+            raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
         p = np.asarray(points, dtype=np.float32)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"points must have shape (M, 3), got {p.shape}")
@@ -127,19 +138,41 @@ class ObjectStore:
                     raise UnknownObjectError(f"unknown object id(s) {unknown}; current ids: {list(snap.ids)}")
                 objs = tuple(o for o in objs if o.id in set(wanted))
         m = p.shape[0]
-        best = np.full(m, -1.0, dtype=np.float32)
+        probs = np.zeros(m, dtype=np.float32)
         ids = np.full(m, -1, dtype=np.int32)
-        for o in objs:
-            idx = np.flatnonzero(((p >= o.box_min) & (p <= o.box_max)).all(axis=1))
-            if idx.size == 0:
-                continue
-            c = o.obj.frame.to_canonical(p[idx])
-            inside = (np.abs(c) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)
-            idx, c = idx[inside], c[inside]
-            if idx.size == 0:
-                continue
-            prob = np.asarray(o.obj.query_canonical(c), dtype=np.float32).reshape(-1)
-            better = prob > best[idx]
-            best[idx[better]] = prob[better]
-            ids[idx[better]] = o.id
-        return np.maximum(best, 0.0), ids
+        if not objs or m == 0:
+            return probs, ids
+        lo = np.min([o.box_min for o in objs], axis=0)
+        hi = np.max([o.box_max for o in objs], axis=0)
+        candidates = np.flatnonzero(((p >= lo) & (p <= hi)).all(axis=1))
+        if candidates.size == 0:
+            return probs, ids
+        if candidates.size == m:
+            return query_objects(p, objs, mode)
+        probs[candidates], ids[candidates] = query_objects(p[candidates], objs, mode)
+        return probs, ids
+
+
+def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str = "exact"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The per-object part of :meth:`ObjectStore.query`, without the union-box rejection: points (M, 3)
+    float32 finite, store frame, metres; ``objects`` with their boxes filled (as in a :class:`Snapshot`)
+    -> (probs (M,) float32, ids (M,) int32), 0 and -1 where no object's padded box holds the point."""
+    p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    m = p.shape[0]
+    best = np.full(m, -1.0, dtype=np.float32)
+    ids = np.full(m, -1, dtype=np.int32)
+    for o in sorted(objects, key=lambda o: o.id):
+        idx = np.flatnonzero(((p >= o.box_min) & (p <= o.box_max)).all(axis=1))
+        if idx.size == 0:
+            continue
+        c = o.obj.frame.to_canonical(p[idx])
+        inside = (np.abs(c) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)
+        idx, c = idx[inside], c[inside]
+        if idx.size == 0:
+            continue
+        prob = np.asarray(o.obj.query_canonical(c, mode), dtype=np.float32).reshape(-1)
+        better = prob > best[idx]
+        best[idx[better]] = prob[better]
+        ids[idx[better]] = o.id
+    return np.maximum(best, 0.0), ids

@@ -45,6 +45,10 @@ def test_every_parameter_has_description_and_is_in_the_yaml():
     ("filter.max_range", 0.05, "max_range 0.05 must exceed min_range"),
     ("world_frame", "/world", "world_frame must not start with '/'"),
     ("nonsense", 1, "unknown parameter 'nonsense'"),
+    ("mesh.max_faces", 3, "max_faces must be 0 (off) or >= 4"),
+    ("mesh.max_faces", -1, "'mesh.max_faces' = -1 is outside"),
+    ("mesh.reuse_tolerance", 1.0, "'mesh.reuse_tolerance' = 1.0 is outside"),
+    ("query_mode", "fast", "parameter 'query_mode': 'fast' is not one of"),
 ])
 def test_bad_values_name_the_parameter(name, value, words):
     values = default_values()

@@ -1,27 +1,31 @@
-"""Object store: batched max-over-objects queries against a per-point reference, box culling, atomic
-swaps under concurrent queries."""
+"""Object store: batched max-over-objects queries against a per-point reference, box culling (the union box
+first), query modes (exact / cached grid), atomic swaps under concurrent queries."""
 import threading
 
 import numpy as np
 import pytest
 
 from occnet_ros.normalization import BOX_HALF, canonical_frame_from_observation
-from occnet_ros.object_store import ObjectStore, StoredObject, UnknownObjectError
+from occnet_ros.object_store import ObjectStore, StoredObject, UnknownObjectError, query_objects
 
 
 class BallDouble:
     """TEST DOUBLE of a reconstruction: occupancy = value * (1 - |c| / BOX_HALF) clipped at 0, in the
-    canonical frame of ``points``; records every canonical point it is asked about."""
+    canonical frame of ``points`` (mode "grid": that value rounded to 1/64, a stand-in for an
+    interpolated grid); records every canonical point and mode it is asked about."""
 
     def __init__(self, points, value=1.0, up=(0, -1, 0)):
         self.frame = canonical_frame_from_observation(points, up)
         self.value = value
         self.asked = []
+        self.modes = []
 
-    def query_canonical(self, c):
+    def query_canonical(self, c, mode="exact"):
         c = np.asarray(c, np.float32)
         self.asked.append(c.copy())
-        return (self.value * np.clip(1 - np.linalg.norm(c, axis=1) / BOX_HALF, 0, 1)).astype(np.float32)
+        self.modes.append(mode)
+        v = (self.value * np.clip(1 - np.linalg.norm(c, axis=1) / BOX_HALF, 0, 1)).astype(np.float32)
+        return np.round(v * 64) / 64 if mode == "grid" else v
 
 
 def blob(rng, centre, scale=0.05, n=200):
@@ -83,6 +87,48 @@ def test_points_outside_boxes_never_reach_network(store_and_objects):
     for o in objs:
         asked = np.concatenate(o.obj.asked) if o.obj.asked else np.zeros((0, 3))
         assert np.all(np.abs(asked) <= BOX_HALF * (1 + 1e-5))
+
+
+def test_union_box_rejection_gives_identical_answers():
+    # many small objects far apart: most points lie outside the union of their boxes or between them
+    rng = np.random.default_rng(6)
+    centres = rng.uniform(-2, 2, size=(8, 3)) + [0, 0, 3]
+    objs = [StoredObject(i + 1, f"o{i}", BallDouble(blob(rng, c, 0.03), value=0.3 + 0.08 * i))
+            for i, c in enumerate(centres)]
+    store = ObjectStore()
+    store.replace(objs, "cam", 0.0)
+    snap = store.snapshot()
+    pts = np.concatenate([rng.uniform(-6, 6, size=(4000, 3)) + [0, 0, 3],
+                          np.concatenate([blob(rng, c, 0.08, 200) for c in centres])]).astype(np.float32)
+    for mode in ("exact", "grid"):
+        probs, ids = store.query(pts, mode=mode)
+        no_union_probs, no_union_ids = query_objects(pts, snap.objects, mode)  # every point meets every box
+        np.testing.assert_array_equal(probs, no_union_probs)
+        np.testing.assert_array_equal(ids, no_union_ids)
+        assert (ids > 0).sum() > 500 and (ids == -1).sum() > 3000  # both kinds of points are present
+    rp, ri = reference_query(objs, pts)
+    np.testing.assert_allclose(store.query(pts)[0], rp, atol=1e-6)
+    np.testing.assert_array_equal(store.query(pts)[1], ri)
+    # restricted to two objects: the union of those two boxes
+    sub_probs, sub_ids = store.query(pts, object_ids=[2, 5])
+    ref_probs, ref_ids = query_objects(pts, [snap.get(2), snap.get(5)])
+    np.testing.assert_array_equal(sub_probs, ref_probs)
+    np.testing.assert_array_equal(sub_ids, ref_ids)
+    assert set(np.unique(sub_ids)) == {-1, 2, 5}
+
+
+def test_mode_reaches_the_objects(store_and_objects):
+    store, objs = store_and_objects
+    pts = blob(np.random.default_rng(7), [0, 0, 1], 0.05, 100)
+    for o in objs:
+        o.obj.modes.clear()
+    exact, exact_ids = store.query(pts)
+    grid, grid_ids = store.query(pts, mode="grid")
+    assert objs[0].obj.modes == ["exact", "grid"]
+    np.testing.assert_array_equal(grid, np.round(exact * 64) / 64)  # the double's grid answer, max over objects
+    assert not np.array_equal(grid, exact)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        store.query(pts, mode="fast")
 
 
 def test_object_id_filter_and_errors(store_and_objects):
@@ -176,6 +222,37 @@ def test_with_real_reconstruction(tmp_path):
     np.testing.assert_array_equal(ids, np.where(inside, 1, -1))
 
 
+def test_grid_mode_close_to_exact_on_a_test_network():
+    torch = pytest.importorskip("torch")
+    from occnet_ros.model import ModelConfig, OccupancyNetwork
+    from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+
+    torch.manual_seed(0)
+    model = OccupancyNetwork(ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16,
+                                         decoder_blocks=1))  # TEST DOUBLE: random weights
+    with torch.no_grad():
+        model.decoder.fc_out.weight.mul_(40)  # a field that spans (0, 1), not a near-constant one
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=16, upsampling_steps=1,
+                                                                        threshold=0.5, keep_grid=True))
+    rng = np.random.default_rng(8)
+    objs = [rec.reconstruct(blob(rng, c)) for c in ([0, 0, 1], [0.6, 0, 1.2])]
+    assert all(o.grid is not None and len(o.mesh.faces) for o in objs)
+    store = ObjectStore()
+    store.replace([StoredObject(i + 1, f"o{i}", o) for i, o in enumerate(objs)], "cam", 0.0)
+    pts = np.concatenate([blob(rng, [0, 0, 1], 0.1, 2000), blob(rng, [0.6, 0, 1.2], 0.1, 2000),
+                          rng.uniform(-1, 2, size=(1000, 3))]).astype(np.float32)
+    exact, exact_ids = store.query(pts, mode="exact")
+    grid, grid_ids = store.query(pts, mode="grid")
+    inside = exact_ids >= 0
+    assert inside.sum() > 2000 and exact[inside].std() > 0.1
+    np.testing.assert_array_equal(grid_ids, exact_ids)  # the boxes do not overlap: ids from box membership
+    err = np.abs(grid - exact)
+    assert err.max() < 0.05 and err.mean() < 0.01, (err.max(), err.mean())
+    np.testing.assert_allclose(exact, np.maximum(objs[0].query(pts), objs[1].query(pts)), atol=1e-6)
+    np.testing.assert_allclose(grid, np.maximum(objs[0].query(pts, mode="grid"), objs[1].query(pts, mode="grid")),
+                               atol=1e-6)
+
+
 def test_answer_query_checks_requests(store_and_objects):
     from occnet_ros.ros.query import answer_query
     from occnet_ros.ros.tf_lookup import TransformError
@@ -210,5 +287,10 @@ def test_answer_query_checks_requests(store_and_objects):
         ans = answer_query(store, np.asarray(flat).tobytes(), frame, bytes(ids), no_tf, limit)
         assert not ans.success and words in ans.message, ans.message
         assert ans.probabilities.size == 0 and ans.object_ids.size == 0
+    grid = answer_query(store, pts.reshape(-1).tobytes(), "", b"", no_tf, 10, mode="grid")
+    assert grid.success and grid.object_ids.tolist() == [7, -1]
+    assert all(o.obj.modes[-1] == "grid" for o in objs if o.obj.modes)
+    bad_mode = answer_query(store, pts.reshape(-1).tobytes(), "", b"", no_tf, 10, mode="fast")
+    assert not bad_mode.success and "cannot answer in mode 'fast'" in bad_mode.message
     empty = answer_query(ObjectStore(), pts.tobytes(), "anything", b"", no_tf, 10)
     assert empty.success and empty.message.endswith("no objects yet") and np.all(empty.object_ids == -1)

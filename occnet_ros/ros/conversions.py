@@ -1,6 +1,8 @@
 """ROS messages <-> numpy, done once at the edge of the node. No per-point Python for clouds and images
 (vectorised through :mod:`occnet_ros.pointcloud2` and strided numpy views); meshes and markers need one
-message object per vertex by their definition.
+message object per vertex / face by their definition: those lists are built in one comprehension each from
+plain Python numbers (``ndarray.tolist()``) or array rows, and one vertex's Point can be shared by several
+messages of the same frame (treat such lists as read-only).
 
 Frames and units are those of the messages: points in ``header.frame_id``, metres.
 """
@@ -170,8 +172,14 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
 # ---------------------------------------------------------------- geometry
 
 def points_to_msgs(points: np.ndarray) -> list[Point]:
-    """(N, 3) -> list of geometry_msgs/Point."""
+    """(N, 3) -> list of geometry_msgs/Point (one comprehension over ``tolist()`` floats)."""
     return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(points, np.float64).reshape(-1, 3).tolist()]
+
+
+def triangles_to_msgs(faces: np.ndarray) -> list[MeshTriangle]:
+    """(F, 3) vertex indices -> list of shape_msgs/MeshTriangle (each from a row of one uint32 array)."""
+    rows = np.ascontiguousarray(np.asarray(faces).reshape(-1, 3), dtype=np.uint32)
+    return [MeshTriangle(vertex_indices=r) for r in rows]
 
 
 def colors_to_msgs(rgb: np.ndarray, alpha: float = 1.0) -> list[ColorRGBA]:
@@ -183,18 +191,21 @@ def colors_to_msgs(rgb: np.ndarray, alpha: float = 1.0) -> list[ColorRGBA]:
     a = float(alpha)
     msgs = [ColorRGBA(r=((u >> 16) & 255) / 255.0, g=((u >> 8) & 255) / 255.0, b=(u & 255) / 255.0, a=a)
             for u in uniq.tolist()]
-    return [msgs[i] for i in inverse.reshape(-1).tolist()]
+    return list(map(msgs.__getitem__, inverse.reshape(-1).tolist()))
 
 
-def mesh_to_msg(vertices: np.ndarray, faces: np.ndarray) -> Mesh:
-    """vertices (V, 3) metres, faces (F, 3) vertex indices -> shape_msgs/Mesh."""
+def mesh_to_msg(vertices: np.ndarray, faces: np.ndarray, vertex_points: list[Point] | None = None) -> Mesh:
+    """vertices (V, 3) metres, faces (F, 3) vertex indices -> shape_msgs/Mesh. ``vertex_points``: the
+    vertices already as Points (``points_to_msgs(vertices)``, e.g. shared with a marker), else built here."""
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     v = np.asarray(vertices).reshape(-1, 3)
     if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
         raise ValueError(f"face indices must be in [0, {v.shape[0]})")
+    if vertex_points is not None and len(vertex_points) != v.shape[0]:
+        raise ValueError(f"vertex_points has {len(vertex_points)} entries for {v.shape[0]} vertices")
     msg = Mesh()
-    msg.vertices = points_to_msgs(v)
-    msg.triangles = [MeshTriangle(vertex_indices=t) for t in f.astype(np.uint32)]
+    msg.vertices = vertex_points if vertex_points is not None else points_to_msgs(v)
+    msg.triangles = triangles_to_msgs(f)
     return msg
 
 

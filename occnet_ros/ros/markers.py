@@ -29,12 +29,15 @@ def id_color(object_id: int) -> tuple[float, float, float]:
 @dataclass
 class MeshView:
     """What a marker shows of one object: ``vertices`` (V, 3) metres, ``faces`` (F, 3) indices,
-    ``colors`` (V, 3) uint8 or None (then one colour per object from :func:`id_color`)."""
+    ``colors`` (V, 3) uint8 or None (then one colour per object from :func:`id_color`).
+    ``vertex_points``: the vertices already as Points (shared with the object's mesh message), or None
+    to build them here."""
 
     object_id: int
     vertices: np.ndarray
     faces: np.ndarray
     colors: np.ndarray | None = None
+    vertex_points: list | None = None
 
 
 def mesh_marker(view: MeshView, header: Header, alpha: float = 1.0) -> Marker:
@@ -50,12 +53,15 @@ def mesh_marker(view: MeshView, header: Header, alpha: float = 1.0) -> Marker:
     r, g, b = id_color(view.object_id)
     m.color = ColorRGBA(r=r, g=g, b=b, a=float(alpha))
     corners = np.asarray(view.faces, dtype=np.int64).reshape(-1).tolist()
-    # one Point per vertex, shared by the triangle corners that use it (3 corners per face, ~6 per vertex)
-    vertex_points = points_to_msgs(np.asarray(view.vertices).reshape(-1, 3))
-    m.points = [vertex_points[i] for i in corners]
+    # one Point per vertex, shared by the triangle corners that use it (3 corners per face, ~6 per vertex);
+    # the corner lists are gathered by map in C, no Python loop per corner
+    vertex_points = view.vertex_points
+    if vertex_points is None:
+        vertex_points = points_to_msgs(np.asarray(view.vertices).reshape(-1, 3))
+    m.points = list(map(vertex_points.__getitem__, corners))
     if view.colors is not None:
         vertex_colors = colors_to_msgs(np.asarray(view.colors).reshape(-1, 3), alpha)
-        m.colors = [vertex_colors[i] for i in corners]
+        m.colors = list(map(vertex_colors.__getitem__, corners))
     return m
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from occnet_ros.cloud_filter import CleanConfig
 from occnet_ros.config_io import ConfigError, from_dict
+from occnet_ros.mesh_ops import MIN_CLOSED_FACES
 from occnet_ros.segmentation import SegmentationConfig
 
 NODE_NAME = "reconstruction_node"
@@ -38,12 +39,22 @@ class SyncParams:
 @dataclass
 class MeshParams:
     """MISE grid ``resolution0`` * 2**``upsampling_steps``; ``threshold``: surface probability (0 = the
-    checkpoint's); ``n_input_points``: network input size (0 = the checkpoint's)."""
+    checkpoint's); ``n_input_points``: network input size (0 = the checkpoint's); ``max_faces``: published
+    meshes are simplified to at most this many faces (0 = off, see :func:`occnet_ros.mesh_ops.simplify_mesh`);
+    ``reuse_tolerance``: an object whose canonical frame moved less than this keeps its last
+    reconstruction (0 = off, see :func:`occnet_ros.reconstructor.frames_close`)."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
     threshold: float = 0.0
     n_input_points: int = 0
+    max_faces: int = 20000
+    reuse_tolerance: float = 0.0
+
+    def validate(self) -> None:
+        if 0 < self.max_faces < MIN_CLOSED_FACES:
+            raise ValueError(f"max_faces must be 0 (off) or >= {MIN_CLOSED_FACES} (the faces of the smallest "
+                             f"closed mesh), got {self.max_faces}")
 
 
 @dataclass
@@ -59,6 +70,7 @@ class NodeParams:
     publish_markers: bool = True
     marker_alpha: float = 1.0
     query_max_points: int = 2000000
+    query_mode: Literal["exact", "grid"] = "exact"
     log_throttle_sec: float = 5.0
     seed: int = 0
     filter: CleanConfig = field(default_factory=lambda: CleanConfig(min_range=0.1, max_range=5.0))
@@ -86,6 +98,11 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
     "publish_markers": ("publish visualization_msgs/MarkerArray on 'markers'", None),
     "marker_alpha": ("opacity of the mesh markers", (0.0, 1.0)),
     "query_max_points": ("largest number of points one query_occupancy request may hold", (1, 100000000)),
+    "query_mode": ("how query_occupancy answers points inside an object's box: exact = the network on each "
+                   "point (exact for the cached code); grid = trilinear interpolation in the object's cached "
+                   "MISE probability grid (approximate: equal to the network at the grid corners MISE "
+                   "evaluated, i.e. near the surface; interpolated elsewhere and between corners; keeps a "
+                   "4*(R+1)^3-byte grid per object, 8.6 MB at R = 128)", None),
     "log_throttle_sec": ("smallest interval between repeated warnings about dropped messages, s", (0.0, 3600.0)),
     "seed": ("seed of the random choices (RANSAC, input subsampling)", (0, 2**31 - 1)),
     "filter.min_range": ("drop object points closer than this to the camera, m", (0.0, 100.0)),
@@ -114,6 +131,17 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
     "mesh.upsampling_steps": ("MISE refinement steps (final resolution resolution0 * 2^steps)", (0, 6)),
     "mesh.threshold": ("surface occupancy probability (0 = the checkpoint's)", (0.0, 0.999)),
     "mesh.n_input_points": ("network input points per object (0 = the checkpoint's)", (0, 1000000)),
+    "mesh.max_faces": ("published meshes (objects and markers) are reduced to at most this many faces by "
+                       "quadric edge-collapse decimation (0 = off; otherwise >= 4; a mesh of more than "
+                       "max_faces / 4 separate closed pieces keeps at least 4 faces per piece). Watertight meshes "
+                       "stay watertight: a decimation that would open one is discarded and the full mesh is "
+                       "published. Occupancy queries never use this mesh", (0, 100000000)),
+    "mesh.reuse_tolerance": ("0 = off; > 0: an object (same id as in the previous frame) is not re-encoded nor "
+                             "re-meshed (its last code, mesh and pose are republished) when the canonical frame "
+                             "of its new observation (centre, scale, orientation of the cleaned points) is within "
+                             "this tolerance of the previous one: centres and scales within tolerance * object "
+                             "scale, rotation matrices within tolerance (Frobenius norm of the difference, about "
+                             "1.4 x the angle in radians)", (0.0, 0.999)),
 }
 
 

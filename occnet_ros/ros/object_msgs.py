@@ -1,18 +1,26 @@
-"""occnet_ros/ReconstructedObject messages from pipeline results."""
+"""Outgoing messages of one frame: occnet_ros/ReconstructedObject(Array) and the marker views, from
+pipeline results. Each object's published mesh (``ObjectResult.vertices/faces``, already simplified) is
+turned into Point messages once and shared by its Mesh message and its marker."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.msg import ReconstructedObject as ReconstructedObjectMsg
 from occnet_ros.msg import ReconstructedObjectArray
-from occnet_ros.ros.conversions import colors_to_msgs, mesh_to_msg, pose_from_rt, vector3
-from occnet_ros.ros.markers import MeshView
+from occnet_ros.ros.conversions import colors_to_msgs, mesh_to_msg, points_to_msgs, pose_from_rt, vector3
+from occnet_ros.ros.markers import MeshView, marker_array
 from occnet_ros.ros.pipeline import ObjectResult
 
 
 def mesh_arrays(result: ObjectResult) -> tuple[np.ndarray, np.ndarray]:
-    """(vertices (V, 3) float64 metres, faces (F, 3) int64) of the result's mesh (empty if none)."""
+    """(vertices (V, 3) float64 metres, faces (F, 3) int64) of the mesh to publish: the result's
+    simplified mesh when it has one, else ``result.obj.mesh`` (empty if none)."""
+    if result.vertices is not None and result.faces is not None:
+        return np.asarray(result.vertices, np.float64), np.asarray(result.faces, np.int64)
     mesh = result.obj.mesh
     if mesh is None:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
@@ -27,8 +35,9 @@ def oriented_box(points: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, 
     return ((lo + hi) / 2.0) @ rotation, hi - lo
 
 
-def object_msg(result: ObjectResult, header: Header) -> ReconstructedObjectMsg:
-    """One ReconstructedObject message (geometry in ``header.frame_id``, the cloud's frame)."""
+def object_msg(result: ObjectResult, header: Header, vertex_points: list | None = None) -> ReconstructedObjectMsg:
+    """One ReconstructedObject message (geometry in ``header.frame_id``, the cloud's frame).
+    ``vertex_points``: the published mesh's vertices as Points (shared with the marker), or None."""
     frame = result.obj.frame
     verts, faces = mesh_arrays(result)
     msg = ReconstructedObjectMsg()
@@ -38,7 +47,7 @@ def object_msg(result: ObjectResult, header: Header) -> ReconstructedObjectMsg:
     axes = np.asarray(frame.rotation, np.float64)  # rows: canonical axes in the cloud frame
     msg.pose = pose_from_rt(axes.T, frame.center)
     msg.scale = float(frame.scale)
-    msg.mesh = mesh_to_msg(verts, faces)
+    msg.mesh = mesh_to_msg(verts, faces, vertex_points)
     if result.vertex_colors is not None and len(result.vertex_colors) == len(verts):
         msg.vertex_colors = colors_to_msgs(result.vertex_colors)
     box_points = verts if len(faces) else result.segment.points
@@ -58,7 +67,37 @@ def object_array_msg(results: list[ObjectResult], header: Header) -> Reconstruct
     return arr
 
 
-def mesh_view(result: ObjectResult) -> MeshView:
-    """What the marker of ``result`` shows."""
+def mesh_view(result: ObjectResult, vertex_points: list | None = None) -> MeshView:
+    """What the marker of ``result`` shows (its published mesh)."""
     verts, faces = mesh_arrays(result)
-    return MeshView(int(result.segment.id), verts, faces, result.vertex_colors)
+    return MeshView(int(result.segment.id), verts, faces, result.vertex_colors, vertex_points)
+
+
+@dataclass
+class FrameMessages:
+    """``objects``: the frame's ReconstructedObjectArray; ``markers``: its MarkerArray, None when not
+    asked for; ``marker_ids``: the object ids whose markers are shown after publishing ``markers`` (the
+    previous ids unchanged when ``markers`` is None)."""
+
+    objects: ReconstructedObjectArray
+    markers: MarkerArray | None
+    marker_ids: set[int]
+
+
+def frame_messages(results: list[ObjectResult], header: Header, previous_marker_ids: set[int],
+                   with_markers: bool, marker_alpha: float = 1.0) -> FrameMessages:
+    """All outgoing messages of one frame. Markers (TRIANGLE_LIST per object, DELETE for objects gone
+    since ``previous_marker_ids``) only ``with_markers``; each vertex becomes one Point shared by the
+    object's Mesh message and its marker."""
+    objects = ReconstructedObjectArray()
+    objects.header = header
+    views = []
+    for r in results:
+        points = points_to_msgs(mesh_arrays(r)[0])
+        objects.objects.append(object_msg(r, header, points))
+        if with_markers:
+            views.append(mesh_view(r, points))
+    if not with_markers:
+        return FrameMessages(objects, None, set(previous_marker_ids))
+    markers, shown = marker_array(views, previous_marker_ids, header, marker_alpha)
+    return FrameMessages(objects, markers, shown)

@@ -1,18 +1,25 @@
-"""One frame from arrays to reconstructed objects: segment, clean, reconstruct, colour. No ROS types and
-no rclpy: the node converts messages to a :class:`FrameInput` and the results to messages.
+"""One frame from arrays to reconstructed objects: segment, clean, reconstruct (reusing an unchanged
+object's last reconstruction), simplify the mesh to publish, colour it. No ROS types and no rclpy: the
+node converts messages to a :class:`FrameInput` and the results to messages.
+
+Memory: the pipeline keeps, per object of the last frame only, what reuse needs (the reconstruction and
+its simplified mesh); the object store holds the same objects. Nothing of older frames is kept.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.mesh_ops import simplify_mesh
 from occnet_ros.normalization import NormalizationError
-from occnet_ros.ros.node_params import NodeParams
+from occnet_ros.object_store import StoredObject
+from occnet_ros.ros.node_params import NodeParams, ParamError
 from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Segment, SegmentationError,
                                      apply_limits, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
@@ -40,13 +47,31 @@ class FrameInput:
 class ObjectResult:
     """One reconstructed object: ``segment`` (id, label, observed points), ``obj`` (the
     :class:`~occnet_ros.reconstructor.ReconstructedObject`), ``n_observed`` points after cleaning,
-    ``vertex_colors`` (V, 3) uint8 per mesh vertex or None, ``seconds`` spent (clean + reconstruct)."""
+    ``vertex_colors`` (V, 3) uint8 per vertex of the published mesh or None, ``seconds`` spent (clean,
+    reconstruct, simplify, colour). ``vertices`` (V, 3) float64 metres and ``faces`` (F, 3) int64: the mesh to
+    publish, in the cloud frame (``obj.mesh`` simplified to ``mesh.max_faces``); None = ``obj.mesh`` as is."""
 
     segment: Segment
     obj: object
     n_observed: int
     vertex_colors: np.ndarray | None
     seconds: float
+    vertices: np.ndarray | None = None
+    faces: np.ndarray | None = None
+
+    @property
+    def reused(self) -> bool:
+        """The reconstruction is the previous frame's (see ``mesh.reuse_tolerance``)."""
+        return bool(getattr(self.obj, "mise_stats", {}).get("reused", False))
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What reuse needs of an object of the last frame: its reconstruction and published mesh."""
+
+    obj: object
+    vertices: np.ndarray
+    faces: np.ndarray
 
 
 @dataclass
@@ -60,11 +85,41 @@ class FrameResult:
     cancelled: bool = False
 
 
+def load_reconstructor(params: NodeParams):
+    """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
+    input size, ``mesh.reuse_tolerance``; the probability grid is kept only for ``query_mode`` grid).
+    Raises :class:`ParamError` for a missing checkpoint or an unavailable device."""
+    from occnet_ros.reconstructor import Reconstructor
+
+    overrides = {"resolution0": params.mesh.resolution0, "upsampling_steps": params.mesh.upsampling_steps,
+                 "seed": params.seed, "reuse_tolerance": params.mesh.reuse_tolerance,
+                 "keep_grid": params.query_mode == "grid"}  # the grid (8.6 MB at 128^3) only when queried
+    if params.mesh.threshold > 0:
+        overrides["threshold"] = params.mesh.threshold
+    if params.mesh.n_input_points > 0:
+        overrides["n_input_points"] = params.mesh.n_input_points
+    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
+    try:
+        return Reconstructor.from_pretrained(path, device=params.device, **overrides)
+    except FileNotFoundError as e:
+        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
+    except ValueError as e:  # e.g. device cuda without CUDA
+        if "device" in str(e):
+            raise ParamError(f"parameter 'device' = '{params.device}': {e}") from e
+        raise
+
+
+def stored_objects(result: FrameResult) -> list[StoredObject]:
+    """The object-store entries of a frame's results (id, label, reconstruction; nothing else kept)."""
+    return [StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects]
+
+
 class FramePipeline:
     """Segmentation + per-object reconstruction with the settings of :class:`NodeParams`.
 
-    reconstructor: anything with ``reconstruct(points, up=, viewpoint=) -> ReconstructedObject``.
-    Not thread-safe: one worker calls :meth:`process`.
+    reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=) -> ReconstructedObject``
+    (``previous``: the object's reconstruction of the last frame, or None; the reconstructor decides
+    whether to reuse it). Not thread-safe: one worker calls :meth:`process`.
     """
 
     def __init__(self, reconstructor, params: NodeParams):
@@ -72,6 +127,23 @@ class FramePipeline:
         self.params = params
         self.tracker = ClusterTracker(params.segmentation.track_distance)
         self.rng = np.random.default_rng(params.seed)
+        self._kept: dict[int, _Kept] = {}
+
+    @property
+    def kept_ids(self) -> list[int]:
+        """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
+        return sorted(self._kept)
+
+    def _published_mesh(self, obj, kept: _Kept | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh,
+        else ``obj.mesh`` simplified to ``mesh.max_faces``."""
+        mesh = getattr(obj, "mesh", None)
+        if mesh is None:
+            return np.zeros((0, 3)), np.zeros((0, 3), np.int64), ""
+        if kept is not None and getattr(kept.obj, "mesh", None) is mesh:
+            return kept.vertices, kept.faces, ""
+        s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.params.mesh.max_faces)
+        return s.vertices, s.faces, s.note
 
     def segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None]:
         """-> (segments after size limits, method, (H, W) of the pixel grid of ``Segment.pixels`` or None).
@@ -119,8 +191,9 @@ class FramePipeline:
         return None
 
     def process(self, frame: FrameInput, should_stop: Callable[[], bool] = lambda: False) -> FrameResult:
-        """Segment ``frame`` and reconstruct every segment (cleaned first); vertex colours from the
-        nearest observed point's colour."""
+        """Segment ``frame`` and reconstruct every segment (cleaned first, passing the object's last
+        reconstruction as ``previous``); simplify each mesh to publish; vertex colours from the nearest
+        observed point's colour. A completed frame replaces what is kept for reuse by its own objects."""
         segments, method, grid = self.segment(frame)
         results, warnings = [], []
         if frame.image is not None and self.params.color_from_image and grid is not None \
@@ -136,16 +209,22 @@ class FramePipeline:
             if cleaned.points.shape[0] < self.params.segmentation.min_points:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
+            kept = self._kept.get(seg.id)
             try:
-                obj = self.reconstructor.reconstruct(cleaned.points, up=up, viewpoint=viewpoint)
+                obj = self.reconstructor.reconstruct(cleaned.points, up=up, viewpoint=viewpoint,
+                                                     previous=kept.obj if kept is not None else None)
             except NormalizationError as e:
                 warnings.append(f"{seg.label} skipped: {e}")
                 continue
+            verts, faces, note = self._published_mesh(obj, kept)
+            if note:
+                warnings.append(f"{seg.label}: {note}")
             colors = None
             observed = self._observed_colors(frame, seg, cleaned.index, grid)
-            if observed is not None and obj.mesh is not None and len(obj.mesh.vertices):
-                _, nearest = cKDTree(cleaned.points).query(np.asarray(obj.mesh.vertices), k=1)
+            if observed is not None and len(verts):
+                _, nearest = cKDTree(cleaned.points).query(verts, k=1)
                 colors = observed[nearest]
             results.append(ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors,
-                                        time.perf_counter() - t0))
+                                        time.perf_counter() - t0, verts, faces))
+        self._kept = {r.segment.id: _Kept(r.obj, r.vertices, r.faces) for r in results}
         return FrameResult(results, method, warnings)

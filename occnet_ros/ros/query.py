@@ -27,9 +27,10 @@ def _refuse(message: str) -> QueryAnswer:
 
 
 def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
-                 transform: Callable[[str, str], np.ndarray], max_points: int) -> QueryAnswer:
+                 transform: Callable[[str, str], np.ndarray], max_points: int, mode: str = "exact") -> QueryAnswer:
     """Occupancy of ``flat_points`` (buffer of float32 x0, y0, z0, x1, ... metres, in ``frame_id``;
-    empty = the objects' frame) over ``object_ids`` (buffer of uint32; empty = all objects).
+    empty = the objects' frame) over ``object_ids`` (buffer of uint32; empty = all objects). ``mode``:
+    "exact" or "grid" (see :meth:`ObjectStore.query`).
 
     transform(target, source) -> (4, 4) matrix from source to target frame, raising
     :class:`~occnet_ros.ros.tf_lookup.TransformError` when unknown.
@@ -52,8 +53,10 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
         except TransformError as e:
             return _refuse(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
     try:
-        probs, oids = store.query(pts, ids.tolist() if ids.size else None, snapshot=snap)
+        probs, oids = store.query(pts, ids.tolist() if ids.size else None, mode=mode, snapshot=snap)
     except UnknownObjectError as e:
         return _refuse(str(e))
+    except ValueError as e:  # e.g. grid mode and an object without a cached grid
+        return _refuse(f"cannot answer in mode '{mode}': {e}")
     where = f"{len(snap.objects)} object(s) in '{snap.frame_id}'" if snap.objects else "no objects yet"
     return QueryAnswer(True, f"{n} points, {where}", probs, oids)

@@ -10,7 +10,13 @@ Threads: subscription callbacks only store the newest messages (:class:`FrameSyn
 worker thread converts, segments and reconstructs the newest complete frame; the service runs in its
 own callback group on a MultiThreadedExecutor and answers from the :class:`ObjectStore` snapshot while
 the worker is busy. Query points in another frame than the objects' are moved with the latest tf2
-transform (when tf2_ros exists; otherwise such requests are refused).
+transform (when tf2_ros exists; otherwise such requests are refused). ``main`` shortens the interpreter's
+thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
+GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
+cubes or mesh decimation, still delay a query by their duration).
+
+Per frame: objects are always published; markers only while ``markers`` has subscribers. Message objects
+are built per frame and not kept.
 """
 from __future__ import annotations
 
@@ -31,18 +37,21 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.msg import ReconstructedObjectArray
-from occnet_ros.object_store import ObjectStore, StoredObject
+from occnet_ros.object_store import ObjectStore
 from occnet_ros.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
                                         pointcloud2_to_arrays, stamp_to_sec)
-from occnet_ros.ros.markers import marker_array
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
-from occnet_ros.ros.object_msgs import mesh_view, object_msg
-from occnet_ros.ros.pipeline import FrameInput, FramePipeline
+from occnet_ros.ros.object_msgs import frame_messages
+from occnet_ros.ros.pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
 from occnet_ros.ros.query import answer_query
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.segmentation import SegmentationError
 from occnet_ros.srv import QueryOccupancy
+
+SWITCH_INTERVAL_S = 0.001
+"""sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
+the GIL in Python code keeps it before a waiting thread (the query service) may take it."""
 
 
 def check_startup(params: NodeParams) -> None:
@@ -52,27 +61,6 @@ def check_startup(params: NodeParams) -> None:
     if params.world_frame and not tf2_available():
         raise ParamError(f"parameter 'world_frame' = '{params.world_frame}' needs tf2_ros, which is not "
                          "installed here; set 'up' instead")
-
-
-def load_reconstructor(params: NodeParams):
-    """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for."""
-    from occnet_ros.reconstructor import Reconstructor
-
-    overrides = {"resolution0": params.mesh.resolution0, "upsampling_steps": params.mesh.upsampling_steps,
-                 "seed": params.seed}
-    if params.mesh.threshold > 0:
-        overrides["threshold"] = params.mesh.threshold
-    if params.mesh.n_input_points > 0:
-        overrides["n_input_points"] = params.mesh.n_input_points
-    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
-    try:
-        return Reconstructor.from_pretrained(path, device=params.device, **overrides)
-    except FileNotFoundError as e:
-        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
-    except ValueError as e:  # e.g. device cuda without CUDA
-        if "device" in str(e):
-            raise ParamError(f"parameter 'device' = '{params.device}': {e}") from e
-        raise
 
 
 class ReconstructionNode(Node):
@@ -110,6 +98,8 @@ class ReconstructionNode(Node):
         self.get_logger().info(
             f"ready: device {self.reconstructor.device}, segmentation {p.segmentation.mode}, "
             f"mesh {p.mesh.resolution0}x2^{p.mesh.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
+            f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {p.mesh.reuse_tolerance}, "
+            f"queries {p.query_mode}, "
             f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
@@ -132,7 +122,8 @@ class ReconstructionNode(Node):
 
     def _on_query(self, request, response):
         ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
-                           lambda target, source: self.tf.matrix(target, source), self.params.query_max_points)
+                           lambda target, source: self.tf.matrix(target, source), self.params.query_max_points,
+                           self.params.query_mode)
         response.success, response.message = ans.success, ans.message
         response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
         response.object_ids = array.array("i", ans.object_ids.astype(np.int32).tobytes())
@@ -215,19 +206,18 @@ class ReconstructionNode(Node):
         if result.warnings:
             self.get_logger().info(f"frame {frame.stamp:.3f}: " + "; ".join(result.warnings),
                                    throttle_duration_sec=self.params.log_throttle_sec)
-        msgs = [object_msg(r, header) for r in result.objects]
-        self.store.replace([StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects],
-                           header.frame_id, frame.stamp)
-        out = ReconstructedObjectArray(header=header, objects=msgs)
-        self.pub_objects.publish(out)
-        if self.pub_markers is not None:
-            markers, self._marker_ids = marker_array([mesh_view(r) for r in result.objects], self._marker_ids,
-                                                     header, self.params.marker_alpha)
-            self.pub_markers.publish(markers)
+        self.store.replace(stored_objects(result), header.frame_id, frame.stamp)
+        with_markers = self.pub_markers is not None and self.pub_markers.get_subscription_count() > 0
+        out = frame_messages(result.objects, header, self._marker_ids, with_markers, self.params.marker_alpha)
+        self.pub_objects.publish(out.objects)
+        if out.markers is not None:
+            self.pub_markers.publish(out.markers)
+        self._marker_ids = out.marker_ids
         self.frames_done += 1
+        reused = sum(r.reused for r in result.objects)
         self.get_logger().info(
-            f"frame {frame.stamp:.3f}: {len(msgs)} object(s) by {result.method} in {time.perf_counter() - t0:.2f} s"
-            f" (dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
+            f"frame {frame.stamp:.3f}: {len(result.objects)} object(s) ({reused} reused) by {result.method} in "
+            f"{time.perf_counter() - t0:.2f} s (dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Ask the worker to stop after the current object; True if it ended within ``timeout`` s."""
@@ -238,6 +228,7 @@ class ReconstructionNode(Node):
 
 def main(args=None) -> int:
     """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
     rclpy.init(args=args)
     node = None
     try:

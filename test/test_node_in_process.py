@@ -1,0 +1,101 @@
+"""The reconstruction node inside this process (its own rclpy context and random domain), driven frame by
+frame through its worker's processing step: objects are always published, markers only while ``markers``
+has a subscriber; the object store and the marker bookkeeping follow the current objects; queries use the
+configured mode.
+
+The network is a TEST DOUBLE (random weights, ros_helpers.write_random_checkpoint).
+"""
+import numpy as np
+import pytest
+from ros_helpers import BOX_LABEL, SPHERE_LABEL, random_domain_id, render_scene, wait_until, write_random_checkpoint
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from occnet_ros.frame_sync import SyncedFrame  # noqa: E402
+from occnet_ros.ros import conversions  # noqa: E402
+
+
+class Recorder:
+    """Counts what a publisher is asked to publish (wraps ``publish``)."""
+
+    def __init__(self, publisher):
+        self.sent = []
+        self._publish = publisher.publish
+        publisher.publish = self
+
+    def __call__(self, msg):
+        self.sent.append(msg)
+        self._publish(msg)
+
+
+@pytest.fixture
+def node(tmp_path):
+    from occnet_ros.ros.reconstruction_node import ReconstructionNode
+
+    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    overrides = [Parameter("device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
+                 Parameter("mesh.resolution0", value=8), Parameter("mesh.upsampling_steps", value=1),
+                 Parameter("mesh.max_faces", value=100), Parameter("segmentation.min_points", value=20),
+                 Parameter("query_mode", value="grid")]
+    n = ReconstructionNode(context=ctx, parameter_overrides=overrides)
+    yield n
+    n.stop()
+    n.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+def synced(scene, stamp, mask):
+    h = Header(frame_id="cam")
+    h.stamp.sec = int(stamp)
+    return SyncedFrame(stamp, {"points": conversions.arrays_to_pointcloud2(scene.xyz, None, h),
+                               "mask": conversions.array_to_image(mask, "mono16", h)})
+
+
+def test_markers_only_with_subscribers(node):
+    scene = render_scene(160, 120)
+    objects, markers = Recorder(node.pub_objects), Recorder(node.pub_markers)
+    node._process(synced(scene, 1.0, scene.mask))
+    assert len(objects.sent) == 1 and len(markers.sent) == 0  # nobody listens to markers
+    assert [o.id for o in objects.sent[0].objects] == [BOX_LABEL, SPHERE_LABEL]
+    assert all(len(o.mesh.triangles) <= 100 for o in objects.sent[0].objects)
+    assert node._marker_ids == set()
+
+    received = []
+    sub = node.create_subscription(MarkerArray, "markers", received.append, 5)
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        assert wait_until(lambda: node.pub_markers.get_subscription_count() > 0, 10)
+        node._process(synced(scene, 2.0, np.where(scene.mask == SPHERE_LABEL, 0, scene.mask)))
+        assert len(objects.sent) == 2 and len(markers.sent) == 1
+        assert [m.id for m in markers.sent[0].markers if m.action == Marker.ADD] == [BOX_LABEL]
+        assert node._marker_ids == {BOX_LABEL} and node.store.snapshot().ids == (BOX_LABEL,)
+        assert wait_until(lambda: len(received) == 1, 5, spin=lambda: executor.spin_once(timeout_sec=0.05))
+        node.destroy_subscription(sub)
+        assert wait_until(lambda: node.pub_markers.get_subscription_count() == 0, 10)
+        node._process(synced(scene, 3.0, scene.mask))
+        assert len(objects.sent) == 3 and len(markers.sent) == 1  # the subscriber left: no markers again
+        assert node._marker_ids == {BOX_LABEL}  # what the last marker message showed
+        assert node.store.snapshot().ids == (BOX_LABEL, SPHERE_LABEL)
+    finally:
+        executor.shutdown()
+
+    # the query service uses the configured mode (grid): answers equal the store's grid answers
+    from occnet_ros.srv import QueryOccupancy
+
+    pts = np.array([scene.box_center, scene.sphere_center, [5, 5, 5]], np.float32)
+    req = QueryOccupancy.Request()
+    req.points = pts.reshape(-1).tolist()
+    res = node._on_query(req, QueryOccupancy.Response())
+    assert res.success, res.message
+    probs, ids = node.store.query(pts, mode="grid")
+    np.testing.assert_array_equal(np.asarray(res.probabilities), probs)
+    assert list(res.object_ids) == ids.tolist() == [BOX_LABEL, SPHERE_LABEL, -1]

@@ -1,0 +1,149 @@
+"""The node's pure per-frame part over several frames: published meshes simplified to mesh.max_faces,
+reuse of unchanged objects (mesh.reuse_tolerance), and bounded memory (the pipeline and the object store
+hold only the current frame's objects; earlier objects are freed). Then the outgoing messages of a frame
+(shared vertex Points, markers only when asked).
+
+The network is a TEST DOUBLE (random weights, ros_helpers.write_random_checkpoint).
+"""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene, write_random_checkpoint
+
+from occnet_ros.mesh_ops import is_closed_surface
+from occnet_ros.object_store import ObjectStore
+from occnet_ros.ros.node_params import default_values, params_from_values
+from occnet_ros.ros.pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(160, 120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random_test_double.pt")
+
+
+def make_pipeline(checkpoint, **overrides):
+    values = default_values()
+    values.update({"device": "cpu", "checkpoint": str(checkpoint), "mesh.resolution0": 8,
+                   "mesh.upsampling_steps": 1, "segmentation.min_points": 20, **overrides})
+    params = params_from_values(values)
+    return FramePipeline(load_reconstructor(params), params)
+
+
+def frame(scene, mask=None, xyz=None):
+    return FrameInput(xyz=scene.xyz if xyz is None else xyz,
+                      mask=(scene.mask if mask is None else mask).astype(np.int64), image=scene.rgb, up=scene.up)
+
+
+def test_published_meshes_simplified(scene, checkpoint):
+    full = make_pipeline(checkpoint, **{"mesh.max_faces": 0}).process(frame(scene))
+    small = make_pipeline(checkpoint, **{"mesh.max_faces": 100}).process(frame(scene))
+    assert [r.segment.id for r in small.objects] == [BOX_LABEL, SPHERE_LABEL]
+    for f, s in zip(full.objects, small.objects):
+        assert len(f.faces) == len(f.obj.mesh.faces) > 300  # max_faces 0: the extracted mesh as is
+        np.testing.assert_array_equal(f.vertices, f.obj.mesh.vertices)
+        assert 0 < len(s.faces) <= 100 and len(s.obj.mesh.faces) == len(f.obj.mesh.faces)
+        assert is_closed_surface(s.faces)
+        assert s.vertex_colors.shape == (len(s.vertices), 3)  # colours of the published vertices
+        # the simplified mesh lies where the full one does (within a cell of the 16^3 grid, metres)
+        lo, hi = f.obj.mesh.bounds
+        cell = (hi - lo).max() / 16
+        assert np.all(s.vertices >= lo - cell) and np.all(s.vertices <= hi + cell)
+
+
+def test_unchanged_objects_are_reused(scene, checkpoint):
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "mesh.reuse_tolerance": 0.05})
+    first = pipe.process(frame(scene))
+    second = pipe.process(frame(scene))
+    assert not any(r.reused for r in first.objects) and all(r.reused for r in second.objects)
+    for a, b in zip(first.objects, second.objects):
+        assert b.obj.mesh is a.obj.mesh and b.obj.code is a.obj.code  # not re-encoded, not re-extracted
+        assert b.vertices is a.vertices and b.faces is a.faces  # not re-simplified
+        assert b.vertex_colors.shape == (len(b.vertices), 3)
+    moved = scene.xyz.copy()
+    moved[scene.mask == SPHERE_LABEL] += np.array([0.05, 0.0, 0.0], np.float32)  # the sphere moves 5 cm
+    third = pipe.process(frame(scene, xyz=moved))
+    by_id = {r.segment.id: r for r in third.objects}
+    assert by_id[BOX_LABEL].reused and not by_id[SPHERE_LABEL].reused
+    assert by_id[SPHERE_LABEL].obj.mesh is not second.objects[1].obj.mesh
+    off = make_pipeline(checkpoint, **{"mesh.reuse_tolerance": 0.0})
+    off.process(frame(scene))
+    assert not any(r.reused for r in off.process(frame(scene)).objects)
+
+
+def test_memory_holds_only_the_current_objects(scene, checkpoint):
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "mesh.reuse_tolerance": 0.05})
+    store = ObjectStore()
+    only_box = np.where(scene.mask == SPHERE_LABEL, 0, scene.mask)
+    moved = scene.xyz.copy()
+    moved[scene.mask == BOX_LABEL] += np.array([0.0, 0.0, 0.03], np.float32)
+    frames = [frame(scene), frame(scene, mask=only_box), frame(scene), frame(scene, xyz=moved), frame(scene)]
+    both = [BOX_LABEL, SPHERE_LABEL]
+    expected_ids = [both, [BOX_LABEL], both, both, both]
+    earlier = []  # weak references to every reconstruction of earlier frames
+    for i, f in enumerate(frames):
+        result = pipe.process(f)
+        store.replace(stored_objects(result), "cam", float(i))  # as the node does
+        ids = [r.segment.id for r in result.objects]
+        assert ids == expected_ids[i]
+        assert pipe.kept_ids == ids and list(store.snapshot().ids) == ids
+        current = {id(r.obj) for r in result.objects}
+        del result, f
+        gc.collect()
+        alive = [r() for r in earlier if r() is not None]
+        # an earlier reconstruction is alive only if it is one of the current objects
+        assert all(id(o) in current for o in alive), f"frame {i}: {len(alive)} stale object(s) alive"
+        del alive
+        earlier += [weakref.ref(o.obj) for o in store.snapshot().objects]
+    assert sum(r() is not None for r in earlier) == len(store.snapshot().objects)
+    store.clear()
+    pipe_ref = weakref.ref(pipe)
+    del pipe
+    gc.collect()
+    assert pipe_ref() is None and all(r() is None for r in earlier)
+
+
+def test_frame_messages_share_points_and_skip_markers(scene, checkpoint):
+    pytest.importorskip("rclpy")
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import Marker
+
+    from occnet_ros.ros.object_msgs import frame_messages
+
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100})
+    result = pipe.process(frame(scene))
+    header = Header(frame_id="cam")
+    out = frame_messages(result.objects, header, {7}, with_markers=True, marker_alpha=0.5)
+    assert out.marker_ids == {BOX_LABEL, SPHERE_LABEL}
+    adds = {m.id: m for m in out.markers.markers if m.action == Marker.ADD}
+    assert [m.id for m in out.markers.markers if m.action == Marker.DELETE] == [7]
+    for r, o in zip(result.objects, out.objects.objects):
+        assert o.id == r.segment.id and len(o.mesh.triangles) == len(r.faces) <= 100
+        assert len(o.mesh.vertices) == len(r.vertices) == len(o.vertex_colors)
+        got = np.array([[p.x, p.y, p.z] for p in o.mesh.vertices])
+        np.testing.assert_allclose(got, r.vertices)
+        np.testing.assert_array_equal(np.array([t.vertex_indices for t in o.mesh.triangles]), r.faces)
+        m = adds[r.segment.id]
+        assert len(m.points) == 3 * len(r.faces) and len(m.colors) == len(m.points)
+        vertex_objects = {id(p) for p in o.mesh.vertices}
+        assert all(id(p) in vertex_objects for p in m.points)  # one Point per vertex, shared
+        np.testing.assert_allclose([[p.x, p.y, p.z] for p in m.points], r.vertices[r.faces.reshape(-1)])
+    quiet = frame_messages(result.objects, header, {7}, with_markers=False)
+    assert quiet.markers is None and quiet.marker_ids == {7}  # nothing shown changed
+    assert len(quiet.objects.objects) == 2
+
+
+def test_parameters_reach_the_reconstructor(scene, checkpoint):
+    exact = make_pipeline(checkpoint, **{"mesh.reuse_tolerance": 0.02})
+    assert exact.reconstructor.config.reuse_tolerance == 0.02
+    # exact queries need no probability grid: none is kept (4 * (R+1)^3 bytes per object)
+    assert all(r.obj.grid is None for r in exact.process(frame(scene)).objects)
+    grid = make_pipeline(checkpoint, query_mode="grid")
+    objs = grid.process(frame(scene)).objects
+    assert all(r.obj.grid is not None and r.obj.grid.resolution == 16 for r in objs)
