@@ -1,6 +1,7 @@
 """``occnet_bench``: the report logic on synthetic results, one section in process, and (slow) the whole
 ``--quick`` run end to end, as ``make bench`` runs it, checking that every section holds measured,
 mutually consistent numbers. No speed is asserted: targets are reported, never tested."""
+import dataclasses
 import json
 import math
 import os
@@ -10,10 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from occnet_ros.benchmark import report
+from occnet_ros.benchmark import latency, report
+from occnet_ros.benchmark.common import QUICK_SIZES, make_context
 from occnet_ros.benchmark.node_throughput import unavailable_reason
 from occnet_ros.cli import bench
+from occnet_ros.launch_spec import default_params_file
+from occnet_ros.ros.node_params import NodeParams
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -49,6 +54,89 @@ def test_json_is_strict_and_markdown_lists_targets(tmp_path):
     assert data["mise_vs_dense"]["mesh_iou"] is None
     text = mp.read_text()
     assert "## Targets" in text and "NOT MEASURED" in text and "boom" in text
+
+
+def test_markdown_latency_table_has_simplify_and_serialize_stages():
+    stage = {"median_s": 0.002, "min_s": 0.001, "max_s": 0.003, "runs": 2}
+    row = {"cloud_points": 5000, "stages": {k: stage for k in latency.STAGES}, "mise_n_evals": 123,
+           "faces_marching_cubes": 54321, "faces_published": 20000, "simplify_note": "", "message_bytes": 999,
+           "floor": {"mise_s": 0.001}}
+    text = report.markdown({"latency": {"resolution": 128, "max_faces": 20000, "node_params": "x.yaml",
+                                        "messages_measured": True, "sizes": [row]}})
+    header = next(line for line in text.splitlines() if line.startswith("| points |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[cols.index("marching_cubes") + 1:cols.index("total")] == ["simplify", "colour", "message",
+                                                                            "serialize"]
+    assert "54321 -> 20000" in text and "mesh.max_faces 20000" in text and "x.yaml" in text
+
+
+def _param_file(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_latency_reads_the_node_parameter_file(tmp_path):
+    shipped = yaml.safe_load(default_params_file().read_text())["/**"]["ros__parameters"]
+    params, source = latency.node_params()
+    assert source == str(default_params_file())
+    assert params.mesh.max_faces == shipped["mesh"]["max_faces"]
+    assert params.filter.outlier_neighbors == shipped["filter"]["outlier_neighbors"]
+    # the node's own entry applies after the wildcard one, as in ROS
+    p = _param_file(tmp_path, "/**:\n  ros__parameters:\n    marker_alpha: 0.5\n    mesh: {max_faces: 300}\n"
+                              "reconstruction_node:\n  ros__parameters:\n    mesh: {max_faces: 777}\n")
+    params, source = latency.node_params(p)
+    assert (params.mesh.max_faces, params.marker_alpha, source) == (777, 0.5, str(p))
+    assert params.mesh.resolution0 == NodeParams().mesh.resolution0
+    for text, words in [("/**:\n  ros__parameters:\n    mesh: {max_faces: 2}\n", "max_faces"),
+                        ("other_node:\n  ros__parameters: {seed: 1}\n", "no parameters for"),
+                        ("/**:\n  seed: 1\n", "ros__parameters"),
+                        ("/**:\n  ros__parameters:\n    mesh: {max_facez: 10}\n", "max_facez")]:
+        with pytest.raises(ValueError, match=words) as e:
+            latency.node_params(_param_file(tmp_path, text))
+        assert str(tmp_path / "params.yaml") in str(e.value)
+
+
+def test_latency_section_simplifies_like_the_node(tmp_path):
+    """One small size in process, with a face budget below the marching-cubes mesh: the published mesh
+    (what the messages carry) is the simplified one, every vertex coloured."""
+    sizes = dataclasses.replace(QUICK_SIZES, cloud_sizes=(300,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ctx = make_context(None, tmp_path, sizes, repeats=1)
+        params = NodeParams()
+        params.mesh.max_faces = 1000
+        res = latency.run(ctx, params)
+    finally:
+        torch.set_num_threads(threads)
+    assert res["max_faces"] == 1000 and res["node_params"] == "given"
+    (r,) = res["sizes"]
+    assert set(r["stages"]) == set(latency.STAGES)
+    _check_latency_row(r, res["messages_measured"])
+    assert r["faces_marching_cubes"] > 1000
+    assert r["simplified"] and r["faces_published"] <= 1000, r["simplify_note"]
+    assert r["vertices_published"] < r["vertices_marching_cubes"]
+
+
+def _check_latency_row(r, messages_measured):
+    stages = ("crop", "clean", "normalize", "encode", "mise", "marching_cubes", "simplify", "colour", "total")
+    for stage in stages + (("message", "serialize") if messages_measured else ()):
+        _check_time(r["stages"][stage])
+    assert r["points_after_clean"] <= r["cloud_points"]
+    assert r["stages"]["total"]["median_s"] >= r["stages"]["mise"]["median_s"]
+    assert 0 < r["faces_published"] <= r["faces_marching_cubes"]
+    assert r["simplified"] == (r["faces_published"] < r["faces_marching_cubes"])
+    assert r["colored_vertices"] == r["vertices_published"]
+    if messages_measured:
+        assert r["message_bytes"] == r["message_bytes_objects"] + r["message_bytes_markers"]
+        # the messages carry the published mesh: Mesh = V points (3 float64) + F triangles (3 uint32) + V
+        # colours (4 float32); marker = 3 points and 3 colours per face; plus headers of under 4 KiB
+        v, f = r["vertices_published"], r["faces_published"]
+        assert 40 * v + 12 * f < r["message_bytes_objects"] < 40 * v + 12 * f + 4096
+        assert 120 * f < r["message_bytes_markers"] < 120 * f + 4096
+    else:
+        assert r["message_bytes"] == 0 and math.isnan(r["stages"]["message"]["median_s"])
 
 
 def test_floor_and_mise_sections_in_process(tmp_path):
@@ -115,11 +203,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
     sizes = res["sizes"]
     lat = res["latency"]["sizes"]
     assert [r["cloud_points"] for r in lat] == sizes["cloud_sizes"]
+    assert res["latency"]["max_faces"] == yaml.safe_load(default_params_file().read_text()
+                                                         )["/**"]["ros__parameters"]["mesh"]["max_faces"]
     for r in lat:
-        for stage in ("crop", "clean", "normalize", "encode", "mise", "marching_cubes", "colour", "total"):
-            _check_time(r["stages"][stage])
-        assert r["points_after_clean"] <= r["cloud_points"]
-        assert r["stages"]["total"]["median_s"] >= r["stages"]["mise"]["median_s"]
+        _check_latency_row(r, res["latency"]["messages_measured"])
+        assert r["faces_published"] <= res["latency"]["max_faces"] or r["simplify_note"]
     q = res["queries"]
     assert [r["points"] for r in q["sizes"]] == sizes["query_sizes"]
     for r in q["sizes"]:

@@ -1,26 +1,48 @@
-"""Section "latency": one object, stage by stage, for clouds of 1k, 5k and 20k observed points.
+"""Section "latency": one object, stage by stage, as ``reconstruction_node`` processes it, for clouds of
+1k, 5k and 20k observed points.
 
 The object's points sit in a 640x480 organized cloud with an instance mask (background points around
-them), as the node receives them. Stages, each a median over the repeats: crop (the mask's segments of
-the frame), clean (the node's default filter), then :meth:`Reconstructor.reconstruct`'s own stages
-(normalise, encode, MISE, marching cubes), the vertex colours (nearest observed point, as the node
-does), then the messages the node publishes for the object (its ReconstructedObject with the
-shape_msgs/Mesh and vertex colours, and the TRIANGLE_LIST marker, built by the node's own functions)
-and their serialisation, when the ROS packages are installed.
+them) and a colour image, as the node receives them. The node's parameters are the shipped ones
+(``config/reconstruct.yaml``, else the defaults of :class:`~occnet_ros.ros.node_params.NodeParams`);
+only the network and the MISE resolution are the benchmark's. Stages, each a median over the repeats,
+in the order of :meth:`FramePipeline.process <occnet_ros.ros.pipeline.FramePipeline.process>` and the
+node's ``_process``:
+
+- crop: the mask's segments of the frame (:meth:`FramePipeline.segment`, size limits included);
+- clean: the node's per-object filter (parameters ``filter.*``);
+- normalize, encode, mise, marching_cubes: :meth:`Reconstructor.reconstruct`'s own stages;
+- simplify: :func:`~occnet_ros.mesh_ops.simplify_mesh` to ``mesh.max_faces`` (face counts before and
+  after are reported);
+- colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
+- message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (the node builds markers only
+  while ``markers`` has subscribers; this measures that case), for a frame holding this one object;
+- serialize: ``rclpy.serialization.serialize_message`` of the ReconstructedObjectArray and MarkerArray.
+
+message and serialize are measured only when the ROS packages and the generated interfaces are
+installed (NaN otherwise).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+import yaml
 from scipy.spatial import cKDTree
 
 from occnet_ros.benchmark.common import BenchContext, realistic_object, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
-from occnet_ros.cloud_filter import CleanConfig, clean_cloud
-from occnet_ros.segmentation import segment_by_mask
+from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.launch_spec import default_params_file
+from occnet_ros.mesh_ops import simplify_mesh
+from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
+from occnet_ros.ros.pipeline import FrameInput, FramePipeline, ObjectResult
 
 RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes")
+STAGES = ("crop", "clean", *RECONSTRUCT_STAGES, "simplify", "colour", "message", "serialize", "total")
+"""Keys of each size's ``stages`` (``total``: crop to serialize)."""
 
 
 def organized_frame(points: np.ndarray, seed: int, width: int = 640, height: int = 480
@@ -45,93 +67,166 @@ def organized_frame(points: np.ndarray, seed: int, width: int = 640, height: int
     return xyz.reshape(height, width, 3), mask.reshape(height, width)
 
 
-def node_clean_config() -> CleanConfig:
-    """The node's default per-object filter (its parameters file may change it)."""
+def _flatten_yaml(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> {dotted name: value} (the node's parameter names)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten_yaml(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def node_params(path: str | Path | None = None) -> tuple[NodeParams, str]:
+    """The parameters ``reconstruction_node`` starts with -> (params, where they came from).
+
+    path: a ROS 2 parameter file (``<node or /**>: ros__parameters: ...``); the values for ``/**`` and
+    then for the node's own name apply, as ROS applies them. None: the shipped file
+    (:func:`~occnet_ros.launch_spec.default_params_file`), or the :class:`NodeParams` defaults when it is
+    not installed. ValueError naming the file for an unreadable file, a file without parameters for
+    the node, or a bad value."""
+    if path is None:
+        path = default_params_file()
+        if not Path(path).is_file():
+            return NodeParams(), "NodeParams defaults"
+    path = Path(path)
     try:
-        from occnet_ros.ros.node_params import NodeParams
-        return NodeParams().filter
-    except ImportError:
-        return CleanConfig(min_range=0.1, max_range=5.0)
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"node parameter file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"node parameter file {path}: expected a mapping of node names, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    found = False
+    for key in ("/**", NODE_NAME, "/" + NODE_NAME):
+        entry = data.get(key)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("ros__parameters"), dict):
+            raise ValueError(f"node parameter file {path}: '{key}' has no 'ros__parameters' mapping")
+        values.update(_flatten_yaml(entry["ros__parameters"]))
+        found = True
+    if not found:
+        raise ValueError(f"node parameter file {path}: no parameters for '/**' or '{NODE_NAME}' "
+                         f"(keys: {sorted(map(str, data))})")
+    try:
+        return params_from_values(values), str(path)
+    except ParamError as e:
+        raise ValueError(f"node parameter file {path}: {e}") from e
 
 
-def message_builder():
-    """A function (segment, obj, cleaned points, colours) -> serialised bytes of what the node publishes
-    for one object (its ReconstructedObject message and its TRIANGLE_LIST marker, built by the node's
-    own functions), or None when the ROS packages or the generated interfaces are not installed."""
+@dataclass(frozen=True)
+class NodeMessages:
+    """The node's outgoing-message functions. ``build(results) -> FrameMessages``: objects and markers
+    of one frame (:func:`~occnet_ros.ros.object_msgs.frame_messages`, no markers shown before);
+    ``serialize(msg) -> bytes``: the CDR bytes rclpy publishes."""
+
+    build: Callable[[list[ObjectResult]], Any]
+    serialize: Callable[[Any], bytes]
+
+
+def node_messages(marker_alpha: float) -> NodeMessages | None:
+    """:class:`NodeMessages` with markers of opacity ``marker_alpha``, or None when the ROS packages or
+    the generated interfaces are not installed."""
     try:
         from rclpy.serialization import serialize_message
         from std_msgs.msg import Header
 
-        from occnet_ros.ros.markers import marker_array
-        from occnet_ros.ros.object_msgs import mesh_view, object_msg
-        from occnet_ros.ros.pipeline import ObjectResult
+        from occnet_ros.ros.object_msgs import frame_messages
     except ImportError:
         return None
-
-    def build(seg, obj, n_observed: int, colors: np.ndarray | None) -> int:
-        header = Header(frame_id="camera")
-        result = ObjectResult(seg, obj, n_observed, colors, 0.0)
-        msg = object_msg(result, header)
-        markers, _ = marker_array([mesh_view(result)], set(), header, 1.0)
-        return len(serialize_message(msg)) + len(serialize_message(markers))
-
-    return build
+    header = Header(frame_id="camera")
+    return NodeMessages(lambda results: frame_messages(results, header, set(), True, marker_alpha),
+                        serialize_message)
 
 
-def vertex_colors(cleaned_points: np.ndarray, observed_rgb: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """The node's vertex colouring: the colour of the nearest observed point, (V, 3) uint8."""
+def published_colors(cleaned_points: np.ndarray, observed_rgb: np.ndarray, vertices: np.ndarray
+                     ) -> np.ndarray | None:
+    """The node's vertex colouring: per published vertex (V, 3) the colour of the nearest cleaned
+    observed point (K, 3) (same frame) -> (V, 3) uint8, None when there are no vertices."""
+    if len(vertices) == 0:
+        return None
     _, nearest = cKDTree(cleaned_points).query(np.asarray(vertices), k=1)
     return observed_rgb[nearest]
 
 
-def run(ctx: BenchContext) -> dict:
+def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
+    """The section. params: the node's parameters (None = :func:`node_params`, the shipped file)."""
     s = ctx.sizes
+    source = "given"
+    if params is None:
+        params, source = node_params()
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
     rec = reconstructor(ctx)
-    clean_cfg = node_clean_config()
-    build = message_builder()
+    pipeline = FramePipeline(rec, params)
+    messages = node_messages(params.marker_alpha)
+    max_faces = params.mesh.max_faces
+    viewpoint = np.zeros(3)
     rows = []
     for n in s.cloud_sizes:
         pts = resample(view.points, n, ctx.seed)
         xyz, mask = organized_frame(pts, ctx.seed)
-        image = np.random.default_rng(ctx.seed).integers(0, 256, (xyz.shape[0] * xyz.shape[1], 3), dtype=np.uint8)
-        times: dict[str, list[float]] = {k: [] for k in ("crop", "clean", *RECONSTRUCT_STAGES, "colour", "message",
-                                                         "total")}
+        image = np.random.default_rng(ctx.seed).integers(0, 256, (*xyz.shape[:2], 3), dtype=np.uint8)
+        frame = FrameInput(xyz=xyz, mask=mask, image=image, up=np.asarray(view.up), viewpoint=viewpoint)
+        times: dict[str, list[float]] = {k: [] for k in STAGES}
         last = None
         for i in range(ctx.repeats + 1):  # the first run warms up
             t0 = time.perf_counter()
-            seg = segment_by_mask(xyz, mask)[0]
+            segments, _, _ = pipeline.segment(frame)
+            if len(segments) != 1:
+                raise RuntimeError(f"{n}-point object: the node's segmentation kept {len(segments)} segments, "
+                                   "expected 1 (segmentation size limits?)")
+            seg = segments[0]
             t1 = time.perf_counter()
-            cleaned = clean_cloud(seg.points, clean_cfg)
+            cleaned = clean_cloud(seg.points, params.filter, viewpoint)
+            if cleaned.points.shape[0] < params.segmentation.min_points:
+                raise RuntimeError(f"{n}-point object: {cleaned.points.shape[0]} points left after cleaning, "
+                                   f"the node skips objects with fewer than {params.segmentation.min_points}")
             t2 = time.perf_counter()
-            obj = rec.reconstruct(cleaned.points, up=view.up)
+            obj = rec.reconstruct(cleaned.points, up=view.up, viewpoint=viewpoint)
             t3 = time.perf_counter()
-            colors = vertex_colors(cleaned.points, image[seg.pixels[cleaned.index]], obj.mesh.vertices)
-            t35 = time.perf_counter()
-            nbytes = build(seg, obj, cleaned.points.shape[0], colors) if build is not None else 0
+            simple = simplify_mesh(np.asarray(obj.mesh.vertices), np.asarray(obj.mesh.faces), max_faces)
             t4 = time.perf_counter()
+            colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
+                                       simple.vertices) if params.color_from_image else None)
+            t5 = time.perf_counter()
+            result = ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
+                                  simple.vertices, simple.faces)
+            nbytes = (0, 0)
+            t6 = t7 = t5
+            if messages is not None:
+                out = messages.build([result])
+                t6 = time.perf_counter()
+                nbytes = (len(messages.serialize(out.objects)), len(messages.serialize(out.markers)))
+                t7 = time.perf_counter()
             if i == 0:
                 continue
             times["crop"].append(t1 - t0)
             times["clean"].append(t2 - t1)
             for k in RECONSTRUCT_STAGES:
                 times[k].append(obj.timings[k])
-            times["colour"].append(t35 - t3)
-            times["message"].append(t4 - t35 if build is not None else float("nan"))
-            times["total"].append(t4 - t0)
-            last = (obj, cleaned, nbytes)
-        obj, cleaned, nbytes = last
+            times["simplify"].append(t4 - t3)
+            times["colour"].append(t5 - t4)
+            times["message"].append(t6 - t5 if messages is not None else float("nan"))
+            times["serialize"].append(t7 - t6 if messages is not None else float("nan"))
+            times["total"].append(t7 - t0)
+            last = (obj, cleaned, simple, colors, nbytes)
+        obj, cleaned, simple, colors, nbytes = last
         n_evals = obj.mise_stats["n_evals"]
         stages = {k: summary(v) for k, v in times.items()}
-        reconstruct_s = sum(stages[k]["median_s"] for k in RECONSTRUCT_STAGES)
         rows.append({
             "cloud_points": n, "points_after_clean": int(cleaned.points.shape[0]),
             "stages": stages,
-            "reconstruct_median_s": reconstruct_s,
+            "reconstruct_median_s": sum(stages[k]["median_s"] for k in RECONSTRUCT_STAGES),
             "mise_n_evals": n_evals,
-            "mesh_faces": int(len(obj.mesh.faces)), "message_bytes": int(nbytes),
+            "faces_marching_cubes": int(len(obj.mesh.faces)), "faces_published": int(len(simple.faces)),
+            "vertices_marching_cubes": int(len(obj.mesh.vertices)),
+            "vertices_published": int(len(simple.vertices)),
+            "simplified": bool(simple.simplified), "simplify_note": simple.note,
+            "colored_vertices": 0 if colors is None else int(len(colors)),
+            "message_bytes": int(sum(nbytes)), "message_bytes_objects": int(nbytes[0]),
+            "message_bytes_markers": int(nbytes[1]),
             "floor": {"encode_s": ctx.floor_s(ctx.costs["encoder_flops_per_input_point"] * ctx.n_input_points),
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
-    return {"resolution": s.resolution, "messages_measured": build is not None,
-            "clean_config": vars(clean_cfg), "sizes": rows}
+    return {"resolution": s.resolution, "messages_measured": messages is not None,
+            "node_params": source, "max_faces": max_faces, "marker_alpha": params.marker_alpha,
+            "clean_config": vars(params.filter), "sizes": rows}

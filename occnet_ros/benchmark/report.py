@@ -150,13 +150,22 @@ def markdown(results: dict) -> str:
                          f"({_fmt(rc['ratio_dense_over_mise'])}x fewer than dense)")
     lat = results.get("latency")
     if isinstance(lat, dict) and "sizes" in lat:
-        stages = ["crop", "clean", "normalize", "encode", "mise", "marching_cubes", "colour", "message", "total"]
+        stages = ["crop", "clean", "normalize", "encode", "mise", "marching_cubes", "simplify", "colour", "message",
+                  "serialize", "total"]
+        max_faces = lat.get("max_faces")
         lines += ["", f"## Per-object latency (median), {lat['resolution']}^3", "",
-                  "| points | " + " | ".join(stages) + " | MISE evals | MISE floor |",
-                  "|---" * (len(stages) + 3) + "|"]
+                  f"- node parameters: {lat.get('node_params')}; meshes simplified to mesh.max_faces "
+                  f"{max_faces if max_faces else 'unlimited (0)'}; messages with markers"
+                  + ("" if lat.get("messages_measured", True) else " (not measured: ROS packages missing)"), "",
+                  "| points | " + " | ".join(stages) + " | faces MC -> published | message bytes | MISE evals "
+                  "| MISE floor |", "|---" * (len(stages) + 5) + "|"]
         for r in lat["sizes"]:
-            lines.append(f"| {r['cloud_points']} | " + " | ".join(_ms(r['stages'][k]) for k in stages)
-                         + f" | {r['mise_n_evals']} | {_fmt(r['floor']['mise_s'], 's')} |")
+            faces = f"{r.get('faces_marching_cubes')} -> {r.get('faces_published')}"
+            if r.get("simplify_note"):
+                faces += f" ({r['simplify_note']})"
+            lines.append(f"| {r['cloud_points']} | " + " | ".join(_ms(r['stages'].get(k)) for k in stages)
+                         + f" | {faces} | {r.get('message_bytes')} | {r['mise_n_evals']} "
+                         f"| {_fmt(r['floor']['mise_s'], 's')} |")
     q = results.get("queries")
     if isinstance(q, dict) and "sizes" in q:
         lines += ["", "## Query throughput, Python API (points/s)", "",
