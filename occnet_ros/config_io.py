@@ -113,6 +113,30 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     return obj
 
 
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Config dataclass -> {dotted name: value} (ROS parameter names); tuples become lists."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = list(value) if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def unflatten(values: dict[str, Any]) -> dict:
+    """{dotted name: value} -> nested dict, the inverse of :func:`flatten`'s naming (for :func:`from_dict`)."""
+    out: dict = {}
+    for name, value in values.items():
+        d = out
+        *parents, leaf = name.split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = value
+    return out
+
+
 def to_dict(obj: Any) -> dict:
     """Plain-dict form of a config dataclass (for logs and checkpoints)."""
     return dataclasses.asdict(obj)

@@ -64,3 +64,12 @@ def test_load_config_names_the_file(tmp_path):
     broken.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Outer, broken)
+
+
+def test_flatten_unflatten_round_trip():
+    from occnet_ros.config_io import flatten, unflatten
+
+    cfg = Outer(name="q", inner=Inner(size=5, ratio=0.25), up=(1.0, 0.0, 0.0))
+    flat = flatten(cfg)
+    assert flat["inner.size"] == 5 and flat["up"] == [1.0, 0.0, 0.0]
+    assert from_dict(Outer, unflatten(flat)) == cfg

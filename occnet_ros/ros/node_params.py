@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from occnet_ros.cloud_filter import CleanConfig
-from occnet_ros.config_io import ConfigError, from_dict
+from occnet_ros.config_io import ConfigError, flatten, from_dict, unflatten
 from occnet_ros.mesh_ops import MIN_CLOSED_FACES
 from occnet_ros.segmentation import SegmentationConfig
 
@@ -143,30 +143,6 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
                              "scale, rotation matrices within tolerance (Frobenius norm of the difference, about "
                              "1.4 x the angle in radians)", (0.0, 0.999)),
 }
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Dataclass -> {dotted name: value}; tuples become lists (ROS array parameters)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, f"{prefix}{f.name}."))
-        else:
-            out[prefix + f.name] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
-
-
-def unflatten(values: dict[str, Any]) -> dict:
-    """{dotted name: value} -> nested dict."""
-    out: dict = {}
-    for name, value in values.items():
-        d = out
-        *parents, leaf = name.split(".")
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = value
-    return out
 
 
 def default_values() -> dict[str, Any]:

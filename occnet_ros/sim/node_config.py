@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from occnet_ros.config_io import from_dict
+from occnet_ros.config_io import flatten, from_dict, unflatten
 from occnet_ros.sim.camera import CameraConfig
 from occnet_ros.sim.scene import SceneConfig
 
@@ -90,31 +90,6 @@ def describe(name: str) -> str:
     if name.startswith("camera.noise."):
         return f"depth noise setting '{name.rsplit('.', 1)[1]}' (DepthNoise in occnet_ros/data/virtual_camera.py)"
     raise KeyError(f"parameter {name!r} has no description")
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Dataclass -> {dotted name: value}; tuples become lists (ROS array parameters)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        name = prefix + f.name
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
-
-
-def unflatten(values: dict[str, Any]) -> dict:
-    """{dotted name: value} -> nested dict (the inverse of :func:`flatten`'s naming)."""
-    out: dict = {}
-    for name, value in values.items():
-        d = out
-        *parents, leaf = name.split(".")
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = value
-    return out
 
 
 def config_from_parameters(values: dict[str, Any], where: str = "parameters") -> SimCameraNodeConfig:
