@@ -41,6 +41,15 @@ EVALUATION_OBJECTS: dict[str, tuple[str, float]] = {
 }
 """Evaluation objects: name -> (mesh path relative to ``data_root()``, scale). Never train on these."""
 
+_RX90 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+UPRIGHT_ROTATIONS: dict[str, np.ndarray] = {
+    "duck": _RX90, "bunny": _RX90, "teddy": _RX90, "torus": _RX90, "lego": _RX90,
+    "toy_cylinder": _RX90,
+}
+"""(3, 3) rotation applied to an evaluation mesh (after its scale) so that it stands upright with z up;
+these meshes are modelled y-up. Objects not listed are upright as stored."""
+
 _EVALUATION_STEMS = ("duck", "bunny", "teddy", "mug", "torus", "lego", "soccerball", "sphere", "toys/")
 
 

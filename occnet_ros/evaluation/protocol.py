@@ -33,7 +33,7 @@ import numpy as np
 import trimesh
 
 from occnet_ros.cloud_filter import CleanConfig, clean_cloud
-from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, data_root, load_mesh
+from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
 from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
                                             observe)
 
@@ -127,7 +127,7 @@ def evaluation_object(name: str) -> EvalObject:
         raise ProtocolError(f"unknown evaluation object {name!r}; known: {sorted(EVALUATION_OBJECTS)}")
     rel, scale = EVALUATION_OBJECTS[name]
     path = data_root() / rel
-    return EvalObject(name=name, mesh=load_mesh(path, scale), source=str(path), scale=float(scale))
+    return EvalObject(name=name, mesh=load_mesh(path, scale, UPRIGHT_ROTATIONS.get(name)), source=str(path), scale=float(scale))
 
 
 def mesh_file_object(path: str | Path, scale: float = 1.0, name: str | None = None) -> EvalObject:

@@ -21,19 +21,11 @@ import pybullet
 import pybullet_data
 import trimesh
 
-from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, data_root, load_mesh
+from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
 
 __all__ = ["SceneConfig", "SceneError", "SceneObject", "TabletopScene", "UPRIGHT_ROTATIONS",
            "object_mesh", "pose_matrix"]
 
-_RX90 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
-
-UPRIGHT_ROTATIONS: dict[str, np.ndarray] = {
-    "duck": _RX90, "bunny": _RX90, "teddy": _RX90, "torus": _RX90, "lego": _RX90,
-    "toy_cylinder": _RX90,
-}
-"""(3, 3) rotation applied to an evaluation mesh (after its scale) so that it stands upright with z up;
-these meshes are modelled y-up. Objects not listed are upright as stored."""
 
 TABLE_TOP_Z = 0.625
 """Height of the top of ``table/table.urdf`` (placed at the origin), metres."""
