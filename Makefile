@@ -35,6 +35,7 @@ $(STAMP_DEPS): requirements.txt tools/ensure_system_deps.sh tools/patch_ros_cmak
 # hand-written package by pkgutil.extend_path (occnet_ros/__init__.py). The egg-info that ament writes
 # there is removed, or pip would take it for a second copy of occnet_ros.
 $(STAMP_IFACE): $(STAMP_DEPS) $(INTERFACES) CMakeLists.txt package.xml
+	mkdir -p $(BUILD_DIR)
 	cmake -S . -B $(BUILD_DIR) -DOCCNET_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF \
 	  -DCMAKE_PREFIX_PATH=$(VENV) -DPython3_EXECUTABLE=$(PY) -DCMAKE_INSTALL_PREFIX=$(VENV) \
 	  -DPYTHON_INSTALL_DIR=lib/occnet_ros_interfaces > $(BUILD_DIR).log 2>&1 || (cat $(BUILD_DIR).log; exit 1)
