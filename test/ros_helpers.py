@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from occnet_ros.process_utils import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -134,14 +135,7 @@ def start_program(name: str, ros_args: list[str], domain_id: int, log_path: Path
 
 def stop_program(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     """SIGINT, then SIGKILL after ``timeout`` seconds; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    return stop_process(proc, timeout)
 
 
 def wait_until(predicate, timeout: float, step: float = 0.05, spin=None) -> bool:

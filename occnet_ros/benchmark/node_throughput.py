@@ -18,7 +18,6 @@ import array
 import importlib.util
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.benchmark.common import BenchContext, percentile, summary
+from occnet_ros.process_utils import stop_process
 
 PUBLISH_HZ = 5.0
 SCENE_MARGIN_M = 0.2
@@ -188,14 +188,7 @@ def _start_node(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> sub
 
 
 def _stop_node(proc: subprocess.Popen, timeout: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return int(proc.returncode)
+    return stop_process(proc, timeout)
 
 
 def _frame_stats(received: list[tuple[float, float, int]]) -> dict:
