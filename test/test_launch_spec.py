@@ -151,3 +151,10 @@ def test_rviz_config_shows_markers_cloud_and_tf():
     assert displays["rviz_default_plugins/TF"]["Enabled"]
     from occnet_ros.ros.markers import NAMESPACE
     assert displays["rviz_default_plugins/MarkerArray"]["Namespaces"] == {NAMESPACE: True}
+
+
+def test_launcher_children_get_large_data_transport_unless_set():
+    from occnet_ros.cli.launch import child_environment
+
+    assert child_environment({"PATH": "/bin"})["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert child_environment({"FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"})["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"

@@ -11,6 +11,7 @@ then SIGKILL); the exit code is the first non-zero code of the processes, else 0
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import signal
@@ -58,9 +59,20 @@ def stop_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None
             time.sleep(0.05)
 
 
+def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the started nodes: ours, plus ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` unless set.
+
+    Organized 640x480 clouds are ~10 MB; over Fast DDS's default UDP transport a best-effort subscriber
+    (sensor-data QoS, as the node uses) lost most of them here, LARGE_DATA (shared memory + TCP) did not."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    return env
+
+
 def run(specs: list[NodeSpec], poll_s: float = 0.1) -> int:
     """Start ``specs``, supervise them until one exits or a signal arrives; returns the exit code."""
     cmds = [command(s) for s in specs]
+    env = child_environment()
     stop_requested = []
 
     def on_signal(signum, _frame):
@@ -72,7 +84,7 @@ def run(specs: list[NodeSpec], poll_s: float = 0.1) -> int:
         for cmd in cmds:
             print(f"[occnet_launch] starting: {shlex.join(cmd)}", flush=True)
             # own session: a terminal's Ctrl-C reaches only this supervisor, which forwards it once
-            procs.append(subprocess.Popen(cmd, start_new_session=True))
+            procs.append(subprocess.Popen(cmd, start_new_session=True, env=env))
         while not stop_requested and all(p.poll() is None for p in procs):
             time.sleep(poll_s)
         if stop_requested:
