@@ -62,8 +62,13 @@ demo: install
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
 
+# Continues the committed run (checkpoints/default, optimiser state included); TRAIN_MINUTES is the total
+# wall-time budget counted across resumes. Export with:
+#   .venv/bin/occnet_train --export runs/default/best.pt occnet_ros/weights/occnet_default.pt
+TRAIN_MINUTES ?= 160
 train: install
-	$(VENV)/bin/occnet_train --config config/train/default.yaml --resume
+	test -f runs/default/last.pt || (mkdir -p runs/default && cp checkpoints/default/* runs/default/)
+	$(VENV)/bin/occnet_train --config config/train/default.yaml --resume --max-minutes $(TRAIN_MINUTES)
 
 eval: install
 	$(VENV)/bin/occnet_eval --out out/eval
