@@ -12,22 +12,13 @@ from occnet_ros.model import ModelConfig, OccupancyNetwork
 from occnet_ros.normalization import BOX_HALF
 from occnet_ros.occupancy_grid import OccupancyGrid
 from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from fixtures_geometry import front_half_sphere, randomize_like_trained
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=3)
 
 
 def trained_like(model: OccupancyNetwork, seed: int = 0) -> OccupancyNetwork:
-    """Non-trivial values in every parameter and BN buffer (zero-initialised layers would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return model.eval()
+    return randomize_like_trained(model, seed, scale=0.3).eval()
 
 
 class CountingSphereModel(OccupancyNetwork):
@@ -47,11 +38,7 @@ class CountingSphereModel(OccupancyNetwork):
 
 def sphere_cloud(n=400, seed=0):
     """Front half of a 10 cm sphere 0.8 m in front of an optical frame, metres."""
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    d[:, 2] = -np.abs(d[:, 2])
-    return (np.array([0.0, 0.0, 0.8]) + 0.1 * d).astype(np.float32)
+    return front_half_sphere(n, seed)
 
 
 # ------------------------------------------------------------------ fused decoder

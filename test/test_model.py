@@ -4,22 +4,13 @@ import pytest
 import torch
 
 from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
+from fixtures_geometry import randomize_like_trained
 
 SMALL = ModelConfig(c_dim=32, encoder_hidden=32, encoder_blocks=2, decoder_hidden=32, decoder_blocks=2)
 
 
 def _trained_like(model, seed=0):
-    """Give every parameter and BN buffer non-trivial values (zero-init layers would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return model
+    return randomize_like_trained(model, seed, scale=0.2)
 
 
 def test_shapes_and_forward():

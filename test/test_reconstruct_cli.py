@@ -7,6 +7,7 @@ import trimesh
 from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
 from occnet_ros.cli.reconstruct import InputError, main, read_cloud
 from occnet_ros.model import ModelConfig, OccupancyNetwork
+from fixtures_geometry import front_half_sphere
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
 
@@ -21,11 +22,7 @@ def weights(tmp_path):
 
 
 def _cloud(n=300):
-    rng = np.random.default_rng(0)
-    d = rng.normal(size=(n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    d[:, 2] = -np.abs(d[:, 2])
-    return (np.array([0.0, 0.0, 0.7]) + 0.08 * d).astype(np.float32)
+    return front_half_sphere(n, 0, center=(0.0, 0.0, 0.7), radius=0.08)
 
 
 @pytest.mark.parametrize("ext", [".npy", ".xyz", ".ply", ".pcd"])

@@ -9,6 +9,7 @@ from occnet_ros.checkpoint import CheckpointError, CheckpointMeta, save_checkpoi
 from occnet_ros.model import ModelConfig, OccupancyNetwork
 from occnet_ros.normalization import BOX_HALF
 from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from fixtures_geometry import front_half_sphere
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
 
@@ -27,12 +28,8 @@ class SphereOccupancyTestModel(OccupancyNetwork):
 
 
 def _cloud(n=500, seed=0):
-    """Front half (towards the camera) of a 10 cm radius sphere 0.8 m in front of an optical frame."""
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    d[:, 2] = -np.abs(d[:, 2])
-    return (np.array([0.05, 0.02, 0.8]) + 0.1 * d).astype(np.float32)
+    """Front half of a 10 cm radius sphere 0.8 m in front of an optical frame."""
+    return front_half_sphere(n, seed, center=(0.05, 0.02, 0.8))
 
 
 def test_random_network_reconstruct_shapes_and_determinism():
