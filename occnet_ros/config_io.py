@@ -114,14 +114,18 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Config dataclass -> {dotted name: value} (ROS parameter names); tuples become lists."""
+    """Config dataclass or nested mapping (e.g. a YAML ``ros__parameters`` section) -> {dotted name: value}
+    (ROS parameter names); tuples become lists."""
+    if isinstance(config, dict):
+        items = config.items()
+    else:
+        items = ((f.name, getattr(config, f.name)) for f in dataclasses.fields(config))
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, f"{prefix}{f.name}."))
+    for name, value in items:
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{name}."))
         else:
-            out[prefix + f.name] = list(value) if isinstance(value, (tuple, list)) else value
+            out[f"{prefix}{name}"] = list(value) if isinstance(value, (tuple, list)) else value
     return out
 
 

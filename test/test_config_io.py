@@ -73,3 +73,10 @@ def test_flatten_unflatten_round_trip():
     flat = flatten(cfg)
     assert flat["inner.size"] == 5 and flat["up"] == [1.0, 0.0, 0.0]
     assert from_dict(Outer, unflatten(flat)) == cfg
+
+
+def test_flatten_nested_mapping_like_a_ros_parameter_file():
+    from occnet_ros.config_io import flatten
+
+    section = {"device": "cpu", "mesh": {"resolution0": 32, "levels": (1, 2)}, "up": [0, 0, 1]}
+    assert flatten(section) == {"device": "cpu", "mesh.resolution0": 32, "mesh.levels": [1, 2], "up": [0, 0, 1]}

@@ -11,12 +11,7 @@ def shipped_values():
     data = yaml.safe_load((REPO / "config" / "reconstruct.yaml").read_text())
     assert list(data) == ["/**"] and list(data["/**"]) == ["ros__parameters"]
 
-    def walk(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(walk(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-    return walk(data["/**"]["ros__parameters"])
+    return flatten(data["/**"]["ros__parameters"])
 
 
 def test_every_parameter_has_description_and_is_in_the_yaml():

@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 from occnet_ros.benchmark.common import BenchContext, realistic_object, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.config_io import flatten
 from occnet_ros.launch_spec import default_params_file
 from occnet_ros.mesh_ops import simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
@@ -67,14 +68,6 @@ def organized_frame(points: np.ndarray, seed: int, width: int = 640, height: int
     return xyz.reshape(height, width, 3), mask.reshape(height, width)
 
 
-def _flatten_yaml(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested YAML mapping -> {dotted name: value} (the node's parameter names)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten_yaml(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def node_params(path: str | Path | None = None) -> tuple[NodeParams, str]:
     """The parameters ``reconstruction_node`` starts with -> (params, where they came from).
 
@@ -102,7 +95,7 @@ def node_params(path: str | Path | None = None) -> tuple[NodeParams, str]:
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("ros__parameters"), dict):
             raise ValueError(f"node parameter file {path}: '{key}' has no 'ros__parameters' mapping")
-        values.update(_flatten_yaml(entry["ros__parameters"]))
+        values.update(flatten(entry["ros__parameters"]))
         found = True
     if not found:
         raise ValueError(f"node parameter file {path}: no parameters for '/**' or '{NODE_NAME}' "
