@@ -18,7 +18,7 @@ import trimesh
 
 from occnet_ros.checkpoint import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, load_checkpoint
 from occnet_ros.mise import mesh_from_values, mise_values
-from occnet_ros.model import OccupancyNetwork, PreparedCode, resolve_device
+from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes, resolve_device
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
 from occnet_ros.occupancy_grid import OccupancyGrid
 
@@ -74,7 +74,7 @@ class ReconstructorConfig:
 class ReconstructedObject:
     """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
     with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
-    (1, c_dim) latent code on the model device. ``timings``: seconds per stage (normalize, encode, mise,
+    (1, *model.code_shape) latent code on the model device. ``timings``: seconds per stage (normalize, encode, mise,
     marching_cubes, total). ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE
     probability grid (None without a mesh or with ``keep_grid`` off), see
     :mod:`occnet_ros.occupancy_grid` for what its answers are exact for."""
@@ -87,7 +87,7 @@ class ReconstructedObject:
     mise_stats: dict = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     _model: OccupancyNetwork | None = field(default=None, repr=False)
-    _prepared: PreparedCode | None = field(default=None, repr=False)
+    _prepared: PreparedCode | PreparedPlanes | None = field(default=None, repr=False)
     _batch_size: int = field(default=AUTO_BATCH["cpu"], repr=False)
     grid: OccupancyGrid | None = field(default=None, repr=False)
 
@@ -215,7 +215,7 @@ class Reconstructor:
         return p[idx]
 
     def encode(self, points_canonical: np.ndarray) -> torch.Tensor:
-        """(N, 3) canonical points -> (1, c_dim) code on the model device."""
+        """(N, 3) canonical points -> (1, *model.code_shape) code on the model device."""
         x = torch.from_numpy(np.ascontiguousarray(points_canonical, dtype=np.float32))
         with torch.inference_mode():
             return self.model.encode(x.to(self.device).unsqueeze(0))

@@ -1,9 +1,11 @@
-"""Training-data set: determinism, cache, label consistency, batches, evaluation meshes refused."""
+"""Training-data set: determinism, cache, label consistency, batches, evaluation meshes refused,
+fused multi-view samples and cleaned inputs."""
 import dataclasses
 
 import numpy as np
 import pytest
 
+from occnet_ros.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.config_io import ConfigError, from_dict, load_config
 from occnet_ros.data import generate as gen
 from occnet_ros.data import mesh_sources as ms
@@ -105,3 +107,155 @@ def test_config_validation_and_default_file():
         from_dict(DataConfig, {"n_objectz": 3})
     with pytest.raises(ValueError, match="split"):
         load_or_generate(small_config(), "test", "/nonexistent")
+    with pytest.raises(ValueError, match="fused_max_views"):
+        small_config(fused_max_views=1).validate()
+    with pytest.raises(ValueError, match="fused_samples_per_object"):
+        small_config(fused_samples_per_object=-1).validate()
+    with pytest.raises(ValueError, match="outlier_neighbors"):
+        from_dict(DataConfig, {"clean": {"outlier_neighbors": -1}}).validate()
+    assert not cfg.clean_inputs and cfg.fused_samples_per_object == 0  # default data: single raw views
+    mv = load_config(DataConfig, "config/data/multiview.yaml")
+    assert mv.clean_inputs and mv.fused_samples_per_object == 2 and mv.fused_max_views == 4
+    assert mv.clean == CleanConfig()  # cleaned as the node and the evaluation clean
+    assert dataclasses.replace(mv, clean_inputs=False, fused_samples_per_object=0) == cfg
+
+
+# --- fused multi-view samples and cleaned inputs ---------------------------------------------------
+
+def _spy(monkeypatch, outlier: float = 0.0):
+    """Record every observed view (points, up, pose) and every cloud handed to the normalisation;
+    ``outlier`` > 0 appends one point that far behind the cloud's centroid to every observation."""
+    seen = {"views": [], "normalised": []}
+    observe, canonical = gen.observe, gen.canonical_frame_from_observation
+
+    def observe_spy(scene, pose, *a, **k):
+        pts, up = observe(scene, pose, *a, **k)
+        if outlier > 0 and len(pts):
+            far = pts.mean(axis=0) + np.array([0.0, 0.0, outlier], np.float32)
+            pts = np.concatenate([pts, far[None]]).astype(np.float32)
+        seen["views"].append((pts.copy(), up.copy(), np.array(pose, np.float64)))
+        return pts, up
+
+    def canonical_spy(points, up, *a, **k):
+        seen["normalised"].append((np.array(points, np.float64), np.array(up, np.float64)))
+        return canonical(points, up, *a, **k)
+
+    monkeypatch.setattr(gen, "observe", observe_spy)
+    monkeypatch.setattr(gen, "canonical_frame_from_observation", canonical_spy)
+    return seen
+
+
+def _sphere_config(**kw) -> DataConfig:
+    base = dict(mesh_fraction=0.0, views_per_object=4, n_query_uniform=2048, n_query_near_surface=512,
+                mesh_resolution=40, fused_samples_per_object=2, fused_max_views=3)
+    base.update(kw)
+    return small_config(**base)
+
+
+def test_fused_samples_follow_the_protocol_frame_and_labels(monkeypatch):
+    r = 0.05
+    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, r], r)))
+    seen = _spy(monkeypatch)
+    cfg = _sphere_config()
+    obj = gen.generate_object(cfg, np.random.default_rng(3), [])
+    assert obj.stats.views == 4 and obj.stats.views_failed == 0 and obj.stats.fused_views == 2
+    assert obj.inputs.shape == (6, 128, 3) and obj.queries.shape == (6, 2560, 3)
+    assert obj.occupancies.shape == (6, 2560) and obj.frame_scale.shape == (6,)
+    views = seen["views"]
+    assert len(seen["normalised"]) == 4 + 2
+    world = [p.astype(np.float64) @ pose[:3, :3].T + pose[:3, 3] for p, _, pose in views]
+    for fused, up in seen["normalised"][4:]:
+        # the fused cloud: 2..fused_max_views distinct views, in the first one's optical frame, its up
+        first = [i for i, (p, _, _) in enumerate(views)
+                 if len(p) <= len(fused) and np.allclose(fused[:len(p)], p, atol=1e-5)]
+        assert len(first) == 1
+        pose0 = views[first[0]][2]
+        assert np.allclose(up, views[first[0]][1])
+        fused_world = fused @ pose0[:3, :3].T + pose0[:3, 3]
+        used, at = [], 0
+        while at < len(fused):
+            match = [i for i, w in enumerate(world) if i not in used and at + len(w) <= len(fused)
+                     and np.allclose(fused_world[at:at + len(w)], w, atol=1e-5)]
+            assert match, f"rows {at}.. of the fused cloud are no view in camera {first[0]}'s frame"
+            used.append(match[0])
+            at += len(world[match[0]])
+        assert used[0] == first[0] and 2 <= len(used) <= cfg.fused_max_views
+    for k in range(4, 6):
+        # labels of the fused sample describe the sphere the fused inputs lie on (same frame, same scale)
+        q, occ = obj.queries[k].astype(np.float64), obj.occupancies[k]
+        r_c = r / obj.frame_scale[k]
+        center = q[:2048][occ[:2048]].mean(axis=0)
+        dist = np.linalg.norm(q - center, axis=1)
+        clear = np.abs(dist - r_c) > 0.05 * r_c
+        assert np.mean(occ[clear] == (dist[clear] < r_c)) > 0.995
+        assert 0.2 < occ[2048:].mean() < 0.8
+        x = obj.inputs[k].astype(np.float64)
+        assert np.median(np.abs(np.linalg.norm(x - center, axis=1) - r_c)) < 0.1 * r_c
+        assert np.all(np.abs(q[:2048]) <= BOX_HALF + 1e-3)
+
+
+def test_no_fused_samples_from_a_single_view(monkeypatch):
+    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, 0.05], 0.05)))
+    cfg = _sphere_config(views_per_object=1, n_query_uniform=64, n_query_near_surface=64)
+    obj = gen.generate_object(cfg, np.random.default_rng(0), [])
+    assert obj.inputs.shape[0] == 1 and obj.stats.fused_views == 0
+
+
+def test_clean_inputs_cleans_each_view_before_normalising(monkeypatch):
+    r = 0.05
+    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, r], r)))
+    cfg = _sphere_config(n_query_uniform=64, n_query_near_surface=64, clean_inputs=True)
+    seen = _spy(monkeypatch, outlier=0.3)  # a flying point 30 cm behind every view
+    obj = gen.generate_object(cfg, np.random.default_rng(1), [])
+    assert obj.stats.views == 4 and obj.stats.views_failed == 0 and obj.inputs.shape[0] == 6
+    for (raw, _, _), (normalised, _) in zip(seen["views"], seen["normalised"][:4]):
+        assert np.array_equal(normalised, clean_cloud(raw, CleanConfig()).points.astype(np.float64))
+    for cloud, _ in seen["normalised"]:  # single and fused: the outlier is gone, the extent is the sphere's
+        assert np.ptp(cloud, axis=0).max() < 0.15
+    assert np.all(obj.frame_scale < 0.15)
+    # without cleaning (same spy, same outliers) it reaches the normalisation and blows up the scale
+    raw = gen.generate_object(dataclasses.replace(cfg, clean_inputs=False), np.random.default_rng(1), [])
+    assert np.all(raw.frame_scale > 0.2)
+
+
+def test_fused_and_cleaned_data_are_deterministic(tmp_path):
+    cfg = small_config(n_objects=2, mesh_fraction=0.0, views_per_object=3, n_input_points=64,
+                       n_query_uniform=64, n_query_near_surface=64, clean_inputs=True,
+                       fused_samples_per_object=2, fused_max_views=3)
+    a = load_or_generate(cfg, "train", tmp_path / "a", progress=False)
+    b = load_or_generate(cfg, "train", tmp_path / "b", progress=False)
+    assert a.stats.fused_views == 4 and len(a) == a.stats.views + 4  # counters survive the shard files
+    for name in ("inputs", "queries", "occupancies", "family", "frame_scale", "object_index"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    c = load_or_generate(dataclasses.replace(cfg, seed=8), "train", tmp_path / "a", progress=False)
+    assert not np.array_equal(a.inputs, c.inputs)
+
+
+def test_own_mesh_folders(tmp_path):
+    """mesh_dirs: users' meshes are found recursively, split 9:1 into train/val, and generate samples;
+    a missing or empty folder is an error that names it."""
+    import trimesh
+
+    for i in range(10):
+        sub = tmp_path / "meshes" / ("a" if i < 5 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        trimesh.creation.box(extents=(2.0 + 0.1 * i, 1.0, 0.5)).export(sub / f"box{i}.{'stl' if i % 2 else 'ply'}")
+    (tmp_path / "meshes" / "notes.txt").write_text("not a mesh")
+    paths = ms.user_mesh_paths([str(tmp_path / "meshes")])
+    assert len(paths) == 10 and all(p.suffix in (".stl", ".ply") for p, _ in paths)
+    cfg = small_config(mesh_fraction=1.0, use_random_urdfs=False, mesh_dirs=[str(tmp_path / "meshes")],
+                       views_per_object=1, n_objects=2, n_val_objects=1)
+    from occnet_ros.data.dataset import _split_meshes
+
+    train, val = _split_meshes(cfg, "train"), _split_meshes(cfg, "val")
+    assert len(train) == 9 and len(val) == 1 and not set(train) & set(val)
+    data = load_or_generate(cfg, "train", tmp_path / "cache", progress=False)
+    assert data.stats.mesh_objects == 2 and len(data) == 2
+    occ = data.occupancies[:, :cfg.n_query_uniform]
+    assert 0.02 < occ.mean() < 0.9  # a box fills part of the canonical box, labelled by the mesh test
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        with pytest.raises(ValueError, match=str(bad)):
+            small_config(mesh_dirs=[str(bad)]).validate()
+    with pytest.raises(ValueError, match="needs meshes"):
+        small_config(use_random_urdfs=False).validate()

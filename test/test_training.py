@@ -12,6 +12,8 @@ from occnet_ros.training.config import OptimConfig, TrainConfig
 from occnet_ros.training.trainer import Trainer, iou_per_threshold
 
 TINY_MODEL = ModelConfig(c_dim=32, encoder_hidden=32, encoder_blocks=2, decoder_hidden=32, decoder_blocks=2)
+TINY_LOCAL = ModelConfig(kind="local", c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16,
+                         decoder_blocks=2, plane_resolution=8, unet_base=8, unet_levels=2)
 
 
 class RandomSpheresTestDataset:
@@ -50,9 +52,10 @@ def test_iou_per_threshold_matches_numpy():
         assert got[k] == pytest.approx(ref)
 
 
-def test_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
+@pytest.mark.parametrize("model", [TINY_MODEL, TINY_LOCAL], ids=["global", "local"])
+def test_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, model):
     data = RandomSpheresTestDataset()
-    tr = Trainer(_cfg(tmp_path), data, data, progress=False)
+    tr = Trainer(_cfg(tmp_path, model=model), data, data, progress=False)
     batch = data.sample_batch(np.random.default_rng(123), 8, 64, 256)
     before = [tr.train_step(*batch) for _ in range(1)][0]
     losses = [tr.train_step(*batch) for _ in range(30)]

@@ -3,6 +3,8 @@ a realistic test object (a partial view of a procedural shape from the training 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import statistics
 import time
@@ -166,8 +168,7 @@ def make_context(weights: str | Path | None, out: Path, sizes: BenchSizes, repea
     n_in = meta.extra.get("train_config", {}).get("n_input_points")
     n_in = int(n_in) if isinstance(n_in, int) else 300
     info = {"path": str(path), "kind": kind, "threshold": meta.threshold, "step": meta.step,
-            "model_config": {k: getattr(model.config, k) for k in
-                             ("c_dim", "encoder_hidden", "encoder_blocks", "decoder_hidden", "decoder_blocks")},
+            "model_config": dataclasses.asdict(model.config),
             "n_input_points": n_in}
     return BenchContext(sizes=sizes, repeats=repeats, out=out, model=model, threshold=meta.threshold,
                         weights=info, n_input_points=n_in, seed=seed, costs=cost_report(model.config))

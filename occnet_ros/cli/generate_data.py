@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         ds = load_or_generate(cfg, split, args.cache_dir, progress=not args.no_progress)
         dt = time.monotonic() - t0
-        print(f"{split}: {len(ds)} samples ({ds.stats.objects} objects; {ds.stats.mesh_objects} random_urdfs "
-              f"meshes, {ds.stats.meshes_repaired} repaired, {ds.stats.meshes_skipped} skipped; "
-              f"{ds.stats.views_failed} views re-drawn) in {dt:.1f} s")
+        print(f"{split}: {len(ds)} samples ({ds.stats.objects} objects; {ds.stats.mesh_objects} from meshes, "
+              f"{ds.stats.meshes_repaired} repaired, {ds.stats.meshes_skipped} skipped; "
+              f"{ds.stats.views_failed} views re-drawn; {ds.stats.fused_views} fused samples) in {dt:.1f} s")
     return 0
 
 

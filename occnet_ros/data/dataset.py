@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from occnet_ros.cloud_filter import CleanConfig
 from occnet_ros.data.generate import FAMILY_CODES, GenStats, generate_object
 from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise
 
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
+"""2: GenStats gained ``fused_views`` (stored in every shard)."""
 SPLITS = {"train": 0, "val": 1}
 
 
@@ -38,9 +40,14 @@ class DataConfig:
     n_val_objects: int = 150
     views_per_object: int = 4
     mesh_fraction: float = 0.25
-    """fraction of objects from pybullet_data random_urdfs meshes (the rest procedural)"""
+    """fraction of objects from meshes (random_urdfs and ``mesh_dirs``; the rest procedural)"""
+    use_random_urdfs: bool = True
+    """draw meshes from pybullet_data ``random_urdfs``"""
+    mesh_dirs: list[str] = field(default_factory=list)
+    """folders of your own meshes (OBJ/STL/PLY, searched recursively, any units: each is rescaled to
+    ``mesh_size_range``); every 10th file (sorted) is held out for the val split"""
     mesh_size_range: tuple[float, float] = (0.05, 0.25)
-    """largest extent of a random_urdfs object after rescaling"""
+    """largest extent of a mesh object after rescaling"""
     mesh_resolution: int = 48
     """marching-cubes cells along the longest side, procedural shapes (rendering and surface samples)"""
     n_input_points: int = 2048
@@ -60,6 +67,17 @@ class DataConfig:
     """render the table plane (occludes the base)"""
     table_leak_prob: float = 0.05
     """probability that a table pixel within 2 px of the object is mis-segmented into the cloud"""
+    clean_inputs: bool = False
+    """clean each view's cloud with ``clean`` (in its camera frame, before the min_view_points check and
+    the normalisation), as the evaluation protocol and the node do"""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """the per-view cleaning of ``clean_inputs`` (statistical outlier removal by default)"""
+    fused_samples_per_object: int = 0
+    """fused samples added after an object's single views: each fuses k views (k uniform in
+    [2, min(fused_max_views, successful views)]) in the first chosen camera's optical frame, as the
+    evaluation fuses views; none for an object with fewer than 2 successful views"""
+    fused_max_views: int = 4
+    """largest number of views in one fused sample (>= 2)"""
     shard_size: int = 250
     """objects per cache file"""
 
@@ -87,8 +105,21 @@ class DataConfig:
             raise ValueError("elevation_deg_range must stay below 90 degrees")
         if not 0.0 <= self.table_leak_prob <= 1.0:
             raise ValueError("table_leak_prob must be in [0, 1]")
+        if self.fused_samples_per_object < 0:
+            raise ValueError(f"fused_samples_per_object must be >= 0, got {self.fused_samples_per_object}")
+        if self.fused_max_views < 2:
+            raise ValueError(f"fused_max_views must be >= 2, got {self.fused_max_views}")
+        if self.mesh_fraction > 0 and not self.use_random_urdfs and not self.mesh_dirs:
+            raise ValueError("mesh_fraction > 0 needs meshes: use_random_urdfs or mesh_dirs")
+        if self.mesh_fraction > 0:
+            from occnet_ros.data.mesh_sources import user_mesh_paths
+
+            user_mesh_paths(self.mesh_dirs)  # raises naming a missing or empty folder
+        if not isinstance(self.clean_inputs, bool):
+            raise ValueError(f"clean_inputs must be true or false, got {self.clean_inputs!r}")
         self.camera.validate()
         self.noise.validate()
+        self.clean.validate()
 
     def n_for_split(self, split: str) -> int:
         _check_split(split)
@@ -109,7 +140,7 @@ def _check_split(split: str) -> None:
 
 
 class OccupancyDataset:
-    """Samples (one object view each) in canonical units.
+    """Samples (one object view each, or several fused views of one object) in canonical units.
 
     inputs: (S, n_in, 3) float16; queries: (S, n_q, 3) float16, the first ``n_query_uniform`` of each row
     uniform in the box, the rest near the surface; occupancies: (S, n_q) bool; family: (S,) int16 index
@@ -191,11 +222,14 @@ def _generate_shard(cfg: DataConfig, split: str, start: int, stop: int, mesh_pat
     }
 
 
-def _split_meshes(split: str) -> list:
-    from occnet_ros.data.mesh_sources import training_mesh_paths
+def _split_meshes(cfg: DataConfig, split: str) -> list:
+    """(path, scale) meshes of ``split``: every 10th of each source list is val, the rest train."""
+    from occnet_ros.data.mesh_sources import training_mesh_paths, user_mesh_paths
 
-    paths = training_mesh_paths()
-    return [p for k, p in enumerate(paths) if (k % 10 == 0) == (split == "val")]
+    out = []
+    for paths in (training_mesh_paths() if cfg.use_random_urdfs else [], user_mesh_paths(cfg.mesh_dirs)):
+        out += [p for k, p in enumerate(paths) if (k % 10 == 0) == (split == "val")]
+    return out
 
 
 def load_or_generate(cfg: DataConfig, split: str, cache_dir: str | Path, progress: bool = True
@@ -210,7 +244,7 @@ def load_or_generate(cfg: DataConfig, split: str, cache_dir: str | Path, progres
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True))
     bounds = [(s, min(n, s + cfg.shard_size)) for s in range(0, n, cfg.shard_size)]
     missing = [b for b in bounds if not (out_dir / f"shard_{b[0]:07d}_{b[1]:07d}.npz").exists()]
-    mesh_paths = _split_meshes(split) if missing and cfg.mesh_fraction > 0 else []
+    mesh_paths = _split_meshes(cfg, split) if missing and cfg.mesh_fraction > 0 else []
     bar = None
     if missing and progress:
         from tqdm import tqdm

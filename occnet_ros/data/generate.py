@@ -1,22 +1,26 @@
 """Generation of training samples: one object -> several partial views -> canonical inputs and labelled
 queries. Used by :mod:`occnet_ros.data.dataset` (configuration, caching, batching).
 
-Every sample is one view of one object:
+The samples of one object are its single views (one per successful view), then
+``fused_samples_per_object`` fused samples (2 or more of its views in one cloud, as the evaluation fuses
+them; see :func:`_fused_samples`). Each sample:
 
-* ``inputs``: (n_input_points, 3) canonical units, the observed (noisy, partial, segmented) depth points
-  normalised by :func:`occnet_ros.normalization.canonical_frame_from_observation` (the ONE normalisation);
+* ``inputs``: (n_input_points, 3) canonical units, the observed (noisy, partial, segmented; optionally
+  cleaned by :func:`occnet_ros.cloud_filter.clean_cloud`) depth points normalised by
+  :func:`occnet_ros.normalization.canonical_frame_from_observation` (the ONE normalisation);
 * ``queries``: (n_query_uniform + n_query_near_surface, 3) canonical units: first uniform in the box
   ``[-BOX_HALF, BOX_HALF]^3``, then near the full true surface (Gaussian offsets, sigma in canonical units);
 * ``occupancies``: (n_queries,) bool, exact inside labels of the float16-rounded query coordinates.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
+from occnet_ros.cloud_filter import clean_cloud
 from occnet_ros.data.mesh_sources import load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.virtual_camera import ObjectScene, observe, sample_tabletop_pose
@@ -30,7 +34,7 @@ MAX_VIEW_TRIES = 6
 
 @dataclass
 class GenStats:
-    """Counters of one generation run."""
+    """Counters of one generation run (``fused_views``: fused samples made)."""
 
     objects: int = 0
     mesh_objects: int = 0
@@ -38,10 +42,11 @@ class GenStats:
     meshes_skipped: int = 0
     views: int = 0
     views_failed: int = 0
+    fused_views: int = 0
 
     def as_array(self) -> np.ndarray:
-        return np.array([self.objects, self.mesh_objects, self.meshes_repaired, self.meshes_skipped,
-                         self.views, self.views_failed], dtype=np.int64)
+        """The counters in field order (stored in the cache shards)."""
+        return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.int64)
 
     @staticmethod
     def from_array(a: np.ndarray) -> "GenStats":
@@ -54,12 +59,12 @@ class GenStats:
 
 @dataclass
 class ObjectSamples:
-    """All samples of one object (V views)."""
+    """All samples of one object: V single views then F fused samples (S = V + F rows)."""
 
-    inputs: np.ndarray          # (V, n_in, 3) float16
-    queries: np.ndarray         # (V, n_q, 3) float16
-    occupancies: np.ndarray     # (V, n_q) bool
-    frame_scale: np.ndarray     # (V,) float32 metres per canonical unit
+    inputs: np.ndarray          # (S, n_in, 3) float16
+    queries: np.ndarray         # (S, n_q, 3) float16
+    occupancies: np.ndarray     # (S, n_q) bool
+    frame_scale: np.ndarray     # (S,) float32 metres per canonical unit
     family: int
     stats: GenStats = field(default_factory=GenStats)
 
@@ -77,7 +82,8 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> n
 
 
 def _mesh_object(cfg, rng, mesh_paths, stats: GenStats):
-    """A random_urdfs object: random orientation, rescaled to a tabletop size; None if unusable."""
+    """A mesh object (random_urdfs or mesh_dirs): random orientation, rescaled to a tabletop size;
+    None if unusable."""
     path, scale = mesh_paths[int(rng.integers(len(mesh_paths)))]
     rot = Rotation.random(random_state=rng).as_matrix()
     mesh = load_training_mesh(path, scale, rot)
@@ -93,10 +99,66 @@ def _mesh_object(cfg, rng, mesh_paths, stats: GenStats):
     return fixed
 
 
+def _subsample(pts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n of the points, without replacement (fewer than n: padded by resampling)."""
+    idx = rng.permutation(len(pts))[:n]
+    if len(idx) < n:
+        idx = np.concatenate([idx, rng.integers(0, len(pts), n - len(idx))])
+    return pts[idx]
+
+
+def _queries(cfg, frame, pose, surface, sigmas, rng):
+    """Queries of one sample whose inputs are in the optical frame of the camera at ``pose`` (world ->
+    canonical via ``frame``): uniform in the box, then ``surface`` (world) offset by N(0, sigma).
+    Returns (n_q, 3) float16 canonical and the (n_q, 3) float64 world coordinates of those rounded values."""
+    q_u = rng.uniform(-BOX_HALF, BOX_HALF, (cfg.n_query_uniform, 3))
+    surf_opt = (surface - pose[:3, 3]) @ pose[:3, :3]  # world -> optical
+    q_s = frame.to_canonical(surf_opt) + rng.standard_normal((len(surface), 3)) * sigmas[:, None]
+    q = np.concatenate([q_u, q_s]).astype(np.float16)
+    # label the float16-rounded coordinates, so stored points and labels agree exactly
+    q_opt = frame.from_canonical(q.astype(np.float64)).astype(np.float64)
+    return q, q_opt @ pose[:3, :3].T + pose[:3, 3]
+
+
+def _fused_samples(cfg, rng, views: list, mesh, sigmas, stats: GenStats) -> list:
+    """``cfg.fused_samples_per_object`` samples, each fusing k random distinct ``views`` ((points, pose,
+    up): the object's successful views, points in their optical frame, cleaned if configured), k uniform
+    in [2, min(fused_max_views, len(views))]. Fused as the evaluation protocol does it: in the optical
+    frame of the first chosen camera, with its up vector, viewpoint at the origin. None if < 2 views.
+    Returns (inputs float16, queries float16, world queries, scale) per sample."""
+    out = []
+    if len(views) < 2:
+        return out
+    k_max = min(cfg.fused_max_views, len(views))
+    for _ in range(cfg.fused_samples_per_object):
+        k = int(rng.integers(2, k_max + 1))
+        chosen = rng.choice(len(views), size=k, replace=False)
+        _, pose0, up0 = views[chosen[0]]
+        inv0 = np.linalg.inv(pose0)
+        parts = []
+        for c in chosen:
+            p, pose, _ = views[c]
+            to0 = inv0 @ pose  # optical c -> optical of the first chosen camera
+            parts.append(p.astype(np.float64) @ to0[:3, :3].T + to0[:3, 3])
+        fused = np.concatenate(parts).astype(np.float32)
+        try:
+            frame = canonical_frame_from_observation(fused, up0)
+        except NormalizationError:  # not expected: every view normalised on its own
+            continue
+        x = frame.to_canonical(_subsample(fused, cfg.n_input_points, rng)).astype(np.float16)
+        surface = sample_surface(mesh, cfg.n_query_near_surface, rng)
+        q, q_world = _queries(cfg, frame, pose0, surface, sigmas, rng)
+        out.append((x, q, q_world, frame.scale))
+        stats.fused_views += 1
+    return out
+
+
 def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSamples:
-    """Generate the ``cfg.views_per_object`` samples of one random object (``cfg``: DataConfig).
+    """Generate the samples of one random object (``cfg``: DataConfig): ``cfg.views_per_object`` single
+    views, then ``cfg.fused_samples_per_object`` fused ones (:func:`_fused_samples`).
 
     mesh_paths: (path, scale) training meshes to draw from with probability ``cfg.mesh_fraction``.
+    Each view's cloud is cleaned first if ``cfg.clean_inputs`` (as the evaluation and the node do).
     Views with fewer than ``cfg.min_view_points`` points are re-drawn (at most MAX_VIEW_TRIES times,
     then dropped, so V may be smaller than views_per_object).
     """
@@ -113,11 +175,11 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
         contains, family = shape.contains, FAMILY_CODES.index(shape.family)
     scene = ObjectScene(mesh, table=cfg.table)
     lo, hi = mesh.bounds
-    n_u, n_s = cfg.n_query_uniform, cfg.n_query_near_surface
+    n_s = cfg.n_query_near_surface
     surface = sample_surface(mesh, n_s * cfg.views_per_object, rng)
     sigmas = np.repeat(np.asarray(cfg.near_surface_sigmas, dtype=np.float64),
                        -(-n_s // len(cfg.near_surface_sigmas)))[:n_s]
-    inputs, queries, world_queries, scales = [], [], [], []
+    inputs, queries, world_queries, scales, views = [], [], [], [], []
     intr = cfg.camera
     for v in range(cfg.views_per_object):
         for _ in range(MAX_VIEW_TRIES):
@@ -125,6 +187,8 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
             pose = sample_tabletop_pose(rng, target, cfg.distance_range, cfg.elevation_deg_range,
                                         cfg.max_roll_deg)
             pts, up = observe(scene, pose, intr, cfg.noise, rng, cfg.table_leak_prob)
+            if cfg.clean_inputs and pts.shape[0] > cfg.clean.outlier_neighbors + 1:
+                pts = clean_cloud(pts, cfg.clean).points
             if len(pts) >= cfg.min_view_points:
                 try:
                     frame = canonical_frame_from_observation(pts, up)
@@ -135,22 +199,19 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
         else:
             continue
         stats.views += 1
-        n_in = cfg.n_input_points
-        idx = rng.permutation(len(pts))[:n_in]
-        if len(idx) < n_in:  # pad by resampling
-            idx = np.concatenate([idx, rng.integers(0, len(pts), n_in - len(idx))])
-        inputs.append(frame.to_canonical(pts[idx]).astype(np.float16))
-        # queries: uniform in the box, and true-surface points offset by N(0, sigma) (canonical units)
-        q_u = rng.uniform(-BOX_HALF, BOX_HALF, (n_u, 3))
-        surf_opt = (surface[v * n_s:(v + 1) * n_s] - pose[:3, 3]) @ pose[:3, :3]  # world -> optical
-        q_s = frame.to_canonical(surf_opt) + rng.standard_normal((n_s, 3)) * sigmas[:, None]
-        q = np.concatenate([q_u, q_s]).astype(np.float16)
+        views.append((pts, pose, up))
+        inputs.append(frame.to_canonical(_subsample(pts, cfg.n_input_points, rng)).astype(np.float16))
+        q, q_world = _queries(cfg, frame, pose, surface[v * n_s:(v + 1) * n_s], sigmas, rng)
         queries.append(q)
-        # label the float16-rounded coordinates, so stored points and labels agree exactly
-        q_opt = frame.from_canonical(q.astype(np.float64)).astype(np.float64)
-        world_queries.append(q_opt @ pose[:3, :3].T + pose[:3, 3])
+        world_queries.append(q_world)
         scales.append(frame.scale)
-    n_q = n_u + n_s
+    if cfg.fused_samples_per_object > 0:
+        for x, q, q_world, scale in _fused_samples(cfg, rng, views, mesh, sigmas, stats):
+            inputs.append(x)
+            queries.append(q)
+            world_queries.append(q_world)
+            scales.append(scale)
+    n_q = cfg.n_query_uniform + n_s
     if not inputs:
         return ObjectSamples(np.zeros((0, cfg.n_input_points, 3), np.float16), np.zeros((0, n_q, 3), np.float16),
                              np.zeros((0, n_q), bool), np.zeros(0, np.float32), family, stats)

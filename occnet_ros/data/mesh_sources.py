@@ -92,6 +92,25 @@ def training_mesh_paths() -> list[tuple[Path, float]]:
     return out
 
 
+MESH_SUFFIXES = (".obj", ".stl", ".ply")
+
+
+def user_mesh_paths(dirs: list[str] | tuple[str, ...]) -> list[tuple[Path, float]]:
+    """(mesh path, 1.0) of every OBJ/STL/PLY file under each folder of ``dirs`` (recursive, sorted),
+    evaluation meshes left out. Raises ValueError naming a folder that is missing or has no mesh."""
+    out = []
+    for d in dirs:
+        folder = Path(d).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"mesh_dirs: {folder} is not a folder")
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MESH_SUFFIXES and p.is_file())
+        found = [p for p in found if not is_evaluation_mesh(p)]
+        if not found:
+            raise ValueError(f"mesh_dirs: {folder} holds no OBJ/STL/PLY mesh (evaluation meshes excluded)")
+        out += [(p, 1.0) for p in found]
+    return out
+
+
 def load_mesh(path: str | Path, scale: float = 1.0, rotation: np.ndarray | None = None) -> trimesh.Trimesh:
     """Load a mesh file as one trimesh in metres: scaled, optionally rotated (3x3, applied after the
     scale), centred in x/y on its bounding box and resting on z = 0 (object frame, z up).

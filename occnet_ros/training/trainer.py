@@ -26,7 +26,8 @@ import torch.nn.functional as F
 import yaml
 
 from occnet_ros.checkpoint import (CheckpointMeta, config_hash, load_raw, save_checkpoint)
-from occnet_ros.model import OccupancyNetwork, resolve_device
+from occnet_ros.config_io import from_dict
+from occnet_ros.model import ModelConfig, OccupancyNetwork, resolve_device
 from occnet_ros.training.config import TrainConfig
 
 LOG_FIELDS = ["step", "loss", "val_iou", "threshold", "lr", "wall_time_s"]
@@ -162,7 +163,8 @@ class Trainer:
         payload = load_raw(path)
         if "training" not in payload:
             raise ValueError(f"{path} has no training state (exported weights cannot be resumed)")
-        if payload["model_config"] != dataclasses.asdict(self.cfg.model):
+        stored = from_dict(ModelConfig, payload["model_config"], where=f"{path}:model_config")
+        if stored != self.cfg.model:  # fields added since the checkpoint compare at their defaults
             raise ValueError(f"{path}: model config differs from the current config")
         if payload["meta"].get("data_config_hash", "") != self.data_hash:
             raise ValueError(f"{path}: was trained on another data config (hash differs)")

@@ -1,0 +1,206 @@
+"""The local-feature variant of the occupancy network (in the spirit of Convolutional Occupancy Networks,
+Peng et al. 2020): the code is not one vector but three axis-aligned feature planes.
+
+All coordinates are in the canonical object frame (:mod:`occnet_ros.normalization`), box
+``[-BOX_HALF, BOX_HALF]^3``; the planes cover ``[-PLANE_HALF, PLANE_HALF]^2`` (a little more, so that
+near-surface queries just outside the box still read real features).
+
+* encoder :class:`LocalPoolPointNet`: points (B, N, 3) -> per-point features (a ResNet-PointNet whose
+  pooling is a max over the points that share a plane cell, summed over the three planes) -> the mean
+  feature of each cell of the xy, xz and yz planes -> a small 2-D U-Net per plane (shared weights)
+  -> code (B, 3, C, R, R).
+* decoder :class:`LocalDecoder`: query (B, M, 3) -> bilinear plane features, summed over the planes
+  (B, M, C) -> residual MLP in which every block adds a projection of the feature -> logits (B, M).
+
+Plane k spans the canonical axes ``PLANE_AXES[k]`` = (a, b): a runs along the image width (grid x),
+b along the height (grid y); a cell's flat index is ``row * R + col``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from occnet_ros.model_global import ResnetBlockFC
+from occnet_ros.normalization import BOX_HALF
+
+PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+"""Canonical axes of the xy, xz and yz feature planes."""
+
+PLANE_HALF = 1.05 * BOX_HALF
+"""Half-extent of the feature planes, canonical units."""
+
+
+def plane_grid(p: torch.Tensor) -> torch.Tensor:
+    """p (B, M, 3) canonical -> (B, 3, M, 2) plane coordinates in [-1, 1] (grid_sample convention,
+    align_corners=False), clamped to the plane."""
+    uv = torch.stack([p[..., list(ax)] for ax in PLANE_AXES], dim=1)
+    return (uv / PLANE_HALF).clamp(-1.0, 1.0)
+
+
+def cell_index(grid: torch.Tensor, resolution: int) -> torch.Tensor:
+    """grid (B, 3, N, 2) from :func:`plane_grid` -> (B, 3, N) int64 flat cell index row * R + col."""
+    ij = ((grid + 1.0) * (0.5 * resolution)).long().clamp_(0, resolution - 1)
+    return ij[..., 1] * resolution + ij[..., 0]
+
+
+def scatter_mean(features: torch.Tensor, index: torch.Tensor, resolution: int) -> torch.Tensor:
+    """features (B, N, C), index (B, 3, N) -> planes (B, 3, C, R, R): the mean feature of the points in
+    each cell, zero in empty cells."""
+    b, n, c = features.shape
+    r2 = resolution * resolution
+    idx = index.reshape(b, 3 * n)
+    src = features.repeat(1, 3, 1)  # (B, 3N, C), plane-major like idx
+    flat = idx + (torch.arange(3, device=idx.device) * r2).repeat_interleave(n).unsqueeze(0)
+    sums = features.new_zeros(b, 3 * r2, c).scatter_add_(1, flat.unsqueeze(-1).expand(-1, -1, c), src)
+    counts = features.new_zeros(b, 3 * r2).scatter_add_(1, flat, features.new_ones(b, 3 * n))
+    mean = sums / counts.clamp(min=1.0).unsqueeze(-1)
+    return mean.reshape(b, 3, resolution, resolution, c).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def local_max_pool(features: torch.Tensor, index: torch.Tensor, resolution: int) -> torch.Tensor:
+    """features (B, N, H), index (B, 3, N) -> (B, N, H): for every point, the channel-wise max over
+    the points in its cell, summed over the three planes."""
+    b, n, h = features.shape
+    out = 0
+    for k in range(3):
+        idx = index[:, k].unsqueeze(-1).expand(-1, -1, h)
+        pooled = features.new_full((b, resolution * resolution, h), float("-inf"))
+        pooled = pooled.scatter_reduce(1, idx, features, reduce="amax", include_self=False)
+        out = out + pooled.gather(1, idx)
+    return out
+
+
+class UNet2d(nn.Module):
+    """A small 2-D U-Net, (B, C, R, R) -> (B, C, R, R); ``levels`` resolutions (R must be divisible by
+    2^(levels-1)), ``base`` * 2^l channels at level l, two 3x3 convolutions + ReLU per level, max-pool
+    down, bilinear up, skip connections by concatenation, a 1x1 convolution out."""
+
+    def __init__(self, channels: int, base: int, levels: int):
+        super().__init__()
+        widths = [base * 2 ** i for i in range(levels)]
+        self.down = nn.ModuleList()
+        c_in = channels
+        for w in widths:
+            self.down.append(self._block(c_in, w))
+            c_in = w
+        self.up = nn.ModuleList(self._block(widths[i + 1] + widths[i], widths[i])
+                                for i in reversed(range(levels - 1)))
+        self.out = nn.Conv2d(widths[0], channels, 1)
+
+    @staticmethod
+    def _block(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+                             nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.out(x)
+
+
+class LocalPoolPointNet(nn.Module):
+    """points (B, N, 3) canonical -> feature planes (B, 3, c_dim, R, R)."""
+
+    def __init__(self, c_dim: int, hidden: int, n_blocks: int, resolution: int, unet_base: int,
+                 unet_levels: int, local_pool: bool = True):
+        super().__init__()
+        self.resolution = resolution
+        self.local_pool = local_pool
+        self.fc_pos = nn.Linear(3, 2 * hidden)
+        self.blocks = nn.ModuleList(ResnetBlockFC(2 * hidden, hidden, hidden) for _ in range(n_blocks))
+        self.fc_c = nn.Linear(hidden, c_dim)
+        self.unet = UNet2d(c_dim, unet_base, unet_levels)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        index = cell_index(plane_grid(p), self.resolution)
+        net = self.blocks[0](self.fc_pos(p))
+        for block in self.blocks[1:]:
+            pooled = (local_max_pool(net, index, self.resolution) if self.local_pool
+                      else net.max(dim=1, keepdim=True)[0].expand_as(net))
+            net = block(torch.cat([net, pooled], dim=2))
+        planes = scatter_mean(self.fc_c(net), index, self.resolution)
+        b, _, c, r, _ = planes.shape
+        return self.unet(planes.reshape(b * 3, c, r, r)).reshape(b, 3, c, r, r)
+
+
+@dataclass
+class PreparedPlanes:
+    """The decoder's per-object constants at inference: the feature planes (B, 3, C, R, R), float32, on
+    the model's device, and the precision of the decoder's MLP (float32, or bfloat16/float16 run under
+    ``torch.autocast`` where the device has them)."""
+
+    code: torch.Tensor
+    planes: torch.Tensor
+    dtype: torch.dtype = torch.float32
+
+
+class LocalDecoder(nn.Module):
+    """query (B, M, 3) canonical, planes (B, 3, C, R, R) -> logits (B, M)."""
+
+    def __init__(self, c_dim: int, hidden: int, n_blocks: int):
+        super().__init__()
+        self.fc_p = nn.Linear(3, hidden)
+        self.fc_c = nn.ModuleList(nn.Linear(c_dim, hidden) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(ResnetBlockFC(hidden, hidden, hidden) for _ in range(n_blocks))
+        self.fc_out = nn.Linear(hidden, 1)
+
+    @staticmethod
+    def sample(p: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+        """p (B, M, 3), planes (B, 3, C, R, R) -> (B, M, C): bilinear features summed over planes."""
+        grid = plane_grid(p).to(planes.dtype)  # (B, 3, M, 2)
+        b, _, c, r, _ = planes.shape
+        m = p.shape[1]
+        feats = F.grid_sample(planes.reshape(b * 3, c, r, r), grid.reshape(b * 3, m, 1, 2),
+                              mode="bilinear", padding_mode="border", align_corners=False)
+        return feats.reshape(b, 3, c, m).sum(dim=1).transpose(1, 2)
+
+    def forward(self, p: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+        c = self.sample(p, planes)
+        net = self.fc_p(p.to(c.dtype))
+        for fc_c, block in zip(self.fc_c, self.blocks):
+            net = block(net + fc_c(c))
+        return self.fc_out(F.relu(net)).squeeze(-1)
+
+    def prepare(self, code: torch.Tensor, dtype: torch.dtype | None = None, fuse: bool = True
+                ) -> PreparedPlanes:
+        """code (B, 3, C, R, R) -> :class:`PreparedPlanes`; ``dtype``: precision of the MLP (None =
+        float32). There is no folded form (``fuse`` is ignored): the planes are the constants."""
+        del fuse
+        return PreparedPlanes(code=code, planes=code.float(), dtype=dtype or torch.float32)
+
+    def forward_prepared(self, p: torch.Tensor, prep: PreparedPlanes) -> torch.Tensor:
+        """p (B, M, 3); B as in ``prep`` or any B with one prepared object -> logits (B, M)."""
+        planes = prep.planes
+        shape = p.shape[:-1]
+        if planes.shape[0] == 1 and p.shape[0] != 1:
+            p = p.reshape(1, -1, 3)
+        elif p.shape[0] != planes.shape[0]:
+            raise ValueError(f"query batch {p.shape[0]} does not match the {planes.shape[0]} prepared codes")
+        if prep.dtype == torch.float32:
+            return self.forward(p, planes).reshape(shape)
+        with torch.autocast(device_type=p.device.type, dtype=prep.dtype):
+            return self.forward(p, planes).float().reshape(shape)
+
+
+def unet_macs(channels: int, base: int, levels: int, resolution: int) -> int:
+    """Multiply-accumulates of one :class:`UNet2d` pass on one (channels, R, R) plane."""
+    widths = [base * 2 ** i for i in range(levels)]
+    macs, c_in = 0, channels
+    for i, w in enumerate(widths):
+        px = (resolution // 2 ** i) ** 2
+        macs += px * 9 * (c_in * w + w * w)
+        c_in = w
+    for i in reversed(range(levels - 1)):
+        px = (resolution // 2 ** i) ** 2
+        macs += px * 9 * ((widths[i + 1] + widths[i]) * widths[i] + widths[i] * widths[i])
+    return macs + resolution ** 2 * widths[0] * channels

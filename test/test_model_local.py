@@ -1,0 +1,128 @@
+"""The local-feature (feature-plane) network: plane scatter and pooling against per-point loops, the
+plane coordinate convention, prepared decoding, and the cost figures against torch's FLOP counter."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
+from occnet_ros.model_local import (PLANE_AXES, PLANE_HALF, UNet2d, cell_index, local_max_pool,
+                                    plane_grid, scatter_mean, unet_macs)
+from fixtures_geometry import randomize_like_trained
+
+LOCAL = ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=3, decoder_hidden=16,
+                    decoder_blocks=2, plane_resolution=8, unet_base=8, unet_levels=2)
+
+
+def _points(b, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, n, 3, generator=g) - 0.5) * 1.2  # a few points outside the box, too
+
+
+def test_scatter_mean_matches_per_point_loop():
+    r, c = 4, 3
+    p = _points(2, 40)
+    feats = torch.randn(2, 40, c, generator=torch.Generator().manual_seed(1))
+    idx = cell_index(plane_grid(p), r)
+    planes = scatter_mean(feats, idx, r)
+    ref = np.zeros((2, 3, c, r, r))
+    for b in range(2):
+        for k, (a0, a1) in enumerate(PLANE_AXES):
+            sums, counts = np.zeros((r, r, c)), np.zeros((r, r))
+            for i in range(40):
+                u = np.clip(p[b, i, a0].item() / PLANE_HALF, -1, 1)
+                v = np.clip(p[b, i, a1].item() / PLANE_HALF, -1, 1)
+                col = min(int((u + 1) / 2 * r), r - 1)
+                row = min(int((v + 1) / 2 * r), r - 1)
+                sums[row, col] += feats[b, i].numpy()
+                counts[row, col] += 1
+            ref[b, k] = (sums / np.maximum(counts, 1)[..., None]).transpose(2, 0, 1)
+    np.testing.assert_allclose(planes.numpy(), ref, atol=1e-5)
+
+
+def test_local_max_pool_matches_per_point_loop():
+    r = 3
+    p = _points(1, 30, seed=2)
+    feats = torch.randn(1, 30, 4, generator=torch.Generator().manual_seed(3))
+    idx = cell_index(plane_grid(p), r)
+    out = local_max_pool(feats, idx, r)
+    for i in range(30):
+        ref = sum(feats[0, idx[0, k] == idx[0, k, i]].max(dim=0)[0] for k in range(3))
+        assert torch.allclose(out[0, i], ref, atol=1e-6)
+
+
+def test_a_cell_centre_reads_its_own_cell():
+    """Scatter and bilinear sampling agree on where a cell is: sampling at a cell centre returns that
+    cell's value exactly (for every plane and axis order)."""
+    from occnet_ros.model_local import LocalDecoder
+
+    r = 8
+    planes = torch.zeros(1, 3, 1, r, r)
+    centre = (np.arange(r) + 0.5) / r * 2 - 1  # grid coordinates of the cell centres
+    p = torch.tensor([[[centre[5] * PLANE_HALF, centre[2] * PLANE_HALF, centre[6] * PLANE_HALF]]],
+                     dtype=torch.float32)
+    idx = cell_index(plane_grid(p), r)[0, :, 0]
+    for k in range(3):
+        planes[0, k, 0].view(-1)[idx[k]] = 10.0 ** k
+    assert idx.tolist() == [2 * r + 5, 6 * r + 5, 6 * r + 2]
+    assert LocalDecoder.sample(p, planes).item() == pytest.approx(111.0)
+
+
+def test_shapes_prepared_decode_and_broadcast():
+    m = randomize_like_trained(OccupancyNetwork(LOCAL), 0, scale=0.2).eval()
+    pts, q = _points(2, 60), _points(2, 300, seed=5)
+    with torch.inference_mode():
+        code = m.encode(pts)
+        assert code.shape == (2,) + m.code_shape == (2, 3, 8, 8, 8)
+        ref = m.decode(q, code)
+        assert torch.allclose(m.decode_prepared(q, m.prepare(code)), ref, atol=1e-5)
+        one = m.decode_prepared(q, m.prepare(code[1:2]))  # one object's planes broadcast over 2 batches
+        assert torch.allclose(one[1], ref[1], atol=1e-5)
+        perm = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(m.encode(pts[:, perm]), code, atol=1e-5)
+    with pytest.raises(ValueError):
+        m.decode(q, code[:, :2])
+    with pytest.raises(ValueError):
+        m.decode_prepared(_points(3, 5), m.prepare(code))
+
+
+def test_local_pool_option_changes_the_encoder_only_in_pooling():
+    cfg = ModelConfig(**{**LOCAL.__dict__, "local_pool": True})
+    m = OccupancyNetwork(cfg)
+    assert m.encoder.local_pool and m(_points(1, 20), _points(1, 7)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("levels,res", [(1, 8), (2, 8), (3, 16)])
+def test_unet_macs_match_torch_flop_counter(levels, res):
+    net = UNet2d(6, 4, levels)
+    with FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, 6, res, res))
+    assert 2 * unet_macs(6, 4, levels, res) == fc.get_total_flops()
+
+
+def test_cost_report_local():
+    rep = cost_report(LOCAL)
+    m = OccupancyNetwork(LOCAL)
+    assert rep["params_total"] == sum(p.numel() for p in m.parameters())
+    h, c = 16, 8
+    mlp = 3 * h + 2 * (c * h + 2 * h * h) + h
+    assert rep["decoder_flops_per_query"] == 2 * (mlp + 3 * 4 * c)
+    assert rep["prepare_flops_per_code"] == 3 * 2 * unet_macs(8, 8, 2, 8)
+
+
+def test_bad_local_config_is_rejected():
+    with pytest.raises(ValueError, match="plane_resolution"):
+        ModelConfig(kind="local", plane_resolution=10, unet_levels=3).validate()
+    with pytest.raises(ValueError, match="kind"):
+        ModelConfig(kind="voxels").validate()
+
+
+def test_reduced_precision_decode_stays_close():
+    m = randomize_like_trained(OccupancyNetwork(LOCAL), 1, scale=0.2).eval()
+    with torch.inference_mode():
+        code = m.encode(_points(1, 80))
+        q = _points(1, 2000, seed=9)
+        ref = torch.sigmoid(m.decode_prepared(q, m.prepare(code)))
+        low = torch.sigmoid(m.decode_prepared(q, m.prepare(code, dtype=torch.bfloat16)))
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    assert 0 < (low - ref).abs().max() < 0.05  # bfloat16 really ran, and stays close
