@@ -146,27 +146,21 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     h, e = c.decoder_hidden, c.encoder_hidden
-    enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e)
     if c.kind == "local":
         dec_macs = 3 * 4 * c.c_dim + 3 * h + c.decoder_blocks * (c.c_dim * h + 2 * h * h) + h
         enc_macs = 3 * 2 * e + 2 * e * e + (c.encoder_blocks - 1) * (3 * e * e) + e * c.c_dim
         per_code = 3 * unet_macs(c.c_dim, c.unet_base, c.unet_levels, c.plane_resolution)
-        return {
-            "params_total": float(n_enc + n_dec),
-            "params_encoder": float(n_enc),
-            "params_decoder": float(n_dec),
-            "decoder_flops_per_query": float(2 * dec_macs),
-            "encoder_flops_per_input_point": float(2 * enc_macs),
-            "prepare_flops_per_code": float(2 * per_code),
-        }
-    dec_macs = 3 * h + c.decoder_blocks * (2 * h * h + 2 * h) + h + h
+    else:
+        dec_macs = 3 * h + c.decoder_blocks * (2 * h * h + 2 * h) + h + h
+        enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e)
+        per_code = (2 * c.decoder_blocks + 1) * 2 * c.c_dim * h
     return {
         "params_total": float(n_enc + n_dec),
         "params_encoder": float(n_enc),
         "params_decoder": float(n_dec),
         "decoder_flops_per_query": float(2 * dec_macs),
         "encoder_flops_per_input_point": float(2 * enc_macs),
-        "prepare_flops_per_code": float(2 * (2 * c.decoder_blocks + 1) * 2 * c.c_dim * h),
+        "prepare_flops_per_code": float(2 * per_code),
     }
 
 

@@ -52,19 +52,24 @@ def test_sphere_labels_follow_distance(monkeypatch):
     obj = gen.generate_object(cfg, np.random.default_rng(0), [])
     assert obj.inputs.shape[0] == 2
     for k in range(2):
-        q = obj.queries[k].astype(np.float64)
-        occ = obj.occupancies[k]
-        r_c = r / obj.frame_scale[k]  # sphere radius in canonical units
-        center = q[:2048][occ[:2048]].mean(axis=0)
-        dist = np.linalg.norm(q - center, axis=1)
-        clear = np.abs(dist - r_c) > 0.05 * r_c
-        assert np.mean(occ[clear] == (dist[clear] < r_c)) > 0.995
-        # near-surface queries straddle the surface
-        assert 0.2 < occ[2048:].mean() < 0.8
-        # inputs lie on the sphere (partial view, sensor noise of a few mm)
-        x = obj.inputs[k].astype(np.float64)
-        assert np.median(np.abs(np.linalg.norm(x - center, axis=1) - r_c)) < 0.1 * r_c
-        assert np.all(np.abs(q[:2048]) <= BOX_HALF + 1e-3)
+        check_sphere_sample(obj, k, r, n_uniform=2048)
+
+
+def check_sphere_sample(obj, k, r, n_uniform):
+    """Sample k of a generated sphere of radius r (metres): labels are inside-the-sphere, the
+    near-surface queries straddle it, the inputs lie on it, the uniform queries fill the box."""
+    q = obj.queries[k].astype(np.float64)
+    occ = obj.occupancies[k]
+    r_c = r / obj.frame_scale[k]  # sphere radius in canonical units
+    center = q[:n_uniform][occ[:n_uniform]].mean(axis=0)
+    dist = np.linalg.norm(q - center, axis=1)
+    clear = np.abs(dist - r_c) > 0.05 * r_c
+    assert np.mean(occ[clear] == (dist[clear] < r_c)) > 0.995
+    assert 0.2 < occ[n_uniform:].mean() < 0.8
+    # inputs lie on the sphere (partial view, sensor noise of a few mm)
+    x = obj.inputs[k].astype(np.float64)
+    assert np.median(np.abs(np.linalg.norm(x - center, axis=1) - r_c)) < 0.1 * r_c
+    assert np.all(np.abs(q[:n_uniform]) <= BOX_HALF + 1e-3)
 
 
 def _tag(shape):
@@ -182,16 +187,7 @@ def test_fused_samples_follow_the_protocol_frame_and_labels(monkeypatch):
         assert used[0] == first[0] and 2 <= len(used) <= cfg.fused_max_views
     for k in range(4, 6):
         # labels of the fused sample describe the sphere the fused inputs lie on (same frame, same scale)
-        q, occ = obj.queries[k].astype(np.float64), obj.occupancies[k]
-        r_c = r / obj.frame_scale[k]
-        center = q[:2048][occ[:2048]].mean(axis=0)
-        dist = np.linalg.norm(q - center, axis=1)
-        clear = np.abs(dist - r_c) > 0.05 * r_c
-        assert np.mean(occ[clear] == (dist[clear] < r_c)) > 0.995
-        assert 0.2 < occ[2048:].mean() < 0.8
-        x = obj.inputs[k].astype(np.float64)
-        assert np.median(np.abs(np.linalg.norm(x - center, axis=1) - r_c)) < 0.1 * r_c
-        assert np.all(np.abs(q[:2048]) <= BOX_HALF + 1e-3)
+        check_sphere_sample(obj, k, r, n_uniform=2048)
 
 
 def test_no_fused_samples_from_a_single_view(monkeypatch):
