@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from occnet_ros.cloud_filter import clean_cloud
 from occnet_ros.data.mesh_sources import load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
-from occnet_ros.data.virtual_camera import ObjectScene, observe, sample_tabletop_pose
+from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
 from occnet_ros.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
 FAMILY_CODES = sorted(FAMILIES) + ["random_urdf"]
@@ -134,17 +134,10 @@ def _fused_samples(cfg, rng, views: list, mesh, sigmas, stats: GenStats) -> list
         k = int(rng.integers(2, k_max + 1))
         chosen = rng.choice(len(views), size=k, replace=False)
         _, pose0, up0 = views[chosen[0]]
-        inv0 = np.linalg.inv(pose0)
-        parts = []
-        for c in chosen:
-            p, pose, _ = views[c]
-            to0 = inv0 @ pose  # optical c -> optical of the first chosen camera
-            parts.append(p.astype(np.float64) @ to0[:3, :3].T + to0[:3, 3])
-        fused = np.concatenate(parts).astype(np.float32)
-        try:
-            frame = canonical_frame_from_observation(fused, up0)
-        except NormalizationError:  # not expected: every view normalised on its own
-            continue
+        fused = np.concatenate([in_reference_camera(views[c][0], views[c][1], pose0)[0]
+                                for c in chosen]).astype(np.float32)
+        # cannot fail: each of these views normalised on its own, and fusing only widens the extent
+        frame = canonical_frame_from_observation(fused, up0)
         x = frame.to_canonical(_subsample(fused, cfg.n_input_points, rng)).astype(np.float16)
         surface = sample_surface(mesh, cfg.n_query_near_surface, rng)
         q, q_world = _queries(cfg, frame, pose0, surface, sigmas, rng)
@@ -187,7 +180,7 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
             pose = sample_tabletop_pose(rng, target, cfg.distance_range, cfg.elevation_deg_range,
                                         cfg.max_roll_deg)
             pts, up = observe(scene, pose, intr, cfg.noise, rng, cfg.table_leak_prob)
-            if cfg.clean_inputs and pts.shape[0] > cfg.clean.outlier_neighbors + 1:
+            if cfg.clean_inputs:
                 pts = clean_cloud(pts, cfg.clean).points
             if len(pts) >= cfg.min_view_points:
                 try:

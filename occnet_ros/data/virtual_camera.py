@@ -87,6 +87,18 @@ def look_at_pose(eye, target, world_up=(0.0, 0.0, 1.0)) -> np.ndarray:
     return pose
 
 
+def in_reference_camera(points: np.ndarray, pose: np.ndarray, reference_pose: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Points seen by the camera at ``pose``, expressed in the optical frame of the camera at
+    ``reference_pose`` (how views are fused: the evaluation protocol and the training data).
+
+    points: (N, 3) metres, optical frame of ``pose``; poses: (4, 4) optical -> world.
+    Returns the (N, 3) float64 points and the (3,) centre of camera ``pose``, both in the reference frame.
+    """
+    to_ref = np.linalg.inv(reference_pose) @ pose
+    return np.asarray(points, np.float64) @ to_ref[:3, :3].T + to_ref[:3, 3], to_ref[:3, 3]
+
+
 def sample_tabletop_pose(rng: np.random.Generator, target, distance_range=(0.35, 1.2),
                          elevation_deg_range=(10.0, 65.0), max_roll_deg: float = 5.0) -> np.ndarray:
     """Random tabletop camera pose (4, 4): at a distance in ``distance_range`` (m) from ``target``,

@@ -34,8 +34,8 @@ import trimesh
 
 from occnet_ros.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
-from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
-                                            observe)
+from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, in_reference_camera,
+                                            look_at_pose, observe)
 
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb")
 """Mesh file types accepted on the command line (whatever trimesh reads; OBJ/STL/PLY are tested)."""
@@ -181,18 +181,17 @@ def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | N
     noise = DepthNoise(enabled=cfg.noise)
     poses = camera_poses(obj.mesh, n_views, cfg, intr)
     scene = ObjectScene(obj.mesh, table=cfg.table)
-    inv0 = np.linalg.inv(poses[0])
     pts, vps, up0 = [], [], None
     for i, pose in enumerate(poses):
         rng = np.random.default_rng(_seed_of(cfg.seed, obj.name, i))
         p, up = observe(scene, pose, intr, noise, rng)
-        if cfg.clean_enabled and p.shape[0] > cfg.clean.outlier_neighbors + 1:
+        if cfg.clean_enabled:
             p = clean_cloud(p, cfg.clean).points
         if i == 0:
             up0 = up
-        to0 = inv0 @ pose  # optical i -> optical 0
-        pts.append(p.astype(np.float64) @ to0[:3, :3].T + to0[:3, 3])
-        vps.append(np.broadcast_to(to0[:3, 3], (p.shape[0], 3)))
+        p0, centre = in_reference_camera(p, pose, poses[0])
+        pts.append(p0)
+        vps.append(np.broadcast_to(centre, (p.shape[0], 3)))
     points = np.concatenate(pts).astype(np.float32)
     if points.shape[0] < cfg.min_points:
         raise ProtocolError(f"{obj.name}: the {n_views}-view observation has {points.shape[0]} points, "
