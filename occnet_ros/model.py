@@ -148,7 +148,7 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
     h, e = c.decoder_hidden, c.encoder_hidden
     if c.kind == "local":
         dec_macs = 3 * 4 * c.c_dim + 3 * h + c.decoder_blocks * (c.c_dim * h + 2 * h * h) + h
-        enc_macs = 3 * 2 * e + 2 * e * e + (c.encoder_blocks - 1) * (3 * e * e) + e * c.c_dim
+        enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e) + e * c.c_dim
         per_code = 3 * unet_macs(c.c_dim, c.unet_base, c.unet_levels, c.plane_resolution)
     else:
         dec_macs = 3 * h + c.decoder_blocks * (2 * h * h + 2 * h) + h + h

@@ -135,12 +135,11 @@ class LocalPoolPointNet(nn.Module):
 
 @dataclass
 class PreparedPlanes:
-    """The decoder's per-object constants at inference: the feature planes (B, 3, C, R, R), float32, on
-    the model's device, and the precision of the decoder's MLP (float32, or bfloat16/float16 run under
-    ``torch.autocast`` where the device has them)."""
+    """The decoder's per-object constants at inference: ``code``, the feature planes (B, 3, C, R, R)
+    float32 on the model's device, and the precision of the decoder's MLP (float32, or bfloat16/float16
+    run under ``torch.autocast`` where the device has them)."""
 
     code: torch.Tensor
-    planes: torch.Tensor
     dtype: torch.dtype = torch.float32
 
 
@@ -176,11 +175,11 @@ class LocalDecoder(nn.Module):
         """code (B, 3, C, R, R) -> :class:`PreparedPlanes`; ``dtype``: precision of the MLP (None =
         float32). There is no folded form (``fuse`` is ignored): the planes are the constants."""
         del fuse
-        return PreparedPlanes(code=code, planes=code.float(), dtype=dtype or torch.float32)
+        return PreparedPlanes(code=code, dtype=dtype or torch.float32)
 
     def forward_prepared(self, p: torch.Tensor, prep: PreparedPlanes) -> torch.Tensor:
         """p (B, M, 3); B as in ``prep`` or any B with one prepared object -> logits (B, M)."""
-        planes = prep.planes
+        planes = prep.code
         shape = p.shape[:-1]
         if planes.shape[0] == 1 and p.shape[0] != 1:
             p = p.reshape(1, -1, 3)

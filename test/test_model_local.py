@@ -86,10 +86,16 @@ def test_shapes_prepared_decode_and_broadcast():
         m.decode_prepared(_points(3, 5), m.prepare(code))
 
 
-def test_local_pool_option_changes_the_encoder_only_in_pooling():
-    cfg = ModelConfig(**{**LOCAL.__dict__, "local_pool": True})
-    m = OccupancyNetwork(cfg)
-    assert m.encoder.local_pool and m(_points(1, 20), _points(1, 7)).shape == (1, 7)
+def test_local_pool_option_changes_only_the_pooling():
+    """Same weights, per-cell pooling on and off: same parameters, different planes."""
+    glob = randomize_like_trained(OccupancyNetwork(LOCAL), 4, scale=0.2).eval()
+    loc = OccupancyNetwork(ModelConfig(**{**LOCAL.__dict__, "local_pool": True})).eval()
+    loc.load_state_dict(glob.state_dict())
+    pts = _points(1, 200, seed=4)
+    with torch.inference_mode():
+        a, b = glob.encode(pts), loc.encode(pts)
+    assert loc.encoder.local_pool and not glob.encoder.local_pool
+    assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-4)
 
 
 @pytest.mark.parametrize("levels,res", [(1, 8), (2, 8), (3, 16)])
@@ -100,14 +106,20 @@ def test_unet_macs_match_torch_flop_counter(levels, res):
     assert 2 * unet_macs(6, 4, levels, res) == fc.get_total_flops()
 
 
-def test_cost_report_local():
+def test_cost_report_local_matches_torch_flop_counter():
+    """cost_report against torch's counter (matmuls and convolutions; it does not count bilinear
+    sampling, which cost_report adds as 4 taps per channel and plane)."""
     rep = cost_report(LOCAL)
     m = OccupancyNetwork(LOCAL)
     assert rep["params_total"] == sum(p.numel() for p in m.parameters())
-    h, c = 16, 8
-    mlp = 3 * h + 2 * (c * h + 2 * h * h) + h
-    assert rep["decoder_flops_per_query"] == 2 * (mlp + 3 * 4 * c)
-    assert rep["prepare_flops_per_code"] == 3 * 2 * unet_macs(8, 8, 2, 8)
+    n, q = 50, 70
+    with FlopCounterMode(display=False) as fc:
+        code = m.encode(_points(1, n))
+    assert fc.get_total_flops() == n * rep["encoder_flops_per_input_point"] + rep["prepare_flops_per_code"]
+    with FlopCounterMode(display=False) as fc:
+        m.decode(_points(1, q, seed=1), code)
+    taps = 2 * 3 * 4 * LOCAL.c_dim
+    assert fc.get_total_flops() == q * (rep["decoder_flops_per_query"] - taps)
 
 
 def test_bad_local_config_is_rejected():
