@@ -124,8 +124,9 @@ def markdown(results: dict) -> str:
                   "|---|---|---|"]
         for r in f["decoder_by_chunk"]:
             lines.append(f"| {r['chunk']} | {_fmt(r['points_per_s'])} | {_fmt(r['floor_points_per_s'])} |")
-        lines.append(f"| unfused reference ({f['decoder_unfused_reference']['chunk']}) | "
-                     f"{_fmt(f['decoder_unfused_reference']['points_per_s'])} | |")
+        if f.get("decoder_unfused_reference"):
+            lines.append(f"| unfused reference ({f['decoder_unfused_reference']['chunk']}) | "
+                         f"{_fmt(f['decoder_unfused_reference']['points_per_s'])} | |")
         lines.append(f"| bfloat16 ({f['decoder_bfloat16']['chunk']}) | {_fmt(f['decoder_bfloat16']['points_per_s'])} "
                      f"| max prob error {_fmt(f['bfloat16_error']['max_abs_prob_diff'])} |")
     mv = results.get("mise_vs_dense")
