@@ -36,7 +36,9 @@ class ModelConfig:
     ``bn_momentum``/``bn_eps``: the global decoder's batch norm. Local only: ``plane_resolution`` R
     (cells per plane side, divisible by 2^(unet_levels-1)), ``unet_base`` channels and ``unet_levels``
     resolutions of the U-Net, ``local_pool``: the point encoder pools over the points of each plane
-    cell (ConvONet) instead of over all points (twice the training time here, see MODEL.md)."""
+    cell (ConvONet) instead of over all points (twice the training time here, see MODEL.md),
+    ``global_context``: the features pooled over all points are added to every plane cell before the
+    U-Net (see :class:`~occnet_ros.model_local.LocalPoolPointNet`)."""
 
     kind: str = "global"
     c_dim: int = 128
@@ -50,6 +52,7 @@ class ModelConfig:
     unet_base: int = 32
     unet_levels: int = 3
     local_pool: bool = False
+    global_context: bool = False
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -61,6 +64,8 @@ class ModelConfig:
             if self.plane_resolution % 2 ** (self.unet_levels - 1):
                 raise ValueError(f"plane_resolution {self.plane_resolution} must be divisible by "
                                  f"2^(unet_levels-1) = {2 ** (self.unet_levels - 1)}")
+        if self.global_context and self.kind != "local":
+            raise ValueError("global_context is an option of kind 'local' (the global kind is one code)")
         for name in ("c_dim", "encoder_hidden", "encoder_blocks", "decoder_hidden", "decoder_blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -79,7 +84,7 @@ class OccupancyNetwork(nn.Module):
         if c.kind == "local":
             self.encoder = LocalPoolPointNet(c.c_dim, c.encoder_hidden, c.encoder_blocks,
                                              c.plane_resolution, c.unet_base, c.unet_levels,
-                                             c.local_pool)
+                                             c.local_pool, c.global_context)
             self.decoder = LocalDecoder(c.c_dim, c.decoder_hidden, c.decoder_blocks)
         else:
             self.encoder = ResnetPointNet(c.c_dim, c.encoder_hidden, c.encoder_blocks)
@@ -150,6 +155,7 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
         dec_macs = 3 * 4 * c.c_dim + 3 * h + c.decoder_blocks * (c.c_dim * h + 2 * h * h) + h
         enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e) + e * c.c_dim
         per_code = 3 * unet_macs(c.c_dim, c.unet_base, c.unet_levels, c.plane_resolution)
+        per_code += e * c.c_dim if c.global_context else 0
     else:
         dec_macs = 3 * h + c.decoder_blocks * (2 * h * h + 2 * h) + h + h
         enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e)

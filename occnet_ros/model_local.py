@@ -109,16 +109,25 @@ class UNet2d(nn.Module):
 
 
 class LocalPoolPointNet(nn.Module):
-    """points (B, N, 3) canonical -> feature planes (B, 3, c_dim, R, R)."""
+    """points (B, N, 3) canonical -> feature planes (B, 3, c_dim, R, R).
+
+    ``global_context``: a linear map of the features max-pooled over all points is added to every
+    cell of the three planes before the U-Net, so cells that no point falls in (the unseen side)
+    carry the object's overall shape too. It starts at zero (``fc_global`` zero-initialised), so a
+    model warm-started from one without it computes the same function at step 0."""
 
     def __init__(self, c_dim: int, hidden: int, n_blocks: int, resolution: int, unet_base: int,
-                 unet_levels: int, local_pool: bool = True):
+                 unet_levels: int, local_pool: bool = True, global_context: bool = False):
         super().__init__()
         self.resolution = resolution
         self.local_pool = local_pool
         self.fc_pos = nn.Linear(3, 2 * hidden)
         self.blocks = nn.ModuleList(ResnetBlockFC(2 * hidden, hidden, hidden) for _ in range(n_blocks))
         self.fc_c = nn.Linear(hidden, c_dim)
+        self.fc_global = nn.Linear(hidden, c_dim) if global_context else None
+        if self.fc_global is not None:
+            nn.init.zeros_(self.fc_global.weight)
+            nn.init.zeros_(self.fc_global.bias)
         self.unet = UNet2d(c_dim, unet_base, unet_levels)
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
@@ -129,6 +138,8 @@ class LocalPoolPointNet(nn.Module):
                       else net.max(dim=1, keepdim=True)[0].expand_as(net))
             net = block(torch.cat([net, pooled], dim=2))
         planes = scatter_mean(self.fc_c(net), index, self.resolution)
+        if self.fc_global is not None:
+            planes = planes + self.fc_global(net.max(dim=1)[0])[:, None, :, None, None]
         b, _, c, r, _ = planes.shape
         return self.unet(planes.reshape(b * 3, c, r, r)).reshape(b, 3, c, r, r)
 

@@ -1,5 +1,7 @@
 """The local-feature (feature-plane) network: plane scatter and pooling against per-point loops, the
 plane coordinate convention, prepared decoding, and the cost figures against torch's FLOP counter."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -106,11 +108,13 @@ def test_unet_macs_match_torch_flop_counter(levels, res):
     assert 2 * unet_macs(6, 4, levels, res) == fc.get_total_flops()
 
 
-def test_cost_report_local_matches_torch_flop_counter():
+@pytest.mark.parametrize("global_context", [False, True])
+def test_cost_report_local_matches_torch_flop_counter(global_context):
     """cost_report against torch's counter (matmuls and convolutions; it does not count bilinear
     sampling, which cost_report adds as 4 taps per channel and plane)."""
-    rep = cost_report(LOCAL)
-    m = OccupancyNetwork(LOCAL)
+    cfg = dataclasses.replace(LOCAL, global_context=global_context)
+    rep = cost_report(cfg)
+    m = OccupancyNetwork(cfg)
     assert rep["params_total"] == sum(p.numel() for p in m.parameters())
     n, q = 50, 70
     with FlopCounterMode(display=False) as fc:
@@ -122,11 +126,35 @@ def test_cost_report_local_matches_torch_flop_counter():
     assert fc.get_total_flops() == q * (rep["decoder_flops_per_query"] - taps)
 
 
+def test_global_context_starts_at_zero_and_reaches_empty_cells():
+    """Zero-initialised, the global-context model equals the plain one with the same weights; once
+    its map is non-zero, plane cells that no input point falls in differ from zero."""
+    torch.manual_seed(0)
+    plain = OccupancyNetwork(LOCAL).eval()
+    ctx = OccupancyNetwork(dataclasses.replace(LOCAL, global_context=True)).eval()
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["encoder.fc_global.bias", "encoder.fc_global.weight"] and not unexpected
+    pts = _points(2, 200) * 0.3  # a small blob: most cells stay empty
+    with torch.inference_mode():
+        torch.testing.assert_close(ctx.encode(pts), plain.encode(pts))
+        torch.nn.init.normal_(ctx.encoder.fc_global.weight)
+        pre_unet = {}
+        ctx.encoder.unet.register_forward_hook(lambda mod, args, out: pre_unet.setdefault("x", args[0]))
+        ctx.encode(pts)
+    index = cell_index(plane_grid(pts), LOCAL.plane_resolution)  # (B, 3, N)
+    x = pre_unet["x"].reshape(2, 3, LOCAL.c_dim, -1)
+    empty = torch.ones(x.shape[-1], dtype=torch.bool)
+    empty[index[0, 0]] = False
+    assert empty.sum() > 0 and x[0, 0][:, empty].abs().sum() > 0
+
+
 def test_bad_local_config_is_rejected():
     with pytest.raises(ValueError, match="plane_resolution"):
         ModelConfig(kind="local", plane_resolution=10, unet_levels=3).validate()
     with pytest.raises(ValueError, match="kind"):
         ModelConfig(kind="voxels").validate()
+    with pytest.raises(ValueError, match="global_context"):
+        ModelConfig(kind="global", global_context=True).validate()
 
 
 def test_reduced_precision_decode_stays_close():

@@ -98,6 +98,38 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
         assert torch.allclose(va, vb, atol=1e-6), k
 
 
+def test_init_from_warm_starts_a_new_branch_and_rejects_mismatches(tmp_path):
+    """A fine-tuning stage: the local model with the new global-context branch starts from a plain
+    local checkpoint with identical outputs and a fresh step counter; the checkpoint's origin is kept
+    across a resume; a checkpoint of another architecture is refused with the parameter named."""
+    data = RandomSpheresTestDataset()
+    Trainer(_cfg(tmp_path / "a", model=TINY_LOCAL, steps=4, val_every=100), data, data, progress=False).run()
+    src = tmp_path / "a" / "last.pt"
+    cfg = _cfg(tmp_path / "b", model=replace(TINY_LOCAL, global_context=True), steps=3, val_every=100)
+    tr = Trainer(cfg, data, data, progress=False)
+    assert tr.init_weights(src) == ["encoder.fc_global.bias", "encoder.fc_global.weight"]
+    old, _, _ = load_checkpoint(src)
+    pts = torch.as_tensor(data.sample_batch(np.random.default_rng(5), 2, 64, 8)[0])
+    tr.model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(tr.model.encode(pts), old.encode(pts))
+    assert tr.step == 0 and tr.run()["step"] == 3
+    tr2 = Trainer(replace(cfg, steps=5), data, data, progress=False)
+    tr2.resume()
+    assert tr2.init_meta["init_from"] == str(src) and tr2.init_meta["init_step"] == 4
+    assert load_raw(tmp_path / "b" / "last.pt")["meta"]["extra"]["init_step"] == 4
+    glob = Trainer(_cfg(tmp_path / "c"), data, data, progress=False)
+    with pytest.raises(ValueError, match="does not exist in the model|has shape"):
+        glob.init_weights(src)
+
+
+def test_train_rejects_missing_init_file_before_generating_data(tmp_path):
+    from occnet_ros.training.trainer import train
+
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        train(_cfg(tmp_path, init_from=str(tmp_path / "nope.pt")), progress=False)
+
+
 def test_time_budget_stops_cleanly(tmp_path):
     data = RandomSpheresTestDataset()
     s = Trainer(_cfg(tmp_path, steps=10_000), data, data, progress=False).run(max_seconds=0.0)

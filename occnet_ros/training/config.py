@@ -36,7 +36,11 @@ class TrainConfig:
     ``cache_dir``: dataset cache. ``data_file``: if set, the ``data`` section is read from this YAML
     file (e.g. ``config/data/default.yaml``) instead. ``max_minutes``: total wall-time budget of the
     run in minutes, counted across resumes (0 = none); the cosine schedule then follows
-    ``max(step / steps, time / budget)`` so the learning rate decays by the end of the budget."""
+    ``max(step / steps, time / budget)`` so the learning rate decays by the end of the budget.
+    ``init_from``: a checkpoint (training or exported) whose weights start a new run, e.g. a
+    fine-tuning stage with its own schedule; parameters it lacks (a branch the new model config adds)
+    keep their initialisation, a parameter it has that the model lacks or with another shape is an
+    error. Ignored by ``--resume``, which continues ``out_dir/last.pt``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     data_file: str = ""
@@ -58,6 +62,7 @@ class TrainConfig:
     num_threads: int = 2
     out_dir: str = "runs/default"
     cache_dir: str = "data_cache"
+    init_from: str = ""
 
     def validate(self) -> None:
         for name in ("batch_size", "n_input_points", "n_query_points", "steps", "val_every",

@@ -76,6 +76,7 @@ class Trainer:
         self.wall_time_s = 0.0
         self.best_iou = -1.0
         self.best_threshold = cfg.val_thresholds[0]
+        self.init_meta: dict = {}
         self.data_hash = config_hash(cfg.data) if dataclasses.is_dataclass(cfg.data) else ""
         self._val = self._fixed_val_batches()
 
@@ -144,7 +145,7 @@ class Trainer:
     def _meta(self, threshold: float, metrics: dict) -> CheckpointMeta:
         return CheckpointMeta(step=self.step, data_config_hash=self.data_hash, threshold=threshold,
                               metrics=metrics, wall_time_s=self.wall_time_s,
-                              extra={"train_config": dataclasses.asdict(self.cfg)})
+                              extra={"train_config": dataclasses.asdict(self.cfg), **self.init_meta})
 
     def save_last(self) -> Path:
         training = {
@@ -156,6 +157,23 @@ class Trainer:
         }
         meta = self._meta(self.best_threshold, {"best_val_iou": self.best_iou})
         return save_checkpoint(self.out_dir / "last.pt", self.model, meta, training)
+
+    def init_weights(self, path: str | Path) -> list[str]:
+        """Start from the weights of checkpoint ``path`` (see ``TrainConfig.init_from``) -> the names
+        of the parameters it lacks, which keep their initialisation. The step counter, optimiser and
+        schedule start afresh."""
+        payload = load_raw(path)
+        own = self.model.state_dict()
+        for name, value in payload["state_dict"].items():
+            if name not in own:
+                raise ValueError(f"{path}: parameter {name} does not exist in the model being trained")
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise ValueError(f"{path}: parameter {name} has shape {tuple(value.shape)}, the model "
+                                 f"being trained has {tuple(own[name].shape)}")
+        missing, _ = self.model.load_state_dict(payload["state_dict"], strict=False)
+        self.init_meta = {"init_from": str(path), "init_step": int(payload["meta"].get("step", 0)),
+                          "init_missing": sorted(missing)}
+        return sorted(missing)
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load model, optimiser and RNG state from ``path`` (default ``out_dir/last.pt``) -> step."""
@@ -178,6 +196,7 @@ class Trainer:
         meta = payload["meta"]
         self.step = int(meta["step"])
         self.wall_time_s = float(meta["wall_time_s"])
+        self.init_meta = {k: v for k, v in meta.get("extra", {}).items() if k.startswith("init_")}
         return self.step
 
     def _log(self, row: dict) -> None:
@@ -261,6 +280,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     from occnet_ros.config_io import load_config
     from occnet_ros.data.dataset import DataConfig, load_or_generate
 
+    if cfg.init_from and not resume and not Path(cfg.init_from).is_file():
+        raise FileNotFoundError(f"init_from: checkpoint file not found: {cfg.init_from}")
     if cfg.data_file:
         cfg = dataclasses.replace(cfg, data=load_config(DataConfig, cfg.data_file))
     train_set = load_or_generate(cfg.data, "train", cfg.cache_dir, progress=progress)
@@ -271,4 +292,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
         if not last.exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {last}")
         trainer.resume(last)
+    elif cfg.init_from:
+        missing = trainer.init_weights(cfg.init_from)
+        if progress:
+            print(f"init_from {cfg.init_from}; new parameters: {', '.join(missing) or 'none'}")
     return trainer.run(max_seconds=max_seconds)
