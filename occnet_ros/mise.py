@@ -172,6 +172,14 @@ def occupied_bounds(values: np.ndarray, threshold: float) -> tuple[np.ndarray, n
     return np.array(lo), np.array(hi)
 
 
+def keep_off_threshold(values: np.ndarray, threshold: float) -> np.ndarray:
+    """In place: values within :data:`CORNER_MARGIN` of ``threshold`` -> threshold +- the margin, on
+    their own side (``>= threshold`` is inside). Returns ``values``."""
+    near = np.abs(values - threshold) < CORNER_MARGIN
+    values[near] = np.where(values[near] >= threshold, threshold + CORNER_MARGIN, threshold - CORNER_MARGIN)
+    return values
+
+
 def mesh_from_values(values: np.ndarray, threshold: float = 0.5, box_half: float = BOX_HALF
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes on a padded corner grid -> (vertices (V, 3) float32 canonical, faces (F, 3) int64).
@@ -192,8 +200,7 @@ def mesh_from_values(values: np.ndarray, threshold: float = 0.5, box_half: float
     a0, a1 = np.maximum(start, 0), np.minimum(hi + 1, res)
     sub[tuple(slice(a0[i] - start[i], a1[i] - start[i] + 1) for i in range(3))] = \
         values[tuple(slice(a0[i], a1[i] + 1) for i in range(3))]
-    near = np.abs(sub - threshold) < CORNER_MARGIN
-    sub[near] = np.where(sub[near] >= threshold, threshold + CORNER_MARGIN, threshold - CORNER_MARGIN)
+    keep_off_threshold(sub, threshold)
     verts, faces, _, _ = marching_cubes(sub, level=threshold, gradient_direction="ascent")
     verts = ((verts + start) * (2.0 * box_half / res) - box_half).astype(np.float32)
     return verts, faces.astype(np.int64)

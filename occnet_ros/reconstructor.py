@@ -21,12 +21,15 @@ from occnet_ros.mise import mesh_from_values, mise_values
 from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes, resolve_device
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
 from occnet_ros.occupancy_grid import OccupancyGrid
+from occnet_ros.surface_anchor import AnchorConfig, anchor_to_observation
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
            "frames_close"]
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUERY_MODES = ("exact", "grid")
+DEFAULT_INPUT_POINTS = 300
+"""Network input size of a Reconstructor whose model carries no training record of its own."""
 AUTO_BATCH = {"cpu": 4096, "cuda": 65536}
 """Points per network call when ``query_batch_size`` is 0: on a CPU, chunks whose activations
 (3 x 4096 x hidden 64 x 4 bytes = 3 MB) stay in the L2 caches; on a GPU, large launches."""
@@ -36,31 +39,36 @@ AUTO_BATCH = {"cpu": 4096, "cuda": 65536}
 class ReconstructorConfig:
     """``resolution0``, ``upsampling_steps``: MISE grid (final resolution ``resolution0 * 2**steps``);
     ``threshold``: surface probability (None = the checkpoint's, else 0.5); ``n_input_points``: fixed
-    input size (seeded subsample / resample with ``seed``); ``query_batch_size``: points per network
+    input size (seeded subsample / resample with ``seed``; None = the size the checkpoint was trained
+    with, :data:`DEFAULT_INPUT_POINTS` for a model without that record); ``query_batch_size``: points per network
     call (0 = :data:`AUTO_BATCH` for the device); ``device``: auto/cpu/cuda; ``precision``: float32,
     bfloat16 or float16 for the decoder's fast path (the code and encoder stay float32); ``keep_grid``:
     keep the MISE probability grid with each object for ``query(..., mode="grid")`` (4 * (R+1)^3 bytes,
     8.6 MB at R = 128); ``reuse_tolerance``: :meth:`Reconstructor.reconstruct` given the object's
     previous reconstruction returns it unchanged when the new observation's canonical frame is within
-    this tolerance of the old one (see :func:`frames_close`; 0 = always reconstruct)."""
+    this tolerance of the old one (see :func:`frames_close`; 0 = always reconstruct); ``anchor``: the
+    mesh's vertices near the observed points move onto them (:mod:`occnet_ros.surface_anchor`, radius
+    in canonical units, 0 = off); occupancy queries still answer the network itself."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
     threshold: float | None = None
-    n_input_points: int = 300
+    n_input_points: int | None = None
     query_batch_size: int = 0
     seed: int = 0
     device: str = "auto"
     precision: str = "float32"
     keep_grid: bool = True
     reuse_tolerance: float = 0.0
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
 
     def validate(self) -> None:
+        self.anchor.validate()
         if self.resolution0 < 1 or self.upsampling_steps < 0:
             raise ValueError("resolution0 must be >= 1 and upsampling_steps >= 0")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.n_input_points < 1:
+        if self.n_input_points is not None and self.n_input_points < 1:
             raise ValueError(f"n_input_points must be >= 1, got {self.n_input_points}")
         if self.query_batch_size < 0:
             raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
@@ -75,7 +83,7 @@ class ReconstructedObject:
     """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
     with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
     (1, *model.code_shape) latent code on the model device. ``timings``: seconds per stage (normalize, encode, mise,
-    marching_cubes, total). ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE
+    marching_cubes, anchor, total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE
     probability grid (None without a mesh or with ``keep_grid`` off), see
     :mod:`occnet_ros.occupancy_grid` for what its answers are exact for."""
 
@@ -86,6 +94,7 @@ class ReconstructedObject:
     timings: dict[str, float]
     mise_stats: dict = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
+    n_anchored: int = 0
     _model: OccupancyNetwork | None = field(default=None, repr=False)
     _prepared: PreparedCode | PreparedPlanes | None = field(default=None, repr=False)
     _batch_size: int = field(default=AUTO_BATCH["cpu"], repr=False)
@@ -202,14 +211,14 @@ class Reconstructor:
         dev = resolve_device(device)
         model, meta, _ = load_checkpoint(path, device=dev)
         trained_n = meta.extra.get("train_config", {}).get("n_input_points")
-        if "n_input_points" not in overrides and isinstance(trained_n, int):
+        if overrides.get("n_input_points") is None and isinstance(trained_n, int):
             overrides["n_input_points"] = trained_n  # the input size the network was trained with
         config = ReconstructorConfig(**{**overrides, "device": str(dev)})
         return cls(model, device=str(dev), config=config, default_threshold=meta.threshold)
 
     def _subsample(self, p: np.ndarray) -> np.ndarray:
         """(N, 3) -> (n_input_points, 3): seeded choice without replacement (with, if N is smaller)."""
-        n = self.config.n_input_points
+        n = self.config.n_input_points or DEFAULT_INPUT_POINTS
         rng = np.random.default_rng(self.config.seed)
         idx = rng.choice(p.shape[0], size=n, replace=p.shape[0] < n)
         return p[idx]
@@ -221,25 +230,35 @@ class Reconstructor:
             return self.model.encode(x.to(self.device).unsqueeze(0))
 
     def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
-                    extract_mesh: bool = True, previous: ReconstructedObject | None = None
-                    ) -> ReconstructedObject:
+                    extract_mesh: bool = True, previous: ReconstructedObject | None = None,
+                    point_viewpoints: np.ndarray | None = None) -> ReconstructedObject:
         """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
         frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
-        frame; viewpoint: (3,) camera centre in the source frame, metres. previous: this object's last
+        frame; viewpoint: (3,) camera centre in the source frame, metres. point_viewpoints: (N, 3) the
+        centre of the camera that saw each point, for clouds fused from several views (None = all seen
+        from ``viewpoint``); only the mesh anchoring uses it. previous: this object's last
         reconstruction; with ``reuse_tolerance`` > 0 it is returned as is (``mise_stats["reused"]``)
         when the new frame is within the tolerance (:func:`frames_close`) and it has what is asked."""
         t0 = time.perf_counter()
         p = np.asarray(points, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"points must be (N, 3), got {p.shape}")
-        p = p[np.all(np.isfinite(p), axis=1)]
+        finite = np.all(np.isfinite(p), axis=1)
+        p = p[finite]
+        if point_viewpoints is not None:
+            vps = np.asarray(point_viewpoints, dtype=np.float64)
+            if vps.shape != finite.shape + (3,):
+                raise ValueError(f"point_viewpoints must be (N, 3) like points, got {vps.shape}")
+            vps = vps[finite]
+        else:
+            vps = np.asarray(viewpoint, dtype=np.float64).reshape(1, 3)
         frame = canonical_frame_from_observation(p, up, viewpoint)
         tol = self.config.reuse_tolerance
         if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
                 and previous._model is self.model and frames_close(previous.frame, frame, tol)):
             dt = time.perf_counter() - t0
             return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
-                                              "total": dt},
+                                              "anchor": 0.0, "total": dt},
                            mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
         pc = frame.to_canonical(self._subsample(p))
         t1 = time.perf_counter()
@@ -250,7 +269,7 @@ class Reconstructor:
         obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
                                   timings={}, threshold=self.threshold, _model=self.model,
                                   _prepared=prepared, _batch_size=self.batch_size)
-        timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0}
+        timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0, "anchor": 0.0}
         if extract_mesh:
             c = self.config
             n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
@@ -259,8 +278,13 @@ class Reconstructor:
                                         self.threshold, BOX_HALF, batch_size=n_dense)
             t3 = time.perf_counter()
             verts, faces = mesh_from_values(values, self.threshold, BOX_HALF)
+            t4 = time.perf_counter()
+            if c.anchor.enabled:
+                anchored = anchor_to_observation(verts, faces, frame.to_canonical(p), frame.to_canonical(vps), c.anchor)
+                verts, obj.n_anchored = anchored.vertices, anchored.n_moved
+            timings["anchor"] = time.perf_counter() - t4
             obj.mesh = trimesh.Trimesh(frame.from_canonical(verts), faces, process=False)
-            stats["time_marching_cubes_s"] = time.perf_counter() - t3
+            stats["time_marching_cubes_s"] = t4 - t3
             timings["mise"] = stats["time_total_s"]
             timings["marching_cubes"] = stats["time_marching_cubes_s"]
             obj.mise_stats = stats

@@ -40,7 +40,7 @@ def octahedron_checkpoint(path, radius=0.4, k=20.0):
         d.fc_out.weight.zero_()
         d.fc_out.weight[0, :6] = -k
         d.fc_out.bias.fill_(k * radius)
-    return save_checkpoint(path, net, CheckpointMeta(step=7))
+    return save_checkpoint(path, net, CheckpointMeta(step=7, extra={"train_config": {"n_input_points": 77}}))
 
 
 def test_camera_poses_follow_the_protocol():
@@ -181,6 +181,8 @@ def test_occnet_eval_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     recs = {(r["views"], r["method"]): r for r in res["records"]}
     assert len(res["records"]) == 10 and res["network"]["checkpoint_step"] == 7
+    # the network gets the input size it was trained with (the config file does not fix one)
+    assert res["network"]["reconstructor"]["n_input_points"] == 77
     for v in (1, 2):
         gt, hull, ours = recs[(v, "gt")], recs[(v, "hull")], recs[(v, "ours")]
         assert gt["ok"] and gt["metrics"]["iou"] == 1.0

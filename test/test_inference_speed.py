@@ -7,7 +7,7 @@ import torch
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from occnet_ros.mise import PAD_VALUE, mesh_from_values, mise_values
+from occnet_ros.mise import PAD_VALUE, keep_off_threshold, mesh_from_values, mise_values
 from occnet_ros.model import ModelConfig, OccupancyNetwork
 from occnet_ros.normalization import BOX_HALF
 from occnet_ros.occupancy_grid import OccupancyGrid
@@ -133,9 +133,9 @@ def test_grid_is_exact_at_corners_and_for_linear_fields():
 # ------------------------------------------------------------------ marching cubes on the cropped grid
 
 def full_grid_marching_cubes(values, threshold, box_half=BOX_HALF):
-    """Reference: marching cubes on the whole padded grid."""
+    """Reference: marching cubes on the whole padded grid (values kept off the threshold alike)."""
     res = values.shape[0] - 1
-    padded = np.pad(values, 1, mode="constant", constant_values=PAD_VALUE)
+    padded = keep_off_threshold(np.pad(values, 1, mode="constant", constant_values=PAD_VALUE), threshold)
     v, f, _, _ = marching_cubes(padded, level=threshold, gradient_direction="ascent")
     return ((v - 1.0) * (2.0 * box_half / res) - box_half).astype(np.float32), f
 

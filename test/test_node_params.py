@@ -43,6 +43,7 @@ def test_every_parameter_has_description_and_is_in_the_yaml():
     ("mesh.max_faces", 3, "max_faces must be 0 (off) or >= 4"),
     ("mesh.max_faces", -1, "'mesh.max_faces' = -1 is outside"),
     ("mesh.reuse_tolerance", 1.0, "'mesh.reuse_tolerance' = 1.0 is outside"),
+    ("mesh.anchor_radius", -0.01, "'mesh.anchor_radius' = -0.01 is outside"),
     ("query_mode", "fast", "parameter 'query_mode': 'fast' is not one of"),
 ])
 def test_bad_values_name_the_parameter(name, value, words):

@@ -9,6 +9,7 @@ from occnet_ros.checkpoint import CheckpointError, CheckpointMeta, save_checkpoi
 from occnet_ros.model import ModelConfig, OccupancyNetwork
 from occnet_ros.normalization import BOX_HALF
 from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
@@ -18,13 +19,14 @@ class SphereOccupancyTestModel(OccupancyNetwork):
     """TEST DOUBLE, not a trained model: logit = 40 * (0.35 - |p|) in canonical units (a sphere of
     radius 0.35 at the canonical origin), whatever the input. Records how many points it decoded."""
 
-    def __init__(self):
+    def __init__(self, radius: float = 0.35):
         super().__init__(SMALL)
         self.n_decoded = 0
+        self.radius = radius
 
     def decode_prepared(self, query, prep):
         self.n_decoded += query.shape[1]
-        return 40.0 * (0.35 - query.norm(dim=-1))
+        return 40.0 * (self.radius - query.norm(dim=-1))
 
 
 def _cloud(n=500, seed=0):
@@ -43,7 +45,7 @@ def test_random_network_reconstruct_shapes_and_determinism():
     c = rec.reconstruct(pts)
     assert a.n_input_points == 499
     assert a.code.shape == (1, 16) and torch.equal(a.code, c.code)
-    assert set(a.timings) == {"normalize", "encode", "mise", "marching_cubes", "total"}
+    assert set(a.timings) == {"normalize", "encode", "mise", "marching_cubes", "anchor", "total"}
     assert a.mise_stats["evals_per_level"][0] == 9 ** 3
     q = _cloud(50, seed=1)
     assert np.array_equal(a.query(q), c.query(q))
@@ -54,7 +56,8 @@ def test_random_network_reconstruct_shapes_and_determinism():
 
 def test_sphere_test_double_mesh_in_source_frame():
     model = SphereOccupancyTestModel()
-    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=16, upsampling_steps=2))
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=16, upsampling_steps=2,
+                                                                        anchor=AnchorConfig(radius=0.0)))
     obj = rec.reconstruct(_cloud())
     m = obj.mesh
     assert isinstance(m, trimesh.Trimesh) and m.is_watertight and m.volume > 0
@@ -64,6 +67,33 @@ def test_sphere_test_double_mesh_in_source_frame():
     # MISE evaluated far fewer points than the dense 65^3 grid
     assert obj.mise_stats["n_evals"] < 0.3 * 65 ** 3
     assert np.all(obj.bounds()[0] <= m.vertices.min(0) + 1e-6)
+
+
+def test_anchoring_moves_the_seen_side_onto_the_observation_and_keeps_the_mesh_closed():
+    """The test double's sphere (radius 0.45 canonical) is a little inside the observed half sphere
+    (about 0.5); with anchoring the mesh's seen side moves onto the points, the faces and the queries
+    stay the same."""
+    from scipy.spatial import cKDTree
+
+    model = SphereOccupancyTestModel(radius=0.45)
+    pts = _cloud(4000)
+    runs = {}
+    for radius in (0.0, 0.1):
+        cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=radius))
+        runs[radius] = Reconstructor(model, device="cpu", config=cfg).reconstruct(pts)
+    raw, anchored = runs[0.0], runs[0.1]
+    assert raw.n_anchored == 0 and anchored.n_anchored > 100 and anchored.timings["anchor"] > 0
+    assert np.array_equal(raw.mesh.faces, anchored.mesh.faces) and anchored.mesh.is_watertight
+    gap = {r: cKDTree(o.mesh.vertices).query(pts)[0].mean() for r, o in runs.items()}
+    assert gap[0.1] < 0.5 * gap[0.0]  # observed points now lie on the mesh
+    q = _cloud(50, seed=1)
+    assert np.array_equal(raw.query(q), anchored.query(q))  # queries answer the network itself
+    vps = np.zeros((len(pts), 3))
+    again = Reconstructor(model, device="cpu", config=ReconstructorConfig(
+        resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.1))).reconstruct(pts, point_viewpoints=vps)
+    assert np.array_equal(again.mesh.vertices, anchored.mesh.vertices)  # one camera at the origin either way
+    with pytest.raises(ValueError, match="point_viewpoints"):
+        Reconstructor(model, device="cpu").reconstruct(pts, point_viewpoints=vps[:10])
 
 
 def test_query_matches_mesh_and_skips_points_outside_the_box():
@@ -95,6 +125,8 @@ def test_from_pretrained_threshold_overrides_and_errors(tmp_path):
     assert rec.threshold == 0.3 and rec.config.resolution0 == 8 and rec.device == torch.device("cpu")
     assert rec.config.n_input_points == 123
     assert Reconstructor.from_pretrained(path, device="cpu", n_input_points=50).config.n_input_points == 50
+    # None (a config file's default) means "as trained", not a fixed size
+    assert Reconstructor.from_pretrained(path, device="cpu", n_input_points=None).config.n_input_points == 123
     assert Reconstructor.from_pretrained(path, device="cpu", threshold=0.6).threshold == 0.6
     with pytest.raises(TypeError, match="unknown"):
         Reconstructor.from_pretrained(path, device="cpu", resolution=8)

@@ -5,11 +5,13 @@ For each object and view setting (:mod:`occnet_ros.evaluation.protocol`), every 
 optical frame, metres); the mesh is mapped to the world frame and scored against the ground truth
 (:mod:`occnet_ros.evaluation.metrics`, normalised frame: GT longest bounding-box edge 1).
 
-Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``), ``mise<k>`` (the same
-network with ``upsampling_steps = k``: final grid ``resolution0 * 2**k``), ``hull`` (convex hull),
+Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``, the mesh anchored to the
+observed points as the reconstructor's ``anchor`` says), ``ours_raw`` (the same without anchoring: the
+network's own surface), ``mise<k>`` (as ``ours`` with ``upsampling_steps = k``: final grid
+``resolution0 * 2**k``), ``hull`` (convex hull),
 ``poisson`` (screened Poisson), ``gt`` (the ground truth itself, mapped into the input frame and back:
 a sanity check of the frames and metrics, IoU 1). ``time_s`` is the wall time of the method alone
-(normalisation, network, MISE, marching cubes; not the metrics).
+(normalisation, network, MISE, marching cubes, anchoring; not the metrics).
 
 A method that fails (an error, or an empty mesh) is recorded with its error and scored as an empty
 prediction (IoU 0, F-score 0, no distances); means count it so.
@@ -37,7 +39,7 @@ _MISE = re.compile(r"^mise(\d)$")
 
 
 def is_network_method(name: str) -> bool:
-    return name == "ours" or _MISE.match(name) is not None
+    return name in ("ours", "ours_raw") or _MISE.match(name) is not None
 
 
 @dataclass
@@ -52,8 +54,8 @@ class EvalConfig:
     meshes: list[str] = field(default_factory=list)
     mesh_scale: float = 1.0
     views: list[int] = field(default_factory=lambda: [1, 4])
-    methods: list[str] = field(default_factory=lambda: ["ours", "mise0", "mise1", "mise2", "hull",
-                                                        "poisson"])
+    methods: list[str] = field(default_factory=lambda: ["ours", "ours_raw", "mise0", "mise1", "mise2",
+                                                        "hull", "poisson"])
     weights: str | None = None
     out: str = "out/eval"
     render: bool = True
@@ -73,7 +75,7 @@ class EvalConfig:
             raise ValueError("nothing to evaluate: give objects and/or meshes")
         bad = [m for m in self.methods if not (is_network_method(m) or m in BASELINES)]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; known: ours, mise0..mise9, {', '.join(BASELINES)}")
+            raise ValueError(f"unknown method(s) {bad}; known: ours, ours_raw, mise0..mise9, {', '.join(BASELINES)}")
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be a non-empty list without repeats, got {self.methods}")
         if not self.views or any(v < 1 for v in self.views) or len(set(self.views)) != len(self.views):
@@ -102,21 +104,24 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
             "checkpoint_step": meta.get("step"), "checkpoint_metrics": meta.get("metrics", {}),
             "reconstructor": asdict(base.config)}
 
-    def make(steps: int) -> MethodFn:
+    def make(steps: int, anchored: bool = True) -> MethodFn:
         rcfg = replace(base.config, upsampling_steps=steps, threshold=base.threshold)
+        if not anchored:
+            rcfg.anchor = replace(rcfg.anchor, radius=0.0)
         rec = Reconstructor(base.model, device=rcfg.device, config=rcfg)
 
         def run(obs: Observation, obj: EvalObject) -> tuple[trimesh.Trimesh, dict]:
-            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint)
+            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints)
             st = r.mise_stats
             return r.mesh, {"resolution": st.get("resolution"), "n_evals": st.get("n_evals"),
+                            "n_anchored": r.n_anchored,
                             "timings": {k: float(v) for k, v in r.timings.items()}}
         return run
 
     out = {}
     for n in names:
         m = _MISE.match(n)
-        out[n] = make(int(m.group(1)) if m else base.config.upsampling_steps)
+        out[n] = make(int(m.group(1)) if m else base.config.upsampling_steps, anchored=n != "ours_raw")
     return out, info
 
 

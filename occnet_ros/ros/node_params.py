@@ -17,8 +17,10 @@ from occnet_ros.cloud_filter import CleanConfig
 from occnet_ros.config_io import ConfigError, flatten, from_dict, unflatten
 from occnet_ros.mesh_ops import MIN_CLOSED_FACES
 from occnet_ros.segmentation import SegmentationConfig
+from occnet_ros.surface_anchor import AnchorConfig
 
 NODE_NAME = "reconstruction_node"
+ANCHOR_RADIUS = AnchorConfig().radius
 
 
 class ParamError(ValueError):
@@ -42,7 +44,9 @@ class MeshParams:
     checkpoint's); ``n_input_points``: network input size (0 = the checkpoint's); ``max_faces``: published
     meshes are simplified to at most this many faces (0 = off, see :func:`occnet_ros.mesh_ops.simplify_mesh`);
     ``reuse_tolerance``: an object whose canonical frame moved less than this keeps its last
-    reconstruction (0 = off, see :func:`occnet_ros.reconstructor.frames_close`)."""
+    reconstruction (0 = off, see :func:`occnet_ros.reconstructor.frames_close`); ``anchor_radius``: mesh
+    vertices this close to the observed points (canonical units, 1 = the object's size) move onto them
+    (0 = off, see :mod:`occnet_ros.surface_anchor`)."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
@@ -50,6 +54,7 @@ class MeshParams:
     n_input_points: int = 0
     max_faces: int = 20000
     reuse_tolerance: float = 0.0
+    anchor_radius: float = ANCHOR_RADIUS
 
     def validate(self) -> None:
         if 0 < self.max_faces < MIN_CLOSED_FACES:
@@ -142,6 +147,10 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
                              "this tolerance of the previous one: centres and scales within tolerance * object "
                              "scale, rotation matrices within tolerance (Frobenius norm of the difference, about "
                              "1.4 x the angle in radians)", (0.0, 0.999)),
+    "mesh.anchor_radius": ("mesh vertices closer than this to the observed points move onto a plane fitted to "
+                           "them (where the camera saw the surface, the mesh follows the measurement; the "
+                           "network completes the rest), canonical units (1 = the object's size); 0 = off. "
+                           "Occupancy queries answer the network itself", (0.0, 0.5)),
 }
 
 

@@ -1,0 +1,175 @@
+"""Anchoring the network's surface to the observed points (pure numpy/scipy, no ROS).
+
+The network completes the unseen side of an object, but where the camera saw the surface its mesh
+lies off the measured points by a few percent of the object (32x32 feature planes, a lumpy field).
+The camera already measured that surface, and planners and the F-score want it where it was
+measured. :func:`anchor_to_observation` moves each mesh vertex that lies near the observation onto a
+plane fitted to the observed points around it (a moving-least-squares projection):
+
+* neighbours: the ``k`` observed points nearest to the vertex within ``radius``; at least
+  ``min_neighbors`` of them, else the vertex stays;
+* plane: Gaussian-weighted centroid and covariance of the neighbours; the normal is the eigenvector
+  of the smallest eigenvalue, turned towards the cameras that saw the points. No plane where the
+  neighbours are not flat (smallest eigenvalue over the trace above ``max_curvature``: corners, or
+  the two sides of a thin wall);
+* side: only vertices whose own outward normal agrees with that plane normal (dot >=
+  ``min_normal_dot``) move, so the back face of a thin plate is never pulled onto its observed front;
+* blend: full displacement while the nearest observed point is within ``radius / 2``, fading to zero
+  at ``radius``, then ``smooth_iterations`` passes of averaging over each vertex's neighbours on the
+  mesh, so the anchored patch joins the rest of the surface without a step.
+
+The mesh's connectivity is untouched, so a closed mesh stays closed. All inputs in one frame
+(:meth:`~occnet_ros.reconstructor.Reconstructor.reconstruct` uses the canonical frame, so ``radius``
+is in canonical units: 1 = the assumed object size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+from scipy.spatial import cKDTree
+
+__all__ = ["AnchorConfig", "AnchorResult", "anchor_to_observation", "fit_planes", "vertex_normals"]
+
+
+@dataclass
+class AnchorConfig:
+    """See the module docstring. ``radius``: canonical units (0 = off); ``max_points``: observed points
+    used (a seeded subsample of more), bounding the time on dense clouds. The defaults were chosen on
+    held-out training meshes (the random_urdfs validation split), not on the evaluation objects: see
+    MODEL.md."""
+
+    radius: float = 0.08
+    k: int = 32
+    min_neighbors: int = 6
+    max_curvature: float = 0.25
+    min_normal_dot: float = 0.5
+    smooth_iterations: int = 2
+    max_points: int = 20000
+    seed: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.radius > 0
+
+    def validate(self) -> None:
+        if self.radius < 0:
+            raise ValueError(f"anchor radius must be >= 0 (0 = off), got {self.radius}")
+        if self.k < 3 or not 3 <= self.min_neighbors <= self.k:
+            raise ValueError(f"need 3 <= min_neighbors <= k, got k={self.k}, min_neighbors={self.min_neighbors}")
+        if not 0.0 < self.max_curvature <= 1.0 / 3.0:
+            raise ValueError(f"max_curvature must be in (0, 1/3], got {self.max_curvature}")
+        if not -1.0 <= self.min_normal_dot <= 1.0:
+            raise ValueError(f"min_normal_dot must be in [-1, 1], got {self.min_normal_dot}")
+        if self.smooth_iterations < 0 or self.max_points < self.k:
+            raise ValueError("smooth_iterations must be >= 0 and max_points >= k")
+
+
+@dataclass
+class AnchorResult:
+    """``vertices``: (V, 3) float32 anchored vertices; ``weight``: (V,) float32 in [0, 1], how much of
+    its plane projection each vertex took before smoothing (0 = untouched);
+    ``displacement``: (V,) float32 length of each vertex's move, same units."""
+
+    vertices: np.ndarray
+    weight: np.ndarray
+    displacement: np.ndarray
+
+    @property
+    def n_moved(self) -> int:
+        return int(np.count_nonzero(self.displacement > 0))
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) unit outward vertex normals, area-weighted over the incident faces (faces oriented with
+    outward normals, as :func:`occnet_ros.mise.mesh_from_values` gives them); zeros for lone vertices."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
+    n = np.zeros_like(v)
+    for j in range(3):
+        np.add.at(n, f[:, j], fn)
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+
+
+def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, config: AnchorConfig
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Local planes of ``points`` around each query point.
+
+    query (Q, 3), points (N, 3), viewpoints (N, 3): camera centre that saw each point; one frame.
+    -> (ok (Q,) bool: a flat neighbourhood of at least ``min_neighbors`` points within ``radius``;
+    centroid (Q, 3); normal (Q, 3) unit, towards the cameras; nearest (Q,) distance to the nearest
+    point, inf if none within ``radius``). Rows where ``ok`` is False hold zeros."""
+    c = config
+    q = np.asarray(query, dtype=np.float64).reshape(-1, 3)
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    k = min(c.k, p.shape[0])
+    dist, idx = cKDTree(p).query(q, k=k, distance_upper_bound=c.radius)
+    dist, idx = dist.reshape(len(q), k), idx.reshape(len(q), k)
+    valid = np.isfinite(dist)
+    ok = valid.sum(axis=1) >= c.min_neighbors
+    centroid = np.zeros_like(q)
+    normal = np.zeros_like(q)
+    nearest = dist[:, 0].copy()
+    if not ok.any():
+        return ok, centroid, normal, nearest
+    d, i, m = dist[ok], np.where(valid[ok], idx[ok], 0), valid[ok]
+    w = np.where(m, np.exp(-(d / (0.5 * c.radius)) ** 2), 0.0)
+    w /= w.sum(axis=1, keepdims=True)
+    nb = p[i]                                                    # (O, k, 3)
+    cen = np.einsum("ok,okd->od", w, nb)
+    dev = nb - cen[:, None, :]
+    cov = np.einsum("ok,oka,okb->oab", w, dev, dev)
+    evals, evecs = np.linalg.eigh(cov)                           # ascending
+    nrm = evecs[:, :, 0]
+    flat = evals[:, 0] <= c.max_curvature * np.maximum(evals.sum(axis=1), 1e-300)
+    towards = np.einsum("ok,okd->od", w, np.asarray(viewpoints, dtype=np.float64)[i]) - cen
+    nrm *= np.where(np.einsum("od,od->o", nrm, towards) < 0, -1.0, 1.0)[:, None]
+    rows = np.flatnonzero(ok)
+    centroid[rows], normal[rows] = cen, nrm
+    ok[rows[~flat]] = False
+    centroid[~ok], normal[~ok] = 0.0, 0.0
+    return ok, centroid, normal, nearest
+
+
+def _ring_average(n_vertices: int, faces: np.ndarray) -> scipy.sparse.csr_matrix:
+    """(V, V) row-stochastic matrix: the mean over each vertex and its mesh neighbours."""
+    f = np.asarray(faces, dtype=np.int64)
+    a = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    a = np.concatenate([a, a[:, ::-1], np.repeat(np.arange(n_vertices), 2).reshape(-1, 2)])
+    m = scipy.sparse.csr_matrix((np.ones(len(a)), (a[:, 0], a[:, 1])), shape=(n_vertices, n_vertices))
+    m.data[:] = 1.0  # duplicate edges (each interior edge is in two faces) count once
+    return scipy.sparse.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
+
+
+def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray,
+                          viewpoints: np.ndarray, config: AnchorConfig | None = None) -> AnchorResult:
+    """Move the mesh's vertices near the observation onto it (see the module docstring).
+
+    vertices (V, 3), faces (F, 3) int oriented outwards; points (N, 3) observed surface points;
+    viewpoints (N, 3) or (3,): the centre of the camera that saw each point (or all of them). One
+    frame and unit for all. -> :class:`AnchorResult`; the input arrays are not modified."""
+    c = config or AnchorConfig()
+    c.validate()
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    vp = np.broadcast_to(np.asarray(viewpoints, dtype=np.float64), p.shape)
+    zeros = np.zeros(len(v), np.float32)
+    if not c.enabled or len(v) == 0 or len(faces) == 0 or p.shape[0] < c.min_neighbors:
+        return AnchorResult(v.astype(np.float32), zeros, zeros.copy())
+    if p.shape[0] > c.max_points:
+        keep = np.random.default_rng(c.seed).choice(p.shape[0], c.max_points, replace=False)
+        p, vp = p[keep], vp[keep]
+    ok, cen, nrm, nearest = fit_planes(v, p, vp, c)
+    side = np.einsum("vd,vd->v", vertex_normals(v, faces), nrm) >= c.min_normal_dot
+    weight = np.where(ok & side, np.clip((c.radius - nearest) / (0.5 * c.radius), 0.0, 1.0), 0.0)
+    offset = -np.einsum("vd,vd->v", v - cen, nrm)[:, None] * nrm * weight[:, None]
+    if c.smooth_iterations and np.any(weight > 0):
+        avg = _ring_average(len(v), faces)
+        for _ in range(c.smooth_iterations):
+            offset = avg @ offset
+    out = v + offset
+    return AnchorResult(out.astype(np.float32), weight.astype(np.float32),
+                        np.linalg.norm(offset, axis=1).astype(np.float32))

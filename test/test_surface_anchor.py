@@ -1,0 +1,127 @@
+"""Anchoring the mesh to the observation: the vectorised routine against a per-vertex loop, and its
+behaviour on shapes with known answers (a sphere seen from one side, a thin plate seen from above)."""
+import numpy as np
+import pytest
+import trimesh
+
+from occnet_ros.surface_anchor import AnchorConfig, anchor_to_observation, fit_planes, vertex_normals
+
+
+def _hemisphere_points(n, radius, noise, seed):
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    d[:, 0] = -np.abs(d[:, 0])  # the side facing a camera on -x
+    return radius * d + rng.normal(scale=noise, size=d.shape)
+
+
+def _reference_anchor(v, f, p, vp, c):
+    """Per-vertex loop: brute-force neighbours, one 3x3 eigen-decomposition each (no smoothing)."""
+    normals = vertex_normals(v, f)
+    out = v.copy()
+    for i, x in enumerate(v):
+        d = np.linalg.norm(p - x, axis=1)
+        order = np.argsort(d)[:c.k]
+        order = order[d[order] <= c.radius]
+        if len(order) < c.min_neighbors:
+            continue
+        w = np.exp(-(d[order] / (0.5 * c.radius)) ** 2)
+        w /= w.sum()
+        cen = w @ p[order]
+        cov = sum(wi * np.outer(q - cen, q - cen) for wi, q in zip(w, p[order]))
+        evals, evecs = np.linalg.eigh(cov)
+        if evals[0] > c.max_curvature * evals.sum():
+            continue
+        n = evecs[:, 0]
+        if n @ (w @ vp[order] - cen) < 0:
+            n = -n
+        if normals[i] @ n < c.min_normal_dot:
+            continue
+        weight = np.clip((c.radius - d[order[0]]) / (0.5 * c.radius), 0.0, 1.0)
+        out[i] = x - weight * ((x - cen) @ n) * n
+    return out
+
+
+def test_vectorised_anchor_matches_per_vertex_loop():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.05)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    p = _hemisphere_points(3000, 1.0, 0.01, seed=1)
+    vp = np.tile([[-5.0, 0.0, 0.0]], (len(p), 1))
+    vp[::3] = [-4.0, 2.0, 1.0]  # several cameras
+    cfg = AnchorConfig(radius=0.15, smooth_iterations=0, max_curvature=0.2)
+    got = anchor_to_observation(v, f, p, vp, cfg)
+    ref = _reference_anchor(v, f, p, vp, cfg)
+    moved = np.linalg.norm(ref - v, axis=1) > 0
+    assert 50 < moved.sum() < len(v)  # both cases are exercised
+    np.testing.assert_allclose(got.vertices, ref, atol=1e-5)
+    assert got.n_moved == moved.sum()
+
+
+def test_sphere_seen_from_one_side_moves_onto_the_observed_radius_only_there():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.05)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    p = _hemisphere_points(20000, 1.0, 0.005, seed=2)
+    res = anchor_to_observation(v, f, p, (-5.0, 0.0, 0.0), AnchorConfig(radius=0.1))
+    r_new = np.linalg.norm(res.vertices, axis=1)
+    front, back = v[:, 0] < -0.4, v[:, 0] > 0.3  # (smoothing spreads the move two rings further)
+    assert np.abs(r_new[front] - 1.0).max() < 0.01  # the 5 % offset is gone where the camera looked
+    np.testing.assert_array_equal(res.vertices[back], v[back].astype(np.float32))  # unseen side untouched
+    out = trimesh.Trimesh(res.vertices, f, process=True)
+    assert out.is_watertight and out.is_winding_consistent and out.volume > 0
+
+
+def test_thin_plate_back_face_is_not_pulled_onto_the_observed_front():
+    """A plate 0.02 thick, seen from above with the observation 0.005 above its top: within the radius
+    of the observation lie both faces; only the top (normal facing the camera) may move."""
+    plate = trimesh.creation.box(extents=(1.0, 1.0, 0.02))
+    plate = plate.subdivide().subdivide().subdivide()
+    v, f = np.asarray(plate.vertices), np.asarray(plate.faces)
+    rng = np.random.default_rng(3)
+    p = np.column_stack([rng.uniform(-0.5, 0.5, (20000, 2)), np.full(20000, 0.015)])
+    top, bottom = np.isclose(v[:, 2], 0.01), np.isclose(v[:, 2], -0.01)
+    inner = (np.abs(v[:, :2]) < 0.3).all(axis=1)  # two rings (the smoothing) from the rim
+    cfg = AnchorConfig(radius=0.05)
+    res = anchor_to_observation(v, f, p, (0.0, 0.0, 5.0), cfg)
+    np.testing.assert_allclose(res.vertices[top & inner, 2], 0.015, atol=1e-6)
+    np.testing.assert_array_equal(res.vertices[bottom & inner, 2], np.float32(-0.01))
+    # without the side test the bottom is pulled up through the plate
+    flat = anchor_to_observation(v, f, p, (0.0, 0.0, 5.0), AnchorConfig(radius=0.05, min_normal_dot=-1.0))
+    assert (flat.vertices[bottom & inner, 2] > 0.0).all()
+
+
+def test_no_plane_on_a_corner_or_with_too_few_points():
+    corner = np.concatenate([np.column_stack([np.zeros(400), np.random.default_rng(4).uniform(0, 0.1, (400, 2))]),
+                             np.column_stack([np.random.default_rng(5).uniform(0, 0.1, (400, 1)), np.zeros(400),
+                                              np.random.default_rng(6).uniform(0, 0.1, (400, 1))])])
+    # an L-shaped neighbourhood of radius a has a smallest/sum eigenvalue ratio of about 0.09
+    cfg = AnchorConfig(radius=0.03, k=64, max_curvature=0.05)
+    q = np.array([[0.0, 0.0, 0.05], [0.0, 0.05, 0.05]])  # at the edge; in the middle of one face
+    ok, _, _, _ = fit_planes(q, corner, np.ones((800, 3)), cfg)
+    assert ok.tolist() == [False, True]  # two perpendicular faces are not one plane
+    few = np.array([[0.0, 0.0, 0.0], [0.01, 0.0, 0.0], [0.0, 0.01, 0.0]])
+    ok, _, _, nearest = fit_planes(np.zeros((1, 3)), few, np.ones((3, 3)), cfg)
+    assert not ok[0] and nearest[0] == 0.0
+
+
+def test_off_and_degenerate_inputs_return_the_mesh_unchanged():
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    p = _hemisphere_points(500, 1.0, 0.0, seed=0)
+    for cfg, pts in ((AnchorConfig(radius=0.0), p), (AnchorConfig(), p[:3])):
+        res = anchor_to_observation(v, f, pts, (0.0, 0.0, 0.0), cfg)
+        np.testing.assert_array_equal(res.vertices, v.astype(np.float32))
+        assert res.n_moved == 0
+
+
+@pytest.mark.parametrize("field,value", [("radius", -0.1), ("min_neighbors", 2), ("k", 4),
+                                         ("max_curvature", 0.5), ("min_normal_dot", 1.5)])
+def test_bad_anchor_config_is_rejected(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        AnchorConfig(**{field: value}).validate()
+
+
+def test_vertex_normals_point_outwards():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    n = vertex_normals(sphere.vertices, sphere.faces)
+    radial = sphere.vertices / np.linalg.norm(sphere.vertices, axis=1, keepdims=True)
+    assert (np.einsum("ij,ij->i", n, radial) > 0.99).all()
