@@ -31,6 +31,7 @@ def test_same_config_same_arrays_and_cache_reuse(tmp_path, monkeypatch):
     for name in ("inputs", "queries", "occupancies", "family", "frame_scale"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.stats.mesh_objects >= 1  # the random_urdfs path was exercised
+    assert gen.FAMILY_CODES.index("random_urdf") in a.family and gen.FAMILY_CODES.index("user_mesh") not in a.family
     # the cache is reused: generation must not run again
     monkeypatch.setattr("occnet_ros.data.dataset.generate_object",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("regenerated")))
@@ -247,6 +248,7 @@ def test_own_mesh_folders(tmp_path):
     assert len(train) == 9 and len(val) == 1 and not set(train) & set(val)
     data = load_or_generate(cfg, "train", tmp_path / "cache", progress=False)
     assert data.stats.mesh_objects == 2 and len(data) == 2
+    assert (data.family == gen.FAMILY_CODES.index("user_mesh")).all()  # not counted as random_urdfs
     occ = data.occupancies[:, :cfg.n_query_uniform]
     assert 0.02 < occ.mean() < 0.9  # a box fills part of the canonical box, labelled by the mesh test
     (tmp_path / "empty").mkdir()

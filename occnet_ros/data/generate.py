@@ -15,19 +15,22 @@ them; see :func:`_fused_samples`). Each sample:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
 from occnet_ros.cloud_filter import clean_cloud
-from occnet_ros.data.mesh_sources import load_training_mesh, make_watertight, mesh_contains
+from occnet_ros.data.mesh_sources import data_root, load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
 from occnet_ros.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
-FAMILY_CODES = sorted(FAMILIES) + ["random_urdf"]
-"""Index -> family name of the ``family`` array of a dataset."""
+FAMILY_CODES = sorted(FAMILIES) + ["random_urdf", "user_mesh"]
+"""Index -> family name of the ``family`` array of a dataset ("random_urdf": a pybullet_data random_urdfs
+mesh; "user_mesh": a mesh from ``DataConfig.mesh_dirs``; new names are appended, so cached data keep
+their meaning)."""
 
 MAX_VIEW_TRIES = 6
 
@@ -82,9 +85,10 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> n
 
 
 def _mesh_object(cfg, rng, mesh_paths, stats: GenStats):
-    """A mesh object (random_urdfs or mesh_dirs): random orientation, rescaled to a tabletop size;
-    None if unusable."""
+    """A mesh object (random_urdfs or mesh_dirs): random orientation, rescaled to a tabletop size ->
+    (mesh or None if unusable, its family name)."""
     path, scale = mesh_paths[int(rng.integers(len(mesh_paths)))]
+    family = "random_urdf" if (data_root() / "random_urdfs") in Path(path).parents else "user_mesh"
     rot = Rotation.random(random_state=rng).as_matrix()
     mesh = load_training_mesh(path, scale, rot)
     size = rng.uniform(*cfg.mesh_size_range)
@@ -93,10 +97,10 @@ def _mesh_object(cfg, rng, mesh_paths, stats: GenStats):
     fixed = make_watertight(mesh)
     if fixed is None:
         stats.meshes_skipped += 1
-        return None
+        return None, family
     if fixed is not mesh:
         stats.meshes_repaired += 1
-    return fixed
+    return fixed, family
 
 
 def _subsample(pts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -158,9 +162,9 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
     stats = GenStats(objects=1)
     mesh, contains, family = None, None, None
     if mesh_paths and rng.random() < cfg.mesh_fraction:
-        mesh = _mesh_object(cfg, rng, mesh_paths, stats)
+        mesh, name = _mesh_object(cfg, rng, mesh_paths, stats)
         if mesh is not None:
-            family = FAMILY_CODES.index("random_urdf")
+            family = FAMILY_CODES.index(name)
             contains = lambda p, m=mesh: mesh_contains(m, p)  # noqa: E731
     if mesh is None:
         shape = sample_shape(rng)
