@@ -133,6 +133,21 @@ def export_weights(src: str | Path, dst: str | Path) -> Path:
     """Copy a training checkpoint without optimiser/RNG state (a small file to ship)."""
     payload = load_raw(src)
     payload.pop("training", None)
+    return _save_payload(payload, dst)
+
+
+def set_threshold(path: str | Path, threshold: float, calibration: dict) -> Path:
+    """Rewrite checkpoint ``path`` (atomically) with surface ``threshold`` and the ``calibration``
+    record that chose it (stored under ``meta.metrics["calibration"]``)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    payload = load_raw(path)
+    payload["meta"]["threshold"] = float(threshold)
+    payload["meta"].setdefault("metrics", {})["calibration"] = _plain(calibration)
+    return _save_payload(payload, path)
+
+
+def _save_payload(payload: dict, dst: str | Path) -> Path:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")

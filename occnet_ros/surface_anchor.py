@@ -119,13 +119,14 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
     w = np.where(m, np.exp(-(d / (0.5 * c.radius)) ** 2), 0.0)
     w /= w.sum(axis=1, keepdims=True)
     nb = p[i]                                                    # (O, k, 3)
-    cen = np.einsum("ok,okd->od", w, nb)
+    wt = w[:, None, :]                                           # (O, 1, k): batched matmuls below
+    cen = (wt @ nb)[:, 0]
     dev = nb - cen[:, None, :]
-    cov = np.einsum("ok,oka,okb->oab", w, dev, dev)
+    cov = (dev.transpose(0, 2, 1) * wt) @ dev                    # (O, 3, 3) weighted covariance
     evals, evecs = np.linalg.eigh(cov)                           # ascending
     nrm = evecs[:, :, 0]
     flat = evals[:, 0] <= c.max_curvature * np.maximum(evals.sum(axis=1), 1e-300)
-    towards = np.einsum("ok,okd->od", w, np.asarray(viewpoints, dtype=np.float64)[i]) - cen
+    towards = (wt @ np.asarray(viewpoints, dtype=np.float64)[i])[:, 0] - cen
     nrm *= np.where(np.einsum("od,od->o", nrm, towards) < 0, -1.0, 1.0)[:, None]
     rows = np.flatnonzero(ok)
     centroid[rows], normal[rows] = cen, nrm

@@ -242,9 +242,9 @@ def test_own_mesh_folders(tmp_path):
     assert len(paths) == 10 and all(p.suffix in (".stl", ".ply") for p, _ in paths)
     cfg = small_config(mesh_fraction=1.0, use_random_urdfs=False, mesh_dirs=[str(tmp_path / "meshes")],
                        views_per_object=1, n_objects=2, n_val_objects=1)
-    from occnet_ros.data.dataset import _split_meshes
+    from occnet_ros.data.dataset import split_meshes
 
-    train, val = _split_meshes(cfg, "train"), _split_meshes(cfg, "val")
+    train, val = split_meshes(cfg, "train"), split_meshes(cfg, "val")
     assert len(train) == 9 and len(val) == 1 and not set(train) & set(val)
     data = load_or_generate(cfg, "train", tmp_path / "cache", progress=False)
     assert data.stats.mesh_objects == 2 and len(data) == 2

@@ -6,7 +6,8 @@
     occnet_eval --config config/eval/default.yaml --out out/eval
 
 Writes ``results.json``, ``results.md``, one PNG per object and ``overview.png`` into ``--out``.
-Methods: ours, mise0, mise1, mise2 (the network at each MISE level), hull, poisson, gt (sanity check:
+Methods: ours (the network, its mesh anchored to the observed points), ours_raw (without anchoring), mise0,
+mise1, mise2 (as ours at each MISE level), hull, poisson, gt (sanity check:
 the ground truth itself). Meshes: OBJ/STL/PLY in metres (times --mesh-scale), z up.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh-scale", type=float, help="scale of --meshes to metres (default 1)")
     p.add_argument("--views", nargs="+", type=int, metavar="N", help="view settings, e.g. 1 4")
     p.add_argument("--methods", nargs="+", metavar="M",
-                   help="any of: ours mise0 mise1 mise2 hull poisson gt")
+                   help="any of: ours ours_raw mise0 mise1 mise2 hull poisson gt")
     p.add_argument("--weights", help="checkpoint (default: the shipped weights)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--out", help="output folder (default out/eval)")

@@ -222,7 +222,7 @@ def _generate_shard(cfg: DataConfig, split: str, start: int, stop: int, mesh_pat
     }
 
 
-def _split_meshes(cfg: DataConfig, split: str) -> list:
+def split_meshes(cfg: DataConfig, split: str) -> list:
     """(path, scale) meshes of ``split``: every 10th of each source list is val, the rest train."""
     from occnet_ros.data.mesh_sources import training_mesh_paths, user_mesh_paths
 
@@ -244,7 +244,7 @@ def load_or_generate(cfg: DataConfig, split: str, cache_dir: str | Path, progres
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True))
     bounds = [(s, min(n, s + cfg.shard_size)) for s in range(0, n, cfg.shard_size)]
     missing = [b for b in bounds if not (out_dir / f"shard_{b[0]:07d}_{b[1]:07d}.npz").exists()]
-    mesh_paths = _split_meshes(cfg, split) if missing and cfg.mesh_fraction > 0 else []
+    mesh_paths = split_meshes(cfg, split) if missing and cfg.mesh_fraction > 0 else []
     bar = None
     if missing and progress:
         from tqdm import tqdm
