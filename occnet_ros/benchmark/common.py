@@ -33,7 +33,9 @@ class BenchSizes:
     per object (latency); ``query_sizes``: points per request; ``matmul_batch``: rows of the floor
     matmul; ``chunk_sizes``: decoder chunk sizes tried; ``iou_points``: points of the mesh IoU;
     ``node_seconds``: how long frames are streamed to the node; ``latency_calls``: service calls
-    during reconstructions (p50/p99); ``dense_repeats``: repeats of the slow dense grid."""
+    during reconstructions (p50/p99); ``dense_repeats``: repeats of the slow dense grid;
+    ``node_mise``: (resolution0, upsampling_steps) of the node section, None = the node's shipped
+    parameters (config/reconstruct.yaml, 64^3)."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
@@ -46,6 +48,7 @@ class BenchSizes:
     node_seconds: float = 40.0
     latency_calls: int = 200
     dense_repeats: int = 3
+    node_mise: tuple[int, int] | None = None
 
     @property
     def resolution(self) -> int:
@@ -54,7 +57,8 @@ class BenchSizes:
 
 QUICK_SIZES = BenchSizes(resolution0=8, upsampling_steps=2, cloud_sizes=(300, 1000), query_sizes=(1000, 5000),
                          matmul_batch=8192, chunk_sizes=(1024, 4096), decoder_points=16384,
-                         iou_points=20_000, node_seconds=6.0, latency_calls=10, dense_repeats=1)
+                         iou_points=20_000, node_seconds=6.0, latency_calls=10, dense_repeats=1,
+                         node_mise=(8, 2))
 
 
 @dataclass

@@ -10,7 +10,7 @@ node's ``_process``:
 
 - crop: the mask's segments of the frame (:meth:`FramePipeline.segment`, size limits included);
 - clean: the node's per-object filter (parameters ``filter.*``);
-- normalize, encode, mise, marching_cubes: :meth:`Reconstructor.reconstruct`'s own stages;
+- normalize, encode, mise, marching_cubes, anchor: :meth:`Reconstructor.reconstruct`'s own stages;
 - simplify: :func:`~occnet_ros.mesh_ops.simplify_mesh` to ``mesh.max_faces`` (face counts before and
   after are reported);
 - colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
@@ -41,7 +41,7 @@ from occnet_ros.mesh_ops import simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
 from occnet_ros.ros.pipeline import FrameInput, FramePipeline, ObjectResult
 
-RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes")
+RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "anchor")
 STAGES = ("crop", "clean", *RECONSTRUCT_STAGES, "simplify", "colour", "message", "serialize", "total")
 """Keys of each size's ``stages`` (``total``: crop to serialize)."""
 

@@ -171,11 +171,18 @@ class _Client:
         self.rclpy.try_shutdown(context=self.context)
 
 
+def node_mise(ctx: BenchContext) -> tuple[int, int]:
+    """(resolution0, upsampling_steps) the node runs with: the sizes' ``node_mise``, else its defaults."""
+    from occnet_ros.ros.node_params import MeshParams
+
+    return ctx.sizes.node_mise or (MeshParams().resolution0, MeshParams().upsampling_steps)
+
+
 def _start_node(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> subprocess.Popen:
-    s = ctx.sizes
+    r0, steps = node_mise(ctx)
     up = ",".join(f"{v:.6f}" for v in frame.up)
     args = ["-p", "device:=cpu", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
-            "-p", f"mesh.resolution0:={s.resolution0}", "-p", f"mesh.upsampling_steps:={s.upsampling_steps}"]
+            "-p", f"mesh.resolution0:={r0}", "-p", f"mesh.upsampling_steps:={steps}"]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1",
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     env.pop("ROS_LOCALHOST_ONLY", None)
@@ -228,6 +235,7 @@ def run(ctx: BenchContext) -> dict:
         client.spin_for(s.node_seconds, publish=True)
         frames = _frame_stats(list(client.received))
         frames["published"] = client.published - published0
+        frames["mise_resolution"] = node_mise(ctx)[0] * 2 ** node_mise(ctx)[1]
         frames.update(peak_rss_mb(proc.pid))
         # 2. service throughput with the node idle (wait for the frame in progress to finish)
         last = len(client.received)

@@ -52,7 +52,8 @@ def _query_row(res: dict) -> dict | None:
 TARGETS = (
     Target("reconstruct_one_object_s", "s", 0.5, False,
            lambda r: _dig(_latency_row(r), "reconstruct_median_s"),
-           "median normalise+encode+MISE+marching cubes, 5k-point cloud (or the largest), final resolution"),
+           "median normalise+encode+MISE+marching cubes+anchoring, 5k-point cloud (or the largest), final "
+           "resolution"),
     Target("mise_fewer_evaluations", "x", 10.0, True,
            lambda r: _dig(r, "mise_vs_dense", "eval_ratio_dense_over_mise"),
            "dense-grid / MISE network evaluations at the same final resolution"),
@@ -192,6 +193,7 @@ def markdown(results: dict) -> str:
             nt = ros["node_throughput"]
             lines.append(f"- frames: {_fmt(nt.get('frames_per_s'))} frames/s reconstructed "
                          f"({nt.get('frames')} frames, {ros['frame']['objects']} objects, "
+                         f"MISE {nt.get('mise_resolution')}^3, "
                          f"{ros['frame']['width']}x{ros['frame']['height']}), end-to-end latency "
                          f"{_ms(nt.get('end_to_end_latency'))}; node peak RSS "
                          f"{_fmt(ros['node_memory']['peak_rss_mb'])} MiB")
