@@ -65,8 +65,9 @@ def test_markdown_latency_table_has_simplify_and_serialize_stages():
                                         "messages_measured": True, "sizes": [row]}})
     header = next(line for line in text.splitlines() if line.startswith("| points |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
-    assert cols[cols.index("marching_cubes") + 1:cols.index("total")] == ["simplify", "colour", "message",
-                                                                            "serialize"]
+    assert cols[cols.index("marching_cubes") + 1:cols.index("total")] == ["anchor", "simplify", "colour",
+                                                                            "message", "serialize"]
+    assert [c for c in cols if c in latency.STAGES] == list(latency.STAGES)  # every measured stage, in order
     assert "54321 -> 20000" in text and "mesh.max_faces 20000" in text and "x.yaml" in text
 
 
