@@ -9,7 +9,7 @@ from occnet_ros.data.mesh_sources import data_root
 from occnet_ros.evaluation.calibration import CalibrationConfig, calibrate_threshold, calibration_objects
 from occnet_ros.evaluation.metrics import MetricsConfig
 from occnet_ros.reconstructor import Reconstructor
-from test_evaluation_protocol import octahedron_checkpoint
+from fixtures_geometry import octahedron_checkpoint
 
 SMALL_METRICS = MetricsConfig(n_points_iou=4000, n_points_surface=4000)
 

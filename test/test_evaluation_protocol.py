@@ -4,43 +4,21 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 import trimesh
 
-from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
 from occnet_ros.cli.evaluate import main as eval_main
 from occnet_ros.config_io import ConfigError, from_dict, load_config
 from occnet_ros.evaluation.metrics import MetricsConfig
 from occnet_ros.evaluation.protocol import (EvalObject, ProtocolError, ViewProtocolConfig, camera_poses,
                                             evaluation_object, mesh_file_object, observe_object)
 from occnet_ros.evaluation.runner import EvalConfig, evaluate_object, summarize
-from occnet_ros.model import ModelConfig, OccupancyNetwork
+from fixtures_geometry import octahedron_checkpoint
 
 
 def box_object(extents=(0.08, 0.06, 0.1)):
     m = trimesh.creation.box(extents=extents)
     m.apply_translation((0, 0, extents[2] / 2))
     return EvalObject(name="box", mesh=m, source="analytic", scale=1.0)
-
-
-def octahedron_checkpoint(path, radius=0.4, k=20.0):
-    """A hand-set network: logit = k * (radius - |p|_1) in the canonical frame, whatever the input
-    (an octahedron), so the network path produces a known, non-empty mesh."""
-    net = OccupancyNetwork(ModelConfig(c_dim=8, encoder_hidden=8, encoder_blocks=1, decoder_hidden=8,
-                                       decoder_blocks=1))
-    d = net.decoder
-    with torch.no_grad():
-        d.fc_p.weight.zero_()
-        d.fc_p.bias.zero_()
-        for i in range(3):
-            d.fc_p.weight[2 * i, i], d.fc_p.weight[2 * i + 1, i] = 1.0, -1.0
-        for b in d.blocks:
-            b.fc_1.weight.zero_()
-            b.fc_1.bias.zero_()
-        d.fc_out.weight.zero_()
-        d.fc_out.weight[0, :6] = -k
-        d.fc_out.bias.fill_(k * radius)
-    return save_checkpoint(path, net, CheckpointMeta(step=7, extra={"train_config": {"n_input_points": 77}}))
 
 
 def test_camera_poses_follow_the_protocol():
