@@ -82,10 +82,11 @@ class ReconstructorConfig:
 class ReconstructedObject:
     """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
     with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
-    (1, *model.code_shape) latent code on the model device. ``timings``: seconds per stage (normalize, encode, mise,
-    marching_cubes, anchor, total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE
-    probability grid (None without a mesh or with ``keep_grid`` off), see
-    :mod:`occnet_ros.occupancy_grid` for what its answers are exact for."""
+    (1, *model.code_shape) latent code on the model device. ``timings``: seconds per stage (normalize, encode,
+    mise, marching_cubes, anchor, total). ``n_anchored``: mesh vertices moved onto the observation.
+    ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
+    without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.occupancy_grid` for what its answers
+    are exact for."""
 
     mesh: trimesh.Trimesh | None
     frame: CanonicalFrame
