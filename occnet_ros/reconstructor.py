@@ -17,6 +17,7 @@ import torch
 import trimesh
 
 from occnet_ros.checkpoint import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, load_checkpoint
+from occnet_ros.known_empty import KnownEmpty
 from occnet_ros.mise import mesh_from_values, mise_values
 from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes, resolve_device
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
@@ -86,7 +87,8 @@ class ReconstructedObject:
     mise, marching_cubes, anchor, total). ``n_anchored``: mesh vertices moved onto the observation.
     ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
     without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.occupancy_grid` for what its answers
-    are exact for."""
+    are exact for. ``known_empty``: the observation's empty-space test (:mod:`occnet_ros.known_empty`) or
+    None; points it marks have probability 0 in every answer (mesh, exact and grid queries)."""
 
     mesh: trimesh.Trimesh | None
     frame: CanonicalFrame
@@ -100,11 +102,13 @@ class ReconstructedObject:
     _prepared: PreparedCode | PreparedPlanes | None = field(default=None, repr=False)
     _batch_size: int = field(default=AUTO_BATCH["cpu"], repr=False)
     grid: OccupancyGrid | None = field(default=None, repr=False)
+    known_empty: KnownEmpty | None = field(default=None, repr=False)
 
     def probabilities(self, points: np.ndarray) -> np.ndarray:
         """The network on every point, no box test: points (M, 3) float32 canonical -> (M,) float32
-        probabilities. Chunks of ``_batch_size`` points; one prepared code, no per-point Python. On a
-        GPU: one transfer each way per call (no synchronisation per chunk)."""
+        probabilities, 0 where ``known_empty`` marks the point. Chunks of ``_batch_size`` points; one
+        prepared code, no per-point Python. On a GPU: one transfer each way per call (no
+        synchronisation per chunk)."""
         if self._model is None or self._prepared is None:
             raise RuntimeError("this ReconstructedObject has no network attached")
         p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
@@ -120,6 +124,8 @@ class ReconstructedObject:
                 dst[s:s + bs] = logits.sigmoid_()
             if dev.type != "cpu":
                 out[:] = dst.cpu().numpy()
+        if self.known_empty is not None and self.known_empty.active:
+            out[self.known_empty.mask(self.frame.from_canonical(p))] = 0.0
         return out
 
     def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
@@ -232,12 +238,15 @@ class Reconstructor:
 
     def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
                     extract_mesh: bool = True, previous: ReconstructedObject | None = None,
-                    point_viewpoints: np.ndarray | None = None) -> ReconstructedObject:
+                    point_viewpoints: np.ndarray | None = None,
+                    known_empty: KnownEmpty | None = None) -> ReconstructedObject:
         """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
         frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
         frame; viewpoint: (3,) camera centre in the source frame, metres. point_viewpoints: (N, 3) the
         centre of the camera that saw each point, for clouds fused from several views (None = all seen
-        from ``viewpoint``); only the mesh anchoring uses it. previous: this object's last
+        from ``viewpoint``); only the mesh anchoring uses it. known_empty: space the observation shows
+        empty (support plane, free space in front of the depth; source frame), forced to probability 0
+        in the mesh and in every query of the returned object (None = the network alone). previous: this object's last
         reconstruction; with ``reuse_tolerance`` > 0 it is returned as is (``mise_stats["reused"]``)
         when the new frame is within the tolerance (:func:`frames_close`) and it has what is asked."""
         t0 = time.perf_counter()
@@ -269,7 +278,7 @@ class Reconstructor:
         t2 = time.perf_counter()
         obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
                                   timings={}, threshold=self.threshold, _model=self.model,
-                                  _prepared=prepared, _batch_size=self.batch_size)
+                                  _prepared=prepared, _batch_size=self.batch_size, known_empty=known_empty)
         timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0, "anchor": 0.0}
         if extract_mesh:
             c = self.config

@@ -183,3 +183,45 @@ def test_occnet_eval_rejects_bad_arguments(tmp_path, capsys):
     assert eval_main(["--objects", "duck", "--methods", "ours", "--weights",
                       str(tmp_path / "none.pt"), "--out", str(tmp_path), "--no-progress"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_observation_carries_the_table_plane_and_depth_that_never_carve_the_object():
+    """The fitted support plane is the true table (world z = -1e-4) within 2 mm, and the known-empty test
+    built from the observation marks points between the cameras and the box but almost no point inside it."""
+    from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
+
+    obj = box_object()
+    obs = observe_object(obj, 4, ViewProtocolConfig())
+    assert len(obs.depth_views) == 4 and obs.support_plane is not None
+    rng = np.random.default_rng(0)
+    on_table = np.column_stack([rng.uniform(-0.2, 0.2, (200, 2)), np.full(200, -1e-4)])
+    inv = np.linalg.inv(obs.input_to_world)
+    in_cam0 = on_table @ inv[:3, :3].T + inv[:3, 3]
+    assert np.abs(obs.support_plane.signed_distance(in_cam0)).max() < 0.002
+    assert obs.support_plane.normal @ obs.up > 0.99  # oriented up, towards the object
+    ke = KnownEmpty(KnownEmptyConfig(), obs.support_plane, obs.depth_views)
+    inside = trimesh.sample.volume_mesh(obj.mesh, 4000)
+    inside_cam0 = inside @ inv[:3, :3].T + inv[:3, 3]
+    assert ke.mask(inside_cam0).mean() < 0.002
+    # a shell 2-3 cm outside the box (above the table) is seen empty by some camera almost everywhere
+    shell = trimesh.creation.box(extents=np.array([0.08, 0.06, 0.1]) + 0.05)
+    shell.apply_translation((0, 0, 0.05))
+    pts = shell.sample(2000)
+    pts = pts[pts[:, 2] > 0.01]
+    assert ke.mask(pts @ inv[:3, :3].T + inv[:3, 3]).mean() > 0.8
+    below = in_cam0 - 0.01 * obs.up  # 1 cm under the table
+    assert ke.mask(below).all()
+
+
+def test_context_zero_gives_the_points_of_observe():
+    from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise, ObjectScene, observe, observe_view
+
+    obj = box_object()
+    pose = camera_poses(obj.mesh, 1, ViewProtocolConfig())[0]
+    scene = ObjectScene(obj.mesh)
+    a, up = observe(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5))
+    v = observe_view(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5))
+    wide = observe_view(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5), context=0.5)
+    assert np.array_equal(a, v.points) and np.array_equal(up, v.up)
+    assert wide.depth.size > 2 * v.depth.size and v.table_points.shape[0] > 0
+    assert wide.table_points.shape[0] > v.table_points.shape[0]

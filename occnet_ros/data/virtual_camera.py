@@ -209,21 +209,47 @@ class ObjectScene:
         self.table_id = self.rays.ids[1] if table else None
 
 
-def _roi(bounds: np.ndarray, intr: CameraIntrinsics, pose: np.ndarray, pad: int = 4):
+def _roi(bounds: np.ndarray, intr: CameraIntrinsics, pose: np.ndarray, pad: int = 4, context: float = 0.0):
+    """(r0, r1, c0, c1) pixel box around the projection of ``bounds``, ``pad`` pixels plus ``context``
+    times the box's larger side on every side, clipped to the image."""
     corners = np.array(np.meshgrid(*zip(*bounds), indexing="ij")).reshape(3, -1).T
     c = (corners - pose[:3, 3]) @ pose[:3, :3]  # world -> optical
     if np.any(c[:, 2] <= 1e-3):
         return 0, intr.height, 0, intr.width
     u = intr.fx * c[:, 0] / c[:, 2] + intr.cx
     v = intr.fy * c[:, 1] / c[:, 2] + intr.cy
+    if context > 0:
+        pad += int(np.ceil(context * max(u.max() - u.min(), v.max() - v.min())))
     c0, c1 = int(np.clip(np.floor(u.min()) - pad, 0, intr.width)), int(np.clip(np.ceil(u.max()) + pad + 1, 0, intr.width))
     r0, r1 = int(np.clip(np.floor(v.min()) - pad, 0, intr.height)), int(np.clip(np.ceil(v.max()) + pad + 1, 0, intr.height))
     return r0, r1, c0, c1
 
 
+@dataclass
+class ViewObservation:
+    """What one depth view gives. ``points``: (N, 3) float32 segmented object points, optical frame,
+    metres; ``up``: (3,) gravity-up in the optical frame; ``depth``: (h, w) float32 the noisy depth crop
+    the points came from (NaN = no return), its pixel (0, 0) at ``roi_origin`` (row, column) of the full
+    image; ``table_points``: (M, 3) float32 the noisy points of the table pixels in the crop."""
+
+    points: np.ndarray
+    up: np.ndarray
+    depth: np.ndarray
+    roi_origin: tuple[int, int]
+    table_points: np.ndarray
+
+
 def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: CameraIntrinsics,
             noise: DepthNoise, rng: np.random.Generator, table_leak_prob: float = 0.0
             ) -> tuple[np.ndarray, np.ndarray]:
+    """(points, up) of :func:`observe_view` (no context around the object)."""
+    v = observe_view(mesh, pose, intrinsics, noise, rng, table_leak_prob)
+    return v.points, v.up
+
+
+def observe_view(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: CameraIntrinsics,
+                 noise: DepthNoise, rng: np.random.Generator, table_leak_prob: float = 0.0,
+                 context: float = 0.0) -> ViewObservation:
     """Segmented depth points of one object as a depth camera at ``pose`` sees it.
 
     Only pixels whose ray hits the object (a perfect segmenter on the clean image) are kept, after
@@ -231,15 +257,18 @@ def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: C
     into the cloud with that probability (only those within 3 cm in depth of the object pixels next to
     them, i.e. at its base, not the table seen far behind it). A table plane (if the scene has one) occludes the base.
 
-    Returns points (N, 3) float32 in the camera optical frame, metres (N may be 0), and the
-    gravity-up vector (3,) float64 in the optical frame.
+    Only a crop of the image is rendered: the object's bounding box projected, plus 4 pixels and
+    ``context`` times the crop's larger side on every side (0: the points are the same as with
+    :func:`observe`; more: room for the depth around the object, e.g. for free-space tests). Returns
+    a :class:`ViewObservation` (points may be empty).
     """
     scene = mesh if isinstance(mesh, ObjectScene) else ObjectScene(mesh)
     pose = np.asarray(pose, dtype=np.float64)
     up = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
-    r0, r1, c0, c1 = _roi(scene.bounds, intrinsics, pose)
+    r0, r1, c0, c1 = _roi(scene.bounds, intrinsics, pose, context=context)
     if r1 <= r0 or c1 <= c0:
-        return np.zeros((0, 3), np.float32), up
+        empty = np.zeros((0, 3), np.float32)
+        return ViewObservation(empty, up, np.zeros((0, 0), np.float32), (r0, c0), empty)
     depth, gid = _cast(scene.rays, intrinsics, pose, (r0, r1, c0, c1))
     mask = gid == scene.object_id
     if table_leak_prob > 0 and scene.table_id is not None:
@@ -248,5 +277,7 @@ def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: C
         ring &= np.abs(depth - nearest_obj) < 0.03
         mask |= ring & (rng.random(mask.shape) < table_leak_prob)
     noisy = apply_depth_noise(depth, rng, noise)
-    pts = depth_to_points(noisy, intrinsics, (r0, c0))[mask & np.isfinite(noisy)]
-    return pts.astype(np.float32), up
+    xyz = depth_to_points(noisy, intrinsics, (r0, c0))
+    pts = xyz[mask & np.isfinite(noisy)]
+    table = xyz[(gid == scene.table_id) & np.isfinite(noisy)] if scene.table_id is not None else xyz[:0, 0]
+    return ViewObservation(pts.astype(np.float32), up, noisy, (r0, c0), table.reshape(-1, 3).astype(np.float32))

@@ -15,6 +15,11 @@ at that distance, the distance is increased until its bounding sphere fits (with
   gravity-up in camera 0's frame; so normalisation treats the fused cloud as if camera 0 saw it all.
   ``point_viewpoints`` holds the centre of the camera that saw each point (for normal orientation).
 
+What else the sensor shows (for :mod:`occnet_ros.known_empty`): each view's noisy depth crop (the
+object's box plus ``context`` times its size on every side) as a :class:`DepthView` posed in camera 0's
+frame, and the support plane fitted (RANSAC with the up vector, the node's default
+:class:`~occnet_ros.segmentation.SegmentationConfig` plane settings) to the table pixels of those crops.
+
 Sensor: :class:`~occnet_ros.data.virtual_camera.CameraIntrinsics` and
 :class:`~occnet_ros.data.virtual_camera.DepthNoise` defaults (640x480, range-dependent noise, holes,
 edge artefacts), a perfect segmenter, the table occluding the base. Each view's cloud is then cleaned
@@ -35,7 +40,9 @@ import trimesh
 from occnet_ros.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
 from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, in_reference_camera,
-                                            look_at_pose, observe)
+                                            look_at_pose, observe_view)
+from occnet_ros.known_empty import DepthView
+from occnet_ros.segmentation import Plane, SegmentationConfig, fit_plane_ransac
 
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb")
 """Mesh file types accepted on the command line (whatever trimesh reads; OBJ/STL/PLY are tested)."""
@@ -50,7 +57,9 @@ class ViewProtocolConfig:
     """Camera placement and sensor of the protocol; see the module docstring. Angles in degrees,
     lengths in metres. ``table``: a table plane occludes the object's base; ``noise``: the virtual
     camera's default sensor noise (False: clean depth); ``min_points``: fewer observed points is an
-    error (the view missed the object); ``clean``: the per-view cloud cleaning (``clean_enabled``)."""
+    error (the view missed the object); ``clean``: the per-view cloud cleaning (``clean_enabled``);
+    ``context``: depth kept around the object's projected box, as a fraction of the box's larger side
+    (see :func:`~occnet_ros.data.virtual_camera.observe_view`)."""
 
     distance_m: float = 0.6
     elevation_deg: float = 30.0
@@ -63,9 +72,12 @@ class ViewProtocolConfig:
     clean_enabled: bool = True
     clean: CleanConfig = field(default_factory=CleanConfig)
     seed: int = 0
+    context: float = 0.5
 
     def validate(self) -> None:
         self.clean.validate()
+        if not 0.0 <= self.context <= 4.0:
+            raise ValueError(f"context must be in [0, 4], got {self.context}")
         if self.distance_m <= 0:
             raise ValueError(f"distance_m must be > 0, got {self.distance_m}")
         if not 0.0 < self.elevation_deg < 90.0:
@@ -94,7 +106,9 @@ class Observation:
     ``points``: (N, 3) float32, camera 0 optical frame, metres. ``up``: (3,) gravity-up in that frame.
     ``viewpoint``: (3,) camera 0 centre in that frame (zeros). ``point_viewpoints``: (N, 3) float32,
     centre of the camera that saw each point, same frame. ``input_to_world``: (4, 4) camera 0 pose
-    (optical -> world). ``camera_poses``: the (4, 4) optical -> world pose of every view."""
+    (optical -> world). ``camera_poses``: the (4, 4) optical -> world pose of every view.
+    ``depth_views``: every view's depth crop, posed in camera 0's frame; ``support_plane``: the table
+    plane in camera 0's frame (None without a table or when no plane was found)."""
 
     name: str
     n_views: int
@@ -104,6 +118,8 @@ class Observation:
     point_viewpoints: np.ndarray
     input_to_world: np.ndarray
     camera_poses: list[np.ndarray] = field(default_factory=list)
+    depth_views: list[DepthView] = field(default_factory=list)
+    support_plane: Plane | None = None
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """(M, 3) input-frame points -> (M, 3) float64 world points."""
@@ -181,10 +197,14 @@ def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | N
     noise = DepthNoise(enabled=cfg.noise)
     poses = camera_poses(obj.mesh, n_views, cfg, intr)
     scene = ObjectScene(obj.mesh, table=cfg.table)
-    pts, vps, up0 = [], [], None
+    pts, vps, up0, views, table = [], [], None, [], []
     for i, pose in enumerate(poses):
         rng = np.random.default_rng(_seed_of(cfg.seed, obj.name, i))
-        p, up = observe(scene, pose, intr, noise, rng)
+        seen = observe_view(scene, pose, intr, noise, rng, context=cfg.context)
+        p, up = seen.points, seen.up
+        to_ref = np.linalg.inv(poses[0]) @ pose
+        views.append(DepthView(seen.depth, intr.fx, intr.fy, intr.cx, intr.cy, seen.roi_origin, to_ref))
+        table.append(seen.table_points @ to_ref[:3, :3].T + to_ref[:3, 3])
         if cfg.clean_enabled:
             p = clean_cloud(p, cfg.clean).points
         if i == 0:
@@ -196,6 +216,13 @@ def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | N
     if points.shape[0] < cfg.min_points:
         raise ProtocolError(f"{obj.name}: the {n_views}-view observation has {points.shape[0]} points, "
                             f"fewer than {cfg.min_points} (object out of view or occluded?)")
+    table_pts = np.concatenate(table)
+    plane = None
+    if table_pts.shape[0] >= 3:
+        seg = SegmentationConfig()
+        plane = fit_plane_ransac(table_pts, seg.plane_distance, seg.plane_iterations,
+                                 np.random.default_rng(_seed_of(cfg.seed, obj.name, 0) + [1]), up0,
+                                 seg.plane_max_tilt_deg)
     return Observation(name=obj.name, n_views=n_views, points=points, up=np.asarray(up0, np.float64),
                        viewpoint=np.zeros(3), point_viewpoints=np.concatenate(vps).astype(np.float32),
-                       input_to_world=poses[0], camera_poses=poses)
+                       input_to_world=poses[0], camera_poses=poses, depth_views=views, support_plane=plane)

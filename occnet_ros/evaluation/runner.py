@@ -5,9 +5,11 @@ For each object and view setting (:mod:`occnet_ros.evaluation.protocol`), every 
 optical frame, metres); the mesh is mapped to the world frame and scored against the ground truth
 (:mod:`occnet_ros.evaluation.metrics`, normalised frame: GT longest bounding-box edge 1).
 
-Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``, the mesh anchored to the
-observed points as the reconstructor's ``anchor`` says), ``ours_raw`` (the same without anchoring: the
-network's own surface), ``mise<k>`` (as ``ours`` with ``upsampling_steps = k``: final grid
+Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``, the space the
+observation shows empty removed as ``known_empty`` says (:mod:`occnet_ros.known_empty`: below the
+fitted table plane, in front of each view's depth), the mesh anchored to the observed points as the
+reconstructor's ``anchor`` says), ``ours_raw`` (the network's own surface: no empty-space removal, no
+anchoring), ``mise<k>`` (as ``ours`` with ``upsampling_steps = k``: final grid
 ``resolution0 * 2**k``), ``hull`` (convex hull),
 ``poisson`` (screened Poisson), ``gt`` (the ground truth itself, mapped into the input frame and back:
 a sanity check of the frames and metrics, IoU 1). ``time_s`` is the wall time of the method alone
@@ -32,6 +34,7 @@ from occnet_ros.evaluation.baselines import HullConfig, PoissonConfig, convex_hu
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh, prepare_ground_truth
 from occnet_ros.evaluation.protocol import (EvalObject, Observation, ProtocolError, ViewProtocolConfig,
                                             evaluation_object, mesh_file_object, observe_object)
+from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
 from occnet_ros.reconstructor import ReconstructorConfig
 
 BASELINES = ("hull", "poisson", "gt")
@@ -48,7 +51,8 @@ class EvalConfig:
     (their units x ``mesh_scale`` = metres, z up); ``views``: view settings (number of fused views);
     ``methods``: see the module docstring; ``weights``: checkpoint (None: the shipped default);
     ``out``: output folder; ``render``: PNGs; ``render_points``: splat points per panel;
-    ``save_meshes``: also write every predicted mesh (world frame, PLY)."""
+    ``save_meshes``: also write every predicted mesh (world frame, PLY); ``known_empty``: what the
+    network methods other than ``ours_raw`` remove of the space the observation shows empty."""
 
     objects: list[str] = field(default_factory=lambda: list(EVALUATION_OBJECTS))
     meshes: list[str] = field(default_factory=list)
@@ -66,6 +70,7 @@ class EvalConfig:
     hull: HullConfig = field(default_factory=HullConfig)
     poisson: PoissonConfig = field(default_factory=PoissonConfig)
     reconstructor: ReconstructorConfig = field(default_factory=ReconstructorConfig)
+    known_empty: KnownEmptyConfig = field(default_factory=KnownEmptyConfig)
 
     def validate(self) -> None:
         unknown = [o for o in self.objects if o not in EVALUATION_OBJECTS]
@@ -82,7 +87,7 @@ class EvalConfig:
             raise ValueError(f"views must be distinct numbers >= 1, got {self.views}")
         if not self.mesh_scale > 0 or self.render_points < 100:
             raise ValueError("mesh_scale must be > 0 and render_points >= 100")
-        for sub in (self.protocol, self.metrics, self.hull, self.poisson, self.reconstructor):
+        for sub in (self.protocol, self.metrics, self.hull, self.poisson, self.reconstructor, self.known_empty):
             sub.validate()
 
 
@@ -104,14 +109,16 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
             "checkpoint_step": meta.get("step"), "checkpoint_metrics": meta.get("metrics", {}),
             "reconstructor": asdict(base.config)}
 
-    def make(steps: int, anchored: bool = True) -> MethodFn:
+    def make(steps: int, full: bool = True) -> MethodFn:
         rcfg = replace(base.config, upsampling_steps=steps, threshold=base.threshold)
-        if not anchored:
+        if not full:
             rcfg.anchor = replace(rcfg.anchor, radius=0.0)
         rec = Reconstructor(base.model, device=rcfg.device, config=rcfg)
 
         def run(obs: Observation, obj: EvalObject) -> tuple[trimesh.Trimesh, dict]:
-            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints)
+            empty = KnownEmpty(cfg.known_empty, obs.support_plane, obs.depth_views) if full else None
+            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
+                                known_empty=empty)
             st = r.mise_stats
             return r.mesh, {"resolution": st.get("resolution"), "n_evals": st.get("n_evals"),
                             "n_anchored": r.n_anchored,
@@ -121,7 +128,7 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
     out = {}
     for n in names:
         m = _MISE.match(n)
-        out[n] = make(int(m.group(1)) if m else base.config.upsampling_steps, anchored=n != "ours_raw")
+        out[n] = make(int(m.group(1)) if m else base.config.upsampling_steps, full=n != "ours_raw")
     return out, info
 
 

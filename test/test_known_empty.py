@@ -1,0 +1,175 @@
+"""Known-empty space (support plane, free space in front of the depth): the vectorised tests against
+per-pixel / per-point references, the geometry on hand-made depth images, and the Reconstructor using it
+for the mesh and the queries alike."""
+import numpy as np
+import pytest
+
+from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
+from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.segmentation import Plane
+from occnet_ros.surface_anchor import AnchorConfig
+from fixtures_geometry import front_half_sphere
+from test_reconstructor import SphereOccupancyTestModel
+
+FX = FY = 100.0
+CX, CY = 31.5, 23.5  # a 64 x 48 image
+
+
+def _random_depth(seed=0, shape=(48, 64)):
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.4, 1.5, shape).astype(np.float32)
+    d[rng.random(shape) < 0.1] = np.nan
+    d[rng.random(shape) < 0.03] = 0.0
+    return d
+
+
+def _bound_reference(depth, window):
+    h, w = depth.shape
+    r = window // 2
+    out = np.full((h, w), np.nan)
+    for i in range(h):
+        for j in range(w):
+            if not (np.isfinite(depth[i, j]) and depth[i, j] > 0):
+                continue
+            patch = depth[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].astype(np.float64)
+            out[i, j] = patch[np.isfinite(patch) & (patch > 0)].min()
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_depth_bound_matches_a_per_pixel_loop(window):
+    d = _random_depth(1)
+    assert np.array_equal(depth_bound(d, window), _bound_reference(d, window), equal_nan=True)
+
+
+def _pose(seed):
+    """A random rigid camera_to_source transform."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    t = np.eye(4)
+    t[:3, :3], t[:3, 3] = q, rng.normal(scale=0.2, size=3)
+    return t
+
+
+def _free_reference(points, view, cfg):
+    """One point at a time: into the camera, round to a pixel, compare with the window's bound."""
+    to_cam = np.linalg.inv(view.camera_to_source)
+    bound = _bound_reference(view.depth, cfg.edge_window_px)
+    h, w = view.depth.shape
+    out = []
+    for p in points:
+        c = to_cam[:3, :3] @ p + to_cam[:3, 3]
+        if c[2] <= 0:
+            out.append(False)
+            continue
+        u = int(np.floor(view.fx * c[0] / c[2] + view.cx + 0.5)) - view.roi_origin[1]
+        v = int(np.floor(view.fy * c[1] / c[2] + view.cy + 0.5)) - view.roi_origin[0]
+        if not (0 <= u < w and 0 <= v < h) or not np.isfinite(bound[v, u]):
+            out.append(False)
+            continue
+        b = bound[v, u]
+        out.append(bool(c[2] < b - cfg.n_sigma * (cfg.sigma_a + cfg.sigma_b * b * b)))
+    return np.array(out)
+
+
+def test_free_space_matches_a_per_point_reference_with_a_posed_cropped_view():
+    cfg = KnownEmptyConfig(support_plane=False)
+    pose = _pose(2)
+    view = DepthView(_random_depth(3, (30, 40)), FX, FY, CX, CY, roi_origin=(9, 12), camera_to_source=pose)
+    rng = np.random.default_rng(4)
+    u, v, z = rng.uniform(5, 60, 3000), rng.uniform(0, 45, 3000), rng.uniform(-0.2, 1.6, 3000)  # crop +- margin
+    cam = np.column_stack([(u - CX) / FX * z, (v - CY) / FY * z, z])
+    pts = cam @ pose[:3, :3].T + pose[:3, 3]  # camera -> source
+    got = KnownEmpty(cfg, None, [view]).in_free_space(pts)
+    ref = _free_reference(pts, view, cfg)
+    assert np.array_equal(got, ref)
+    assert 100 < got.sum() < 2900  # both answers occur
+
+
+def _wall(depth_m=1.0, shape=(48, 64)):
+    return np.full(shape, depth_m, np.float32)
+
+
+def test_free_space_on_a_flat_wall():
+    cfg = KnownEmptyConfig(support_plane=False)
+    ke = KnownEmpty(cfg, None, [DepthView(_wall(), FX, FY, CX, CY)])
+    margin = cfg.n_sigma * (cfg.sigma_a + cfg.sigma_b)
+    pts = np.array([[0, 0, 0.5], [0.05, -0.03, 1.0 - 2 * margin], [0, 0, 1.0 - 0.5 * margin],  # free, free, noise band
+                    [0, 0, 1.2], [0, 0, -0.5], [5.0, 0, 1.0 - 2 * margin], [np.nan, 0, 0.5]])  # behind, behind cam, off image, NaN
+    assert ke.in_free_space(pts).tolist() == [True, True, False, False, False, False, False]
+    holes = _wall()
+    holes[20:28, 28:36] = np.nan  # no return around the optical axis: nothing known there
+    assert not KnownEmpty(cfg, None, [DepthView(holes, FX, FY, CX, CY)]).in_free_space(pts[:1]).any()
+
+
+def test_edge_window_keeps_the_silhouette_of_a_foreground_object():
+    """A 0.5 m box in front of a 1 m wall. A point 0.7 m deep that projects just beside the box's
+    silhouette is in front of the wall pixel it lands on, but could be the box's hidden side: with
+    a 5-pixel window its bound is the box's depth and it is kept; with a 1-pixel window it is carved."""
+    d = _wall()
+    d[14:34, 22:42] = 0.5
+    col = 42  # first wall column right of the box
+    p = np.array([[(col - CX) / FX * 0.7, 0.0, 0.7]])
+    keep = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=5), None, [DepthView(d, FX, FY, CX, CY)])
+    carve = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=1), None, [DepthView(d, FX, FY, CX, CY)])
+    assert not keep.in_free_space(p)[0] and carve.in_free_space(p)[0]
+    far = np.array([[(col + 6 - CX) / FX * 0.7, 0.0, 0.7]])  # well clear of the box: free either way
+    assert keep.in_free_space(far)[0]
+
+
+def test_several_views_any_view_decides():
+    cfg = KnownEmptyConfig(support_plane=False)
+    back = np.eye(4)
+    back[:3, :3] = np.diag([-1.0, 1.0, -1.0])  # a second camera at 2 m looking back along -z
+    back[2, 3] = 2.0
+    views = [DepthView(_wall(1.0), FX, FY, CX, CY), DepthView(_wall(0.5), FX, FY, CX, CY, camera_to_source=back)]
+    ke = KnownEmpty(cfg, None, views)
+    # z = 0.4: in front of the first wall; z = 1.8: behind it, but 0.2 m in front of the second camera,
+    # whose wall is 0.5 m away (z = 1.5); z = 1.3: behind both walls
+    pts = np.array([[0, 0, 0.4], [0, 0, 1.8], [0, 0, 1.3]])
+    assert ke.in_free_space(pts).tolist() == [True, True, False]
+
+
+def test_support_plane():
+    plane = Plane(normal=np.array([0.0, -1.0, 0.0]), offset=0.1)  # y = 0.1 is the table, objects at y < 0.1
+    ke = KnownEmpty(KnownEmptyConfig(free_space=False, plane_margin_m=0.002), plane, [DepthView(_wall(), FX, FY, CX, CY)])
+    pts = np.array([[0, 0.05, 1], [0, 0.101, 1], [0, 0.103, 1], [0, 0.5, 0.2]])
+    assert ke.mask(pts).tolist() == [False, False, True, True]
+    assert ke.active
+    off = KnownEmpty(KnownEmptyConfig(support_plane=False, free_space=False), plane, [DepthView(_wall(), FX, FY, CX, CY)])
+    assert not off.active and not off.mask(pts).any()
+
+
+def test_bad_config_and_views():
+    for bad in (dict(n_sigma=-1.0), dict(edge_window_px=4), dict(sigma_b=float("nan"))):
+        with pytest.raises(ValueError, match="known_empty"):
+            KnownEmptyConfig(**bad).validate()
+    with pytest.raises(ValueError, match="depth"):
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(np.zeros(5, np.float32), FX, FY, CX, CY)])
+    with pytest.raises(ValueError, match="intrinsics"):
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(), 0.0, FY, CX, CY)])
+
+
+def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
+    """The test double's sphere (radius 0.35 canonical) cut by a support plane through its centre:
+    the mesh keeps only the upper half and stays closed, and the queries agree with the mesh."""
+    pts = front_half_sphere(800, 0, center=(0.05, 0.02, 0.8))
+    up = np.array([0.0, -1.0, 0.0])
+    model = SphereOccupancyTestModel()
+    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0))
+    rec = Reconstructor(model, device="cpu", config=cfg)
+    whole = rec.reconstruct(pts, up=up)
+    centre_y = float(whole.frame.center[1])
+    plane = Plane(normal=up, offset=centre_y)  # signed distance = centre_y - y: positive above (y smaller)
+    ke = KnownEmpty(KnownEmptyConfig(free_space=False, plane_margin_m=0.0), plane)
+    cut = rec.reconstruct(pts, up=up, known_empty=ke)
+    assert cut.mesh.is_watertight
+    assert cut.mesh.vertices[:, 1].max() <= centre_y + 0.01 * whole.frame.scale  # nothing below the plane
+    assert 0.4 < cut.mesh.volume / whole.mesh.volume < 0.6
+    f = cut.frame
+    below = f.from_canonical(np.array([[0.0, 0.0, -0.1], [0.1, 0.05, -0.2]], np.float32))
+    above = f.from_canonical(np.array([[0.0, 0.0, 0.1], [0.1, 0.05, 0.2]], np.float32))
+    assert np.all(cut.query(below) == 0.0) and np.all(cut.query(above) > 0.9)
+    assert np.all(whole.query(below) > 0.9)
+    assert np.all(cut.query(below, mode="grid") < 0.01)
