@@ -117,6 +117,11 @@ class KnownEmpty:
                 self._views.append((v, limit, source_to_camera))
 
     @property
+    def n_views(self) -> int:
+        """Depth views in use for the free-space test."""
+        return len(self._views)
+
+    @property
     def active(self) -> bool:
         """Whether any test is in use (a plane or at least one depth view)."""
         return self.plane is not None or bool(self._views)

@@ -6,7 +6,10 @@ The camera already measured that surface, and planners and the F-score want it w
 measured. :func:`anchor_to_observation` moves each mesh vertex that lies near the observation onto a
 plane fitted to the observed points around it (a moving-least-squares projection):
 
-* neighbours: the ``k`` observed points nearest to the vertex within ``radius``; at least
+* anchor point: the observed point nearest to the vertex, if within ``radius`` (else the vertex stays);
+  the plane is fitted around that point, so there is one fit per observed point in use, not one per
+  vertex (a 128^3 mesh has ~100k vertices; the cloud is subsampled to ``max_points``);
+* neighbours: the ``k`` observed points nearest to the anchor point within ``radius``; at least
   ``min_neighbors`` of them, else the vertex stays;
 * plane: Gaussian-weighted centroid and covariance of the neighbours; the normal is the eigenvector
   of the smallest eigenvalue, turned towards the cameras that saw the points. No plane where the
@@ -14,7 +17,7 @@ plane fitted to the observed points around it (a moving-least-squares projection
   the two sides of a thin wall);
 * side: only vertices whose own outward normal agrees with that plane normal (dot >=
   ``min_normal_dot``) move, so the back face of a thin plate is never pulled onto its observed front;
-* blend: full displacement while the nearest observed point is within ``radius / 2``, fading to zero
+* blend: full displacement while the anchor point is within ``radius / 2`` of the vertex, fading to zero
   at ``radius``, then ``smooth_iterations`` passes of averaging over each vertex's neighbours on the
   mesh, so the anchored patch joins the rest of the surface without a step.
 
@@ -163,7 +166,13 @@ def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.nd
     if p.shape[0] > c.max_points:
         keep = np.random.default_rng(c.seed).choice(p.shape[0], c.max_points, replace=False)
         p, vp = p[keep], vp[keep]
-    ok, cen, nrm, nearest = fit_planes(v, p, vp, c)
+    nearest, anchor = cKDTree(p).query(v, k=1, distance_upper_bound=c.radius, workers=-1)
+    near = np.isfinite(nearest)
+    used, which = np.unique(anchor[near], return_inverse=True)
+    ok, cen, nrm = np.zeros(len(v), bool), np.zeros_like(v), np.zeros_like(v)
+    if used.size:  # one plane per observed point that is some vertex's anchor
+        ok_p, cen_p, nrm_p, _ = fit_planes(p[used], p, vp, c)
+        ok[near], cen[near], nrm[near] = ok_p[which], cen_p[which], nrm_p[which]
     side = np.einsum("vd,vd->v", vertex_normals(v, faces), nrm) >= c.min_normal_dot
     weight = np.where(ok & side, np.clip((c.radius - nearest) / (0.5 * c.radius), 0.0, 1.0), 0.0)
     offset = -np.einsum("vd,vd->v", v - cen, nrm)[:, None] * nrm * weight[:, None]

@@ -16,11 +16,16 @@ def _hemisphere_points(n, radius, noise, seed):
 
 
 def _reference_anchor(v, f, p, vp, c):
-    """Per-vertex loop: brute-force neighbours, one 3x3 eigen-decomposition each (no smoothing)."""
+    """Per-vertex loop: brute-force nearest observed point (the anchor) and its neighbours, one 3x3
+    eigen-decomposition each (no smoothing)."""
     normals = vertex_normals(v, f)
     out = v.copy()
     for i, x in enumerate(v):
-        d = np.linalg.norm(p - x, axis=1)
+        to_vertex = np.linalg.norm(p - x, axis=1)
+        a = int(np.argmin(to_vertex))
+        if to_vertex[a] > c.radius:
+            continue
+        d = np.linalg.norm(p - p[a], axis=1)
         order = np.argsort(d)[:c.k]
         order = order[d[order] <= c.radius]
         if len(order) < c.min_neighbors:
@@ -37,7 +42,7 @@ def _reference_anchor(v, f, p, vp, c):
             n = -n
         if normals[i] @ n < c.min_normal_dot:
             continue
-        weight = np.clip((c.radius - d[order[0]]) / (0.5 * c.radius), 0.0, 1.0)
+        weight = np.clip((c.radius - to_vertex[a]) / (0.5 * c.radius), 0.0, 1.0)
         out[i] = x - weight * ((x - cen) @ n) * n
     return out
 

@@ -181,22 +181,29 @@ def make_context(weights: str | Path | None, out: Path, sizes: BenchSizes, repea
 @dataclass
 class TestObject:
     """A partial view: ``points`` (N, 3) float32 camera optical frame, metres; ``up`` (3,) gravity-up
-    in that frame; ``family``: the procedural shape family; ``mesh``: the shape (object frame)."""
+    in that frame; ``family``: the procedural shape family; ``mesh``: the shape (object frame);
+    ``depth_view``: the depth crop the points came from (:class:`~occnet_ros.known_empty.DepthView`,
+    camera frame); ``plane``: the table plane fitted to its table pixels (None if none)."""
 
     points: np.ndarray
     up: np.ndarray
     family: str
     mesh: object
+    depth_view: object = None
+    plane: object = None
 
 
 def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
                      distance: float = 0.7) -> TestObject:
     """A procedural shape (default: a mug, handle included) seen by the training data's virtual depth
     camera (640x480, RealSense-like noise) from ``distance`` metres; moved closer until the view holds
-    at least ``min_points`` points."""
+    at least ``min_points`` points. The depth crop keeps half the object's size around it (for the
+    known-empty test)."""
     from occnet_ros.data.shapes import sample_shape
     from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
-                                                observe)
+                                                observe_view)
+    from occnet_ros.known_empty import DepthView
+    from occnet_ros.segmentation import SegmentationConfig, fit_plane_ransac
 
     rng = np.random.default_rng([seed, 5])
     shape = sample_shape(rng, family)
@@ -206,14 +213,21 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     d = distance
     while True:
         eye = target + d * np.array([-np.cos(np.radians(35)), -0.25, np.sin(np.radians(35))])
-        pts, up = observe(scene, look_at_pose(eye, target), CameraIntrinsics(), DepthNoise(),
-                          np.random.default_rng([seed, 6]))
+        intr = CameraIntrinsics()
+        seen = observe_view(scene, look_at_pose(eye, target), intr, DepthNoise(), np.random.default_rng([seed, 6]),
+                            context=0.5)
+        pts, up = seen.points, seen.up
         if pts.shape[0] >= max(min_points, 50) or d < 0.2:
             break
         d *= 0.8
     if pts.shape[0] < 50:
         raise RuntimeError(f"the test object ({family}, seed {seed}) shows only {pts.shape[0]} points")
-    return TestObject(points=pts, up=up, family=family, mesh=mesh)
+    seg = SegmentationConfig()
+    plane = (fit_plane_ransac(seen.table_points, seg.plane_distance, seg.plane_iterations,
+                              np.random.default_rng([seed, 7]), up, seg.plane_max_tilt_deg)
+             if seen.table_points.shape[0] >= 3 else None)
+    view = DepthView(seen.depth, intr.fx, intr.fy, intr.cx, intr.cy, seen.roi_origin)
+    return TestObject(points=pts, up=up, family=family, mesh=mesh, depth_view=view, plane=plane)
 
 
 def resample(points: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

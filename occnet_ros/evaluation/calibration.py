@@ -2,7 +2,8 @@
 
 Training picks a threshold on its validation query points (half of them near the surface), which is not
 the volumetric IoU of a whole reconstruction. :func:`calibrate_threshold` reconstructs held-out
-objects exactly as ``occnet_eval`` does (same view protocol, cleaning, anchoring, metrics) at several
+objects exactly as ``occnet_eval``'s ``ours`` does (same view protocol, cleaning, known-empty space,
+anchoring, metrics) at several
 thresholds and reports the mean IoU and F-score of each. The objects come from the training
 *distribution* but were never trained on: the random_urdfs validation split of the data config
 (every 10th mesh) and procedural shapes drawn with their own seed. The named evaluation objects are
@@ -18,6 +19,7 @@ import numpy as np
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh, prepare_ground_truth
 from occnet_ros.evaluation.protocol import (EvalObject, ProtocolError, ViewProtocolConfig, mesh_file_object,
                                             observe_object)
+from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
 
 __all__ = ["CalibrationConfig", "calibration_objects", "calibrate_threshold"]
 
@@ -26,7 +28,7 @@ __all__ = ["CalibrationConfig", "calibration_objects", "calibrate_threshold"]
 class CalibrationConfig:
     """``n_meshes`` random_urdfs validation meshes (scaled to ``mesh_size_m`` longest edge) and
     ``n_shapes`` procedural shapes (seed ``shape_seed``); ``thresholds`` tried; ``views``: number of
-    fused views per object; protocol and metrics as in the evaluation."""
+    fused views per object; protocol, known-empty space and metrics as in the evaluation."""
 
     n_meshes: int = 32
     n_shapes: int = 24
@@ -37,6 +39,7 @@ class CalibrationConfig:
     views: int = 1
     protocol: ViewProtocolConfig = field(default_factory=ViewProtocolConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    known_empty: KnownEmptyConfig = field(default_factory=KnownEmptyConfig)
 
     def validate(self) -> None:
         if self.n_meshes < 0 or self.n_shapes < 0 or self.n_meshes + self.n_shapes == 0:
@@ -47,6 +50,7 @@ class CalibrationConfig:
             raise ValueError("views must be >= 1 and mesh_size_m > 0")
         self.protocol.validate()
         self.metrics.validate()
+        self.known_empty.validate()
 
 
 def calibration_objects(config: CalibrationConfig, mesh_paths: list) -> list[EvalObject]:
@@ -97,8 +101,10 @@ def calibrate_threshold(reconstructor, objects: list[EvalObject], config: Calibr
             skipped.append(obj.name)
             continue
         gts = prepare_ground_truth(obj.mesh, config.metrics)
+        empty = KnownEmpty(config.known_empty, obs.support_plane, obs.depth_views)
         for t, rec in recs.items():
-            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints)
+            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
+                                known_empty=empty)
             mesh = obs.mesh_to_world(r.mesh) if r.mesh is not None and len(r.mesh.faces) else None
             m = evaluate_mesh(mesh, gts)
             scores[t].append((m.iou, m.fscore, m.chamfer_l1 if m.chamfer_l1 is not None else np.nan))

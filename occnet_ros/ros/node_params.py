@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from occnet_ros.cloud_filter import CleanConfig
 from occnet_ros.config_io import ConfigError, flatten, from_dict, unflatten
+from occnet_ros.known_empty import KnownEmptyConfig
 from occnet_ros.mesh_ops import MIN_CLOSED_FACES
 from occnet_ros.segmentation import SegmentationConfig
 from occnet_ros.surface_anchor import AnchorConfig
@@ -82,6 +83,7 @@ class NodeParams:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     sync: SyncParams = field(default_factory=SyncParams)
     mesh: MeshParams = field(default_factory=MeshParams)
+    known_empty: KnownEmptyConfig = field(default_factory=KnownEmptyConfig)
 
     def validate(self) -> None:
         if len(self.up) != 3 or not all(math.isfinite(v) for v in self.up) or sum(v * v for v in self.up) < 1e-12:
@@ -152,6 +154,18 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
                            "them (where the camera saw the surface, the mesh follows the measurement; the "
                            "network completes the rest), canonical units (1 = the object's size); 0 = off. "
                            "Occupancy queries answer the network itself", (0.0, 0.5)),
+    "known_empty.support_plane": ("remove occupancy below the support plane (RANSAC along up on the whole cloud; "
+                                  "used for an object only when its points lie above it); meshes and queries alike",
+                                  None),
+    "known_empty.plane_margin_m": ("tolerance below the support plane before space counts as empty, m", (0.0, 0.1)),
+    "known_empty.free_space": ("remove occupancy in front of the measured depth (needs an organized cloud of the "
+                               "camera_info's size, in the camera frame or with tf2 to it); meshes and queries alike",
+                               None),
+    "known_empty.sigma_a": ("depth noise sigma(d) = sigma_a + sigma_b * d^2: constant part, m", (0.0, 1.0)),
+    "known_empty.sigma_b": ("depth noise sigma(d) = sigma_a + sigma_b * d^2: quadratic part, 1/m", (0.0, 1.0)),
+    "known_empty.n_sigma": ("space is free only this many noise sigmas in front of the depth", (0.0, 100.0)),
+    "known_empty.edge_window_px": ("odd window whose nearest depth bounds a pixel (keeps silhouettes and flying "
+                                   "pixels from carving the object)", (1, 99)),
 }
 
 

@@ -1,5 +1,6 @@
 """One frame from arrays to reconstructed objects: segment, clean, reconstruct (reusing an unchanged
-object's last reconstruction), simplify the mesh to publish, colour it. No ROS types and no rclpy: the
+object's last reconstruction; the space the frame shows empty removed, :mod:`occnet_ros.known_empty`),
+simplify the mesh to publish, colour it. No ROS types and no rclpy: the
 node converts messages to a :class:`FrameInput` and the results to messages.
 
 Memory: the pipeline keeps, per object of the last frame only, what reuse needs (the reconstruction and
@@ -16,12 +17,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.known_empty import DepthView, KnownEmpty
 from occnet_ros.mesh_ops import simplify_mesh
 from occnet_ros.normalization import NormalizationError
 from occnet_ros.object_store import StoredObject
 from occnet_ros.ros.node_params import NodeParams, ParamError
-from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Segment, SegmentationError,
-                                     apply_limits, segment_by_mask, segment_by_projected_mask,
+from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationError,
+                                     apply_limits, fit_plane_ransac, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
 
 
@@ -31,7 +33,9 @@ class FrameInput:
     no return; ``cloud_rgb``: colours of the cloud points (same leading shape x 3 uint8) or None;
     ``mask``: (h, w) integer instance labels or None; ``image``: (h, w, 3) uint8 RGB or None;
     ``intrinsics``: the camera of mask and image, or None; ``up``: (3,) gravity-up in the cloud frame;
-    ``viewpoint``: (3,) camera centre in the cloud frame, metres; ``stamp``: seconds."""
+    ``viewpoint``: (3,) camera centre in the cloud frame, metres; ``stamp``: seconds;
+    ``camera_to_cloud``: (4, 4) pose of the ``intrinsics`` camera's optical frame in the cloud frame, or
+    None when unknown (then the depth cannot be used for the free-space test)."""
 
     xyz: np.ndarray
     stamp: float = 0.0
@@ -41,6 +45,7 @@ class FrameInput:
     intrinsics: CameraIntrinsics | None = None
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))
     viewpoint: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    camera_to_cloud: np.ndarray | None = None
 
 
 @dataclass
@@ -119,9 +124,9 @@ def stored_objects(result: FrameResult) -> list[StoredObject]:
 class FramePipeline:
     """Segmentation + per-object reconstruction with the settings of :class:`NodeParams`.
 
-    reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=) -> ReconstructedObject``
-    (``previous``: the object's reconstruction of the last frame, or None; the reconstructor decides
-    whether to reuse it). Not thread-safe: one worker calls :meth:`process`.
+    reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
+    ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
+    reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not thread-safe: one worker calls :meth:`process`.
     """
 
     def __init__(self, reconstructor, params: NodeParams):
@@ -150,6 +155,66 @@ class FramePipeline:
     def segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None]:
         """-> (segments after size limits, method, (H, W) of the pixel grid of ``Segment.pixels`` or None).
         Raises :class:`SegmentationError` when the mode needs a mask that is missing or unusable."""
+        segs, method, grid, _ = self._segment(frame)
+        return segs, method, grid
+
+    def support_plane(self, frame: FrameInput) -> Plane | None:
+        """The support plane of the frame (cloud frame): RANSAC along ``up`` with the segmentation's plane
+        settings on all finite points; None when no plane holds ``plane_min_inliers`` of them."""
+        seg = self.params.segmentation
+        flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
+        flat = flat[np.isfinite(flat).all(axis=1)]
+        if flat.shape[0] < 3:
+            return None
+        plane = fit_plane_ransac(flat, seg.plane_distance, seg.plane_iterations, self.rng, frame.up,
+                                 seg.plane_max_tilt_deg, frame.viewpoint)
+        if plane is None or (np.abs(plane.signed_distance(flat)) < seg.plane_distance).mean() < seg.plane_min_inliers:
+            return None
+        return plane
+
+    def depth_view(self, frame: FrameInput) -> tuple[DepthView | None, str]:
+        """The frame's depth image for the free-space test, or (None, why not): it needs an organized
+        cloud of the camera_info's size and the camera's pose in the cloud frame."""
+        xyz = np.asarray(frame.xyz)
+        k = frame.intrinsics
+        if k is None:
+            return None, "no camera_info"
+        if xyz.ndim != 3 or xyz.shape[:2] != (k.height, k.width):
+            return None, f"the cloud is not organized as the {k.width}x{k.height} camera image"
+        if frame.camera_to_cloud is None:
+            return None, "the camera's pose in the cloud frame is unknown"
+        to_cam = np.linalg.inv(np.asarray(frame.camera_to_cloud, np.float64))
+        depth = xyz.reshape(-1, 3).astype(np.float64) @ to_cam[2, :3] + to_cam[2, 3]
+        return DepthView(depth.reshape(xyz.shape[:2]).astype(np.float32), k.fx, k.fy, k.cx, k.cy,
+                         camera_to_source=np.asarray(frame.camera_to_cloud, np.float64)), ""
+
+    def _known_empty(self, frame: FrameInput, plane: Plane | None, warnings: list[str]):
+        """-> function(cleaned object points) -> KnownEmpty or None, for this frame. The plane is used for
+        an object only when its points lie above it (a shelf over the object must not cut it)."""
+        cfg = self.params.known_empty
+        if not cfg.enabled:
+            return lambda points: None
+        views = []
+        if cfg.free_space:
+            view, why = self.depth_view(frame)
+            if view is None:
+                warnings.append(f"known_empty.free_space not applied: {why}")
+            else:
+                views.append(view)
+        if cfg.support_plane and plane is None:
+            plane = self.support_plane(frame)
+        tol = self.params.segmentation.plane_distance
+        made: dict[bool, KnownEmpty] = {}
+
+        def for_object(points: np.ndarray) -> KnownEmpty | None:
+            above = plane is not None and bool((plane.signed_distance(points) > -tol).mean() >= 0.95)
+            if above not in made:
+                made[above] = KnownEmpty(cfg, plane if above else None, views)
+            return made[above] if made[above].active else None
+        return for_object
+
+    def _segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None, Plane | None]:
+        """:meth:`segment` and the support plane the geometric method found (None for masks)."""
         cfg = self.params.segmentation
         xyz = np.asarray(frame.xyz, dtype=np.float32)
         organized = xyz.ndim == 3
@@ -159,13 +224,13 @@ class FramePipeline:
                 raise SegmentationError("segmentation.mode is 'mask' but no mask matches this cloud")
             mask = frame.mask
             if organized and xyz.shape[:2] == mask.shape:
-                return apply_limits(segment_by_mask(xyz, mask), cfg), "mask", mask.shape
+                return apply_limits(segment_by_mask(xyz, mask), cfg), "mask", mask.shape, None
             if frame.intrinsics is None:
                 raise SegmentationError(
                     f"cloud {xyz.shape[:-1]} and mask {mask.shape} differ and no camera_info was received "
                     "to project the points into the mask")
             segs = segment_by_projected_mask(xyz.reshape(-1, 3), mask, frame.intrinsics)
-            return apply_limits(segs, cfg), "mask", mask.shape
+            return apply_limits(segs, cfg), "mask", mask.shape, None
         flat = xyz.reshape(-1, 3)
         grid = None
         pixels = None
@@ -175,9 +240,9 @@ class FramePipeline:
             k = frame.intrinsics
             pix, valid = k.project(flat)
             pixels, grid = np.where(valid, pix, -1), (k.height, k.width)
-        segs, _ = segment_geometric(flat, cfg, self.rng, up=frame.up, viewpoint=frame.viewpoint, pixels=pixels)
+        segs, plane = segment_geometric(flat, cfg, self.rng, up=frame.up, viewpoint=frame.viewpoint, pixels=pixels)
         segs = self.tracker.relabel(apply_limits(segs, cfg))
-        return sorted(segs, key=lambda s: s.id), "geometric", grid
+        return sorted(segs, key=lambda s: s.id), "geometric", grid, plane
 
     def _observed_colors(self, frame: FrameInput, seg: Segment, index: np.ndarray,
                          grid: tuple[int, int] | None) -> np.ndarray | None:
@@ -196,8 +261,9 @@ class FramePipeline:
         """Segment ``frame`` and reconstruct every segment (cleaned first, passing the object's last
         reconstruction as ``previous``); simplify each mesh to publish; vertex colours from the nearest
         observed point's colour. A completed frame replaces what is kept for reuse by its own objects."""
-        segments, method, grid = self.segment(frame)
+        segments, method, grid, plane = self._segment(frame)
         results, warnings = [], []
+        known_empty = self._known_empty(frame, plane, warnings) if segments else (lambda points: None)
         if frame.image is not None and self.params.color_from_image and grid is not None \
                 and frame.image.shape[:2] != tuple(grid):
             warnings.append(f"image {frame.image.shape[1]}x{frame.image.shape[0]} does not match the "
@@ -212,9 +278,11 @@ class FramePipeline:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
             kept = self._kept.get(seg.id)
+            empty = known_empty(cleaned.points)
+            extra = {"known_empty": empty} if empty is not None else {}
             try:
                 obj = self.reconstructor.reconstruct(cleaned.points, up=up, viewpoint=viewpoint,
-                                                     previous=kept.obj if kept is not None else None)
+                                                     previous=kept.obj if kept is not None else None, **extra)
             except NormalizationError as e:
                 warnings.append(f"{seg.label} skipped: {e}")
                 continue

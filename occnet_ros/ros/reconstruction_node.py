@@ -164,21 +164,23 @@ class ReconstructionNode(Node):
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
 
-    def _up_and_viewpoint(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray]:
-        """Gravity-up and camera centre in the cloud frame."""
+    def _up_and_camera(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Gravity-up, camera centre and the camera's (4, 4) pose (None if unknown) in the cloud frame."""
         up = np.asarray(self.params.up, np.float64)
         if self.params.world_frame:
             m = self.tf.matrix(header.frame_id, self.params.world_frame, header.stamp)
             up = m[:3, :3] @ np.array([0.0, 0.0, 1.0])
-        viewpoint = np.zeros(3)
         cam = info.header.frame_id if info is not None else ""
-        if cam and cam != header.frame_id:
+        if cam == header.frame_id:
+            return up, np.zeros(3), np.eye(4)
+        if cam:
             try:
-                viewpoint = self.tf.matrix(header.frame_id, cam, header.stamp)[:3, 3]
+                pose = self.tf.matrix(header.frame_id, cam, header.stamp)
+                return up, pose[:3, 3], pose
             except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
                 self.get_logger().warning(f"camera centre unknown, using the cloud frame's origin: {e}",
                                           throttle_duration_sec=self.params.log_throttle_sec)
-        return up, viewpoint
+        return up, np.zeros(3), None
 
     def _process(self, frame: SyncedFrame) -> None:
         t0 = time.perf_counter()
@@ -197,9 +199,9 @@ class ReconstructionNode(Node):
                 raise SegmentationError(
                     f"unorganized cloud in '{header.frame_id}' cannot be projected into the mask of camera "
                     f"frame '{info.header.frame_id}'; publish the cloud in the camera frame")
-        up, viewpoint = self._up_and_viewpoint(header, info)
+        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info)
         inp = FrameInput(xyz=xyz, stamp=frame.stamp, cloud_rgb=cloud_rgb, mask=mask, image=image,
-                         intrinsics=intrinsics, up=up, viewpoint=viewpoint)
+                         intrinsics=intrinsics, up=up, viewpoint=viewpoint, camera_to_cloud=camera_to_cloud)
         result = self.pipeline.process(inp, should_stop=self._stop.is_set)
         if result.cancelled:
             return
