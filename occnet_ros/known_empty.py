@@ -41,7 +41,7 @@ class KnownEmptyConfig:
     pixel's bound (1 = the pixel alone)."""
 
     support_plane: bool = True
-    plane_margin_m: float = 0.002
+    plane_margin_m: float = 0.0
     free_space: bool = True
     sigma_a: float = 0.0005
     sigma_b: float = 0.003

@@ -225,3 +225,19 @@ def test_context_zero_gives_the_points_of_observe():
     assert np.array_equal(a, v.points) and np.array_equal(up, v.up)
     assert wide.depth.size > 2 * v.depth.size and v.table_points.shape[0] > 0
     assert wide.table_points.shape[0] > v.table_points.shape[0]
+
+
+def test_known_empty_ablation_configs_change_only_the_tests_they_name():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from occnet_ros.known_empty import KnownEmptyConfig
+
+    found = {}
+    for path in sorted(Path("config/eval/ablation").glob("known_empty_*.yaml")):
+        cfg = load_config(EvalConfig, path)
+        assert cfg.methods == ["ours"]
+        assert replace(cfg, methods=EvalConfig().methods, known_empty=KnownEmptyConfig()) == EvalConfig()
+        found[path.stem] = (cfg.known_empty.support_plane, cfg.known_empty.free_space)
+    assert found == {"known_empty_none": (False, False), "known_empty_plane": (True, False),
+                     "known_empty_free": (False, True)}

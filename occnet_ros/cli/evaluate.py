@@ -6,9 +6,9 @@
     occnet_eval --config config/eval/default.yaml --out out/eval
 
 Writes ``results.json``, ``results.md``, one PNG per object and ``overview.png`` into ``--out``.
-Methods: ours (the network, its mesh anchored to the observed points), ours_raw (without anchoring), mise0,
-mise1, mise2 (as ours at each MISE level), hull, poisson, gt (sanity check:
-the ground truth itself). Meshes: OBJ/STL/PLY in metres (times --mesh-scale), z up.
+Methods: ours (the network, the space the sensor shows empty removed, its mesh anchored to the observed
+points), ours_raw (the network alone), mise0, mise1, mise2 (as ours at each MISE level), hull, poisson, gt
+(sanity check: the ground truth itself). Meshes: OBJ/STL/PLY in metres (times --mesh-scale), z up.
 """
 from __future__ import annotations
 
