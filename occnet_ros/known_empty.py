@@ -10,8 +10,8 @@ the network and it does not learn them reliably:
   ``d``. A point is empty when some view projects it onto a pixel whose depth bound lies more than
   ``n_sigma`` sensor sigmas (``sigma(d) = sigma_a + sigma_b * d^2``, metres) beyond the point's own
   depth. The bound of a pixel is the *smallest* valid depth in an ``edge_window_px`` square around it,
-  so flying pixels and silhouette edges (depth jumps) never carve the object in front of them; pixels
-  without a return carve nothing.
+  so neither a flying pixel nor the background just beside a silhouette carves the unseen part of the
+  object behind that silhouette edge; pixels without a return carve nothing.
 
 Everything else is left to the network. :class:`KnownEmpty` answers "is this point known to be empty"
 for points in the reconstruction's source frame; :class:`occnet_ros.reconstructor.ReconstructedObject`

@@ -95,8 +95,9 @@ def test_free_space_on_a_flat_wall():
     cfg = KnownEmptyConfig(support_plane=False)
     ke = KnownEmpty(cfg, None, [DepthView(_wall(), FX, FY, CX, CY)])
     margin = cfg.n_sigma * (cfg.sigma_a + cfg.sigma_b)
-    pts = np.array([[0, 0, 0.5], [0.05, -0.03, 1.0 - 2 * margin], [0, 0, 1.0 - 0.5 * margin],  # free, free, noise band
-                    [0, 0, 1.2], [0, 0, -0.5], [5.0, 0, 1.0 - 2 * margin], [np.nan, 0, 0.5]])  # behind, behind cam, off image, NaN
+    pts = np.array([[0, 0, 0.5], [0.05, -0.03, 1.0 - 2 * margin], [0, 0, 1.0 - 0.5 * margin],
+                    [0, 0, 1.2], [0, 0, -0.5], [5.0, 0, 1.0 - 2 * margin], [np.nan, 0, 0.5]])
+    # free, free, within the noise band; behind the wall, behind the camera, off the image, NaN
     assert ke.in_free_space(pts).tolist() == [True, True, False, False, False, False, False]
     holes = _wall()
     holes[20:28, 28:36] = np.nan  # no return around the optical axis: nothing known there
@@ -133,11 +134,12 @@ def test_several_views_any_view_decides():
 
 def test_support_plane():
     plane = Plane(normal=np.array([0.0, -1.0, 0.0]), offset=0.1)  # y = 0.1 is the table, objects at y < 0.1
-    ke = KnownEmpty(KnownEmptyConfig(free_space=False, plane_margin_m=0.002), plane, [DepthView(_wall(), FX, FY, CX, CY)])
+    wall = [DepthView(_wall(), FX, FY, CX, CY)]
+    ke = KnownEmpty(KnownEmptyConfig(free_space=False, plane_margin_m=0.002), plane, wall)
     pts = np.array([[0, 0.05, 1], [0, 0.101, 1], [0, 0.103, 1], [0, 0.5, 0.2]])
     assert ke.mask(pts).tolist() == [False, False, True, True]
     assert ke.active
-    off = KnownEmpty(KnownEmptyConfig(support_plane=False, free_space=False), plane, [DepthView(_wall(), FX, FY, CX, CY)])
+    off = KnownEmpty(KnownEmptyConfig(support_plane=False, free_space=False), plane, wall)
     assert not off.active and not off.mask(pts).any()
 
 

@@ -154,7 +154,8 @@ def markdown(results: dict) -> str:
                          f"({_fmt(rc['ratio_dense_over_mise'])}x fewer than dense)")
     lat = results.get("latency")
     if isinstance(lat, dict) and "sizes" in lat:
-        stages = ["crop", "clean", "known_empty", "normalize", "encode", "mise", "marching_cubes", "anchor", "simplify", "colour", "message",
+        stages = ["crop", "clean", "known_empty", "normalize", "encode", "mise", "marching_cubes", "anchor",
+                  "simplify", "colour", "message",
                   "serialize", "total"]
         max_faces = lat.get("max_faces")
         lines += ["", f"## Per-object latency (median), {lat['resolution']}^3", "",

@@ -105,7 +105,11 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
     base = Reconstructor.from_pretrained(cfg.weights, device=rc.device, **overrides)
     weights = Path(cfg.weights) if cfg.weights else DEFAULT_WEIGHTS
     meta = load_raw(weights)["meta"]
-    info = {"weights": str(weights), "threshold": base.threshold, "device": str(base.device),
+    try:  # shown relative to the working directory when inside it (reports stay machine-independent)
+        shown = str(weights.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(weights)
+    info = {"weights": shown, "threshold": base.threshold, "device": str(base.device),
             "checkpoint_step": meta.get("step"), "checkpoint_metrics": meta.get("metrics", {}),
             "reconstructor": asdict(base.config)}
 

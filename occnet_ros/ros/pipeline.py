@@ -126,7 +126,8 @@ class FramePipeline:
 
     reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
     ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
-    reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not thread-safe: one worker calls :meth:`process`.
+    reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
+    thread-safe: one worker calls :meth:`process`.
     """
 
     def __init__(self, reconstructor, params: NodeParams):
