@@ -95,11 +95,13 @@ class ReconstructionNode(Node):
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
+        tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
+        empty = " + ".join(name for name, on in tests if on) or "off"
         self.get_logger().info(
             f"ready: device {self.reconstructor.device}, segmentation {p.segmentation.mode}, "
             f"mesh {p.mesh.resolution0}x2^{p.mesh.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {p.mesh.reuse_tolerance}, "
-            f"queries {p.query_mode}, "
+            f"queries {p.query_mode}, known-empty space {empty}, "
             f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
