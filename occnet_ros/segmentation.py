@@ -233,6 +233,19 @@ def fit_plane_ransac(points: np.ndarray, distance: float, iterations: int, rng: 
     return Plane(normal=normal, offset=float(offset))
 
 
+def fit_support_plane(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.Generator,
+                      up: np.ndarray | None = None, viewpoint: np.ndarray | tuple = (0.0, 0.0, 0.0)) -> Plane | None:
+    """The support plane of finite points (N, 3), metres, with the segmentation's plane settings:
+    :func:`fit_plane_ransac` (normal within ``plane_max_tilt_deg`` of ``up`` when given), kept only when
+    it holds ``plane_min_inliers`` of the points within ``plane_distance``; else None."""
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    plane = fit_plane_ransac(p, cfg.plane_distance, cfg.plane_iterations, rng, up,
+                             cfg.plane_max_tilt_deg if up is not None else 90.0, viewpoint)
+    if plane is None or (np.abs(plane.signed_distance(p)) < cfg.plane_distance).mean() < cfg.plane_min_inliers:
+        return None
+    return plane
+
+
 def euclidean_clusters(points: np.ndarray, distance: float) -> np.ndarray:
     """points (N, 3) metres -> (N,) int64 cluster labels 0..K-1: connected components of the graph
     linking points closer than ``distance``; labels numbered in order of each cluster's first point."""
@@ -259,14 +272,9 @@ def segment_geometric(points: np.ndarray, cfg: SegmentationConfig, rng: np.rando
     """
     p = np.asarray(points, np.float32).reshape(-1, 3)
     idx = np.flatnonzero(np.isfinite(p).all(axis=1))
-    plane = fit_plane_ransac(p[idx], cfg.plane_distance, cfg.plane_iterations, rng, up,
-                             cfg.plane_max_tilt_deg if up is not None else 90.0, viewpoint)
+    plane = fit_support_plane(p[idx], cfg, rng, up, viewpoint)
     if plane is not None:
-        sd = plane.signed_distance(p[idx])
-        if (np.abs(sd) < cfg.plane_distance).mean() >= cfg.plane_min_inliers:
-            idx = idx[sd > cfg.plane_distance]
-        else:
-            plane = None
+        idx = idx[plane.signed_distance(p[idx]) > cfg.plane_distance]
     q = p[idx]
     if cfg.cluster_voxel > 0 and q.shape[0]:
         centroids, inverse = voxel_downsample(q, cfg.cluster_voxel)

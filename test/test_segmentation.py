@@ -6,6 +6,7 @@ from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene
 
 from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationConfig,
                                      SegmentationError, apply_limits, euclidean_clusters, fit_plane_ransac,
+                                     fit_support_plane,
                                      score_planes, segment_by_mask, segment_by_projected_mask, segment_geometric)
 
 
@@ -172,3 +173,18 @@ def test_config_validation():
         from_dict(SegmentationConfig, {"min_points": 10, "max_points": 5})
     with pytest.raises(ConfigError, match="mode"):
         from_dict(SegmentationConfig, {"mode": "magic"})
+
+
+def test_fit_support_plane_needs_enough_inliers():
+    """A table holding 30 % of the points is the support plane; with 3 % on it, RANSAC still returns its best
+    plane, which holds fewer than plane_min_inliers (5 %) of the points and is rejected."""
+    rng = np.random.default_rng(0)
+    blob = rng.uniform([-0.5, -0.5, 0.05], [0.5, 0.5, 1.0], (2000, 3))  # any 2 cm slab holds ~2 %
+    up = np.array([0.0, 0.0, 1.0])
+    for n_table, found in ((860, True), (62, False)):
+        table = np.column_stack([rng.uniform(-0.5, 0.5, (n_table, 2)), np.zeros(n_table)])
+        plane = fit_support_plane(np.vstack([blob, table]), SegmentationConfig(), np.random.default_rng(1), up)
+        assert (plane is not None) == found
+        assert fit_plane_ransac(np.vstack([blob, table]), 0.01, 200, np.random.default_rng(1), up, 30.0) is not None
+        if found:
+            assert plane.normal @ up > 0.999 and abs(plane.offset) < 1e-3

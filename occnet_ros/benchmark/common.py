@@ -203,7 +203,7 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
                                                 observe_view)
     from occnet_ros.known_empty import DepthView
-    from occnet_ros.segmentation import SegmentationConfig, fit_plane_ransac
+    from occnet_ros.segmentation import SegmentationConfig, fit_support_plane
 
     rng = np.random.default_rng([seed, 5])
     shape = sample_shape(rng, family)
@@ -222,10 +222,7 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
         d *= 0.8
     if pts.shape[0] < 50:
         raise RuntimeError(f"the test object ({family}, seed {seed}) shows only {pts.shape[0]} points")
-    seg = SegmentationConfig()
-    plane = (fit_plane_ransac(seen.table_points, seg.plane_distance, seg.plane_iterations,
-                              np.random.default_rng([seed, 7]), up, seg.plane_max_tilt_deg)
-             if seen.table_points.shape[0] >= 3 else None)
+    plane = fit_support_plane(seen.table_points, SegmentationConfig(), np.random.default_rng([seed, 7]), up)
     view = DepthView(seen.depth, intr.fx, intr.fy, intr.cx, intr.cy, seen.roi_origin)
     return TestObject(points=pts, up=up, family=family, mesh=mesh, depth_view=view, plane=plane)
 

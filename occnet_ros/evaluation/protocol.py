@@ -42,7 +42,7 @@ from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, 
 from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, in_reference_camera,
                                             look_at_pose, observe_view)
 from occnet_ros.known_empty import DepthView
-from occnet_ros.segmentation import Plane, SegmentationConfig, fit_plane_ransac
+from occnet_ros.segmentation import Plane, SegmentationConfig, fit_support_plane
 
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb")
 """Mesh file types accepted on the command line (whatever trimesh reads; OBJ/STL/PLY are tested)."""
@@ -216,13 +216,8 @@ def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | N
     if points.shape[0] < cfg.min_points:
         raise ProtocolError(f"{obj.name}: the {n_views}-view observation has {points.shape[0]} points, "
                             f"fewer than {cfg.min_points} (object out of view or occluded?)")
-    table_pts = np.concatenate(table)
-    plane = None
-    if table_pts.shape[0] >= 3:
-        seg = SegmentationConfig()
-        plane = fit_plane_ransac(table_pts, seg.plane_distance, seg.plane_iterations,
-                                 np.random.default_rng(_seed_of(cfg.seed, obj.name, 0) + [1]), up0,
-                                 seg.plane_max_tilt_deg)
+    plane = fit_support_plane(np.concatenate(table), SegmentationConfig(),
+                              np.random.default_rng(_seed_of(cfg.seed, obj.name, 0) + [1]), up0)
     return Observation(name=obj.name, n_views=n_views, points=points, up=np.asarray(up0, np.float64),
                        viewpoint=np.zeros(3), point_viewpoints=np.concatenate(vps).astype(np.float32),
                        input_to_world=poses[0], camera_poses=poses, depth_views=views, support_plane=plane)

@@ -23,7 +23,7 @@ from occnet_ros.normalization import NormalizationError
 from occnet_ros.object_store import StoredObject
 from occnet_ros.ros.node_params import NodeParams, ParamError
 from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationError,
-                                     apply_limits, fit_plane_ransac, segment_by_mask, segment_by_projected_mask,
+                                     apply_limits, fit_support_plane, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
 
 
@@ -161,17 +161,10 @@ class FramePipeline:
 
     def support_plane(self, frame: FrameInput) -> Plane | None:
         """The support plane of the frame (cloud frame): RANSAC along ``up`` with the segmentation's plane
-        settings on all finite points; None when no plane holds ``plane_min_inliers`` of them."""
-        seg = self.params.segmentation
+        settings on all finite points (:func:`~occnet_ros.segmentation.fit_support_plane`)."""
         flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
         flat = flat[np.isfinite(flat).all(axis=1)]
-        if flat.shape[0] < 3:
-            return None
-        plane = fit_plane_ransac(flat, seg.plane_distance, seg.plane_iterations, self.rng, frame.up,
-                                 seg.plane_max_tilt_deg, frame.viewpoint)
-        if plane is None or (np.abs(plane.signed_distance(flat)) < seg.plane_distance).mean() < seg.plane_min_inliers:
-            return None
-        return plane
+        return fit_support_plane(flat, self.params.segmentation, self.rng, frame.up, frame.viewpoint)
 
     def depth_view(self, frame: FrameInput) -> tuple[DepthView | None, str]:
         """The frame's depth image for the free-space test, or (None, why not): it needs an organized
