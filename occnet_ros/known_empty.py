@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from occnet_ros.normalization import rotate_rows
 from occnet_ros.segmentation import Plane
 
 
@@ -138,7 +139,7 @@ class KnownEmpty:
         p = np.asarray(points, np.float64).reshape(-1, 3)
         out = np.zeros(p.shape[0], bool)
         for view, limit, to_cam in self._views:
-            c = p @ to_cam[:3, :3].T + to_cam[:3, 3]
+            c = rotate_rows(p, to_cam[:3, :3]) + to_cam[:3, 3]  # no BLAS threads (see rotate_rows)
             z = c[:, 2]
             h, w = limit.shape
             with np.errstate(divide="ignore", invalid="ignore"):

@@ -22,7 +22,7 @@ from torch import nn
 
 from occnet_ros.model_global import (CBatchNorm, CBNDecoder, FusedDecoder, PreparedCode,  # noqa: F401
                                      ResnetBlockFC, ResnetPointNet)
-from occnet_ros.model_local import LocalDecoder, LocalPoolPointNet, PreparedPlanes, unet_macs
+from occnet_ros.model_local import LocalDecoder, LocalPoolPointNet, PreparedPlanes, mirror_planes, unet_macs
 
 
 MODEL_KINDS = ("global", "local")
@@ -109,6 +109,14 @@ class OccupancyNetwork(nn.Module):
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
         return self.encoder(points)
+
+    def mirror_code(self, code: torch.Tensor) -> torch.Tensor | None:
+        """code (B, *code_shape) of an input mirrored across the canonical x-z plane (y -> -y) -> the
+        same code mirrored back into the input's frame, or None where a code has no spatial layout
+        (global: one vector). Local: the feature planes flipped along y (:func:`mirror_planes`)."""
+        if self.config.kind != "local":
+            return None
+        return mirror_planes(code)
 
     def decode(self, query: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """query (B, M, 3) float32 canonical, code (B, *code_shape) -> logits (B, M)."""

@@ -40,6 +40,16 @@ def plane_grid(p: torch.Tensor) -> torch.Tensor:
     return (uv / PLANE_HALF).clamp(-1.0, 1.0)
 
 
+def mirror_planes(planes: torch.Tensor) -> torch.Tensor:
+    """planes (B, 3, C, R, R) -> the same features mirrored across the canonical x-z plane (y -> -y):
+    the x-y plane (rows are y) flips its rows, the y-z plane (columns are y) its columns, the x-z plane
+    stays. Sampling the result at (x, -y, z) gives what ``planes`` give at (x, y, z)."""
+    out = planes.clone()
+    out[:, 0] = planes[:, 0].flip(-2)
+    out[:, 2] = planes[:, 2].flip(-1)
+    return out
+
+
 def cell_index(grid: torch.Tensor, resolution: int) -> torch.Tensor:
     """grid (B, 3, N, 2) from :func:`plane_grid` -> (B, 3, N) int64 flat cell index row * R + col."""
     ij = ((grid + 1.0) * (0.5 * resolution)).long().clamp_(0, resolution - 1)

@@ -178,7 +178,8 @@ class Plane:
 
     def signed_distance(self, points: np.ndarray) -> np.ndarray:
         """points (N, 3) -> (N,) metres, positive on the objects' side."""
-        return np.asarray(points, np.float64).reshape(-1, 3) @ self.normal + self.offset
+        # einsum, not @: no BLAS threads left spinning next to the network (see normalization.rotate_rows)
+        return np.einsum("nk,k->n", np.asarray(points, np.float64).reshape(-1, 3), self.normal) + self.offset
 
 
 def score_planes(points: np.ndarray, normals: np.ndarray, offsets: np.ndarray, distance: float) -> np.ndarray:

@@ -109,7 +109,7 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
     q = np.asarray(query, dtype=np.float64).reshape(-1, 3)
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     k = min(c.k, p.shape[0])
-    dist, idx = cKDTree(p).query(q, k=k, distance_upper_bound=c.radius)
+    dist, idx = cKDTree(p).query(q, k=k, distance_upper_bound=c.radius, workers=-1)
     dist, idx = dist.reshape(len(q), k), idx.reshape(len(q), k)
     valid = np.isfinite(dist)
     ok = valid.sum(axis=1) >= c.min_neighbors

@@ -168,7 +168,8 @@ def test_cropped_marching_cubes_equals_full_grid(center):
 def test_mise_levels_are_batched_and_grid_matches_network_at_evaluated_corners():
     model = CountingSphereModel()
     rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=8, upsampling_steps=2,
-                                                                        query_batch_size=1000))
+                                                                        query_batch_size=1000,
+                                                                        mirror_average=False))
     obj = rec.reconstruct(sphere_cloud())
     levels = obj.mise_stats["evals_per_level"]
     # each level's new corners in one pass, cut only into chunks of query_batch_size

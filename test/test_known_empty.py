@@ -159,7 +159,8 @@ def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
     pts = front_half_sphere(800, 0, center=(0.05, 0.02, 0.8))
     up = np.array([0.0, -1.0, 0.0])
     model = SphereOccupancyTestModel()
-    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0))
+    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0),
+                              mirror_average=False)  # one decoding per point, counted below
     rec = Reconstructor(model, device="cpu", config=cfg)
     whole = rec.reconstruct(pts, up=up)
     centre_y = float(whole.frame.center[1])
@@ -175,3 +176,11 @@ def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
     assert np.all(cut.query(below) == 0.0) and np.all(cut.query(above) > 0.9)
     assert np.all(whole.query(below) > 0.9)
     assert np.all(cut.query(below, mode="grid") < 0.01)
+    # points the test marks never reach the network (the test runs first), unmarked ones all do
+    q = f.from_canonical(np.random.default_rng(0).uniform(-0.5, 0.5, (500, 3)).astype(np.float32))
+    marked = ke.mask(q)
+    assert 100 < marked.sum() < 400
+    model.n_decoded = 0
+    p = cut.query(q)
+    assert model.n_decoded == int((~marked).sum()) and np.all(p[marked] == 0.0)
+    np.testing.assert_array_equal(p[~marked], whole.query(q)[~marked])

@@ -166,3 +166,16 @@ def test_reduced_precision_decode_stays_close():
         low = torch.sigmoid(m.decode_prepared(q, m.prepare(code, dtype=torch.bfloat16)))
     assert low.dtype == torch.float32 and low.shape == ref.shape
     assert 0 < (low - ref).abs().max() < 0.05  # bfloat16 really ran, and stays close
+
+
+def test_mirror_planes_samples_at_the_mirrored_point_what_the_planes_give_at_the_point():
+    from occnet_ros.model_local import LocalDecoder, mirror_planes
+
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(2, 3, 5, 8, 8, generator=g)
+    p = (torch.rand(2, 400, 3, generator=g) - 0.5) * 1.1
+    flip = torch.tensor([1.0, -1.0, 1.0])
+    mirrored = mirror_planes(planes)
+    assert torch.allclose(LocalDecoder.sample(p * flip, mirrored), LocalDecoder.sample(p, planes), atol=1e-6)
+    assert torch.equal(mirrored[:, 1], planes[:, 1]) and torch.equal(mirror_planes(mirrored), planes)
+    assert not torch.allclose(LocalDecoder.sample(p, mirrored), LocalDecoder.sample(p, planes), atol=1e-3)

@@ -141,9 +141,13 @@ def test_frame_messages_share_points_and_skip_markers(scene, checkpoint):
 
 def test_parameters_reach_the_reconstructor(scene, checkpoint):
     exact = make_pipeline(checkpoint, **{"mesh.reuse_tolerance": 0.02})
-    assert exact.reconstructor.config.reuse_tolerance == 0.02
+    assert exact.reconstructor.config.reuse_tolerance == 0.02 and exact.reconstructor.config.mirror_average
+    single = make_pipeline(checkpoint, **{"mesh.mirror_average": False})
+    assert not single.reconstructor.config.mirror_average
+    assert all(r.obj.mirror_code is None for r in single.process(frame(scene)).objects)
     # exact queries need no probability grid: none is kept (4 * (R+1)^3 bytes per object)
-    assert all(r.obj.grid is None for r in exact.process(frame(scene)).objects)
+    objs = exact.process(frame(scene)).objects
+    assert all(r.obj.grid is None and r.obj.mirror_code is not None for r in objs)
     grid = make_pipeline(checkpoint, query_mode="grid")
     objs = grid.process(frame(scene)).objects
     assert all(r.obj.grid is not None and r.obj.grid.resolution == 16 for r in objs)

@@ -98,7 +98,7 @@ def test_anchoring_moves_the_seen_side_onto_the_observation_and_keeps_the_mesh_c
 
 def test_query_matches_mesh_and_skips_points_outside_the_box():
     model = SphereOccupancyTestModel()
-    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(query_batch_size=7))
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(query_batch_size=7, mirror_average=False))
     obj = rec.reconstruct(_cloud(), extract_mesh=False)
     f = obj.frame
     canon = np.array([[0, 0, 0], [0.3, 0, 0], [0.4, 0, 0], [0.6, 0, 0], [0, 0, -2.0]], np.float32)
@@ -166,11 +166,106 @@ def test_local_feature_network_through_the_reconstructor(tmp_path):
         net.decoder.fc_out.bias.fill_(0.0)
     path = save_checkpoint(tmp_path / "local.pt", net, CheckpointMeta(threshold=0.5))
     rec = Reconstructor.from_pretrained(path, device="cpu", resolution0=8, upsampling_steps=1,
-                                        n_input_points=128)
+                                        n_input_points=128, mirror_average=False)
     obj = rec.reconstruct(_cloud())
-    assert obj.code.shape == (1, 3, 8, 8, 8)
+    assert obj.code.shape == (1, 3, 8, 8, 8) and obj.mirror_code is None
     assert obj.mesh is not None and len(obj.mesh.faces) > 0 and obj.mesh.is_watertight
     canon = np.random.default_rng(0).uniform(-BOX_HALF, BOX_HALF, (300, 3)).astype(np.float32)
     with torch.inference_mode():
         ref = torch.sigmoid(rec.model.decode(torch.from_numpy(canon)[None], obj.code))[0].numpy()
     assert np.allclose(obj.query_canonical(canon), ref, atol=1e-5)
+
+
+def _local_net(seed: int = 3) -> OccupancyNetwork:
+    from fixtures_geometry import randomize_like_trained
+
+    local = ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16,
+                        decoder_blocks=2, plane_resolution=8, unet_base=8, unet_levels=2, global_context=True)
+    return randomize_like_trained(OccupancyNetwork(local), seed, scale=0.2).eval()
+
+
+def _global_net(seed: int = 3) -> OccupancyNetwork:
+    from fixtures_geometry import randomize_like_trained
+
+    return randomize_like_trained(OccupancyNetwork(SMALL), seed, scale=0.2).eval()
+
+
+FLIP = np.array([1.0, -1.0, 1.0], np.float32)
+
+
+def _reference_codes(net, rec, obj, pts):
+    """Slow reference: encode the subsampled canonical input and its y-mirrored copy by hand."""
+    pc = obj.frame.to_canonical(rec._subsample(pts.astype(np.float64)))
+    with torch.inference_mode():
+        return net.encode(torch.from_numpy(pc)[None]), net.encode(torch.from_numpy(pc * FLIP)[None])
+
+
+def test_mirror_average_of_a_feature_plane_network_decodes_the_mean_code():
+    """The local network's mirrored code, flipped back along y, is averaged with the direct one; the
+    fast path (prepared planes, chunks) must match decoding that mean by hand, and differ from one pass."""
+    net = _local_net()
+    cfg = dict(resolution0=8, upsampling_steps=1, n_input_points=128, query_batch_size=37)
+    rec = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg))
+    obj = rec.reconstruct(_cloud())
+    c0, c1 = _reference_codes(net, rec, obj, _cloud())
+    back = c1.clone()
+    back[:, 0], back[:, 2] = c1[:, 0].flip(-2), c1[:, 2].flip(-1)  # x-y plane: rows are y; y-z: columns
+    assert torch.allclose(obj.mirror_code, c1, atol=1e-6) and torch.allclose(obj.code, (c0 + back) / 2, atol=1e-6)
+    assert obj._mirror_prepared is None  # one decoding per point
+    q = np.random.default_rng(0).uniform(-BOX_HALF, BOX_HALF, (200, 3)).astype(np.float32)
+    with torch.inference_mode():
+        ref = torch.sigmoid(net.decode(torch.from_numpy(q)[None], (c0 + back) / 2))[0].numpy()
+        single = torch.sigmoid(net.decode(torch.from_numpy(q)[None], c0))[0].numpy()
+    assert np.allclose(obj.query_canonical(q), ref, atol=1e-5)
+    plain = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg, mirror_average=False)).reconstruct(_cloud())
+    assert plain.mirror_code is None and np.allclose(plain.query_canonical(q), single, atol=1e-5)
+    assert np.abs(single - ref).max() > 1e-3  # the average differs from one pass
+
+
+def test_mirror_average_of_a_global_code_network_is_the_mean_logit():
+    net = _global_net()
+    rec = Reconstructor(net, device="cpu", config=ReconstructorConfig(
+        resolution0=8, upsampling_steps=1, n_input_points=128, query_batch_size=37))
+    obj = rec.reconstruct(_cloud())
+    c0, c1 = _reference_codes(net, rec, obj, _cloud())
+    assert torch.allclose(obj.code, c0, atol=1e-6) and torch.allclose(obj.mirror_code, c1, atol=1e-6)
+    q = np.random.default_rng(0).uniform(-BOX_HALF, BOX_HALF, (200, 3)).astype(np.float32)
+    with torch.inference_mode():
+        l0 = net.decode(torch.from_numpy(q)[None], c0)[0]
+        l1 = net.decode(torch.from_numpy(q * FLIP)[None], c1)[0]
+    assert np.allclose(obj.query_canonical(q), torch.sigmoid((l0 + l1) / 2).numpy(), atol=1e-5)
+    assert np.abs(torch.sigmoid(l0).numpy() - obj.query_canonical(q)).max() > 1e-3
+
+
+def _mirrored_observation(rec, pts):
+    """The cloud and the camera mirrored across the canonical x-z plane of ``pts``'s reconstruction:
+    the same canonical frame (the plane contains up and the viewing direction's horizontal part)."""
+    a = rec.reconstruct(pts, extract_mesh=False)
+    mirror = lambda x: a.frame.from_canonical(a.frame.to_canonical(x) * FLIP)  # noqa: E731
+    b = rec.reconstruct(mirror(pts), viewpoint=mirror(np.zeros((1, 3)))[0], extract_mesh=False)
+    assert np.allclose(a.frame.rotation, b.frame.rotation, atol=1e-6)
+    assert np.allclose(a.frame.center, b.frame.center, atol=1e-6) and abs(a.frame.scale - b.frame.scale) < 1e-7
+    return a, b
+
+
+def test_mirror_average_makes_the_field_mirror_symmetric():
+    """Mirroring the observation leaves the canonical frame unchanged and swaps the two passes: the
+    global network's field, and the local network's sampled features, are then exactly mirrored;
+    without mirror_average a random network's field is not."""
+    pts = _cloud(400, seed=2)
+    q = np.random.default_rng(1).uniform(-0.5, 0.5, (300, 3)).astype(np.float32)
+    cfg = dict(resolution0=8, upsampling_steps=1, n_input_points=128)
+    a, b = _mirrored_observation(Reconstructor(_global_net(5), device="cpu", config=ReconstructorConfig(**cfg)), pts)
+    assert np.allclose(a.query_canonical(q), b.query_canonical(q * FLIP), atol=1e-4)
+    a1, b1 = _mirrored_observation(Reconstructor(_global_net(5), device="cpu", config=ReconstructorConfig(
+        **cfg, mirror_average=False)), pts)
+    assert np.abs(a1.query_canonical(q) - b1.query_canonical(q * FLIP)).max() > 1e-3
+    net = _local_net(5)
+    a, b = _mirrored_observation(Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg)), pts)
+    t = torch.from_numpy(q)[None]
+    fa, fb = net.decoder.sample(t, a.code), net.decoder.sample(t * torch.from_numpy(FLIP), b.code)
+    assert torch.allclose(fa, fb, atol=1e-5) and fa.abs().max() > 1e-3
+    a1, b1 = _mirrored_observation(Reconstructor(net, device="cpu", config=ReconstructorConfig(
+        **cfg, mirror_average=False)), pts)
+    fa1, fb1 = net.decoder.sample(t, a1.code), net.decoder.sample(t * torch.from_numpy(FLIP), b1.code)
+    assert (fa1 - fb1).abs().max() > 1e-3
