@@ -57,7 +57,9 @@ class ReconstructorConfig:
     average: a feature-plane network decodes the mean of the two codes (the mirrored one flipped back,
     :meth:`~occnet_ros.model.OccupancyNetwork.mirror_code`; one extra encoding, no extra decoding), a
     global-code network answers the mean of the two logits (2x the decoding). Held-out IoU +0.007
-    (MODEL.md)."""
+    (MODEL.md); ``input_subsamples``: K disjoint seeded subsamples of ``n_input_points`` are encoded (in
+    one batch, with their mirror images) and their codes averaged, so more of a dense cloud is used
+    (held-out IoU +0.004 and F-score +0.015 for K = 4 over K = 1, MODEL.md)."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
@@ -71,6 +73,7 @@ class ReconstructorConfig:
     reuse_tolerance: float = 0.0
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     mirror_average: bool = True
+    input_subsamples: int = 4
 
     def validate(self) -> None:
         self.anchor.validate()
@@ -78,6 +81,8 @@ class ReconstructorConfig:
             raise ValueError("resolution0 must be >= 1 and upsampling_steps >= 0")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.input_subsamples < 1:
+            raise ValueError(f"input_subsamples must be >= 1, got {self.input_subsamples}")
         if self.n_input_points is not None and self.n_input_points < 1:
             raise ValueError(f"n_input_points must be >= 1, got {self.n_input_points}")
         if self.query_batch_size < 0:
@@ -254,17 +259,19 @@ class Reconstructor:
         return cls(model, device=str(dev), config=config, default_threshold=meta.threshold)
 
     def _subsample(self, p: np.ndarray) -> np.ndarray:
-        """(N, 3) -> (n_input_points, 3): seeded choice without replacement (with, if N is smaller)."""
+        """(N, 3) -> (input_subsamples, n_input_points, 3): one seeded choice of K * n points, without
+        replacement (with, if N is smaller), cut into K disjoint subsamples of n."""
         n = self.config.n_input_points or DEFAULT_INPUT_POINTS
+        k = self.config.input_subsamples
         rng = np.random.default_rng(self.config.seed)
-        idx = rng.choice(p.shape[0], size=n, replace=p.shape[0] < n)
-        return p[idx]
+        idx = rng.choice(p.shape[0], size=k * n, replace=p.shape[0] < k * n)
+        return p[idx].reshape(k, n, 3)
 
     def encode(self, points_canonical: np.ndarray) -> torch.Tensor:
-        """(N, 3) canonical points -> (1, *model.code_shape) code on the model device."""
+        """(N, 3) or (B, N, 3) canonical points -> (1 or B, *model.code_shape) codes on the model device."""
         x = torch.from_numpy(np.ascontiguousarray(points_canonical, dtype=np.float32))
         with torch.inference_mode():
-            return self.model.encode(x.to(self.device).unsqueeze(0))
+            return self.model.encode(x.to(self.device).reshape(-1, *x.shape[-2:]))
 
     def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
                     extract_mesh: bool = True, previous: ReconstructedObject | None = None,
@@ -300,19 +307,23 @@ class Reconstructor:
             return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
                                               "anchor": 0.0, "total": dt},
                            mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
-        pc = frame.to_canonical(self._subsample(p))
+        sub = self._subsample(p)
+        pc = frame.to_canonical(sub.reshape(-1, 3)).reshape(sub.shape)
         t1 = time.perf_counter()
         dtype = PRECISIONS[self.config.precision]
-        code = self.encode(pc)
+        k = pc.shape[0]
         mirror_code, mirror_prepared = None, None
         with torch.inference_mode():
-            if self.config.mirror_average:
-                mirror_code = self.encode(pc * MIRROR.numpy())
+            if self.config.mirror_average:  # all 2K inputs in one batched encoding
+                codes = self.encode(np.concatenate([pc, pc * MIRROR.numpy()]))
+                code, mirror_code = codes[:k].mean(0, keepdim=True), codes[k:].mean(0, keepdim=True)
                 back = self.model.mirror_code(mirror_code)
                 if back is not None:  # feature planes: average the codes, decode once
                     code = (code + back) * 0.5
                 else:                 # one code vector: average the logits of two decodings
                     mirror_prepared = self.model.prepare(mirror_code, dtype=dtype)
+            else:
+                code = self.encode(pc).mean(0, keepdim=True)
             prepared = self.model.prepare(code, dtype=dtype)
         t2 = time.perf_counter()
         obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from dataclasses import replace
 
 from occnet_ros.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from occnet_ros.model import ModelConfig, OccupancyNetwork
@@ -194,10 +195,17 @@ FLIP = np.array([1.0, -1.0, 1.0], np.float32)
 
 
 def _reference_codes(net, rec, obj, pts):
-    """Slow reference: encode the subsampled canonical input and its y-mirrored copy by hand."""
-    pc = obj.frame.to_canonical(rec._subsample(pts.astype(np.float64)))
+    """Slow reference: encode each subsample of the canonical input and its y-mirrored copy by hand,
+    one at a time, and average each kind's codes."""
+    subs = rec._subsample(pts.astype(np.float64))
+    assert subs.shape == (rec.config.input_subsamples, rec.config.n_input_points, 3)
+    direct, mirrored = [], []
     with torch.inference_mode():
-        return net.encode(torch.from_numpy(pc)[None]), net.encode(torch.from_numpy(pc * FLIP)[None])
+        for sub in subs:
+            pc = obj.frame.to_canonical(sub)
+            direct.append(net.encode(torch.from_numpy(pc)[None]))
+            mirrored.append(net.encode(torch.from_numpy(pc * FLIP)[None]))
+    return torch.stack(direct).mean(0), torch.stack(mirrored).mean(0)
 
 
 def test_mirror_average_of_a_feature_plane_network_decodes_the_mean_code():
@@ -269,3 +277,22 @@ def test_mirror_average_makes_the_field_mirror_symmetric():
         **cfg, mirror_average=False)), pts)
     fa1, fb1 = net.decoder.sample(t, a1.code), net.decoder.sample(t * torch.from_numpy(FLIP), b1.code)
     assert (fa1 - fb1).abs().max() > 1e-3
+
+
+def test_input_subsamples_are_disjoint_seeded_and_their_codes_averaged():
+    net = _local_net(7)
+    cfg = ReconstructorConfig(resolution0=8, upsampling_steps=1, n_input_points=100, input_subsamples=3,
+                              mirror_average=False)
+    rec = Reconstructor(net, device="cpu", config=cfg)
+    pts = _cloud(500, seed=4)
+    subs = rec._subsample(pts)
+    assert subs.shape == (3, 100, 3) and np.array_equal(subs, rec._subsample(pts))  # seeded
+    assert len(np.unique(subs.reshape(-1, 3), axis=0)) == 300  # disjoint: 300 distinct points of 500
+    obj = rec.reconstruct(pts, extract_mesh=False)
+    with torch.inference_mode():
+        codes = [net.encode(torch.from_numpy(obj.frame.to_canonical(s))[None]) for s in subs]
+    assert torch.allclose(obj.code, torch.stack(codes).mean(0), atol=1e-6)
+    one = Reconstructor(net, device="cpu", config=replace(cfg, input_subsamples=1))
+    assert one._subsample(pts).shape == (1, 100, 3)
+    with pytest.raises(ValueError, match="input_subsamples"):
+        Reconstructor(net, device="cpu", config=replace(cfg, input_subsamples=0))

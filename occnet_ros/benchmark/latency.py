@@ -4,7 +4,7 @@
 The object's points sit in a 640x480 organized cloud with an instance mask (background points around
 them) and a colour image, as the node receives them. The node's parameters are the shipped ones
 (``config/reconstruct.yaml``, else the defaults of :class:`~occnet_ros.ros.node_params.NodeParams`);
-only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` is the node's). Stages, each a median over the repeats,
+only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` and ``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats,
 in the order of :meth:`FramePipeline.process <occnet_ros.ros.pipeline.FramePipeline.process>` and the
 node's ``_process``:
 
@@ -152,7 +152,8 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     if params is None:
         params, source = node_params()
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
-    rec = reconstructor(ctx, mirror_average=params.mesh.mirror_average)
+    rec = reconstructor(ctx, mirror_average=params.mesh.mirror_average,
+                        input_subsamples=params.mesh.input_subsamples)
     pipeline = FramePipeline(rec, params)
     messages = node_messages(params.marker_alpha)
     max_faces = params.mesh.max_faces

@@ -92,7 +92,7 @@ class FrameResult:
 
 def load_reconstructor(params: NodeParams):
     """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
-    input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``; the probability grid is kept only for ``query_mode`` grid).
+    input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``, ``mesh.input_subsamples``; the probability grid is kept only for ``query_mode`` grid).
     Raises :class:`ParamError` for a missing checkpoint or an unavailable device."""
     from occnet_ros.reconstructor import Reconstructor
     from occnet_ros.surface_anchor import AnchorConfig
@@ -101,6 +101,7 @@ def load_reconstructor(params: NodeParams):
                  "seed": params.seed, "reuse_tolerance": params.mesh.reuse_tolerance,
                  "anchor": AnchorConfig(radius=params.mesh.anchor_radius, seed=params.seed),
                  "mirror_average": params.mesh.mirror_average,
+                 "input_subsamples": params.mesh.input_subsamples,
                  "keep_grid": params.query_mode == "grid"}  # the grid (8.6 MB at 128^3) only when queried
     if params.mesh.threshold > 0:
         overrides["threshold"] = params.mesh.threshold
