@@ -97,12 +97,14 @@ class ReconstructorConfig:
 class ReconstructedObject:
     """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
     with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
-    (1, *model.code_shape) latent code the decoder uses, on the model device. ``mirror_code``: with
-    ``mirror_average``, the code of the mirrored observation as encoded (else None); a feature-plane
-    ``code`` already holds the mean with it, a global one is decoded beside it (``_mirror_prepared``:
-    every probability is then the sigmoid of the mean of the two logits, the mirrored one taken at the
-    mirrored query point). ``timings``: seconds per stage (normalize, encode, mise, marching_cubes,
-    anchor, total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
+    (1, *model.code_shape) latent code the decoder uses, on the model device (with ``mirror_average``,
+    a feature-plane network's code already holds the mean with the mirrored inputs' planes).
+    ``mirror_code``: only for a global-code network with ``mirror_average``, the mean code of the
+    mirrored inputs, decoded beside ``code`` (``_mirror_prepared``: every probability is then the
+    sigmoid of the mean of the two logits, the mirrored one taken at the mirrored query point); None
+    otherwise. ``timings``: seconds per stage (normalize, encode, mise, marching_cubes, anchor,
+    total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see
+    :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
     without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.occupancy_grid` for what its answers
     are exact for. ``known_empty``: the observation's empty-space test (:mod:`occnet_ros.known_empty`) or
     None; points it marks have probability 0 in every answer (mesh, exact and grid queries)."""
@@ -318,8 +320,8 @@ class Reconstructor:
                 codes = self.encode(np.concatenate([pc, pc * MIRROR.numpy()]))
                 code, mirror_code = codes[:k].mean(0, keepdim=True), codes[k:].mean(0, keepdim=True)
                 back = self.model.mirror_code(mirror_code)
-                if back is not None:  # feature planes: average the codes, decode once
-                    code = (code + back) * 0.5
+                if back is not None:  # feature planes: average the codes, decode once; keep one code
+                    code, mirror_code = (code + back) * 0.5, None
                 else:                 # one code vector: average the logits of two decodings
                     mirror_prepared = self.model.prepare(mirror_code, dtype=dtype)
             else:

@@ -4,8 +4,8 @@
 The object's points sit in a 640x480 organized cloud with an instance mask (background points around
 them) and a colour image, as the node receives them. The node's parameters are the shipped ones
 (``config/reconstruct.yaml``, else the defaults of :class:`~occnet_ros.ros.node_params.NodeParams`);
-only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` and ``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats,
-in the order of :meth:`FramePipeline.process <occnet_ros.ros.pipeline.FramePipeline.process>` and the
+only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` and
+``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats, in the order of :meth:`FramePipeline.process <occnet_ros.ros.pipeline.FramePipeline.process>` and the
 node's ``_process``:
 
 - crop: the mask's segments of the frame (:meth:`FramePipeline.segment`, size limits included);

@@ -92,7 +92,8 @@ class FrameResult:
 
 def load_reconstructor(params: NodeParams):
     """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
-    input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``, ``mesh.input_subsamples``; the probability grid is kept only for ``query_mode`` grid).
+    input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``,
+    ``mesh.input_subsamples``; the probability grid is kept only for ``query_mode`` grid).
     Raises :class:`ParamError` for a missing checkpoint or an unavailable device."""
     from occnet_ros.reconstructor import Reconstructor
     from occnet_ros.surface_anchor import AnchorConfig
