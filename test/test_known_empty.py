@@ -23,23 +23,34 @@ def _random_depth(seed=0, shape=(48, 64)):
     return d
 
 
-def _bound_reference(depth, window):
+def _bound_reference(depth, window, band_a=0.0, band_b=0.0):
+    """One pixel at a time: its own depth unless it lies more than the band from both the nearest and the
+    farthest valid depth of its square (a possible flying pixel), then the nearest."""
     h, w = depth.shape
     r = window // 2
     out = np.full((h, w), np.nan)
     for i in range(h):
         for j in range(w):
-            if not (np.isfinite(depth[i, j]) and depth[i, j] > 0):
+            d = float(depth[i, j])
+            if not (np.isfinite(d) and d > 0):
                 continue
             patch = depth[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].astype(np.float64)
-            out[i, j] = patch[np.isfinite(patch) & (patch > 0)].min()
+            ok = patch[np.isfinite(patch) & (patch > 0)]
+            band = band_a + band_b * d * d
+            out[i, j] = d if (d - ok.min() <= band or ok.max() - d <= band) else ok.min()
     return out
 
 
 @pytest.mark.parametrize("window", [1, 3, 5])
-def test_depth_bound_matches_a_per_pixel_loop(window):
+@pytest.mark.parametrize("band", [(0.0, 0.0), (0.05, 0.1)])
+def test_depth_bound_matches_a_per_pixel_loop(window, band):
     d = _random_depth(1)
-    assert np.array_equal(depth_bound(d, window), _bound_reference(d, window), equal_nan=True)
+    got = depth_bound(d, window, *band)
+    ref = _bound_reference(d, window, *band)
+    assert np.array_equal(got, ref, equal_nan=True)
+    if window > 1:  # both kinds of pixel occur
+        own = got == d
+        assert own.sum() > 100 and (np.isfinite(got) & ~own).sum() > 100
 
 
 def _pose(seed):
@@ -55,7 +66,7 @@ def _pose(seed):
 def _free_reference(points, view, cfg):
     """One point at a time: into the camera, round to a pixel, compare with the window's bound."""
     to_cam = np.linalg.inv(view.camera_to_source)
-    bound = _bound_reference(view.depth, cfg.edge_window_px)
+    bound = _bound_reference(view.depth, cfg.edge_window_px, cfg.n_sigma * cfg.sigma_a, cfg.n_sigma * cfg.sigma_b)
     h, w = view.depth.shape
     out = []
     for p in points:
@@ -104,19 +115,22 @@ def test_free_space_on_a_flat_wall():
     assert not KnownEmpty(cfg, None, [DepthView(holes, FX, FY, CX, CY)]).in_free_space(pts[:1]).any()
 
 
-def test_edge_window_keeps_the_silhouette_of_a_foreground_object():
-    """A 0.5 m box in front of a 1 m wall. A point 0.7 m deep that projects just beside the box's
-    silhouette is in front of the wall pixel it lands on, but could be the box's hidden side: with
-    a 5-pixel window its bound is the box's depth and it is kept; with a 1-pixel window it is carved."""
+def test_flying_pixel_is_bounded_by_the_nearest_depth_but_the_background_beside_a_silhouette_carves():
+    """A 0.5 m box in front of a 1 m wall; the box's right edge column is a flying pixel at 0.75 m (mixed
+    between the box and the wall). A point 0.6 m deep on that pixel's ray may be the box's hidden side:
+    with the 3-pixel test its bound is the box's 0.5 m and it is kept; with every pixel bounding its own
+    ray (window 1) it is carved. A point 0.7 m deep on the wall pixel beside it is carved by both: that
+    ray passes beside the box."""
     d = _wall()
     d[14:34, 22:42] = 0.5
-    col = 42  # first wall column right of the box
-    p = np.array([[(col - CX) / FX * 0.7, 0.0, 0.7]])
-    keep = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=5), None, [DepthView(d, FX, FY, CX, CY)])
+    d[14:34, 41] = 0.75  # the flying column
+    cam = lambda col, z: np.array([[(col - CX) / FX * z, (24 - CY) / FY * z, z]])  # noqa: E731
+    keep = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=3), None, [DepthView(d, FX, FY, CX, CY)])
     carve = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=1), None, [DepthView(d, FX, FY, CX, CY)])
-    assert not keep.in_free_space(p)[0] and carve.in_free_space(p)[0]
-    far = np.array([[(col + 6 - CX) / FX * 0.7, 0.0, 0.7]])  # well clear of the box: free either way
-    assert keep.in_free_space(far)[0]
+    assert not keep.in_free_space(cam(41, 0.6))[0] and carve.in_free_space(cam(41, 0.6))[0]
+    assert keep.in_free_space(cam(42, 0.7))[0] and carve.in_free_space(cam(42, 0.7))[0]
+    assert not keep.in_free_space(cam(30, 0.55))[0]  # behind the box's face: never free
+    assert keep.in_free_space(cam(30, 0.45))[0]
 
 
 def test_several_views_any_view_decides():

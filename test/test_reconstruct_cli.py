@@ -87,3 +87,96 @@ def test_main_errors(tmp_path, weights, capsys):
     assert main([str(tmp_path / "c.npy"), "-o", str(tmp_path / "m.ply"), "--weights",
                  str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- known-empty space (--depth, --support-plane)
+FX = FY = 300.0
+CX, CY = 32.0, 24.0
+
+
+def _depth_image():
+    """(48, 64) depth of a fronto-parallel wall at 0.8 m with a hole (no returns) and a nearer patch."""
+    d = np.full((48, 64), 0.8, np.float32)
+    d[10:20, 10:20] = 0.0
+    d[30:40, 40:50] = 0.6
+    return d
+
+
+def _args(*extra):
+    from occnet_ros.cli.reconstruct import build_parser
+
+    return build_parser().parse_args(["c.npy", "-o", "m.ply", *extra])
+
+
+def test_known_empty_from_args_matches_a_direct_known_empty(tmp_path):
+    from occnet_ros.cli.reconstruct import known_empty_from_args
+    from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
+    from occnet_ros.segmentation import Plane
+
+    np.save(tmp_path / "d.npy", _depth_image())
+    pts = _cloud()  # around (0, 0, 0.7), up = -y: the table y = 0.06 lies below it
+    intr = ["--intrinsics", str(FX), str(FY), str(CX), str(CY)]
+    ref = KnownEmpty(KnownEmptyConfig(), Plane(np.array([0.0, -1.0, 0.0]), 0.06),
+                     [DepthView(_depth_image(), FX, FY, CX, CY)])
+    rng = np.random.default_rng(0)
+    probe = rng.uniform([-0.1, -0.1, 0.3], [0.1, 0.1, 0.9], (5000, 3))
+    # the plane given with either sign of its coefficients: oriented towards the cloud
+    for plane in (["0", "1", "0", "-0.06"], ["0", "-2", "0", "0.12"]):
+        got = known_empty_from_args(_args("--depth", str(tmp_path / "d.npy"), *intr, "--support-plane", *plane), pts)
+        assert got.n_views == 1 and got.plane is not None
+        assert np.array_equal(got.mask(probe), ref.mask(probe))
+    both = ref.mask(probe)
+    assert 0 < both.sum() < len(probe)  # the probe sees both answers
+    only_depth = known_empty_from_args(_args("--depth", str(tmp_path / "d.npy"), *intr), pts)
+    assert only_depth.plane is None and np.array_equal(only_depth.mask(probe), ref.in_free_space(probe))
+    assert known_empty_from_args(_args(), pts) is None
+
+
+def test_read_depth_png_in_millimetres(tmp_path):
+    import open3d as o3d
+    from occnet_ros.cli.reconstruct import read_depth
+
+    mm = (_depth_image() * 1000).astype(np.uint16)
+    assert o3d.io.write_image(str(tmp_path / "d.png"), o3d.geometry.Image(mm))
+    assert np.allclose(read_depth(tmp_path / "d.png", 0.001), mm * 0.001, atol=1e-6)
+    assert np.allclose(read_depth(tmp_path / "d.png", 0.0001), mm * 0.0001, atol=1e-7)
+
+
+def test_known_empty_option_errors(tmp_path):
+    from occnet_ros.cli.reconstruct import known_empty_from_args
+
+    np.save(tmp_path / "d.npy", _depth_image())
+    np.save(tmp_path / "d3.npy", np.zeros((2, 3, 4)))
+    pts = _cloud()
+    intr = ["--intrinsics", "300", "300", "32", "24"]
+    cases = [(["--depth", str(tmp_path / "d.npy")], "go together"),
+             (intr, "go together"),
+             (["--depth", str(tmp_path / "nope.npy"), *intr], "nope.npy: no such file"),
+             (["--depth", str(tmp_path / "d.tif"), *intr], "unknown depth image extension"),
+             (["--depth", str(tmp_path / "d3.npy"), *intr], "d3.npy: expected an \\(h, w\\) depth image"),
+             (["--depth", str(tmp_path / "d.npy"), "--intrinsics", "0", "300", "32", "24"], "--intrinsics"),
+             (["--depth", str(tmp_path / "d.npy"), *intr, "--depth-scale", "0"], "--depth-scale"),
+             (["--support-plane", "0", "0", "0", "1"], "--support-plane")]
+    for extra, msg in cases:
+        with pytest.raises(InputError, match=msg):
+            known_empty_from_args(_args(*extra), pts)
+
+
+def test_main_support_plane_removes_the_mesh_below_the_table(tmp_path, weights):
+    from occnet_ros.normalization import BOX_HALF, canonical_frame_from_observation
+
+    table_y = 0.03  # optical frame, y down: the table is the plane y = 0.03, objects at y < 0.03
+    pts = _cloud(600)
+    pts = pts[pts[:, 1] < table_y]
+    np.save(tmp_path / "c.npy", pts)
+    cell = 2 * BOX_HALF * canonical_frame_from_observation(pts, (0.0, -1.0, 0.0)).scale / 32
+    common = ["--weights", str(weights), "--device", "cpu", "--resolution0", "16", "--upsampling-steps", "1",
+              "--threshold", "0.5"]
+    assert main([str(tmp_path / "c.npy"), "-o", str(tmp_path / "free.ply"), *common]) == 0
+    assert main([str(tmp_path / "c.npy"), "-o", str(tmp_path / "cut.ply"), *common,
+                 "--support-plane", "0", "1", "0", str(-table_y)]) == 0
+    free = trimesh.load(tmp_path / "free.ply", force="mesh")
+    cut = trimesh.load(tmp_path / "cut.ply", force="mesh")
+    assert free.vertices[:, 1].max() > table_y + 2 * cell  # the network alone reaches under the table
+    assert cut.vertices[:, 1].max() <= table_y + cell
+    assert len(cut.faces) > 0 and cut.is_watertight

@@ -1,10 +1,20 @@
 """``occnet_reconstruct``: reconstruct a watertight mesh from one object's point cloud file.
 
     occnet_reconstruct CLOUD -o MESH [--up X Y Z] [--viewpoint X Y Z] [--weights PATH] [--device D]
+                       [--depth DEPTH --intrinsics FX FY CX CY] [--support-plane A B C D]
 
 CLOUD: .ply / .pcd (open3d), .xyz / .txt (numpy, first 3 columns), .npy ((N, 3) array); points in the
 camera optical frame (or any frame given ``--up`` and ``--viewpoint``), metres.
 MESH: .ply / .obj / .stl / .glb, written in the same frame and units.
+
+Known-empty space (:mod:`occnet_ros.known_empty`), as the node and the evaluation use it; without these
+options the mesh is the network's alone:
+
+* ``--depth DEPTH --intrinsics FX FY CX CY``: the depth image the cloud came from (.npy (h, w) float
+  metres, or a 16-bit .png in millimetres, ``--depth-scale`` metres per unit), whose camera's optical
+  frame is the cloud's frame; space in front of its depth is empty.
+* ``--support-plane A B C D``: the table, ``A x + B y + C z + D = 0`` in the cloud's frame, metres;
+  nothing lies below it (its side is the one most of the cloud is on).
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import numpy as np
 
 CLOUD_EXTS = (".ply", ".pcd", ".xyz", ".txt", ".npy")
 MESH_EXTS = (".ply", ".obj", ".stl", ".glb")
+DEPTH_EXTS = (".npy", ".png")
 
 
 class InputError(ValueError):
@@ -49,6 +60,64 @@ def read_cloud(path: str | Path) -> np.ndarray:
     return pts.astype(np.float32)
 
 
+def read_depth(path: str | Path, scale: float) -> np.ndarray:
+    """Read a depth image -> (h, w) float32 metres (0 / NaN = no return). ``.npy``: metres as stored;
+    ``.png``: integer units times ``scale`` (metres per unit)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in DEPTH_EXTS:
+        raise InputError(f"{path}: unknown depth image extension {ext!r}; use one of {list(DEPTH_EXTS)}")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        if ext == ".npy":
+            depth = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        else:
+            import open3d as o3d
+
+            depth = np.asarray(o3d.io.read_image(str(path)), dtype=np.float32) * np.float32(scale)
+    except Exception as e:  # unreadable / malformed
+        raise InputError(f"{path}: cannot read depth image: {e}") from e
+    if depth.ndim != 2 or depth.size == 0:
+        raise InputError(f"{path}: expected an (h, w) depth image, got shape {depth.shape}")
+    return depth
+
+
+def known_empty_from_args(args, points: np.ndarray):
+    """The :class:`~occnet_ros.known_empty.KnownEmpty` that ``--depth``/``--intrinsics`` and
+    ``--support-plane`` describe (default sensor-noise settings), or None when neither is given.
+    points: (N, 3) the cloud, source frame, metres (orients the plane). Raises InputError naming a bad
+    option."""
+    from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
+    from occnet_ros.segmentation import Plane
+
+    if (args.depth is None) != (args.intrinsics is None):
+        raise InputError("--depth and --intrinsics go together (the depth camera's pinhole model)")
+    if args.depth is None and args.support_plane is None:
+        return None
+    views = []
+    if args.depth is not None:
+        if not np.isfinite(args.depth_scale) or args.depth_scale <= 0:
+            raise InputError(f"--depth-scale must be > 0, got {args.depth_scale}")
+        view = DepthView(read_depth(args.depth, args.depth_scale), *args.intrinsics)
+        try:
+            view.validate()
+        except ValueError as e:
+            raise InputError(f"--intrinsics: {e}") from e
+        views.append(view)
+    plane = None
+    if args.support_plane is not None:
+        abc, d = np.asarray(args.support_plane[:3], np.float64), float(args.support_plane[3])
+        norm = float(np.linalg.norm(abc))
+        if not np.isfinite(args.support_plane).all() or norm == 0.0:
+            raise InputError(f"--support-plane: A B C must be a finite non-zero normal, got {args.support_plane}")
+        plane = Plane(abc / norm, d / norm)
+        if np.median(plane.signed_distance(points)) < 0:  # the cloud's side is the objects' side
+            plane = Plane(-plane.normal, -plane.offset)
+    config = KnownEmptyConfig(support_plane=plane is not None, free_space=bool(views))
+    return KnownEmpty(config, plane, views)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="occnet_reconstruct", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution0", type=int, default=32, help="MISE coarse grid (default 32)")
     p.add_argument("--upsampling-steps", type=int, default=2, help="MISE levels (default 2 -> 128^3)")
     p.add_argument("--threshold", type=float, help="surface probability (default: the checkpoint's)")
+    p.add_argument("--depth", help="depth image of the cloud's camera (.npy metres, .png --depth-scale units): "
+                                   "space in front of it is empty")
+    p.add_argument("--depth-scale", type=float, default=0.001,
+                   help="metres per unit of a .png depth image (default 0.001: millimetres)")
+    p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                   help="pinhole intrinsics of --depth, pixels")
+    p.add_argument("--support-plane", type=float, nargs=4, metavar=("A", "B", "C", "D"),
+                   help="table plane A x + B y + C z + D = 0 in the cloud's frame, metres: nothing below it")
     return p
 
 
@@ -73,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix.lower() not in MESH_EXTS:
             raise InputError(f"{out}: unknown mesh extension {out.suffix!r}; use one of {list(MESH_EXTS)}")
         points = read_cloud(args.cloud)
+        known_empty = known_empty_from_args(args, points)
         from occnet_ros.checkpoint import CheckpointError
         from occnet_ros.normalization import NormalizationError
         from occnet_ros.reconstructor import Reconstructor
@@ -81,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = Reconstructor.from_pretrained(
                 args.weights, device=args.device, resolution0=args.resolution0,
                 upsampling_steps=args.upsampling_steps, threshold=args.threshold)
-            obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint)
+            obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint, known_empty=known_empty)
         except (CheckpointError, NormalizationError, FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         if obj.mesh is None or len(obj.mesh.faces) == 0:
