@@ -25,8 +25,10 @@ from occnet_ros.cloud_filter import CleanConfig
 from occnet_ros.data.generate import FAMILY_CODES, GenStats, generate_object
 from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise
 
-DATA_FORMAT_VERSION = 2
-"""2: GenStats gained ``fused_views`` (stored in every shard)."""
+DATA_FORMAT_VERSION = 3
+"""2: GenStats gained ``fused_views`` (stored in every shard). 3: mesh labels are inside the union of the
+mesh's closed parts (:mod:`occnet_ros.solid_inside`); before, ray parity over the whole mesh called the
+overlaps of a random_urdfs object's parts outside."""
 SPLITS = {"train": 0, "val": 1}
 
 

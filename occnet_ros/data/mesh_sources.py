@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from occnet_ros.solid_inside import solid_inside
+
 
 def data_root() -> Path:
     """The ``pybullet_data`` folder (ships with the pybullet wheel; no download)."""
@@ -153,7 +155,8 @@ def make_watertight(mesh: trimesh.Trimesh) -> trimesh.Trimesh | None:
 
 @dataclass(frozen=True)
 class MeshOccupancy:
-    """Exact-as-possible inside test of a watertight mesh (open3d ray casting, majority of 3 rays)."""
+    """Inside test of the solid of a closed mesh, which may be several overlapping closed parts
+    (:func:`mesh_contains`)."""
 
     mesh: trimesh.Trimesh
 
@@ -163,15 +166,12 @@ class MeshOccupancy:
 
 
 def mesh_contains(mesh: trimesh.Trimesh, points: np.ndarray, nsamples: int = 3) -> np.ndarray:
-    """points: (N, 3) metres -> (N,) bool inside ``mesh`` (should be watertight), by open3d's
-    ``RaycastingScene.compute_occupancy`` with ``nsamples`` rays voting."""
-    import open3d as o3d
+    """points: (N, 3) metres -> (N,) bool inside the solid of ``mesh`` (closed parts; overlapping
+    parts are united, see :mod:`occnet_ros.solid_inside`), ``nsamples`` parity rays voting per part.
 
+    Until data format 3 this was open3d's ``compute_occupancy`` on the whole mesh, which calls the
+    overlap of two parts outside: most ``random_urdfs`` meshes are 4-8 overlapping parts."""
     p = np.asarray(points, dtype=np.float32)
     if p.ndim != 2 or p.shape[1] != 3:
         raise ValueError(f"points must have shape (N, 3), got {p.shape}")
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)),
-                        o3d.core.Tensor(np.asarray(mesh.faces, np.uint32)))
-    occ = scene.compute_occupancy(o3d.core.Tensor(p), nsamples=nsamples).numpy()
-    return occ > 0.5
+    return solid_inside(mesh, p, n_rays=nsamples, rng=np.random.default_rng(0))
