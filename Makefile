@@ -62,16 +62,16 @@ demo: install
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
 
-# Continues the last stage of the shipped network (MODEL.md: stage 2, config/train/context.yaml, committed state
-# in checkpoints/context with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
-# the cosine schedule follows it, so a budget above the 95 min it ran with raises the learning rate again.
+# Continues the last stage of the shipped network (MODEL.md: stage 3, config/train/relabel.yaml, committed state
+# in checkpoints/relabel with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
+# the cosine schedule follows it, so a budget above the 75 min it was planned with raises the learning rate again.
 # Export and calibrate with:
-#   .venv/bin/occnet_train --export runs/context/best.pt occnet_ros/weights/occnet_default.pt
-#   .venv/bin/occnet_train --config config/train/context.yaml --calibrate occnet_ros/weights/occnet_default.pt
-TRAIN_MINUTES ?= 150
+#   .venv/bin/occnet_train --export runs/relabel/best.pt occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/relabel.yaml --calibrate occnet_ros/weights/occnet_default.pt
+TRAIN_MINUTES ?= 75
 train: install
-	test -f runs/context/last.pt || (mkdir -p runs/context && cp checkpoints/context/* runs/context/)
-	$(VENV)/bin/occnet_train --config config/train/context.yaml --resume --max-minutes $(TRAIN_MINUTES)
+	test -f runs/relabel/last.pt || (mkdir -p runs/relabel && cp checkpoints/relabel/* runs/relabel/)
+	$(VENV)/bin/occnet_train --config config/train/relabel.yaml --resume --max-minutes $(TRAIN_MINUTES)
 
 eval: install
 	$(VENV)/bin/occnet_eval --out out/eval
