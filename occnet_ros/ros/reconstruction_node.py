@@ -251,6 +251,13 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from rclpy's signal handler and then raises KeyboardInterrupt, which
+        # Python drops when it lands inside a __del__ ("Exception ignored in: Future.__del__", seen in CI);
+        # the executor then fails to build its next wait set on the dead context. That is a shutdown, not
+        # an error; anything raised while the context is still valid is.
+        if rclpy.ok(context=node.context):
+            raise
     finally:
         if not node.stop(timeout=3.0):
             print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)
