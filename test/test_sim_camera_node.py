@@ -140,7 +140,7 @@ def test_rate_is_respected(ros_context, tmp_path):
     node, executor = ros_context
     got = []
     sub = node.create_subscription(CameraInfo, "camera_info", lambda m: got.append(stamp_to_sec(m.header.stamp)), 10)
-    proc = start_program("sim_camera", ["-p", "rate_hz:=5.0", "-p", "max_frames:=15", "-p", "camera.width:=64",
+    proc = start_program("sim_camera", ["-p", "rate_hz:=5.0", "-p", "max_frames:=50", "-p", "camera.width:=64",
                                         "-p", "camera.height:=48", "-p", "camera.fx:=60.0", "-p", "camera.fy:=60.0"],
                          DOMAIN, tmp_path / "rate.log")
     try:
@@ -152,7 +152,8 @@ def test_rate_is_respected(ros_context, tmp_path):
     finally:
         stop_program(proc)
         node.destroy_subscription(sub)
-    # discovery may miss the first frames (volatile QoS, like a real camera); the rest arrive 0.2 s apart
-    assert 5 <= len(got) <= 15, got
+    # discovery may miss the first frames (volatile QoS, like a real camera; in one CI run it missed 13 of
+    # the first 15), so 50 frames over 10 s; the rest arrive 0.2 s apart
+    assert 5 <= len(got) <= 50, got
     d = np.diff(got)
     assert abs(np.median(d) - 0.2) < 0.03 and np.all((d > 0.05) & (d < 0.45)), d
