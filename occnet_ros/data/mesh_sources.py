@@ -10,7 +10,6 @@ sphere2 are 1 m balls), a scale chosen so the object is tabletop-sized; each ent
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,18 +150,6 @@ def make_watertight(mesh: trimesh.Trimesh) -> trimesh.Trimesh | None:
     trimesh.repair.fill_holes(m)
     trimesh.repair.fix_normals(m)
     return m if m.is_watertight else None
-
-
-@dataclass(frozen=True)
-class MeshOccupancy:
-    """Inside test of the solid of a closed mesh, which may be several overlapping closed parts
-    (:func:`mesh_contains`)."""
-
-    mesh: trimesh.Trimesh
-
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        """points: (N, 3) metres, the mesh's frame -> (N,) bool."""
-        return mesh_contains(self.mesh, points)
 
 
 def mesh_contains(mesh: trimesh.Trimesh, points: np.ndarray, nsamples: int = 3) -> np.ndarray:
