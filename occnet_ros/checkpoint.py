@@ -6,7 +6,7 @@ A checkpoint is a ``.pt`` file holding only plain types (dicts, lists, str, numb
     {"format": "occnet_ros-checkpoint", "version": 1,
      "model_config": {...ModelConfig fields...},
      "state_dict": {...tensors...},
-     "meta": {"step", "data_config_hash", "threshold", "metrics", "wall_time_s", ...},
+     "meta": {"step", "data_config_hash", "threshold", "view_thresholds", "metrics", "wall_time_s", ...},
      "training": {...optimiser / RNG state...}  # optional, absent in exported weights}
 """
 from __future__ import annotations
@@ -39,15 +39,38 @@ class CheckpointError(RuntimeError):
 @dataclass
 class CheckpointMeta:
     """Training metadata stored next to the weights. ``threshold``: occupancy probability of the
-    surface (best on validation); ``metrics``: e.g. ``{"val_iou": 0.7}``; ``wall_time_s``: training
-    wall time in seconds."""
+    surface (best on validation, or calibrated on held-out single views); ``view_thresholds``: {number of
+    fused views (int >= 2): threshold calibrated with that many views} (see :func:`threshold_for_views`);
+    ``metrics``: e.g. ``{"val_iou": 0.7}``; ``wall_time_s``: training wall time in seconds."""
 
     step: int = 0
     data_config_hash: str = ""
     threshold: float = DEFAULT_THRESHOLD
+    view_thresholds: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_view_thresholds(self.view_thresholds)
+
+
+def check_view_thresholds(view_thresholds: dict) -> None:
+    """Raise ValueError unless ``view_thresholds`` maps ints >= 2 to probabilities in (0, 1)."""
+    for n, t in view_thresholds.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            raise ValueError(f"view_thresholds: key {n!r} is not a number of fused views >= 2")
+        if not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+            raise ValueError(f"view_thresholds[{n}] = {t!r} is not a probability in (0, 1)")
+
+
+def threshold_for_views(n_views: int, threshold: float, view_thresholds: dict) -> float:
+    """The surface threshold for a cloud fused from ``n_views`` views: the one calibrated with the
+    largest view count <= ``n_views`` in ``view_thresholds``, else ``threshold`` (one view)."""
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    counts = [n for n in view_thresholds if n <= n_views]
+    return float(view_thresholds[max(counts)]) if counts else float(threshold)
 
 
 def config_hash(config: Any) -> str:
@@ -117,7 +140,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     payload = load_raw(path)
     try:
         cfg = from_dict(ModelConfig, payload["model_config"], where=f"{path}:model_config")
-        meta = from_dict(CheckpointMeta, payload["meta"], where=f"{path}:meta")
+        meta = from_dict(CheckpointMeta, payload["meta"], where=f"{path}:meta")  # validates
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
     model = OccupancyNetwork(cfg)
@@ -136,14 +159,22 @@ def export_weights(src: str | Path, dst: str | Path) -> Path:
     return _save_payload(payload, dst)
 
 
-def set_threshold(path: str | Path, threshold: float, calibration: dict) -> Path:
-    """Rewrite checkpoint ``path`` (atomically) with surface ``threshold`` and the ``calibration``
-    record that chose it (stored under ``meta.metrics["calibration"]``)."""
+def set_threshold(path: str | Path, threshold: float, calibration: dict, views: int = 1) -> Path:
+    """Rewrite checkpoint ``path`` (atomically) with the surface ``threshold`` for clouds of ``views``
+    fused views (1: ``meta.threshold``; more: ``meta.view_thresholds[views]``) and the ``calibration``
+    record that chose it (under ``meta.metrics["calibration"]``, or ``"calibration_<views>_views"``)."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
     payload = load_raw(path)
-    payload["meta"]["threshold"] = float(threshold)
-    payload["meta"].setdefault("metrics", {})["calibration"] = _plain(calibration)
+    if views == 1:
+        payload["meta"]["threshold"] = float(threshold)
+        key = "calibration"
+    else:
+        payload["meta"].setdefault("view_thresholds", {})[int(views)] = float(threshold)
+        key = f"calibration_{views}_views"
+    payload["meta"].setdefault("metrics", {})[key] = _plain(calibration)
     return _save_payload(payload, path)
 
 

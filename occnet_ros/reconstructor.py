@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import trimesh
 
-from occnet_ros.checkpoint import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, load_checkpoint
+from occnet_ros.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, check_view_thresholds, load_checkpoint,
+                                  threshold_for_views)
 from occnet_ros.known_empty import KnownEmpty
 from occnet_ros.mise import mesh_from_values, mise_values
 from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes, resolve_device
@@ -226,14 +227,22 @@ class Reconstructor:
     """Reconstruct objects from single-view point clouds with an :class:`OccupancyNetwork`."""
 
     def __init__(self, model: OccupancyNetwork, device: str = "auto",
-                 config: ReconstructorConfig | None = None, default_threshold: float = DEFAULT_THRESHOLD):
+                 config: ReconstructorConfig | None = None, default_threshold: float = DEFAULT_THRESHOLD,
+                 default_view_thresholds: dict | None = None):
+        """``default_threshold``, ``default_view_thresholds``: the checkpoint's calibrated surface
+        thresholds for one view and for clouds fused from several (:class:`~occnet_ros.checkpoint.CheckpointMeta`);
+        an explicit ``config.threshold`` replaces both."""
         self.config = replace(config) if config is not None else ReconstructorConfig(device=device)
         if config is None or device != "auto":
             self.config.device = device
         self.config.validate()
+        check_view_thresholds(default_view_thresholds or {})
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device).eval()
-        self.threshold = self.config.threshold if self.config.threshold is not None else default_threshold
+        explicit = self.config.threshold is not None
+        self.threshold = self.config.threshold if explicit else default_threshold  # one view
+        # {fused views: threshold} calibrated for several views; see threshold_for
+        self.view_thresholds = {} if explicit else dict(default_view_thresholds or {})
         self.batch_size = self.config.query_batch_size or AUTO_BATCH.get(self.device.type, AUTO_BATCH["cuda"])
 
     @classmethod
@@ -259,7 +268,14 @@ class Reconstructor:
         if overrides.get("n_input_points") is None and isinstance(trained_n, int):
             overrides["n_input_points"] = trained_n  # the input size the network was trained with
         config = ReconstructorConfig(**{**overrides, "device": str(dev)})
-        return cls(model, device=str(dev), config=config, default_threshold=meta.threshold)
+        return cls(model, device=str(dev), config=config, default_threshold=meta.threshold,
+                   default_view_thresholds=meta.view_thresholds)
+
+    def threshold_for(self, n_views: int = 1) -> float:
+        """Surface threshold for a cloud fused from ``n_views`` views: the one calibrated with the
+        largest view count <= ``n_views`` (:func:`~occnet_ros.checkpoint.threshold_for_views`), else
+        :attr:`threshold`."""
+        return threshold_for_views(n_views, self.threshold, self.view_thresholds)
 
     def _subsample(self, p: np.ndarray) -> np.ndarray:
         """(N, 3) -> (input_subsamples, n_input_points, 3): one seeded choice of K * n points, without
@@ -279,17 +295,20 @@ class Reconstructor:
     def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
                     extract_mesh: bool = True, previous: ReconstructedObject | None = None,
                     point_viewpoints: np.ndarray | None = None,
-                    known_empty: KnownEmpty | None = None) -> ReconstructedObject:
+                    known_empty: KnownEmpty | None = None, n_views: int = 1) -> ReconstructedObject:
         """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
         frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
         frame; viewpoint: (3,) camera centre in the source frame, metres. point_viewpoints: (N, 3) the
         centre of the camera that saw each point, for clouds fused from several views (None = all seen
         from ``viewpoint``); only the mesh anchoring uses it. known_empty: space the observation shows
         empty (support plane, free space in front of the depth; source frame), forced to probability 0
-        in the mesh and in every query of the returned object (None = the network alone). previous: this object's last
-        reconstruction; with ``reuse_tolerance`` > 0 it is returned as is (``mise_stats["reused"]``)
-        when the new frame is within the tolerance (:func:`frames_close`) and it has what is asked."""
+        in the mesh and in every query of the returned object (None = the network alone). n_views: how
+        many views ``points`` were fused from; it chooses the surface threshold (:meth:`threshold_for`).
+        previous: this object's last reconstruction; with ``reuse_tolerance`` > 0 it is returned as is
+        (``mise_stats["reused"]``) when the new frame is within the tolerance (:func:`frames_close`), its
+        threshold is the one ``n_views`` asks for and it has what is asked."""
         t0 = time.perf_counter()
+        threshold = self.threshold_for(n_views)
         p = np.asarray(points, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"points must be (N, 3), got {p.shape}")
@@ -305,7 +324,8 @@ class Reconstructor:
         frame = canonical_frame_from_observation(p, up, viewpoint)
         tol = self.config.reuse_tolerance
         if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
-                and previous._model is self.model and frames_close(previous.frame, frame, tol)):
+                and previous._model is self.model and previous.threshold == threshold
+                and frames_close(previous.frame, frame, tol)):
             dt = time.perf_counter() - t0
             return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
                                               "anchor": 0.0, "total": dt},
@@ -330,7 +350,7 @@ class Reconstructor:
             prepared = self.model.prepare(code, dtype=dtype)
         t2 = time.perf_counter()
         obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
-                                  timings={}, threshold=self.threshold, _model=self.model,
+                                  timings={}, threshold=threshold, _model=self.model,
                                   _prepared=prepared, _batch_size=self.batch_size, known_empty=known_empty,
                                   mirror_code=mirror_code, _mirror_prepared=mirror_prepared)
         timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0, "anchor": 0.0}
@@ -339,9 +359,9 @@ class Reconstructor:
             n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
             # every level's new corners in one call; the object chunks them for the device
             values, stats = mise_values(obj.probabilities, c.resolution0, c.upsampling_steps,
-                                        self.threshold, BOX_HALF, batch_size=n_dense)
+                                        threshold, BOX_HALF, batch_size=n_dense)
             t3 = time.perf_counter()
-            verts, faces = mesh_from_values(values, self.threshold, BOX_HALF)
+            verts, faces = mesh_from_values(values, threshold, BOX_HALF)
             t4 = time.perf_counter()
             if c.anchor.enabled:
                 anchored = anchor_to_observation(verts, faces, frame.to_canonical(p), frame.to_canonical(vps), c.anchor)

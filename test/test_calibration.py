@@ -56,4 +56,12 @@ def test_cli_writes_the_chosen_threshold(tmp_path, capsys):
     cal = meta["metrics"]["calibration"]
     assert meta["threshold"] == cal["best_threshold"] and len(cal["table"]) == 5 and cal["n_objects"] == 1
     assert f"wrote threshold {cal['best_threshold']}" in out and "IoU" in out
+    # several fused views: their own threshold and record; the single-view threshold stays
+    assert main(["--calibrate", str(ckpt), "--calibration-objects", "0", "1", "--calibration-views", "2",
+                 "--no-progress"]) == 0
+    meta2 = load_raw(ckpt)["meta"]
+    cal2 = meta2["metrics"]["calibration_2_views"]
+    assert cal2["views"] == 2 and meta2["view_thresholds"] == {2: cal2["best_threshold"]}
+    assert meta2["threshold"] == meta["threshold"] and meta2["metrics"]["calibration"] == cal
+    assert Reconstructor.from_pretrained(ckpt, device="cpu").threshold_for(3) == cal2["best_threshold"]
     assert main(["--calibrate", str(tmp_path / "missing.pt"), "--no-progress"]) == 2

@@ -139,6 +139,35 @@ def test_from_pretrained_threshold_overrides_and_errors(tmp_path):
         Reconstructor.from_pretrained(bad)
 
 
+def test_view_thresholds_choose_the_surface_by_number_of_fused_views(tmp_path):
+    """The test double's sphere has probability p at radius 0.35 - logit(p) / 40 (canonical units); a
+    threshold calibrated for 4 views serves 4 or more fused views, the single-view one fewer; an explicit
+    threshold serves every count."""
+    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0))
+    rec = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=cfg, default_threshold=0.3,
+                        default_view_thresholds={4: 0.7})
+    for n_views, thr in [(1, 0.3), (3, 0.3), (4, 0.7), (6, 0.7)]:
+        obj = rec.reconstruct(_cloud(), n_views=n_views)
+        assert obj.threshold == thr and rec.threshold_for(n_views) == thr
+        r = np.linalg.norm(obj.frame.to_canonical(obj.mesh.vertices), axis=1)
+        assert np.mean(r) == pytest.approx(0.35 - np.log(thr / (1 - thr)) / 40, abs=0.003)
+        assert obj.occupied(obj.frame.from_canonical(np.array([[0.35 - np.log(thr / (1 - thr)) / 40 - 0.005, 0, 0]])))[0]
+    with pytest.raises(ValueError, match="n_views"):
+        rec.reconstruct(_cloud(), n_views=0)
+    fixed = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=replace(cfg, threshold=0.5),
+                          default_threshold=0.3, default_view_thresholds={4: 0.7})
+    assert fixed.threshold_for(1) == fixed.threshold_for(4) == 0.5
+    with pytest.raises(ValueError, match="view_thresholds"):
+        Reconstructor(SphereOccupancyTestModel(), device="cpu", default_view_thresholds={1: 0.4})
+    # stored in and read from a checkpoint; a bad table stops the load with the file's name
+    path = save_checkpoint(tmp_path / "w.pt", OccupancyNetwork(SMALL), CheckpointMeta(threshold=0.3, view_thresholds={4: 0.45}))
+    loaded = Reconstructor.from_pretrained(path, device="cpu")
+    assert loaded.threshold_for(2) == 0.3 and loaded.threshold_for(4) == 0.45
+    bad = save_checkpoint(tmp_path / "bad.pt", OccupancyNetwork(SMALL), CheckpointMeta(view_thresholds={4: 1.5}))
+    with pytest.raises(CheckpointError, match="bad.pt.*view_thresholds"):
+        Reconstructor.from_pretrained(bad, device="cpu")
+
+
 def test_default_weights_missing_message(monkeypatch, tmp_path):
     import occnet_ros.reconstructor as r
 

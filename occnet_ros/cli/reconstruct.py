@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resolution0", type=int, default=32, help="MISE coarse grid (default 32)")
     p.add_argument("--upsampling-steps", type=int, default=2, help="MISE levels (default 2 -> 128^3)")
-    p.add_argument("--threshold", type=float, help="surface probability (default: the checkpoint's)")
+    p.add_argument("--threshold", type=float, help="surface probability (default: the checkpoint's for --views)")
+    p.add_argument("--views", type=int, default=1,
+                   help="number of camera views fused into the cloud; chooses the checkpoint's threshold (default 1)")
     p.add_argument("--depth", help="depth image of the cloud's camera (.npy metres, .png --depth-scale units): "
                                    "space in front of it is empty")
     p.add_argument("--depth-scale", type=float, default=0.001,
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = Reconstructor.from_pretrained(
                 args.weights, device=args.device, resolution0=args.resolution0,
                 upsampling_steps=args.upsampling_steps, threshold=args.threshold)
-            obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint, known_empty=known_empty)
+            obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint, known_empty=known_empty,
+                                  n_views=args.views)
         except (CheckpointError, NormalizationError, FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         if obj.mesh is None or len(obj.mesh.faces) == 0:

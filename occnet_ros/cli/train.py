@@ -3,11 +3,13 @@
     occnet_train --config config/train/default.yaml [--resume] [--out-dir DIR] [--max-minutes M]
     occnet_train --export RUN_DIR/best.pt OUT.pt     # strip optimiser state -> small weights file
     occnet_train --calibrate OUT.pt [--config ...]   # choose OUT.pt's surface threshold on held-out objects
+    occnet_train --calibrate OUT.pt --calibration-views 4   # ... the threshold for clouds of 4 fused views
 
 ``--calibrate`` reconstructs held-out training-distribution objects (the validation meshes of the
 config's data, and procedural shapes with their own seed; never the evaluation objects) with the
 evaluation protocol at several thresholds (occnet_ros/evaluation/calibration.py), prints the table
-and writes the threshold of the best mean IoU into the file.
+and writes the threshold of the best mean IoU into the file: the single-view threshold, or with
+``--calibration-views N`` the one used for clouds fused from N or more views (up to the next calibrated count).
 """
 from __future__ import annotations
 
@@ -23,14 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/train/default.yaml", help="training YAML (TrainConfig)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     p.add_argument("--out-dir", help="run folder (overrides out_dir of the config)")
-    p.add_argument("--max-minutes", type=float, help="total training time budget in minutes (counted across resumes; overrides max_minutes); "
-                   "stops cleanly with a checkpoint")
+    p.add_argument("--max-minutes", type=float,
+                   help="total training time budget in minutes (counted across resumes; overrides max_minutes); "
+                        "stops cleanly with a checkpoint. The cosine schedule follows the budget, so raising it "
+                        "on a resume raises the learning rate to where the longer schedule has it")
     p.add_argument("--device", help="auto, cpu or cuda (overrides the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "WEIGHTS"),
                    help="only export CHECKPOINT (e.g. best.pt) to a small WEIGHTS file and exit")
     p.add_argument("--calibrate", metavar="WEIGHTS",
                    help="only choose the surface threshold of WEIGHTS (see above), write it into WEIGHTS and exit")
+    p.add_argument("--calibration-views", type=int, default=1, metavar="N",
+                   help="with --calibrate: fuse N views per object and write the threshold for clouds of N views "
+                        "(default 1: the single-view threshold)")
     p.add_argument("--calibration-objects", nargs=2, type=int, metavar=("MESHES", "SHAPES"),
                    help="with --calibrate: how many validation meshes and procedural shapes (default 32 24)")
     return p
@@ -48,18 +55,20 @@ def calibrate(args, cfg) -> int:
     cal = CalibrationConfig()
     if args.calibration_objects:
         cal.n_meshes, cal.n_shapes = args.calibration_objects
+    cal.views = args.calibration_views
     cal.validate()
     rec = Reconstructor.from_pretrained(args.calibrate, device=cfg.device)
     objects = calibration_objects(cal, split_meshes(data, "val") if data.mesh_fraction > 0 else [])
     result = calibrate_threshold(rec, objects, cal, progress=not args.no_progress)
     print(f"{args.calibrate}: {result['n_objects']} held-out objects, {cal.views} view(s); was threshold "
-          f"{rec.threshold}")
+          f"{rec.threshold_for(cal.views)}")
     for row in result["table"]:
         print(f"  threshold {row['threshold']:.2f}: IoU {row['iou']:.4f}  F-score {row['fscore']:.4f}  "
               f"Chamfer-L1 {row['chamfer_l1']:.4f}")
     set_threshold(args.calibrate, result["best_threshold"], {**result, "n_meshes": cal.n_meshes,
-                                                              "n_shapes": cal.n_shapes, "views": cal.views})
-    print(f"wrote threshold {result['best_threshold']} into {args.calibrate}")
+                                                              "n_shapes": cal.n_shapes, "views": cal.views},
+                  views=cal.views)
+    print(f"wrote threshold {result['best_threshold']} for {cal.views} view(s) into {args.calibrate}")
     return 0
 
 

@@ -104,7 +104,7 @@ def calibrate_threshold(reconstructor, objects: list[EvalObject], config: Calibr
         empty = KnownEmpty(config.known_empty, obs.support_plane, obs.depth_views)
         for t, rec in recs.items():
             r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
-                                known_empty=empty)
+                                known_empty=empty, n_views=obs.n_views)
             mesh = obs.mesh_to_world(r.mesh) if r.mesh is not None and len(r.mesh.faces) else None
             m = evaluate_mesh(mesh, gts)
             scores[t].append((m.iou, m.fscore, m.chamfer_l1 if m.chamfer_l1 is not None else np.nan))

@@ -69,8 +69,10 @@ def markdown(results: dict) -> str:
     pc, mc = cfg["protocol"], cfg["metrics"]
     lines = ["# occnet_eval results", ""]
     if net:
+        per_view = "".join(f", {t:.2f} from {n} fused views" for n, t in
+                           sorted((int(n), t) for n, t in net.get("view_thresholds", {}).items()))
         lines.append(f"Network: `{net['weights']}` (step {net['checkpoint_step']}), threshold "
-                     f"{net['threshold']:.2f}, MISE resolution0 {net['reconstructor']['resolution0']}, "
+                     f"{net['threshold']:.2f}{per_view}, MISE resolution0 {net['reconstructor']['resolution0']}, "
                      f"`ours` = {net['reconstructor']['upsampling_steps']} upsampling steps, device "
                      f"{net['device']}.")
     lines += [

@@ -109,22 +109,25 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
         shown = str(weights.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         shown = str(weights)
-    info = {"weights": shown, "threshold": base.threshold, "device": str(base.device),
+    info = {"weights": shown, "threshold": base.threshold, "view_thresholds": dict(base.view_thresholds),
+            "device": str(base.device),
             "checkpoint_step": meta.get("step"), "checkpoint_metrics": meta.get("metrics", {}),
             "reconstructor": asdict(base.config)}
 
     def make(steps: int, full: bool = True) -> MethodFn:
-        rcfg = replace(base.config, upsampling_steps=steps, threshold=base.threshold)
+        rcfg = replace(base.config, upsampling_steps=steps)
         if not full:
             rcfg.anchor = replace(rcfg.anchor, radius=0.0)
-        rec = Reconstructor(base.model, device=rcfg.device, config=rcfg)
+        rec = Reconstructor(base.model, device=rcfg.device, config=rcfg, default_threshold=base.threshold,
+                            default_view_thresholds=base.view_thresholds)
 
         def run(obs: Observation, obj: EvalObject) -> tuple[trimesh.Trimesh, dict]:
             empty = KnownEmpty(cfg.known_empty, obs.support_plane, obs.depth_views) if full else None
             r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
-                                known_empty=empty)
+                                known_empty=empty, n_views=obs.n_views)
             st = r.mise_stats
             return r.mesh, {"resolution": st.get("resolution"), "n_evals": st.get("n_evals"),
+                            "threshold": r.threshold,
                             "n_anchored": r.n_anchored,
                             "timings": {k: float(v) for k, v in r.timings.items()}}
         return run
