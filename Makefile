@@ -62,16 +62,17 @@ demo: install
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
 
-# Continues the last stage of the shipped network (MODEL.md: stage 3, config/train/relabel.yaml, committed state
-# in checkpoints/relabel with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
-# the cosine schedule follows it, so a budget above the 75 min it was planned with raises the learning rate again.
-# Export and calibrate with:
-#   .venv/bin/occnet_train --export runs/relabel/best.pt occnet_ros/weights/occnet_default.pt
-#   .venv/bin/occnet_train --config config/train/relabel.yaml --calibrate occnet_ros/weights/occnet_default.pt
+# Continues the last stage of the shipped network (MODEL.md: stage 4, config/train/walls.yaml, committed state
+# in checkpoints/walls with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
+# the cosine schedule follows it, so a budget above the 65 min it ran with raises the learning rate again.
+# Export and calibrate (1 view, then 4 fused views) with:
+#   .venv/bin/occnet_train --export runs/walls/best.pt occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 4
 TRAIN_MINUTES ?= 75
 train: install
-	test -f runs/relabel/last.pt || (mkdir -p runs/relabel && cp checkpoints/relabel/* runs/relabel/)
-	$(VENV)/bin/occnet_train --config config/train/relabel.yaml --resume --max-minutes $(TRAIN_MINUTES)
+	test -f runs/walls/last.pt || (mkdir -p runs/walls && cp checkpoints/walls/* runs/walls/)
+	$(VENV)/bin/occnet_train --config config/train/walls.yaml --resume --max-minutes $(TRAIN_MINUTES)
 
 eval: install
 	$(VENV)/bin/occnet_eval --out out/eval

@@ -152,6 +152,6 @@ def test_config_files_load():
     from occnet_ros.config_io import load_config
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("default.yaml", "smoke.yaml", "context.yaml", "global.yaml", "relabel.yaml"):
+    for name in ("default.yaml", "smoke.yaml", "context.yaml", "global.yaml", "relabel.yaml", "walls.yaml"):
         cfg = load_config(TrainConfig, root / "config" / "train" / name)
         assert cfg.steps >= 1

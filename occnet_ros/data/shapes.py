@@ -135,7 +135,9 @@ def _can(rng):
 
 def _vessel(rng, kind: str):
     """Hollow open-top vessel: 'cup' (tall), 'bowl' (wide, shallow, flaring) or 'vase'."""
+    wall_max = 0.12  # of the narrowest radius; cups up to 0.2 (ceramic cups have thick walls)
     if kind == "cup":
+        wall_max = 0.2
         h, r = rng.uniform(0.06, 0.14), rng.uniform(0.03, 0.055)
         z, rr = _smooth_profile(rng, h, r, 3, 0.75)
     elif kind == "bowl":
@@ -146,7 +148,7 @@ def _vessel(rng, kind: str):
     else:
         h, r = rng.uniform(0.12, 0.3), rng.uniform(0.035, 0.08)
         z, rr = _smooth_profile(rng, h, r, 5, 0.4)
-    wall = max(0.004, 0.02 * max(h, 2 * r), rng.uniform(0.05, 0.12) * rr.min())
+    wall = max(0.004, 0.02 * max(h, 2 * r), rng.uniform(0.05, wall_max) * rr.min())
     bottom = rng.uniform(0.006, 0.015)
     if kind == "vase" and rng.random() < 0.5:
         return Revolution(_solid_profile(z, rr))
@@ -157,7 +159,7 @@ def _mug(rng):
     h, r = rng.uniform(0.07, 0.12), rng.uniform(0.03, 0.05)
     z = np.linspace(0.0, h, 12)
     rr = r * (1.0 + rng.uniform(-0.15, 0.15) * z / h)
-    wall = max(0.004, rng.uniform(0.06, 0.12) * r)
+    wall = max(0.004, rng.uniform(0.06, 0.25) * r)  # 4-12 mm: thin porcelain to thick stoneware
     cup = Revolution(_hollow_profile(z, rr, wall, rng.uniform(0.006, 0.012)))
     solid = Revolution(_solid_profile(z, rr))
     major = h * rng.uniform(0.22, 0.35)
