@@ -65,9 +65,10 @@ bench: install
 # Continues the last stage of the shipped network (MODEL.md: stage 4, config/train/walls.yaml, committed state
 # in checkpoints/walls with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
 # the cosine schedule follows it, so a budget above the 65 min it ran with raises the learning rate again.
-# Export and calibrate (1 view, then 4 fused views) with:
+# Export and calibrate (1 view, then 2 and 4 fused views) with:
 #   .venv/bin/occnet_train --export runs/walls/best.pt occnet_ros/weights/occnet_default.pt
 #   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 2
 #   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 4
 TRAIN_MINUTES ?= 75
 train: install
