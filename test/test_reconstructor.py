@@ -151,7 +151,15 @@ def test_view_thresholds_choose_the_surface_by_number_of_fused_views(tmp_path):
         assert obj.threshold == thr and rec.threshold_for(n_views) == thr
         r = np.linalg.norm(obj.frame.to_canonical(obj.mesh.vertices), axis=1)
         assert np.mean(r) == pytest.approx(0.35 - np.log(thr / (1 - thr)) / 40, abs=0.003)
-        assert obj.occupied(obj.frame.from_canonical(np.array([[0.35 - np.log(thr / (1 - thr)) / 40 - 0.005, 0, 0]])))[0]
+        inner = 0.35 - np.log(thr / (1 - thr)) / 40 - 0.005  # just inside that surface
+        assert obj.occupied(obj.frame.from_canonical(np.array([[inner, 0, 0]])))[0]
+    # a previous reconstruction is reused only if it was made with the threshold the view count asks for
+    reusing = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=replace(cfg, reuse_tolerance=0.02),
+                            default_threshold=0.3, default_view_thresholds={4: 0.7})
+    one = reusing.reconstruct(_cloud())
+    assert reusing.reconstruct(_cloud(), previous=one, n_views=2).mise_stats.get("reused")
+    four = reusing.reconstruct(_cloud(), previous=one, n_views=4)
+    assert not four.mise_stats.get("reused") and four.threshold == 0.7
     with pytest.raises(ValueError, match="n_views"):
         rec.reconstruct(_cloud(), n_views=0)
     fixed = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=replace(cfg, threshold=0.5),
