@@ -20,23 +20,18 @@ from occnet_ros.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, check_vie
                                   threshold_for_views)
 from occnet_ros.known_empty import KnownEmpty
 from occnet_ros.mise import mesh_from_values, mise_values
-from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes, resolve_device
+from occnet_ros.model import OccupancyNetwork, resolve_device
 from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
 from occnet_ros.occupancy_grid import OccupancyGrid
+from occnet_ros.reconstructed_object import AUTO_BATCH, MIRROR, QUERY_MODES, ReconstructedObject, ViewFrameCode
 from occnet_ros.surface_anchor import AnchorConfig, anchor_to_observation
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
            "frames_close"]
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUERY_MODES = ("exact", "grid")
 DEFAULT_INPUT_POINTS = 300
 """Network input size of a Reconstructor whose model carries no training record of its own."""
-MIRROR = torch.tensor([1.0, -1.0, 1.0])
-"""Multiplier of canonical coordinates that mirrors them across the x-z plane (see ``mirror_average``)."""
-AUTO_BATCH = {"cpu": 4096, "cuda": 65536}
-"""Points per network call when ``query_batch_size`` is 0: on a CPU, chunks whose activations
-(3 x 4096 x hidden 64 x 4 bytes = 3 MB) stay in the L2 caches; on a GPU, large launches."""
 
 
 @dataclass
@@ -61,7 +56,12 @@ class ReconstructorConfig:
     (MODEL.md); ``input_subsamples``: K disjoint seeded subsamples of ``n_input_points`` are encoded (in
     one batch, with their mirror images) and their codes averaged, so more of a dense cloud is used
     (held-out IoU +0.004 and F-score +0.015 for K = 4 over K = 1; the default 6 was chosen the same
-    way in session 6, MODEL.md)."""
+    way in session 6, MODEL.md); ``max_view_frames``: a cloud fused from several cameras
+    (``point_viewpoints`` with more than one distinct centre) is also encoded in the canonical frame of
+    up to ``max_view_frames - 1`` of the other cameras (in their order of first appearance) and every
+    probability is the mean over the frames (:class:`~occnet_ros.reconstructed_object.ViewFrameCode`);
+    each frame costs one more encoding and one more decoding per query point. Held-out IoU +0.003 at 4
+    fused views (MODEL.md, session 9). 1 = only the frame of ``viewpoint``."""
 
     resolution0: int = 32
     upsampling_steps: int = 2
@@ -76,6 +76,7 @@ class ReconstructorConfig:
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     mirror_average: bool = True
     input_subsamples: int = 6
+    max_view_frames: int = 4
 
     def validate(self) -> None:
         self.anchor.validate()
@@ -83,6 +84,8 @@ class ReconstructorConfig:
             raise ValueError("resolution0 must be >= 1 and upsampling_steps >= 0")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.max_view_frames < 1:
+            raise ValueError(f"max_view_frames must be >= 1, got {self.max_view_frames}")
         if self.input_subsamples < 1:
             raise ValueError(f"input_subsamples must be >= 1, got {self.input_subsamples}")
         if self.n_input_points is not None and self.n_input_points < 1:
@@ -93,125 +96,6 @@ class ReconstructorConfig:
             raise ValueError(f"reuse_tolerance must be in [0, 1), got {self.reuse_tolerance}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-
-
-@dataclass
-class ReconstructedObject:
-    """One reconstruction. ``mesh``: source frame, metres, watertight (None if not extracted; a mesh
-    with no faces if the network found no surface). ``frame``: canonical <-> source transform. ``code``:
-    (1, *model.code_shape) latent code the decoder uses, on the model device (with ``mirror_average``,
-    a feature-plane network's code already holds the mean with the mirrored inputs' planes).
-    ``mirror_code``: only for a global-code network with ``mirror_average``, the mean code of the
-    mirrored inputs, decoded beside ``code`` (``_mirror_prepared``: every probability is then the
-    sigmoid of the mean of the two logits, the mirrored one taken at the mirrored query point); None
-    otherwise. ``timings``: seconds per stage (normalize, encode, mise, marching_cubes, anchor,
-    total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see
-    :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
-    without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.occupancy_grid` for what its answers
-    are exact for. ``known_empty``: the observation's empty-space test (:mod:`occnet_ros.known_empty`) or
-    None; points it marks have probability 0 in every answer (mesh, exact and grid queries)."""
-
-    mesh: trimesh.Trimesh | None
-    frame: CanonicalFrame
-    code: torch.Tensor
-    n_input_points: int
-    timings: dict[str, float]
-    mise_stats: dict = field(default_factory=dict)
-    threshold: float = DEFAULT_THRESHOLD
-    n_anchored: int = 0
-    _model: OccupancyNetwork | None = field(default=None, repr=False)
-    _prepared: PreparedCode | PreparedPlanes | None = field(default=None, repr=False)
-    _batch_size: int = field(default=AUTO_BATCH["cpu"], repr=False)
-    grid: OccupancyGrid | None = field(default=None, repr=False)
-    known_empty: KnownEmpty | None = field(default=None, repr=False)
-    mirror_code: torch.Tensor | None = field(default=None, repr=False)
-    _mirror_prepared: PreparedCode | PreparedPlanes | None = field(default=None, repr=False)
-
-    def probabilities(self, points: np.ndarray) -> np.ndarray:
-        """points (M, 3) float32 canonical, no box test -> (M,) float32 probabilities: 0 where
-        ``known_empty`` marks the point (tested first, so those points never reach the network), else
-        the network (see :meth:`network_probabilities`)."""
-        p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
-        if self.known_empty is None or not self.known_empty.active:
-            return self.network_probabilities(p)
-        out = np.zeros(p.shape[0], dtype=np.float32)
-        keep = ~self.known_empty.mask(self.frame.from_canonical(p))
-        if keep.any():
-            out[keep] = self.network_probabilities(p[keep])
-        return out
-
-    def network_probabilities(self, points: np.ndarray) -> np.ndarray:
-        """The network alone on every point: points (M, 3) float32 canonical -> (M,) float32 probabilities
-        (with ``mirror_code``, the sigmoid of the mean logit of both passes). Chunks of ``_batch_size``
-        points; one prepared code, no per-point Python. On a GPU: one transfer each way per call (no
-        synchronisation per chunk)."""
-        if self._model is None or self._prepared is None:
-            raise RuntimeError("this ReconstructedObject has no network attached")
-        p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
-        out = np.empty(p.shape[0], dtype=np.float32)
-        dev = self.code.device
-        bs = self._batch_size
-        with torch.inference_mode():
-            src, dst = torch.from_numpy(p), torch.from_numpy(out)
-            if dev.type != "cpu":
-                src, dst = src.to(dev), torch.empty(p.shape[0], dtype=torch.float32, device=dev)
-            mirror = self._mirror_prepared
-            flip = MIRROR.to(dev)
-            for s in range(0, p.shape[0], bs):
-                q = src[s:s + bs].unsqueeze(0)
-                logits = self._model.decode_prepared(q, self._prepared)[0]
-                if mirror is not None:
-                    logits = (logits + self._model.decode_prepared(q * flip, mirror)[0]) * 0.5
-                dst[s:s + bs] = logits.sigmoid_()
-            if dev.type != "cpu":
-                out[:] = dst.cpu().numpy()
-        return out
-
-    def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
-        """points (M, 3) canonical -> (M,) float32 probabilities; outside the padded box (or not finite)
-        -> 0. ``mode``: "exact" = the network; "grid" = trilinear in the cached MISE grid (see
-        :mod:`occnet_ros.occupancy_grid`)."""
-        if mode == "grid":
-            if self.grid is None:
-                raise ValueError("grid queries need the MISE grid: reconstruct with extract_mesh=True "
-                                 "and keep_grid=True")
-            return self.grid.interpolate(points)
-        if mode != "exact":
-            raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
-        p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-        out = np.zeros(p.shape[0], dtype=np.float32)
-        with np.errstate(invalid="ignore"):
-            inside = (np.abs(p) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)  # False for NaN
-        idx = np.flatnonzero(inside)
-        if idx.size == 0:
-            return out
-        out[idx] = self.probabilities(p[idx])
-        return out
-
-    def query(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
-        """points (M, 3) source frame, metres -> (M,) float32 occupancy probabilities. Points outside
-        the padded box get 0 without touching the network; evaluated in batches. ``mode``: see
-        :meth:`query_canonical`."""
-        p = np.asarray(points)
-        if p.ndim != 2 or p.shape[1] != 3:
-            raise ValueError(f"points must be (M, 3), got {p.shape}")
-        return self.query_canonical(self.frame.to_canonical(p), mode)
-
-    def occupied(self, points: np.ndarray) -> np.ndarray:
-        """points (M, 3) source frame, metres -> (M,) bool, probability >= ``threshold``."""
-        return self.query(points) >= self.threshold
-
-    def box_corners(self) -> np.ndarray:
-        """(8, 3) float32 corners of the padded canonical box in the source frame, metres."""
-        return self.frame.box_corners_source()
-
-    def bounds(self) -> np.ndarray:
-        """(2, 3) axis-aligned bounds (min, max) in the source frame, metres: of the mesh if it has
-        faces, otherwise of the padded box."""
-        if self.mesh is not None and len(self.mesh.faces):
-            return np.asarray(self.mesh.bounds, dtype=np.float32)
-        c = self.box_corners()
-        return np.stack([c.min(axis=0), c.max(axis=0)])
 
 
 def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool:
@@ -292,47 +176,10 @@ class Reconstructor:
         with torch.inference_mode():
             return self.model.encode(x.to(self.device).reshape(-1, *x.shape[-2:]))
 
-    def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
-                    extract_mesh: bool = True, previous: ReconstructedObject | None = None,
-                    point_viewpoints: np.ndarray | None = None,
-                    known_empty: KnownEmpty | None = None, n_views: int = 1) -> ReconstructedObject:
-        """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
-        frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
-        frame; viewpoint: (3,) camera centre in the source frame, metres. point_viewpoints: (N, 3) the
-        centre of the camera that saw each point, for clouds fused from several views (None = all seen
-        from ``viewpoint``); only the mesh anchoring uses it. known_empty: space the observation shows
-        empty (support plane, free space in front of the depth; source frame), forced to probability 0
-        in the mesh and in every query of the returned object (None = the network alone). n_views: how
-        many views ``points`` were fused from; it chooses the surface threshold (:meth:`threshold_for`).
-        previous: this object's last reconstruction; with ``reuse_tolerance`` > 0 it is returned as is
-        (``mise_stats["reused"]``) when the new frame is within the tolerance (:func:`frames_close`), its
-        threshold is the one ``n_views`` asks for and it has what is asked."""
-        t0 = time.perf_counter()
-        threshold = self.threshold_for(n_views)
-        p = np.asarray(points, dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != 3:
-            raise ValueError(f"points must be (N, 3), got {p.shape}")
-        finite = np.all(np.isfinite(p), axis=1)
-        p = p[finite]
-        if point_viewpoints is not None:
-            vps = np.asarray(point_viewpoints, dtype=np.float64)
-            if vps.shape != finite.shape + (3,):
-                raise ValueError(f"point_viewpoints must be (N, 3) like points, got {vps.shape}")
-            vps = vps[finite]
-        else:
-            vps = np.asarray(viewpoint, dtype=np.float64).reshape(1, 3)
-        frame = canonical_frame_from_observation(p, up, viewpoint)
-        tol = self.config.reuse_tolerance
-        if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
-                and previous._model is self.model and previous.threshold == threshold
-                and frames_close(previous.frame, frame, tol)):
-            dt = time.perf_counter() - t0
-            return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
-                                              "anchor": 0.0, "total": dt},
-                           mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
-        sub = self._subsample(p)
+    def _encode_in(self, frame: CanonicalFrame, sub: np.ndarray) -> tuple:
+        """(K, n, 3) source-frame subsamples -> (code, prepared, mirror_code, mirror_prepared) in ``frame``:
+        the mean code of the K subsamples (with ``mirror_average``, and of their mirror images)."""
         pc = frame.to_canonical(sub.reshape(-1, 3)).reshape(sub.shape)
-        t1 = time.perf_counter()
         dtype = PRECISIONS[self.config.precision]
         k = pc.shape[0]
         mirror_code, mirror_prepared = None, None
@@ -348,11 +195,74 @@ class Reconstructor:
             else:
                 code = self.encode(pc).mean(0, keepdim=True)
             prepared = self.model.prepare(code, dtype=dtype)
+        return code, prepared, mirror_code, mirror_prepared
+
+    def _other_viewpoints(self, viewpoint, point_viewpoints: np.ndarray) -> list[np.ndarray]:
+        """The distinct camera centres of ``point_viewpoints`` ((N, 3) or (1, 3), source frame) other than
+        ``viewpoint``, in order of first appearance, at most ``max_view_frames - 1``."""
+        n = self.config.max_view_frames - 1
+        if n == 0 or point_viewpoints.shape[0] == 0:
+            return []
+        uniq, first = np.unique(point_viewpoints, axis=0, return_index=True)
+        ref = np.asarray(viewpoint, dtype=np.float64).reshape(3)
+        others = [uniq[i] for i in np.argsort(first) if np.linalg.norm(uniq[i] - ref) > 1e-6]
+        return others[:n]
+
+    def reconstruct(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0),
+                    extract_mesh: bool = True, previous: ReconstructedObject | None = None,
+                    point_viewpoints: np.ndarray | None = None,
+                    known_empty: KnownEmpty | None = None, n_views: int = 1) -> ReconstructedObject:
+        """points: (N, 3) float32 observed surface points of one object, source frame (camera optical
+        frame by default), metres; rows with NaN/inf are dropped. up: (3,) gravity-up in the source
+        frame; viewpoint: (3,) camera centre in the source frame, metres. point_viewpoints: (N, 3) the
+        centre of the camera that saw each point, for clouds fused from several views (None = all seen
+        from ``viewpoint``); the mesh anchoring uses it, and so does the averaging over the cameras'
+        canonical frames (``max_view_frames``). known_empty: space the observation shows
+        empty (support plane, free space in front of the depth; source frame), forced to probability 0
+        in the mesh and in every query of the returned object (None = the network alone). n_views: how
+        many views ``points`` were fused from; it chooses the surface threshold (:meth:`threshold_for`).
+        previous: this object's last reconstruction; with ``reuse_tolerance`` > 0 it is returned as is
+        (``mise_stats["reused"]``) when the new frame (and every camera frame of a fused cloud) is within
+        the tolerance (:func:`frames_close`), its threshold is the one ``n_views`` asks for and it has
+        what is asked."""
+        t0 = time.perf_counter()
+        threshold = self.threshold_for(n_views)
+        p = np.asarray(points, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise ValueError(f"points must be (N, 3), got {p.shape}")
+        finite = np.all(np.isfinite(p), axis=1)
+        p = p[finite]
+        if point_viewpoints is not None:
+            vps = np.asarray(point_viewpoints, dtype=np.float64)
+            if vps.shape != finite.shape + (3,):
+                raise ValueError(f"point_viewpoints must be (N, 3) like points, got {vps.shape}")
+            vps = vps[finite]
+        else:
+            vps = np.asarray(viewpoint, dtype=np.float64).reshape(1, 3)
+        frame = canonical_frame_from_observation(p, up, viewpoint)
+        other_frames = [canonical_frame_from_observation(p, up, vp) for vp in self._other_viewpoints(viewpoint, vps)]
+        tol = self.config.reuse_tolerance
+        if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
+                and previous._model is self.model and previous.threshold == threshold
+                and frames_close(previous.frame, frame, tol) and len(previous.view_frames) == len(other_frames)
+                and all(frames_close(v.frame, f, tol) for v, f in zip(previous.view_frames, other_frames))):
+            dt = time.perf_counter() - t0
+            return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
+                                              "anchor": 0.0, "total": dt},
+                           mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
+        sub = self._subsample(p)
+        t1 = time.perf_counter()
+        code, prepared, mirror_code, mirror_prepared = self._encode_in(frame, sub)
+        view_frames = []
+        for vframe in other_frames:
+            vcode, vprep, _, vmirror = self._encode_in(vframe, sub)
+            view_frames.append(ViewFrameCode(frame=vframe, code=vcode, prepared=vprep, mirror_prepared=vmirror))
         t2 = time.perf_counter()
         obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
                                   timings={}, threshold=threshold, _model=self.model,
                                   _prepared=prepared, _batch_size=self.batch_size, known_empty=known_empty,
-                                  mirror_code=mirror_code, _mirror_prepared=mirror_prepared)
+                                  mirror_code=mirror_code, _mirror_prepared=mirror_prepared,
+                                  view_frames=view_frames)
         timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0, "anchor": 0.0}
         if extract_mesh:
             c = self.config

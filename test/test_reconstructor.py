@@ -333,3 +333,79 @@ def test_input_subsamples_are_disjoint_seeded_and_their_codes_averaged():
     assert one._subsample(pts).shape == (1, 100, 3)
     with pytest.raises(ValueError, match="input_subsamples"):
         Reconstructor(net, device="cpu", config=replace(cfg, input_subsamples=0))
+
+
+def _fused_sphere(cameras, n_per_view=300, center=(0.05, 0.02, 0.8), radius=0.1, seed=0):
+    """A 10 cm sphere seen from each camera centre of ``cameras`` ((V, 3), optical frame of camera 0,
+    metres): (V * n, 3) points on the half facing each camera and the (V * n, 3) camera centre of each."""
+    rng = np.random.default_rng(seed)
+    c = np.asarray(center, np.float64)
+    pts, vps = [], []
+    for cam in np.asarray(cameras, np.float64):
+        d = rng.normal(size=(n_per_view, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        towards = (cam - c) / np.linalg.norm(cam - c)
+        d[d @ towards < 0] *= -1.0  # the hemisphere that faces this camera
+        pts.append(c + radius * d)
+        vps.append(np.repeat(cam[None], n_per_view, axis=0))
+    return np.concatenate(pts).astype(np.float32), np.concatenate(vps).astype(np.float32)
+
+
+CAMERAS = np.array([[0.0, 0.0, 0.0], [0.85, 0.0, 0.85], [0.05, 0.0, 1.6]])  # front, side, back (y is down)
+
+
+def test_view_frames_average_each_camera_frame_against_single_frame_references():
+    """Fast path vs slow reference: a cloud fused from 3 cameras answers the mean of the single-frame
+    reconstructions made from each camera's viewpoint, over the frames whose box holds the point."""
+    net = _local_net(11)
+    cfg = ReconstructorConfig(resolution0=8, upsampling_steps=1, n_input_points=128, query_batch_size=53)
+    pts, vps = _fused_sphere(CAMERAS)
+    obj = Reconstructor(net, device="cpu", config=cfg).reconstruct(pts, point_viewpoints=vps)
+    assert len(obj.view_frames) == 2
+    one = Reconstructor(net, device="cpu", config=replace(cfg, max_view_frames=1))
+    singles = [one.reconstruct(pts, viewpoint=cam, point_viewpoints=vps, extract_mesh=False) for cam in CAMERAS]
+    assert not singles[0].view_frames
+    for vf, ref in zip(obj.view_frames, singles[1:]):  # the other cameras, in order of first appearance
+        assert np.allclose(vf.frame.rotation, ref.frame.rotation) and torch.allclose(vf.code, ref.code, atol=1e-6)
+    rng = np.random.default_rng(2)
+    q = (obj.frame.from_canonical(rng.uniform(-BOX_HALF, BOX_HALF, (400, 3)))).astype(np.float32)
+    each = np.stack([s.query(q) for s in singles])  # 0 outside each frame's box
+    inside = np.stack([(np.abs(s.frame.to_canonical(q)) <= BOX_HALF).all(axis=1) for s in singles])
+    assert inside[0].all() and not inside.all()  # some points lie outside another camera's box
+    expected = (each * inside).sum(axis=0) / inside.sum(axis=0)
+    assert np.allclose(obj.query(q), expected, atol=1e-5)
+    assert np.abs(obj.query(q) - each[0]).max() > 1e-3  # the average differs from camera 0's frame alone
+    assert obj.mesh is not None and len(obj.mesh.faces) > 0
+
+
+def test_view_frames_only_for_several_cameras_and_at_most_max_view_frames():
+    net = _local_net(12)
+    cfg = ReconstructorConfig(resolution0=8, upsampling_steps=1, n_input_points=128)
+    pts, vps = _fused_sphere(CAMERAS)
+    two = Reconstructor(net, device="cpu", config=replace(cfg, max_view_frames=2)).reconstruct(
+        pts, point_viewpoints=vps, extract_mesh=False)
+    assert len(two.view_frames) == 1  # the side camera, the first other centre in the cloud
+    side = Reconstructor(net, device="cpu", config=replace(cfg, max_view_frames=1)).reconstruct(
+        pts, viewpoint=CAMERAS[1], extract_mesh=False)
+    assert np.allclose(two.view_frames[0].frame.rotation, side.frame.rotation)
+    front = _cloud(400, seed=3)  # one camera: point_viewpoints all at the viewpoint
+    rec = Reconstructor(net, device="cpu", config=cfg)
+    a = rec.reconstruct(front, point_viewpoints=np.zeros_like(front))
+    b = Reconstructor(net, device="cpu", config=replace(cfg, max_view_frames=1)).reconstruct(front)
+    assert not a.view_frames and np.array_equal(a.query(front), b.query(front))
+    with pytest.raises(ValueError, match="max_view_frames"):
+        Reconstructor(net, device="cpu", config=replace(cfg, max_view_frames=0))
+
+
+def test_a_fused_reconstruction_is_reused_only_while_every_camera_frame_stays():
+    net = _local_net(13)
+    rec = Reconstructor(net, device="cpu", config=ReconstructorConfig(
+        resolution0=8, upsampling_steps=1, n_input_points=128, reuse_tolerance=0.05))
+    pts, vps = _fused_sphere(CAMERAS)
+    first = rec.reconstruct(pts, point_viewpoints=vps)
+    again = rec.reconstruct(pts, point_viewpoints=vps, previous=first)
+    assert again.mise_stats.get("reused") is True
+    moved = vps.copy()
+    moved[vps[:, 0] > 0.8] = [0.0, 0.0, 1.7]  # the side camera's points now come from behind
+    other = rec.reconstruct(pts, point_viewpoints=moved, previous=first)
+    assert "reused" not in other.mise_stats

@@ -8,7 +8,8 @@ optical frame, metres); the mesh is mapped to the world frame and scored against
 Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``, the space the
 observation shows empty removed as ``known_empty`` says (:mod:`occnet_ros.known_empty`: below the
 fitted table plane, in front of each view's depth), the mesh anchored to the observed points as the
-reconstructor's ``anchor`` says), ``ours_raw`` (the network's own surface: no empty-space removal, no
+reconstructor's ``anchor`` says; fused views are also encoded in the other cameras' canonical frames and
+averaged, ``max_view_frames``), ``ours_raw`` (the network's own surface: no empty-space removal, no
 anchoring), ``mise<k>`` (as ``ours`` with ``upsampling_steps = k``: final grid
 ``resolution0 * 2**k``), ``hull`` (convex hull),
 ``poisson`` (screened Poisson), ``gt`` (the ground truth itself, mapped into the input frame and back:
