@@ -12,6 +12,7 @@ COMMANDS = {
     "occnet_reconstruct": "occnet_ros.cli.reconstruct:main",
     "occnet_train": "occnet_ros.cli.train:main",
     "occnet_eval": "occnet_ros.cli.evaluate:main",
+    "occnet_heldout": "occnet_ros.cli.heldout:main",
     "occnet_generate_data": "occnet_ros.cli.generate_data:main",
     "occnet_demo": "occnet_ros.cli.demo:main",
     "occnet_bench": "occnet_ros.cli.bench:main",

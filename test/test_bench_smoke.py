@@ -237,3 +237,21 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert u["calls"] >= sizes["latency_calls"] and 0 < u["p50_s"] <= u["p99_s"] <= u["max_s"]
     assert u["frames_reconstructed_meanwhile"] >= 1  # the calls overlapped a reconstruction
     assert set(statuses.values()) <= {"PASS", "MISS"}  # everything measured
+
+
+def test_gil_stall_meter_sees_a_call_that_holds_the_gil_and_not_a_sleep():
+    """A builtin sum over a range runs in C without releasing the GIL: the helper thread waits for all of
+    it. time.sleep releases the GIL: the helper keeps running. (Margins are wide: this checks what the
+    meter measures, not how fast anything is.)"""
+    import time
+
+    from occnet_ros.benchmark.common import GilStallMeter
+
+    t0 = time.perf_counter()
+    with GilStallMeter() as held:
+        sum(range(20_000_000))
+    hold = time.perf_counter() - t0
+    with GilStallMeter() as slept:
+        time.sleep(hold)
+    assert hold > 0.1 and held.max_s > 0.5 * hold
+    assert slept.max_s < 0.25 * hold

@@ -57,6 +57,21 @@ def test_published_meshes_simplified(scene, checkpoint):
         assert np.all(s.vertices >= lo - cell) and np.all(s.vertices <= hi + cell)
 
 
+def test_a_decimation_worker_publishes_the_same_meshes(scene, checkpoint):
+    """The node's worker-process decimation (mesh.decimate_in_worker) and the in-process one agree."""
+    from occnet_ros.decimation_worker import ProcessDecimation
+
+    here = make_pipeline(checkpoint, **{"mesh.max_faces": 100}).process(frame(scene))
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100})
+    with ProcessDecimation() as worker:
+        there = FramePipeline(pipe.reconstructor, pipe.params, decimate=worker).process(frame(scene))
+    assert len(here.objects) == len(there.objects) == 2
+    for a, b in zip(here.objects, there.objects):
+        assert 0 < len(b.faces) <= 100 < len(b.obj.mesh.faces)
+        np.testing.assert_array_equal(a.faces, b.faces)
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+
+
 def test_unchanged_objects_are_reused(scene, checkpoint):
     pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "mesh.reuse_tolerance": 0.05})
     first = pipe.process(frame(scene))

@@ -99,6 +99,39 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[dict
     return summary(times), result
 
 
+class GilStallMeter:
+    """How long the code run inside ``with GilStallMeter() as m:`` kept another Python thread waiting.
+
+    A helper thread sleeps ``period_s`` at a time and records how late each wake-up was; ``max_s`` is the
+    longest delay: the longest stretch the GIL was held (by one C call that does not release it, e.g.
+    Open3D's mesh decimation), which is also how long the node's query service would wait. On a machine
+    short of cores it includes scheduling delays as well."""
+
+    def __init__(self, period_s: float = 0.001):
+        import threading
+
+        self.period_s = period_s
+        self.max_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gil_stall_meter", daemon=True)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(self.period_s)
+            now = time.perf_counter()
+            self.max_s = max(self.max_s, now - last - self.period_s)
+            last = now
+
+    def __enter__(self) -> "GilStallMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def summary(times: list[float]) -> dict:
     """Seconds -> {median_s, min_s, max_s, runs}."""
     return {"median_s": float(statistics.median(times)), "min_s": float(min(times)),

@@ -22,7 +22,10 @@ node's ``_process``:
 - serialize: ``rclpy.serialization.serialize_message`` of the ReconstructedObjectArray and MarkerArray.
 
 message and serialize are measured only when the ROS packages and the generated interfaces are
-installed (NaN otherwise).
+installed (NaN otherwise). ``longest_gil_hold_s``: the longest time, over the repeats, that the object's
+processing kept another Python thread waiting (:class:`~occnet_ros.benchmark.common.GilStallMeter`): how
+long the node's query service could be held up by it. The decimation runs as the node runs it
+(``mesh.decimate_in_worker``).
 """
 from __future__ import annotations
 
@@ -35,13 +38,14 @@ import numpy as np
 import yaml
 from scipy.spatial import cKDTree
 
-from occnet_ros.benchmark.common import BenchContext, realistic_object, resample, summary
+from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_object, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.cloud_filter import clean_cloud
 from occnet_ros.config_io import flatten
 from occnet_ros.known_empty import KnownEmpty
 from occnet_ros.launch_spec import default_params_file
-from occnet_ros.mesh_ops import simplify_mesh
+from occnet_ros.decimation_worker import ProcessDecimation
+from occnet_ros.mesh_ops import quadric_decimation, simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
 from occnet_ros.ros.pipeline import FrameInput, FramePipeline, ObjectResult
 
@@ -154,7 +158,20 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
     rec = reconstructor(ctx, mirror_average=params.mesh.mirror_average,
                         input_subsamples=params.mesh.input_subsamples)
-    pipeline = FramePipeline(rec, params)
+    max_faces = params.mesh.max_faces
+    worker = ProcessDecimation() if max_faces > 0 and params.mesh.decimate_in_worker else None
+    try:
+        if worker is not None:
+            worker.start()
+        return _run(ctx, params, source, view, rec, worker or quadric_decimation)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate) -> dict:
+    s = ctx.sizes
+    pipeline = FramePipeline(rec, params, decimate=decimate)
     messages = node_messages(params.marker_alpha)
     max_faces = params.mesh.max_faces
     viewpoint = np.zeros(3)
@@ -166,40 +183,44 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
         frame = FrameInput(xyz=xyz, mask=mask, image=image, up=np.asarray(view.up), viewpoint=viewpoint)
         times: dict[str, list[float]] = {k: [] for k in STAGES}
         last = None
+        stalls = []
         for i in range(ctx.repeats + 1):  # the first run warms up
-            t0 = time.perf_counter()
-            segments, _, _ = pipeline.segment(frame)
-            if len(segments) != 1:
-                raise RuntimeError(f"{n}-point object: the node's segmentation kept {len(segments)} segments, "
-                                   "expected 1 (segmentation size limits?)")
-            seg = segments[0]
-            t1 = time.perf_counter()
-            cleaned = clean_cloud(seg.points, params.filter, viewpoint)
-            if cleaned.points.shape[0] < params.segmentation.min_points:
-                raise RuntimeError(f"{n}-point object: {cleaned.points.shape[0]} points left after cleaning, "
-                                   f"the node skips objects with fewer than {params.segmentation.min_points}")
-            t2 = time.perf_counter()
-            empty = (KnownEmpty(params.known_empty, view.plane, [view.depth_view])
-                     if params.known_empty.enabled else None)
-            t2e = time.perf_counter()
-            obj = rec.reconstruct(cleaned.points, up=view.up, viewpoint=viewpoint, known_empty=empty)
-            t3 = time.perf_counter()
-            simple = simplify_mesh(np.asarray(obj.mesh.vertices), np.asarray(obj.mesh.faces), max_faces)
-            t4 = time.perf_counter()
-            colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
-                                       simple.vertices) if params.color_from_image else None)
-            t5 = time.perf_counter()
-            result = ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
-                                  simple.vertices, simple.faces)
-            nbytes = (0, 0)
-            t6 = t7 = t5
-            if messages is not None:
-                out = messages.build([result])
-                t6 = time.perf_counter()
-                nbytes = (len(messages.serialize(out.objects)), len(messages.serialize(out.markers)))
-                t7 = time.perf_counter()
+            with GilStallMeter() as meter:  # how long this object's processing held the GIL at a time
+                t0 = time.perf_counter()
+                segments, _, _ = pipeline.segment(frame)
+                if len(segments) != 1:
+                    raise RuntimeError(f"{n}-point object: the node's segmentation kept {len(segments)} segments, "
+                                       "expected 1 (segmentation size limits?)")
+                seg = segments[0]
+                t1 = time.perf_counter()
+                cleaned = clean_cloud(seg.points, params.filter, viewpoint)
+                if cleaned.points.shape[0] < params.segmentation.min_points:
+                    raise RuntimeError(f"{n}-point object: {cleaned.points.shape[0]} points left after cleaning, "
+                                       f"the node skips objects with fewer than {params.segmentation.min_points}")
+                t2 = time.perf_counter()
+                empty = (KnownEmpty(params.known_empty, view.plane, [view.depth_view])
+                         if params.known_empty.enabled else None)
+                t2e = time.perf_counter()
+                obj = rec.reconstruct(cleaned.points, up=view.up, viewpoint=viewpoint, known_empty=empty)
+                t3 = time.perf_counter()
+                simple = simplify_mesh(np.asarray(obj.mesh.vertices), np.asarray(obj.mesh.faces), max_faces,
+                                       decimate=decimate)
+                t4 = time.perf_counter()
+                colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
+                                           simple.vertices) if params.color_from_image else None)
+                t5 = time.perf_counter()
+                result = ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
+                                      simple.vertices, simple.faces)
+                nbytes = (0, 0)
+                t6 = t7 = t5
+                if messages is not None:
+                    out = messages.build([result])
+                    t6 = time.perf_counter()
+                    nbytes = (len(messages.serialize(out.objects)), len(messages.serialize(out.markers)))
+                    t7 = time.perf_counter()
             if i == 0:
                 continue
+            stalls.append(meter.max_s)
             times["crop"].append(t1 - t0)
             times["clean"].append(t2 - t1)
             times["known_empty"].append(t2e - t2)
@@ -223,6 +244,7 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
             "vertices_marching_cubes": int(len(obj.mesh.vertices)),
             "vertices_published": int(len(simple.vertices)),
             "simplified": bool(simple.simplified), "simplify_note": simple.note,
+            "longest_gil_hold_s": float(max(stalls)),
             "colored_vertices": 0 if colors is None else int(len(colors)),
             "message_bytes": int(sum(nbytes)), "message_bytes_objects": int(nbytes[0]),
             "message_bytes_markers": int(nbytes[1]),
@@ -230,5 +252,6 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
     return {"resolution": s.resolution, "messages_measured": messages is not None,
+            "decimation": "worker process" if isinstance(decimate, ProcessDecimation) else "in process",
             "node_params": source, "max_faces": max_faces, "marker_alpha": params.marker_alpha,
             "clean_config": vars(params.filter), "sizes": rows}

@@ -160,17 +160,18 @@ def markdown(results: dict) -> str:
         max_faces = lat.get("max_faces")
         lines += ["", f"## Per-object latency (median), {lat['resolution']}^3", "",
                   f"- node parameters: {lat.get('node_params')}; meshes simplified to mesh.max_faces "
-                  f"{max_faces if max_faces else 'unlimited (0)'}; messages with markers"
+                  f"{max_faces if max_faces else 'unlimited (0)'} (decimation {lat.get('decimation', 'in process')}); "
+                  f"messages with markers"
                   + ("" if lat.get("messages_measured", True) else " (not measured: ROS packages missing)"), "",
                   "| points | " + " | ".join(stages) + " | faces MC -> published | message bytes | MISE evals "
-                  "| MISE floor |", "|---" * (len(stages) + 5) + "|"]
+                  "| MISE floor | longest GIL hold |", "|---" * (len(stages) + 6) + "|"]
         for r in lat["sizes"]:
             faces = f"{r.get('faces_marching_cubes')} -> {r.get('faces_published')}"
             if r.get("simplify_note"):
                 faces += f" ({r['simplify_note']})"
             lines.append(f"| {r['cloud_points']} | " + " | ".join(_ms(r['stages'].get(k)) for k in stages)
                          + f" | {faces} | {r.get('message_bytes')} | {r['mise_n_evals']} "
-                         f"| {_fmt(r['floor']['mise_s'], 's')} |")
+                         f"| {_fmt(r['floor']['mise_s'], 's')} | {_fmt(r.get('longest_gil_hold_s'), 's')} |")
     q = results.get("queries")
     if isinstance(q, dict) and "sizes" in q:
         lines += ["", "## Query throughput, Python API (points/s)", "",

@@ -21,7 +21,7 @@ from occnet_ros.evaluation.protocol import (EvalObject, ProtocolError, ViewProto
                                             observe_object)
 from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
 
-__all__ = ["CalibrationConfig", "calibration_objects", "calibrate_threshold"]
+__all__ = ["CalibrationConfig", "calibration_objects", "calibrate_threshold", "score_objects", "mean_scores"]
 
 
 @dataclass
@@ -75,6 +75,49 @@ def calibration_objects(config: CalibrationConfig, mesh_paths: list) -> list[Eva
     return out
 
 
+def score_objects(reconstructors: dict, objects: list[EvalObject], config: CalibrationConfig,
+                  progress: bool = False, desc: str = "held-out") -> tuple[dict[str, list[dict]], list[str]]:
+    """Every reconstructor of ``reconstructors`` ({name: Reconstructor}) on every object, as ``occnet_eval``'s
+    ``ours`` runs (``config.views`` fused views, the known-empty space, its own anchoring and threshold).
+    Each object is observed once and its ground truth prepared once, for all of them.
+
+    -> ({name: [{"object", "iou", "fscore", "chamfer_l1" (None for an empty mesh)}, ...]}, names of the
+    objects whose view failed)."""
+    config.validate()
+    scores: dict[str, list[dict]] = {name: [] for name in reconstructors}
+    skipped = []
+    it = objects
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(objects, desc=desc, dynamic_ncols=True)
+    for obj in it:
+        try:
+            obs = observe_object(obj, config.views, config.protocol)
+        except ProtocolError:
+            skipped.append(obj.name)
+            continue
+        gts = prepare_ground_truth(obj.mesh, config.metrics)
+        empty = KnownEmpty(config.known_empty, obs.support_plane, obs.depth_views)
+        for name, rec in reconstructors.items():
+            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
+                                known_empty=empty, n_views=obs.n_views)
+            mesh = obs.mesh_to_world(r.mesh) if r.mesh is not None and len(r.mesh.faces) else None
+            m = evaluate_mesh(mesh, gts)
+            scores[name].append({"object": obj.name, "iou": float(m.iou), "fscore": float(m.fscore),
+                                 "chamfer_l1": None if m.chamfer_l1 is None else float(m.chamfer_l1)})
+    if not any(scores.values()):
+        raise ValueError("no held-out object could be observed")
+    return scores, skipped
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    """Mean IoU, F-score (empty meshes count 0) and Chamfer-L1 (over the meshes that exist) of
+    :func:`score_objects` rows."""
+    ch = [r["chamfer_l1"] for r in rows if r["chamfer_l1"] is not None]
+    return {"iou": float(np.mean([r["iou"] for r in rows])), "fscore": float(np.mean([r["fscore"] for r in rows])),
+            "chamfer_l1": float(np.mean(ch)) if ch else float("nan")}
+
+
 def calibrate_threshold(reconstructor, objects: list[EvalObject], config: CalibrationConfig,
                         progress: bool = False) -> dict:
     """Mean IoU / F-score of ``reconstructor`` (a :class:`~occnet_ros.reconstructor.Reconstructor`;
@@ -88,30 +131,8 @@ def calibrate_threshold(reconstructor, objects: list[EvalObject], config: Calibr
     recs = {t: Reconstructor(reconstructor.model, device=str(reconstructor.device),
                              config=dataclasses.replace(reconstructor.config, threshold=t))
             for t in config.thresholds}
-    scores = {t: [] for t in config.thresholds}
-    skipped = []
-    it = objects
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(objects, desc="calibrate", dynamic_ncols=True)
-    for obj in it:
-        try:
-            obs = observe_object(obj, config.views, config.protocol)
-        except ProtocolError:
-            skipped.append(obj.name)
-            continue
-        gts = prepare_ground_truth(obj.mesh, config.metrics)
-        empty = KnownEmpty(config.known_empty, obs.support_plane, obs.depth_views)
-        for t, rec in recs.items():
-            r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
-                                known_empty=empty, n_views=obs.n_views)
-            mesh = obs.mesh_to_world(r.mesh) if r.mesh is not None and len(r.mesh.faces) else None
-            m = evaluate_mesh(mesh, gts)
-            scores[t].append((m.iou, m.fscore, m.chamfer_l1 if m.chamfer_l1 is not None else np.nan))
-    if not any(scores.values()):
-        raise ValueError("no calibration object could be observed")
-    table = [{"threshold": t, "iou": float(np.mean([s[0] for s in v])), "fscore": float(np.mean([s[1] for s in v])),
-              "chamfer_l1": float(np.nanmean([s[2] for s in v]))} for t, v in scores.items()]
+    scores, skipped = score_objects(recs, objects, config, progress, desc="calibrate")
+    table = [{"threshold": t, **mean_scores(rows)} for t, rows in scores.items()]
     best = max(table, key=lambda row: row["iou"])
     return {"table": table, "best_threshold": best["threshold"], "n_objects": len(objects) - len(skipped),
             "skipped": skipped}

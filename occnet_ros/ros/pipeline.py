@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from occnet_ros.cloud_filter import clean_cloud
 from occnet_ros.known_empty import DepthView, KnownEmpty
-from occnet_ros.mesh_ops import simplify_mesh
+from occnet_ros.mesh_ops import Decimation, quadric_decimation, simplify_mesh
 from occnet_ros.normalization import NormalizationError
 from occnet_ros.object_store import StoredObject
 from occnet_ros.ros.node_params import NodeParams, ParamError
@@ -130,12 +130,15 @@ class FramePipeline:
     reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
     ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
-    thread-safe: one worker calls :meth:`process`.
+    thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
+    ``mesh.max_faces`` (:func:`~occnet_ros.mesh_ops.quadric_decimation` in this process by default; the
+    node passes a :class:`~occnet_ros.decimation_worker.ProcessDecimation`).
     """
 
-    def __init__(self, reconstructor, params: NodeParams):
+    def __init__(self, reconstructor, params: NodeParams, decimate: Decimation = quadric_decimation):
         self.reconstructor = reconstructor
         self.params = params
+        self.decimate = decimate
         self.tracker = ClusterTracker(params.segmentation.track_distance)
         self.rng = np.random.default_rng(params.seed)
         self._kept: dict[int, _Kept] = {}
@@ -153,7 +156,8 @@ class FramePipeline:
             return np.zeros((0, 3)), np.zeros((0, 3), np.int64), ""
         if kept is not None and getattr(kept.obj, "mesh", None) is mesh:
             return kept.vertices, kept.faces, ""
-        s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.params.mesh.max_faces)
+        s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.params.mesh.max_faces,
+                          decimate=self.decimate)
         return s.vertices, s.faces, s.note
 
     def segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None]:

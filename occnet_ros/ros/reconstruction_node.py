@@ -13,7 +13,8 @@ the worker is busy. Query points in another frame than the objects' are moved wi
 transform (when tf2_ros exists; otherwise such requests are refused). ``main`` shortens the interpreter's
 thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
 GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
-cubes or mesh decimation, still delay a query by their duration).
+cubes, still delay a query by their duration). Mesh decimation, which holds the GIL longest (Open3D), runs in
+a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.decimation_worker`).
 
 Per frame: objects are always published; markers only while ``markers`` has subscribers. Message objects
 are built per frame and not kept.
@@ -35,6 +36,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
 from occnet_ros.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.object_store import ObjectStore
@@ -72,7 +74,16 @@ class ReconstructionNode(Node):
         check_startup(self.params)
         p = self.params
         self.reconstructor = load_reconstructor(p)
-        self.pipeline = FramePipeline(self.reconstructor, p)
+        self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
+        if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
+            self.decimation = ProcessDecimation()
+            try:
+                self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
+            except DecimationWorkerError as e:
+                raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
+                                 f"start ({e}); set it to false to decimate in the node's own process") from e
+        self.pipeline = (FramePipeline(self.reconstructor, p, decimate=self.decimation) if self.decimation
+                         else FramePipeline(self.reconstructor, p))
         self.store = ObjectStore()
         self.sync = FrameSync(["points", "mask", "image"], "points", p.sync.tolerance, history=3)
         self.tf = TransformLookup(self, p.tf_timeout)
@@ -227,7 +238,10 @@ class ReconstructionNode(Node):
         """Ask the worker to stop after the current object; True if it ended within ``timeout`` s."""
         self._stop.set()
         self.worker.join(timeout)
-        return not self.worker.is_alive()
+        ended = not self.worker.is_alive()
+        if ended and self.decimation is not None:
+            self.decimation.close()
+        return ended
 
 
 def main(args=None) -> int:

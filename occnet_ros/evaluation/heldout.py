@@ -1,0 +1,115 @@
+"""Comparing weights files and reconstruction settings on the held-out objects (never the evaluation set).
+
+Every choice around the network (thresholds, input subsampling, anchoring, frame averaging, a new
+training stage) is made on held-out objects of the training distribution: the random_urdfs validation
+meshes and seeded procedural shapes of :func:`~occnet_ros.evaluation.calibration.calibration_objects`,
+reconstructed as ``occnet_eval``'s ``ours`` does. :func:`compare_variants` scores several *variants*
+(a weights file plus :class:`~occnet_ros.reconstructor.ReconstructorConfig` overrides) on the very same
+observations; ``occnet_heldout`` is its command.
+
+A variant is written ``NAME`` or ``NAME:key=value,key=value`` (values in YAML syntax): ``weights=PATH``
+(default: the shipped weights), any ``ReconstructorConfig`` field (``threshold=0.4``,
+``max_view_frames=1``, ``upsampling_steps=2``) or an anchoring field as ``anchor.radius=0.12``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from occnet_ros.evaluation.calibration import CalibrationConfig, mean_scores, score_objects
+
+__all__ = ["Variant", "parse_variant", "compare_variants", "markdown_table"]
+
+
+@dataclass
+class Variant:
+    """``name``; ``weights``: checkpoint path (None = the shipped weights); ``overrides``:
+    ReconstructorConfig fields; ``anchor``: AnchorConfig fields."""
+
+    name: str
+    weights: str | None = None
+    overrides: dict = field(default_factory=dict)
+    anchor: dict = field(default_factory=dict)
+
+
+def parse_variant(text: str) -> Variant:
+    """``NAME[:key=value,...]`` -> :class:`Variant`; ValueError naming an unknown key or a bad value."""
+    from occnet_ros.reconstructor import ReconstructorConfig
+    from occnet_ros.surface_anchor import AnchorConfig
+
+    name, _, spec = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"variant {text!r}: empty name (write NAME or NAME:key=value,...)")
+    v = Variant(name)
+    rec_fields = {f.name for f in fields(ReconstructorConfig)} - {"anchor", "device"}
+    anchor_fields = {f.name for f in fields(AnchorConfig)}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"variant {name!r}: {item!r} is not key=value")
+        value = yaml.safe_load(raw)
+        if key == "weights":
+            v.weights = str(raw).strip()
+        elif key.startswith("anchor.") and key[7:] in anchor_fields:
+            v.anchor[key[7:]] = value
+        elif key in rec_fields:
+            v.overrides[key] = value
+        else:
+            raise ValueError(f"variant {name!r}: unknown key {key!r}; known: weights, "
+                             f"{', '.join(sorted(rec_fields))}, anchor.<{'|'.join(sorted(anchor_fields))}>")
+    return v
+
+
+def build_reconstructor(variant: Variant, device: str = "cpu", upsampling_steps: int = 1):
+    """The variant's Reconstructor (``upsampling_steps`` unless the variant sets its own); ValueError
+    for settings the config rejects."""
+    from occnet_ros.reconstructor import Reconstructor
+
+    overrides = {"upsampling_steps": upsampling_steps, **variant.overrides}
+    rec = Reconstructor.from_pretrained(variant.weights, device=device, **overrides)
+    if variant.anchor:
+        cfg = dataclasses.replace(rec.config, anchor=dataclasses.replace(rec.config.anchor, **variant.anchor))
+        rec = Reconstructor(rec.model, device=str(rec.device), config=cfg, default_threshold=rec.threshold,
+                            default_view_thresholds=rec.view_thresholds)
+    rec.config.validate()
+    return rec
+
+
+def compare_variants(variants: list[Variant], objects: list, config: CalibrationConfig, device: str = "cpu",
+                     upsampling_steps: int = 1, progress: bool = False) -> dict:
+    """Every variant on the same observations of ``objects`` (``config.views`` fused views).
+
+    -> {"views", "n_objects", "skipped", "variants": {name: {"mean": {iou, fscore, chamfer_l1},
+    "mean_meshes", "mean_shapes" (None without such objects), "objects": per-object rows}}}."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must differ, got {names}")
+    recs = {v.name: build_reconstructor(v, device, upsampling_steps) for v in variants}
+    scores, skipped = score_objects(recs, objects, config, progress, desc=f"held-out {config.views}v")
+    out = {}
+    for name, rows in scores.items():
+        meshes = [r for r in rows if r["object"].startswith("mesh_")]
+        shapes = [r for r in rows if r["object"].startswith("shape_")]
+        out[name] = {"mean": mean_scores(rows), "mean_meshes": mean_scores(meshes) if meshes else None,
+                     "mean_shapes": mean_scores(shapes) if shapes else None, "objects": rows,
+                     "threshold": recs[name].threshold_for(config.views)}
+    return {"views": config.views, "n_objects": len(objects) - len(skipped), "skipped": skipped, "variants": out}
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per (views, variant) of :func:`compare_variants` results: IoU / F-score over all objects,
+    the meshes and the shapes, and the surface threshold used."""
+    lines = ["| views | variant | threshold | IoU | F-score | Chamfer-L1 | IoU meshes | IoU shapes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for name, r in res["variants"].items():
+            m = r["mean"]
+            mm = f"{r['mean_meshes']['iou']:.4f}" if r["mean_meshes"] else "-"
+            ms = f"{r['mean_shapes']['iou']:.4f}" if r["mean_shapes"] else "-"
+            lines.append(f"| {res['views']} | {name} | {r['threshold']:.2f} | {m['iou']:.4f} | {m['fscore']:.4f} | "
+                         f"{m['chamfer_l1']:.4f} | {mm} | {ms} |")
+    return "\n".join(lines) + "\n"
