@@ -99,3 +99,34 @@ def test_markers_only_with_subscribers(node):
     probs, ids = node.store.query(pts, mode="grid")
     np.testing.assert_array_equal(np.asarray(res.probabilities), probs)
     assert list(res.object_ids) == ids.tolist() == [BOX_LABEL, SPHERE_LABEL, -1]
+
+
+def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
+    from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
+    from occnet_ros.mesh_ops import quadric_decimation
+    from occnet_ros.ros.node_params import ParamError
+    from occnet_ros.ros.reconstruction_node import ReconstructionNode
+
+    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    base = [Parameter("device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
+            Parameter("mesh.max_faces", value=100)]
+    try:
+        n = ReconstructionNode(context=ctx, parameter_overrides=base)
+        assert isinstance(n.decimation, ProcessDecimation) and n.pipeline.decimate is n.decimation
+        assert n.stop() and n.decimation._closed  # the worker process ends with the node
+        n.destroy_node()
+
+        def cannot_start(self):
+            raise DecimationWorkerError("spawn refused (test)")
+
+        monkeypatch.setattr(ProcessDecimation, "start", cannot_start)
+        with pytest.raises(ParamError, match="mesh.decimate_in_worker.*spawn refused"):
+            ReconstructionNode(context=ctx, parameter_overrides=base)
+        n = ReconstructionNode(context=ctx, parameter_overrides=base + [Parameter("mesh.decimate_in_worker", value=False)])
+        assert n.decimation is None and n.pipeline.decimate is quadric_decimation
+        n.stop()
+        n.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
