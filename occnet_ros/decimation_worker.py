@@ -1,7 +1,7 @@
 """Quadric decimation in a worker process, so that the calling process's Python GIL stays free.
 
 Open3D's ``simplify_quadric_decimation`` holds the GIL of the process that calls it for as long as it
-runs (about 0.2 s for a 64^3 marching-cubes mesh and 2 s for a 128^3 one on a 2-core machine). In the node
+runs (measured on a 2-core machine: about 0.1 s for a 64^3 marching-cubes mesh, 2.3 s for a 128^3 one). In the node
 that stalls every other thread, the occupancy query service included, until it returns.
 :class:`ProcessDecimation` runs :func:`occnet_ros.mesh_ops.quadric_decimation` in one persistent worker
 process and is a drop-in ``decimate`` for :func:`occnet_ros.mesh_ops.simplify_mesh`: the calling

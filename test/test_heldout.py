@@ -22,6 +22,9 @@ def test_parse_variant_fields_and_errors():
         parse_variant("c:thresh=0.4")
     with pytest.raises(ValueError, match="not key=value"):
         parse_variant("d:threshold")
+    with pytest.raises(ValueError, match="not a YAML value"):
+        parse_variant("e:threshold=[0.4")
+    assert parse_variant("f:weights=a: b.pt").weights == "a: b.pt"  # a path is not parsed as YAML
     with pytest.raises(ValueError, match="empty name"):
         parse_variant(":threshold=0.4")
 
@@ -45,6 +48,10 @@ def test_variants_are_scored_on_the_same_observations(tmp_path):
     assert np.isclose(cal["table"][0]["iou"], a["mean"]["iou"]) and np.isclose(cal["table"][1]["iou"], c["mean"]["iou"])
     with pytest.raises(ValueError, match="names must differ"):
         compare_variants([variants[0], variants[0]], objects, cfg)
+    for bad, words in [("threshold=abc", "variant 'bad'"), ("max_view_frames=0", "max_view_frames"),
+                       ("anchor.radius=-1", "anchor radius")]:
+        with pytest.raises(ValueError, match=words):
+            compare_variants([parse_variant(f"bad:weights={ckpt},{bad}")], objects, cfg)
 
 
 def test_cli_prints_and_writes_the_table(tmp_path, capsys):

@@ -42,9 +42,9 @@ from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_o
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.cloud_filter import clean_cloud
 from occnet_ros.config_io import flatten
+from occnet_ros.decimation_worker import ProcessDecimation
 from occnet_ros.known_empty import KnownEmpty
 from occnet_ros.launch_spec import default_params_file
-from occnet_ros.decimation_worker import ProcessDecimation
 from occnet_ros.mesh_ops import quadric_decimation, simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
 from occnet_ros.ros.pipeline import FrameInput, FramePipeline, ObjectResult

@@ -51,10 +51,14 @@ def parse_variant(text: str) -> Variant:
         key = key.strip()
         if not eq:
             raise ValueError(f"variant {name!r}: {item!r} is not key=value")
-        value = yaml.safe_load(raw)
         if key == "weights":
-            v.weights = str(raw).strip()
-        elif key.startswith("anchor.") and key[7:] in anchor_fields:
+            v.weights = raw.strip()
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"variant {name!r}: {key}={raw!r} is not a YAML value ({e})") from e
+        if key.startswith("anchor.") and key[7:] in anchor_fields:
             v.anchor[key[7:]] = value
         elif key in rec_fields:
             v.overrides[key] = value
@@ -70,13 +74,14 @@ def build_reconstructor(variant: Variant, device: str = "cpu", upsampling_steps:
     from occnet_ros.reconstructor import Reconstructor
 
     overrides = {"upsampling_steps": upsampling_steps, **variant.overrides}
-    rec = Reconstructor.from_pretrained(variant.weights, device=device, **overrides)
-    if variant.anchor:
-        cfg = dataclasses.replace(rec.config, anchor=dataclasses.replace(rec.config.anchor, **variant.anchor))
-        rec = Reconstructor(rec.model, device=str(rec.device), config=cfg, default_threshold=rec.threshold,
-                            default_view_thresholds=rec.view_thresholds)
-    rec.config.validate()
-    return rec
+    rec = Reconstructor.from_pretrained(variant.weights, device=device)  # a missing or bad file raises here
+    try:
+        cfg = dataclasses.replace(rec.config, **overrides,
+                                  anchor=dataclasses.replace(rec.config.anchor, **variant.anchor))
+        return Reconstructor(rec.model, device=str(rec.device), config=cfg, default_threshold=rec.threshold,
+                             default_view_thresholds=rec.view_thresholds)
+    except (TypeError, ValueError) as e:  # e.g. threshold=abc, max_view_frames=0
+        raise ValueError(f"variant {variant.name!r}: {e}") from e
 
 
 def compare_variants(variants: list[Variant], objects: list, config: CalibrationConfig, device: str = "cpu",

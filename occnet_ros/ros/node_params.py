@@ -152,7 +152,7 @@ PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
                        "stay watertight: a decimation that would open one is discarded and the full mesh is "
                        "published. Occupancy queries never use this mesh", (0, 100000000)),
     "mesh.decimate_in_worker": ("run that decimation in a separate worker process started with the node: Open3D "
-                                "holds the Python GIL while it decimates (about 0.2 s per 64^3 mesh, 2 s per "
+                                "holds the Python GIL while it decimates (about 0.1 s per 64^3 mesh, 2.3 s per "
                                 "128^3 one on 2 cores), which would stall query_occupancy meanwhile; the worker "
                                 "costs about 210 MB of memory; false = in the node's own process", None),
     "mesh.reuse_tolerance": ("0 = off; > 0: an object (same id as in the previous frame) is not re-encoded nor "

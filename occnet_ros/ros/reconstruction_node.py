@@ -38,6 +38,7 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
 from occnet_ros.frame_sync import FrameSync, SyncedFrame
+from occnet_ros.mesh_ops import quadric_decimation
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.object_store import ObjectStore
 from occnet_ros.pointcloud2 import CloudFormatError
@@ -82,8 +83,7 @@ class ReconstructionNode(Node):
             except DecimationWorkerError as e:
                 raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
                                  f"start ({e}); set it to false to decimate in the node's own process") from e
-        self.pipeline = (FramePipeline(self.reconstructor, p, decimate=self.decimation) if self.decimation
-                         else FramePipeline(self.reconstructor, p))
+        self.pipeline = FramePipeline(self.reconstructor, p, decimate=self.decimation or quadric_decimation)
         self.store = ObjectStore()
         self.sync = FrameSync(["points", "mask", "image"], "points", p.sync.tolerance, history=3)
         self.tf = TransformLookup(self, p.tf_timeout)
