@@ -62,18 +62,18 @@ demo: install
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
 
-# Continues the last stage of the shipped network (MODEL.md: stage 4, config/train/walls.yaml, committed state
-# in checkpoints/walls with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
-# the cosine schedule follows it, so a budget above the 65 min it ran with raises the learning rate again.
+# Continues the last stage of the shipped network (MODEL.md: stage 5, config/train/hollow.yaml, committed state
+# in checkpoints/hollow with the optimiser). TRAIN_MINUTES is the total wall-time budget counted across resumes;
+# the cosine schedule follows it, so a budget above the 70 min it ran with raises the learning rate again.
 # Export and calibrate (1 view, then 2 and 4 fused views) with:
-#   .venv/bin/occnet_train --export runs/walls/best.pt occnet_ros/weights/occnet_default.pt
-#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt
-#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 2
-#   .venv/bin/occnet_train --config config/train/walls.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 4
-TRAIN_MINUTES ?= 75
+#   .venv/bin/occnet_train --export runs/hollow/best.pt occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/hollow.yaml --calibrate occnet_ros/weights/occnet_default.pt
+#   .venv/bin/occnet_train --config config/train/hollow.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 2
+#   .venv/bin/occnet_train --config config/train/hollow.yaml --calibrate occnet_ros/weights/occnet_default.pt --calibration-views 4
+TRAIN_MINUTES ?= 80
 train: install
-	test -f runs/walls/last.pt || (mkdir -p runs/walls && cp checkpoints/walls/* runs/walls/)
-	$(VENV)/bin/occnet_train --config config/train/walls.yaml --resume --max-minutes $(TRAIN_MINUTES)
+	test -f runs/hollow/last.pt || (mkdir -p runs/hollow && cp checkpoints/hollow/* runs/hollow/)
+	$(VENV)/bin/occnet_train --config config/train/hollow.yaml --resume --max-minutes $(TRAIN_MINUTES)
 
 eval: install
 	$(VENV)/bin/occnet_eval --out out/eval

@@ -8,7 +8,7 @@ from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.shapes_sdf import Box, Difference, Sphere, polygon_sdf_2d
 
 RES = 48
-THIN_WALLED = {"cup": 80, "bowl": 80, "vase": 80, "mug": 80}  # finer grids so walls hold far points
+THIN_WALLED = {"cup": 80, "bowl": 80, "vase": 80, "mug": 80, "hollow_box": 80}  # finer grids so walls hold far points
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -67,3 +67,48 @@ def test_bad_input_is_refused():
         sample_shape(np.random.default_rng(0), "teapot")
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         Sphere([0, 0, 0], 1.0).contains(np.zeros((4, 2)))
+
+
+def test_hollow_box_is_hollow_and_open():
+    """Every hollow box has a cavity (its centre is outside the solid) and an opening: a straight path
+    from outside the box into the cavity that never enters the solid."""
+    from occnet_ros.data.shapes import _FACE_AXES
+
+    for seed in range(12):
+        shape = sample_shape(np.random.default_rng(seed), "hollow_box")
+        lo, hi = shape.bounds
+        centre = 0.5 * (lo + hi)
+        assert not shape.contains(centre[None])[0], seed
+        # the box's walls: points just inside its outer faces are mostly solid
+        rng = np.random.default_rng(seed)
+        # search for an opening: rays from the centre to points outside, along many directions
+        dirs = rng.normal(size=(4000, 3))
+        dirs[:, 2] = np.abs(dirs[:, 2])  # up or sideways, never through the table
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        t = np.linspace(0.0, float(np.linalg.norm(hi - lo)), 200)
+        paths = centre + t[None, :, None] * dirs[:, None, :]
+        free = ~shape.contains(paths.reshape(-1, 3)).reshape(len(dirs), len(t))
+        assert free.all(axis=1).any(), f"seed {seed}: closed box, no opening"
+        assert not free.all(axis=1).all(), f"seed {seed}: no walls"
+    assert set(_FACE_AXES) == {0, 1, 2}
+    for rot in _FACE_AXES.values():  # proper rotations
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3))
+        assert np.linalg.det(rot) == pytest.approx(1.0)
+
+
+def test_family_weights_choose_the_families():
+    from occnet_ros.data.shapes import FAMILY_WEIGHTS, check_family_weights
+
+    rng = np.random.default_rng(0)
+    drawn = {sample_shape(rng, weights={"hollow_box": 1.0, "sphere": 1.0}).family for _ in range(30)}
+    assert drawn == {"hollow_box", "sphere"}
+    # the default weights leave hollow_box out, so the data of older configs stay as they were
+    assert "hollow_box" not in FAMILY_WEIGHTS and set(FAMILY_WEIGHTS) == set(FAMILIES) - {"hollow_box"}
+    rng = np.random.default_rng(1)
+    assert "hollow_box" not in {sample_shape(rng).family for _ in range(60)}
+    with pytest.raises(ValueError, match="unknown shape family \\['crate'\\]"):
+        check_family_weights({"crate": 1.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        check_family_weights({"box": -1.0})
+    with pytest.raises(ValueError, match="all be 0"):
+        check_family_weights({"box": 0.0})

@@ -257,3 +257,51 @@ def test_own_mesh_folders(tmp_path):
             small_config(mesh_dirs=[str(bad)]).validate()
     with pytest.raises(ValueError, match="needs meshes"):
         small_config(use_random_urdfs=False).validate()
+
+
+def test_family_codes_keep_their_meaning():
+    """Cached data store family indices: the codes of the data written before hollow_box must not move."""
+    from occnet_ros.data.shapes import FAMILIES, FAMILY_WEIGHTS
+
+    assert gen.FAMILY_CODES[:len(FAMILY_WEIGHTS) + 2] == sorted(FAMILY_WEIGHTS) + ["random_urdf", "user_mesh"]
+    assert gen.FAMILY_CODES[-1] == "hollow_box" and set(FAMILIES) <= set(gen.FAMILY_CODES)
+    assert len(set(gen.FAMILY_CODES)) == len(gen.FAMILY_CODES)
+
+
+def test_family_weights_config_and_cache_key(tmp_path):
+    base = small_config(mesh_fraction=0.0)
+    # an empty family_weights leaves the cache key as it was before the field existed
+    old = dataclasses.asdict(base)
+    old.pop("family_weights")
+    assert base.identity() == old
+    hollow = dataclasses.replace(base, family_weights={"hollow_box": 1.0})
+    assert hollow.cache_key("train") != base.cache_key("train")
+    assert dataclasses.replace(base, family_weights={"box": 1.0}).cache_key("train") != hollow.cache_key("train")
+    with pytest.raises(ValueError, match="family_weights: unknown shape family"):
+        dataclasses.replace(base, family_weights={"crate": 1.0}).validate()
+    with pytest.raises(ConfigError):
+        from_dict(DataConfig, {"family_weights": [1.0]})
+    data = load_or_generate(dataclasses.replace(hollow, n_objects=2), "train", tmp_path, progress=False)
+    assert (data.family == gen.FAMILY_CODES.index("hollow_box")).all()
+    assert load_config(DataConfig, "config/data/hollow_boxes.yaml").family_weights == {"hollow_box": 1.0}
+
+
+def test_concatenate_keeps_samples_in_order_and_objects_apart(tmp_path):
+    from occnet_ros.data.dataset import OccupancyDataset
+
+    a = load_or_generate(small_config(mesh_fraction=0.0), "train", tmp_path, progress=False)
+    b = load_or_generate(small_config(mesh_fraction=0.0, family_weights={"hollow_box": 1.0}), "val", tmp_path,
+                         progress=False)
+    c = OccupancyDataset.concatenate([a, b])
+    assert len(c) == len(a) + len(b)
+    for name in ("inputs", "queries", "occupancies", "family", "frame_scale"):
+        assert np.array_equal(getattr(c, name), np.concatenate([getattr(a, name), getattr(b, name)])), name
+    assert c.n_query_uniform == a.n_query_uniform
+    assert set(c.object_index[:len(a)]).isdisjoint(c.object_index[len(a):])
+    assert len(np.unique(c.object_index)) == len(np.unique(a.object_index)) + len(np.unique(b.object_index))
+    assert c.stats.objects == a.stats.objects + b.stats.objects
+    other = load_or_generate(small_config(mesh_fraction=0.0, n_input_points=64), "train", tmp_path, progress=False)
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        OccupancyDataset.concatenate([a, other])
+    with pytest.raises(ValueError, match="nothing"):
+        OccupancyDataset.concatenate([])

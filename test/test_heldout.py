@@ -68,3 +68,25 @@ def test_cli_prints_and_writes_the_table(tmp_path, capsys):
     assert main(["--variant", "z:colour=red", "--objects", "0", "1", "--no-progress"]) == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
     assert main(["--variant", f"w:weights={tmp_path / 'missing.pt'}", "--objects", "0", "1", "--no-progress"]) == 2
+
+
+def test_shape_families_choose_the_held_out_shapes(tmp_path, capsys):
+    from occnet_ros.cli.heldout import main, parse_families
+
+    cfg = CalibrationConfig(n_meshes=0, n_shapes=3, shape_families={"hollow_box": 1.0})
+    assert [o.name.split("_", 2)[2] for o in calibration_objects(cfg, [])] == ["hollow_box"] * 3
+    default = calibration_objects(CalibrationConfig(n_meshes=0, n_shapes=3), [])
+    assert all("hollow_box" not in o.name for o in default)
+    assert parse_families(["hollow_box=1", "box=0.5"]) == {"hollow_box": 1.0, "box": 0.5}
+    for bad in (["hollow_box"], ["box=x"], ["box=-1"]):
+        with pytest.raises(ValueError, match="FAMILY=WEIGHT"):
+            parse_families(bad)
+    with pytest.raises(ValueError, match="unknown shape family"):
+        CalibrationConfig(n_shapes=1, shape_families={"crate": 1.0}).validate()
+    ckpt = octahedron_checkpoint(tmp_path / "oct.pt")
+    assert main(["--variant", f"x:weights={ckpt}", "--views", "1", "--objects", "0", "1", "--upsampling-steps", "0",
+                 "--shape-families", "hollow_box=1", "--no-progress"]) == 0
+    assert "(0 meshes, 1 shapes of hollow_box=1)" in capsys.readouterr().out
+    assert main(["--variant", f"x:weights={ckpt}", "--objects", "0", "1", "--shape-families", "crate=1",
+                 "--no-progress"]) == 2
+    assert "unknown shape family ['crate']" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 import trimesh
 
 from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
-from occnet_ros.cli.reconstruct import InputError, main, read_cloud
+from occnet_ros.cli.reconstruct import InputError, main, read_cloud, read_point_viewpoints
 from occnet_ros.model import ModelConfig, OccupancyNetwork
 from fixtures_geometry import front_half_sphere
 
@@ -212,3 +212,40 @@ def test_main_with_depth_and_plane_reproduces_the_evaluation_pipeline(tmp_path):
     assert np.array_equal(got.faces, ref.faces)
     assert np.allclose(got.vertices, ref.vertices, atol=1e-6)
     assert abs(alone.volume - got.volume) > 0.05 * got.volume
+
+
+def test_main_point_viewpoints_reproduces_a_fused_reconstruction(tmp_path):
+    """--point-viewpoints: the same mesh as Reconstructor.reconstruct with those per-point camera centres
+    and the threshold of that many views (default --views = distinct centres); bad files are refused."""
+    from occnet_ros.reconstructor import Reconstructor
+
+    torch.manual_seed(0)
+    model = OccupancyNetwork(SMALL)
+    with torch.no_grad():
+        model.decoder.fc_p.weight.mul_(5.0)
+    w = save_checkpoint(tmp_path / "v.pt", model, CheckpointMeta(threshold=0.5, view_thresholds={2: 0.3}))
+    centre = np.array([0.0, 0.0, 0.7])
+    front = _cloud(300)
+    side = (front - centre) @ np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]) + centre
+    points = np.concatenate([front, side]).astype(np.float32)
+    vps = np.concatenate([np.zeros((300, 3)), np.tile([[0.7, 0.0, 0.7]], (300, 1))])
+    np.save(tmp_path / "c.npy", points)
+    np.save(tmp_path / "vp.npy", vps)
+    common = ["--weights", str(w), "--device", "cpu", "--resolution0", "8", "--upsampling-steps", "1"]
+    assert main([str(tmp_path / "c.npy"), "-o", str(tmp_path / "m.ply"), "--point-viewpoints",
+                 str(tmp_path / "vp.npy"), *common]) == 0
+    rec = Reconstructor.from_pretrained(w, device="cpu", resolution0=8, upsampling_steps=1)
+    ref = rec.reconstruct(points, point_viewpoints=vps, n_views=2)
+    one = rec.reconstruct(points, n_views=1)
+    assert ref.threshold == 0.3 and len(ref.view_frames) == 1
+    got = trimesh.load(tmp_path / "m.ply", force="mesh", process=False)
+    np.testing.assert_allclose(got.vertices, ref.mesh.vertices, atol=1e-5)
+    assert np.array_equal(got.faces, ref.mesh.faces)
+    assert len(got.vertices) != len(one.mesh.vertices) or not np.allclose(got.vertices, one.mesh.vertices)
+    for bad, words in [(np.zeros((10, 3)), "expected \\(600, 3\\)"), (np.full((600, 3), np.nan), "finite")]:
+        np.save(tmp_path / "bad.npy", bad)
+        with pytest.raises(InputError, match=words):
+            read_point_viewpoints(tmp_path / "bad.npy", 600)
+    assert main([str(tmp_path / "c.npy"), "-o", str(tmp_path / "m2.ply"), "--point-viewpoints",
+                 str(tmp_path / "vp.txt"), *common]) == 2
+    assert not (tmp_path / "m2.ply").exists()

@@ -152,6 +152,45 @@ def test_config_files_load():
     from occnet_ros.config_io import load_config
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("default.yaml", "smoke.yaml", "context.yaml", "global.yaml", "relabel.yaml", "walls.yaml"):
+    for name in ("default.yaml", "smoke.yaml", "context.yaml", "global.yaml", "relabel.yaml", "walls.yaml",
+                 "hollow.yaml"):
         cfg = load_config(TrainConfig, root / "config" / "train" / name)
         assert cfg.steps >= 1
+
+
+def test_extra_data_files_add_their_samples_and_key_the_checkpoint(tmp_path, monkeypatch):
+    """train() with extra_data_files trains on the concatenated train splits (and validates on the
+    concatenated val splits); the checkpoint's data hash covers both configs, so a resume with other
+    data is refused; without extras the hash is the one the committed stage-4 checkpoint carries."""
+    import yaml
+
+    from occnet_ros.config_io import load_config
+    from occnet_ros.data import generate as gen
+    from occnet_ros.data.dataset import DataConfig
+    from occnet_ros.training import trainer as trainer_mod
+
+    small = dict(seed=7, n_objects=2, n_val_objects=1, views_per_object=1, mesh_fraction=0.0, mesh_resolution=24,
+                 n_input_points=64, n_query_uniform=64, n_query_near_surface=64, shard_size=2)
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({**small, "family_weights": {"sphere": 1.0}}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**small, "family_weights": {"hollow_box": 1.0}}))
+    seen = {}
+
+    class Spy(trainer_mod.Trainer):
+        def __init__(self, cfg, train_set, val_set, **kw):
+            seen.update(train=train_set, val=val_set)
+            super().__init__(cfg, train_set, val_set, **kw)
+
+    monkeypatch.setattr(trainer_mod, "Trainer", Spy)
+    cfg = _cfg(tmp_path / "run", data_file=str(tmp_path / "a.yaml"), extra_data_files=[str(tmp_path / "b.yaml")],
+               steps=2, val_every=100, n_input_points=32, n_query_points=64, batch_size=2,
+               cache_dir=str(tmp_path / "cache"))
+    trainer_mod.train(cfg, progress=False)
+    codes = {gen.FAMILY_CODES[i] for i in seen["train"].family}
+    assert codes == {"sphere", "hollow_box"} and len(seen["train"]) == 4 and len(seen["val"]) == 2
+    a, b = (load_config(DataConfig, tmp_path / f) for f in ("a.yaml", "b.yaml"))
+    stored = load_raw(tmp_path / "run" / "last.pt")["meta"]["data_config_hash"]
+    assert stored == trainer_mod.data_hash(a, (b,)) != trainer_mod.data_hash(a)
+    with pytest.raises(ValueError, match="another data config"):
+        trainer_mod.train(replace(cfg, extra_data_files=[], steps=3), resume=True, progress=False)
+    walls = load_config(DataConfig, "config/data/multiview.yaml")
+    assert load_raw("checkpoints/walls/last.pt")["meta"]["data_config_hash"] == trainer_mod.data_hash(walls)

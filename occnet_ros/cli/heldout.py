@@ -3,6 +3,7 @@
     occnet_heldout --variant shipped --variant "one_frame:max_view_frames=1" --views 4
     occnet_heldout --variant new:weights=runs/walls/best.pt --variant shipped --views 1 4 --out out/heldout
     occnet_heldout --variant "t04:threshold=0.4" --variant "t05:threshold=0.5" --upsampling-steps 2
+    occnet_heldout --variant shipped --objects 0 16 --shape-families hollow_box=1   # one family only
 
 The held-out objects are the first ``--objects MESHES SHAPES`` (default 32 24) of the random_urdfs
 validation split of ``--data-config`` (scaled to 12 cm) and seeded procedural shapes, reconstructed as
@@ -30,12 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MISE steps from 32^3 (default 1 = 64^3; a variant's upsampling_steps wins)")
     p.add_argument("--objects", nargs=2, type=int, default=[32, 24], metavar=("MESHES", "SHAPES"),
                    help="validation meshes and procedural shapes (default 32 24)")
+    p.add_argument("--shape-families", nargs="+", metavar="FAMILY=WEIGHT",
+                   help="draw the procedural shapes from these families (default: the training weights)")
     p.add_argument("--data-config", default="config/data/multiview.yaml",
                    help="data config whose validation split gives the meshes (default config/data/multiview.yaml)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--out", help="folder for heldout.json and heldout.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def parse_families(items: list[str]) -> dict[str, float]:
+    """["hollow_box=1", "box=0.5"] -> {"hollow_box": 1.0, "box": 0.5}; ValueError naming a bad item."""
+    out = {}
+    for item in items:
+        name, sep, weight = item.partition("=")
+        try:
+            out[name] = float(weight) if sep else float("nan")
+        except ValueError:
+            out[name] = float("nan")
+        if not out[name] >= 0:
+            raise ValueError(f"--shape-families: {item!r} is not FAMILY=WEIGHT with a weight >= 0")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         variants = [parse_variant(v) for v in args.variant]
         data = load_config(DataConfig, args.data_config)
-        cal = CalibrationConfig(n_meshes=args.objects[0], n_shapes=args.objects[1])
+        cal = CalibrationConfig(n_meshes=args.objects[0], n_shapes=args.objects[1],
+                                shape_families=parse_families(args.shape_families or []))
         cal.validate()
         if any(v < 1 for v in args.views) or args.upsampling_steps < 0:
             raise ValueError("--views must be >= 1 and --upsampling-steps >= 0")
@@ -63,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"occnet_heldout: {e}", file=sys.stderr)
         return 2
     table = markdown_table(results)
-    print(f"{results[0]['n_objects']} held-out objects ({args.objects[0]} meshes, {args.objects[1]} shapes); "
+    families = f" of {', '.join(args.shape_families)}" if args.shape_families else ""
+    print(f"{results[0]['n_objects']} held-out objects ({args.objects[0]} meshes, {args.objects[1]} shapes{families}); "
           f"MISE 32 x 2^{args.upsampling_steps} unless a variant sets its own")
     print(table, end="")
     if args.out:

@@ -2,10 +2,16 @@
 
     occnet_reconstruct CLOUD -o MESH [--up X Y Z] [--viewpoint X Y Z] [--weights PATH] [--device D]
                        [--depth DEPTH --intrinsics FX FY CX CY] [--support-plane A B C D]
+                       [--point-viewpoints CENTRES.npy]
 
 CLOUD: .ply / .pcd (open3d), .xyz / .txt (numpy, first 3 columns), .npy ((N, 3) array); points in the
 camera optical frame (or any frame given ``--up`` and ``--viewpoint``), metres.
 MESH: .ply / .obj / .stl / .glb, written in the same frame and units.
+
+A cloud fused from several cameras: ``--point-viewpoints CENTRES.npy``, an (N, 3) array with the centre of
+the camera that saw each point of CLOUD (same order, same frame, metres). The cloud is then also encoded
+in each camera's canonical frame and the probabilities averaged, the mesh is anchored towards the right
+camera, and ``--views`` defaults to the number of distinct centres (as ``occnet_eval`` does with fused views).
 
 Known-empty space (:mod:`occnet_ros.known_empty`), as the node and the evaluation use it; without these
 options the mesh is the network's alone:
@@ -83,6 +89,25 @@ def read_depth(path: str | Path, scale: float) -> np.ndarray:
     return depth
 
 
+def read_point_viewpoints(path: str | Path, n_points: int) -> np.ndarray:
+    """``--point-viewpoints``: an (n_points, 3) .npy of finite camera centres -> float64 array."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise InputError(f"{path}: --point-viewpoints must be a .npy file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        vps = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from e
+    if vps.shape != (n_points, 3) or not np.issubdtype(vps.dtype, np.number):
+        raise InputError(f"{path}: expected ({n_points}, 3) camera centres, one per point of the cloud; "
+                         f"got {vps.shape} {vps.dtype}")
+    if not np.all(np.isfinite(vps)):
+        raise InputError(f"{path}: camera centres must be finite")
+    return vps.astype(np.float64)
+
+
 def known_empty_from_args(args, points: np.ndarray):
     """The :class:`~occnet_ros.known_empty.KnownEmpty` that ``--depth``/``--intrinsics`` and
     ``--support-plane`` describe (default sensor-noise settings), or None when neither is given.
@@ -132,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution0", type=int, default=32, help="MISE coarse grid (default 32)")
     p.add_argument("--upsampling-steps", type=int, default=2, help="MISE levels (default 2 -> 128^3)")
     p.add_argument("--threshold", type=float, help="surface probability (default: the checkpoint's for --views)")
-    p.add_argument("--views", type=int, default=1,
-                   help="number of camera views fused into the cloud; chooses the checkpoint's threshold (default 1)")
+    p.add_argument("--views", type=int,
+                   help="number of camera views fused into the cloud; chooses the checkpoint's threshold "
+                        "(default: the distinct centres of --point-viewpoints, else 1)")
+    p.add_argument("--point-viewpoints", metavar="CENTRES.npy",
+                   help="(N, 3) .npy: the camera centre that saw each point of a fused CLOUD, its frame, metres")
     p.add_argument("--depth", help="depth image of the cloud's camera (.npy metres, .png --depth-scale units): "
                                    "space in front of it is empty")
     p.add_argument("--depth-scale", type=float, default=0.001,
@@ -153,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{out}: unknown mesh extension {out.suffix!r}; use one of {list(MESH_EXTS)}")
         points = read_cloud(args.cloud)
         known_empty = known_empty_from_args(args, points)
+        vps = read_point_viewpoints(args.point_viewpoints, len(points)) if args.point_viewpoints else None
+        views = args.views if args.views is not None else (len(np.unique(vps, axis=0)) if vps is not None else 1)
+        if views < 1:
+            raise InputError(f"--views must be >= 1, got {views}")
         from occnet_ros.checkpoint import CheckpointError
         from occnet_ros.normalization import NormalizationError
         from occnet_ros.reconstructor import Reconstructor
@@ -162,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.weights, device=args.device, resolution0=args.resolution0,
                 upsampling_steps=args.upsampling_steps, threshold=args.threshold)
             obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint, known_empty=known_empty,
-                                  n_views=args.views)
+                                  n_views=views, point_viewpoints=vps)
         except (CheckpointError, NormalizationError, FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         if obj.mesh is None or len(obj.mesh.faces) == 0:

@@ -83,6 +83,9 @@ class DataConfig:
     """largest number of views in one fused sample (>= 2)"""
     shard_size: int = 250
     """objects per cache file"""
+    family_weights: dict[str, float] = field(default_factory=dict)
+    """procedural family name -> relative weight (e.g. ``{hollow_box: 1.0}``); empty: the default weights
+    of ``occnet_ros.data.shapes.FAMILY_WEIGHTS``, which leave out ``hollow_box``"""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -112,6 +115,13 @@ class DataConfig:
             raise ValueError(f"fused_samples_per_object must be >= 0, got {self.fused_samples_per_object}")
         if self.fused_max_views < 2:
             raise ValueError(f"fused_max_views must be >= 2, got {self.fused_max_views}")
+        if self.family_weights:
+            from occnet_ros.data.shapes import check_family_weights
+
+            try:
+                check_family_weights(self.family_weights)
+            except ValueError as e:
+                raise ValueError(f"family_weights: {e}") from None
         if self.mesh_fraction > 0 and not self.use_random_urdfs and not self.mesh_dirs:
             raise ValueError("mesh_fraction > 0 needs meshes: use_random_urdfs or mesh_dirs")
         if self.mesh_fraction > 0:
@@ -128,9 +138,18 @@ class DataConfig:
         _check_split(split)
         return self.n_objects if split == "train" else self.n_val_objects
 
+    def identity(self) -> dict:
+        """The fields that define the data, as a plain dict for hashing: an empty ``family_weights`` (the
+        default weights) is left out, so configs written before the field keep their cache and
+        checkpoint hashes."""
+        d = dataclasses.asdict(self)
+        if not d["family_weights"]:
+            d.pop("family_weights")
+        return d
+
     def cache_key(self, split: str) -> str:
         """16 hex digits identifying the data of ``split`` under this config."""
-        d = dataclasses.asdict(self)
+        d = self.identity()
         for k in ("n_objects", "n_val_objects", "shard_size"):
             d.pop(k)
         d.update(split=split, n=self.n_for_split(split), version=DATA_FORMAT_VERSION)
@@ -201,6 +220,29 @@ class OccupancyDataset:
         q = np.take_along_axis(self.queries[rows], cq[..., None], axis=1).astype(np.float32)
         occ = np.take_along_axis(self.occupancies[rows], cq, axis=1).astype(np.float32)
         return x, q, occ
+
+    @staticmethod
+    def concatenate(parts: "list[OccupancyDataset]") -> "OccupancyDataset":
+        """One dataset holding the samples of ``parts`` in order (object indices renumbered so objects of
+        different parts stay distinct). All parts need the same stored input and query counts."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        for k, d in enumerate(parts[1:], 1):
+            if d.inputs.shape[1:] != first.inputs.shape[1:] or d.queries.shape[1:] != first.queries.shape[1:] \
+                    or d.n_query_uniform != first.n_query_uniform:
+                raise ValueError(f"dataset {k} stores {d.inputs.shape[1]} input / {d.queries.shape[1]} query points "
+                                 f"({d.n_query_uniform} uniform), dataset 0 {first.inputs.shape[1]} / "
+                                 f"{first.queries.shape[1]} ({first.n_query_uniform}): they cannot be mixed")
+        offsets = np.cumsum([0] + [int(d.object_index.max()) + 1 if len(d) else 0 for d in parts[:-1]])
+        stats = GenStats()
+        for d in parts:
+            stats.add(d.stats)
+        return OccupancyDataset(
+            np.concatenate([d.inputs for d in parts]), np.concatenate([d.queries for d in parts]),
+            np.concatenate([d.occupancies for d in parts]), first.n_query_uniform,
+            np.concatenate([d.family for d in parts]), np.concatenate([d.frame_scale for d in parts]),
+            np.concatenate([d.object_index + int(o) for d, o in zip(parts, offsets)]).astype(np.int32), stats)
 
 
 def _generate_shard(cfg: DataConfig, split: str, start: int, stop: int, mesh_paths: list, bar) -> dict:

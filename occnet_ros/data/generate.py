@@ -27,7 +27,7 @@ from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
 from occnet_ros.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
-FAMILY_CODES = sorted(FAMILIES) + ["random_urdf", "user_mesh"]
+FAMILY_CODES = sorted(set(FAMILIES) - {"hollow_box"}) + ["random_urdf", "user_mesh", "hollow_box"]
 """Index -> family name of the ``family`` array of a dataset ("random_urdf": a pybullet_data random_urdfs
 mesh; "user_mesh": a mesh from ``DataConfig.mesh_dirs``; new names are appended, so cached data keep
 their meaning)."""
@@ -167,7 +167,7 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
             family = FAMILY_CODES.index(name)
             contains = lambda p, m=mesh: mesh_contains(m, p)  # noqa: E731
     if mesh is None:
-        shape = sample_shape(rng)
+        shape = sample_shape(rng, weights=cfg.family_weights)
         mesh = shape.mesh(cfg.mesh_resolution)
         contains, family = shape.contains, FAMILY_CODES.index(shape.family)
     scene = ObjectScene(mesh, table=cfg.table)

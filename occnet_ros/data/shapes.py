@@ -8,6 +8,7 @@ for rendering and for sampling near-surface points.
     rng = np.random.default_rng(0)
     shape = sample_shape(rng)                 # random family, random parameters
     shape = sample_shape(rng, family="mug")   # one family
+    shape = sample_shape(rng, weights={"hollow_box": 1.0, "box": 1.0})  # other family weights
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from occnet_ros.data.shapes_sdf import (
     rotation_x, rotation_z,
 )
 
-__all__ = ["FAMILIES", "FAMILY_WEIGHTS", "Shape", "sample_shape"]
+__all__ = ["FAMILIES", "FAMILY_WEIGHTS", "Shape", "check_family_weights", "sample_shape"]
 
 
 # ---------------------------------------------------------------- profiles for solids of revolution
@@ -245,12 +246,65 @@ def _csg_difference(rng):
     return Difference(base, cut)
 
 
+# The cut-out's axes (u, v, normal) in the box frame for an opening in the face whose outward normal is
+# +-x (0), +-y (1) or +z (2); each is a proper rotation (columns: where local x, y, z go).
+_FACE_AXES = {0: np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+              1: np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),
+              2: np.eye(3)}
+
+
+def _opening(rng, half: np.ndarray, wall: float, axis: int, sign: float) -> Shape:
+    """A cutter through the wall of the face (axis, sign) of the box centred at (0, 0, half[2]): a
+    rectangle, a disc or a random polygon, 30-85 % of the face's free span, at least one wall thickness
+    from the face's edges, reaching half a wall beyond the wall's inner side (into the cavity only)."""
+    rot = _FACE_AXES[axis]
+    u_ax, v_ax = int(np.argmax(np.abs(rot[:, 0]))), int(np.argmax(np.abs(rot[:, 1])))
+    free = np.array([half[u_ax] - wall, half[v_ax] - wall])  # half spans of the face's cavity side
+    size = rng.uniform(0.3, 0.85, 2) * free
+    offset = rng.uniform(-1.0, 1.0, 2) * (free - size)
+    kind = rng.choice(["rect", "disc", "polygon"])
+    depth = wall  # half depth: from half a wall outside the face to half a wall into the cavity
+    if kind == "rect":
+        local: Shape = Box([offset[0], offset[1], 0.0], [size[0], size[1], depth])
+    elif kind == "disc":
+        r = float(size.min())
+        local = Revolution(np.array([[0.0, -depth], [r, -depth], [r, depth], [0.0, depth]]), offset[0], offset[1])
+    else:
+        poly = _random_polygon(rng, float(size.min())) + offset
+        local = Extrusion(poly, -depth, depth)
+    centre = np.array([0.0, 0.0, half[2]])
+    centre[axis] += sign * (half[axis] - 0.5 * wall)
+    return Transformed(local, rot, centre)
+
+
+def _hollow_box(rng):
+    """A thin-walled box with openings: a bin, crate or tray (open top, maybe handle holes), or a closed
+    box with 1-4 cut-outs in its top and sides (a tissue box, a shape sorter, a storage box). Walls
+    3.5-9 % of the longest side, at least 3 mm."""
+    half = rng.uniform([0.03, 0.03, 0.025], [0.12, 0.12, 0.12])
+    wall = max(0.003, rng.uniform(0.035, 0.09) * 2.0 * float(half.max()))
+    wall = min(wall, 0.3 * float(half.min()))
+    shell = Box([0.0, 0.0, half[2]], half)
+    faces = [(0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0), (2, 1.0)]
+    if rng.random() < 0.35:  # open top: the cavity box runs out through the top
+        cavity = Box([0.0, 0.0, half[2] + wall], [half[0] - wall, half[1] - wall, half[2]])
+        n_open, faces = int(rng.integers(0, 3)), faces[:4]
+    else:
+        cavity = Box([0.0, 0.0, half[2]], half - wall)
+        n_open = int(rng.integers(1, 5))
+    shape: Shape = Difference(shell, cavity)
+    for k in rng.choice(len(faces), size=n_open, replace=False):
+        shape = Difference(shape, _opening(rng, half, wall, *faces[int(k)]))
+    return Transformed(shape, rotation_z(rng.uniform(0, np.pi)), np.zeros(3))
+
+
 FAMILIES = {
     "box": _box, "gable_carton": _gable_carton, "sphere": _sphere, "ellipsoid": _ellipsoid,
     "cylinder": _cylinder, "frustum": _frustum, "capsule": _capsule, "torus": _torus,
     "bottle": _bottle, "can": _can, "cup": lambda rng: _vessel(rng, "cup"),
     "bowl": lambda rng: _vessel(rng, "bowl"), "vase": lambda rng: _vessel(rng, "vase"),
     "mug": _mug, "extrusion": _extrusion, "csg_union": _csg_union, "csg_difference": _csg_difference,
+    "hollow_box": _hollow_box,
 }
 """family name -> builder(rng) -> Shape."""
 
@@ -259,17 +313,36 @@ FAMILY_WEIGHTS = {
     "capsule": 0.6, "torus": 0.5, "bottle": 1.0, "can": 0.7, "cup": 1.0, "bowl": 0.8, "vase": 0.8,
     "mug": 1.0, "extrusion": 1.2, "csg_union": 1.5, "csg_difference": 1.2,
 }
-"""Relative sampling weights of the families in :func:`sample_shape`."""
+"""Default relative sampling weights of :func:`sample_shape`. ``hollow_box`` (added in session 10) is
+not among them, so the data of the configs written before it stay as they were; a data config draws it
+with ``family_weights``."""
 
 
-def sample_shape(rng: np.random.Generator, family: str | None = None) -> Shape:
+def check_family_weights(weights: dict[str, float]) -> None:
+    """Raise ValueError unless ``weights`` maps known family names to weights >= 0 with a positive sum."""
+    unknown = sorted(set(weights) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown shape famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                         f"known: {sorted(FAMILIES)}")
+    bad = {k: v for k, v in weights.items() if not (isinstance(v, (int, float)) and v >= 0)}
+    if bad:
+        raise ValueError(f"family weights must be numbers >= 0, got {bad}")
+    if not sum(weights.values()) > 0:
+        raise ValueError("family weights must not all be 0")
+
+
+def sample_shape(rng: np.random.Generator, family: str | None = None,
+                 weights: dict[str, float] | None = None) -> Shape:
     """Draw a random tabletop shape (metres, object frame z-up, resting on z = 0).
 
-    family: one of :data:`FAMILIES`, or None to draw one with :data:`FAMILY_WEIGHTS`.
+    family: one of :data:`FAMILIES`, or None to draw one with ``weights`` (family name -> relative
+    weight; None or empty: :data:`FAMILY_WEIGHTS`).
     """
     if family is None:
-        names = sorted(FAMILY_WEIGHTS)
-        w = np.array([FAMILY_WEIGHTS[n] for n in names])
+        weights = weights or FAMILY_WEIGHTS
+        check_family_weights(weights)
+        names = sorted(weights)
+        w = np.array([weights[n] for n in names], dtype=np.float64)
         family = names[int(rng.choice(len(names), p=w / w.sum()))]
     if family not in FAMILIES:
         raise ValueError(f"unknown shape family {family!r}; known: {sorted(FAMILIES)}")

@@ -35,6 +35,8 @@ class CalibrationConfig:
     mesh_size_m: float = 0.12
     shape_seed: int = 2026
     shape_mesh_resolution: int = 96
+    shape_families: dict[str, float] = field(default_factory=dict)
+    """family name -> weight of the procedural shapes; empty: the training data's default weights"""
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     views: int = 1
     protocol: ViewProtocolConfig = field(default_factory=ViewProtocolConfig)
@@ -48,6 +50,10 @@ class CalibrationConfig:
             raise ValueError(f"thresholds must be a non-empty list in (0, 1), got {self.thresholds}")
         if self.views < 1 or not self.mesh_size_m > 0:
             raise ValueError("views must be >= 1 and mesh_size_m > 0")
+        if self.shape_families:
+            from occnet_ros.data.shapes import check_family_weights
+
+            check_family_weights(self.shape_families)
         self.protocol.validate()
         self.metrics.validate()
         self.known_empty.validate()
@@ -56,7 +62,7 @@ class CalibrationConfig:
 def calibration_objects(config: CalibrationConfig, mesh_paths: list) -> list[EvalObject]:
     """The held-out objects: the first ``n_meshes`` of ``mesh_paths`` ((path, scale) pairs, e.g.
     the data config's validation split), each rescaled to ``mesh_size_m``, then ``n_shapes``
-    procedural shapes drawn with ``shape_seed``."""
+    procedural shapes drawn with ``shape_seed`` (and ``shape_families``)."""
     from occnet_ros.data.mesh_sources import is_evaluation_mesh
     from occnet_ros.data.shapes import sample_shape
 
@@ -69,7 +75,7 @@ def calibration_objects(config: CalibrationConfig, mesh_paths: list) -> list[Eva
                                     name=f"mesh_{len(out)}_{probe.name}"))
     rng = np.random.default_rng(config.shape_seed)
     for i in range(config.n_shapes):
-        shape = sample_shape(rng)
+        shape = sample_shape(rng, weights=config.shape_families)
         out.append(EvalObject(name=f"shape_{i}_{shape.family}", mesh=shape.mesh(config.shape_mesh_resolution),
                               source="procedural", scale=1.0))
     return out

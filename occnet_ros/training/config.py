@@ -44,6 +44,9 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     data_file: str = ""
+    extra_data_files: list[str] = field(default_factory=list)
+    """more data YAML files (DataConfig) whose train and val samples are added to those of ``data``
+    (e.g. one family at its own weight), each generated and cached on its own"""
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 32

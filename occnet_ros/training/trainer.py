@@ -59,7 +59,7 @@ class Trainer:
     budget; ``resume()`` loads ``out_dir/last.pt`` first."""
 
     def __init__(self, cfg: TrainConfig, train_set: BatchSource, val_set: BatchSource,
-                 out_dir: str | Path | None = None, progress: bool = True):
+                 out_dir: str | Path | None = None, progress: bool = True, extra_data: tuple = ()):
         self.cfg = cfg
         self.train_set, self.val_set = train_set, val_set
         self.out_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
@@ -77,7 +77,7 @@ class Trainer:
         self.best_iou = -1.0
         self.best_threshold = cfg.val_thresholds[0]
         self.init_meta: dict = {}
-        self.data_hash = config_hash(cfg.data) if dataclasses.is_dataclass(cfg.data) else ""
+        self.data_hash = data_hash(cfg.data, extra_data)
         self._val = self._fixed_val_batches()
 
     # ----------------------------------------------------------------------------------- helpers
@@ -274,19 +274,30 @@ class Trainer:
                 "out_dir": str(self.out_dir)}
 
 
+def data_hash(data, extra_data: tuple = ()) -> str:
+    """The hash that ties a checkpoint to its data: of ``data`` (a DataConfig) alone, as before
+    ``extra_data_files`` existed, or of the list of ``data`` and the ``extra_data`` configs."""
+    if not dataclasses.is_dataclass(data):
+        return ""
+    if not extra_data:
+        return config_hash(data.identity())
+    return config_hash([d.identity() for d in (data, *extra_data)])
+
+
 def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = None,
           progress: bool = True) -> dict:
     """Load (or generate) the train/val datasets of ``cfg.data`` and run a :class:`Trainer`."""
     from occnet_ros.config_io import load_config
-    from occnet_ros.data.dataset import DataConfig, load_or_generate
+    from occnet_ros.data.dataset import DataConfig, OccupancyDataset, load_or_generate
 
     if cfg.init_from and not resume and not Path(cfg.init_from).is_file():
         raise FileNotFoundError(f"init_from: checkpoint file not found: {cfg.init_from}")
     if cfg.data_file:
         cfg = dataclasses.replace(cfg, data=load_config(DataConfig, cfg.data_file))
-    train_set = load_or_generate(cfg.data, "train", cfg.cache_dir, progress=progress)
-    val_set = load_or_generate(cfg.data, "val", cfg.cache_dir, progress=progress)
-    trainer = Trainer(cfg, train_set, val_set, progress=progress)
+    extra = tuple(load_config(DataConfig, f) for f in cfg.extra_data_files)
+    sets = {split: OccupancyDataset.concatenate([load_or_generate(d, split, cfg.cache_dir, progress=progress)
+                                                 for d in (cfg.data, *extra)]) for split in ("train", "val")}
+    trainer = Trainer(cfg, sets["train"], sets["val"], progress=progress, extra_data=extra)
     if resume:
         last = trainer.out_dir / "last.pt"
         if not last.exists():
