@@ -47,7 +47,7 @@ def test_same_config_same_arrays_and_cache_reuse(tmp_path, monkeypatch):
 
 def test_sphere_labels_follow_distance(monkeypatch):
     r = 0.05
-    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, r], r)))
+    monkeypatch.setattr(gen, "sample_shape", lambda rng, weights=None: _tag(Sphere([0, 0, r], r)))
     cfg = small_config(mesh_fraction=0.0, n_query_uniform=2048, n_query_near_surface=512,
                        mesh_resolution=40)
     obj = gen.generate_object(cfg, np.random.default_rng(0), [])
@@ -160,7 +160,7 @@ def _sphere_config(**kw) -> DataConfig:
 
 def test_fused_samples_follow_the_protocol_frame_and_labels(monkeypatch):
     r = 0.05
-    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, r], r)))
+    monkeypatch.setattr(gen, "sample_shape", lambda rng, weights=None: _tag(Sphere([0, 0, r], r)))
     seen = _spy(monkeypatch)
     cfg = _sphere_config()
     obj = gen.generate_object(cfg, np.random.default_rng(3), [])
@@ -192,7 +192,7 @@ def test_fused_samples_follow_the_protocol_frame_and_labels(monkeypatch):
 
 
 def test_no_fused_samples_from_a_single_view(monkeypatch):
-    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, 0.05], 0.05)))
+    monkeypatch.setattr(gen, "sample_shape", lambda rng, weights=None: _tag(Sphere([0, 0, 0.05], 0.05)))
     cfg = _sphere_config(views_per_object=1, n_query_uniform=64, n_query_near_surface=64)
     obj = gen.generate_object(cfg, np.random.default_rng(0), [])
     assert obj.inputs.shape[0] == 1 and obj.stats.fused_views == 0
@@ -200,7 +200,7 @@ def test_no_fused_samples_from_a_single_view(monkeypatch):
 
 def test_clean_inputs_cleans_each_view_before_normalising(monkeypatch):
     r = 0.05
-    monkeypatch.setattr(gen, "sample_shape", lambda rng: _tag(Sphere([0, 0, r], r)))
+    monkeypatch.setattr(gen, "sample_shape", lambda rng, weights=None: _tag(Sphere([0, 0, r], r)))
     cfg = _sphere_config(n_query_uniform=64, n_query_near_surface=64, clean_inputs=True)
     seen = _spy(monkeypatch, outlier=0.3)  # a flying point 30 cm behind every view
     obj = gen.generate_object(cfg, np.random.default_rng(1), [])
