@@ -79,7 +79,6 @@ def test_hollow_box_is_hollow_and_open():
         lo, hi = shape.bounds
         centre = 0.5 * (lo + hi)
         assert not shape.contains(centre[None])[0], seed
-        # the box's walls: points just inside its outer faces are mostly solid
         rng = np.random.default_rng(seed)
         # search for an opening: rays from the centre to points outside, along many directions
         dirs = rng.normal(size=(4000, 3))

@@ -45,11 +45,11 @@ def parse_families(items: list[str]) -> dict[str, float]:
     """["hollow_box=1", "box=0.5"] -> {"hollow_box": 1.0, "box": 0.5}; ValueError naming a bad item."""
     out = {}
     for item in items:
-        name, sep, weight = item.partition("=")
+        name, _, weight = item.partition("=")
         try:
-            out[name] = float(weight) if sep else float("nan")
+            out[name] = float(weight)
         except ValueError:
-            out[name] = float("nan")
+            out[name] = float("nan")  # no "=" or not a number: refused below
         if not out[name] >= 0:
             raise ValueError(f"--shape-families: {item!r} is not FAMILY=WEIGHT with a weight >= 0")
     return out
