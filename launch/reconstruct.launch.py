@@ -4,7 +4,7 @@
         [mask:=...] [image:=...] [camera_info:=...] [remaps:="objects:=/perception/objects ..."]
         [use_sim_camera:=true] [sim_params_file:=F]
 
-What is started comes from occnet_ros.launch_spec, the same source as the pip-route command
+What is started comes from occnet_ros.ros.launch_spec, the same source as the pip-route command
 `occnet_launch`; this file only maps launch arguments onto it.
 """
 from launch import LaunchDescription
@@ -12,7 +12,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from occnet_ros import launch_spec
+from occnet_ros.ros import launch_spec
 
 
 def _nodes(context, *args, **kwargs):

@@ -16,7 +16,7 @@ __all__ = ["Reconstructor", "ReconstructedObject"]
 
 def __getattr__(name):  # lazy: importing occnet_ros.msg must not import torch
     if name in ("Reconstructor", "ReconstructedObject"):
-        from occnet_ros import reconstructor
+        from occnet_ros.reconstruction import reconstructor
 
         return getattr(reconstructor, name)
     raise AttributeError(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
-from occnet_ros.model import ModelConfig, OccupancyNetwork
+from occnet_ros.network.checkpoint import CheckpointMeta, save_checkpoint
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 
 
 def front_half_sphere(n: int = 400, seed: int = 0, center=(0.0, 0.0, 0.8), radius: float = 0.1) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from occnet_ros.process_utils import stop_process
+from occnet_ros.cli.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -101,8 +101,8 @@ def write_random_checkpoint(path: Path, seed: int = 0) -> Path:
     """A TEST DOUBLE: a randomly initialised (untrained) network saved as a checkpoint, for plumbing tests."""
     import torch
 
-    from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
-    from occnet_ros.model import ModelConfig, OccupancyNetwork
+    from occnet_ros.network.checkpoint import CheckpointMeta, save_checkpoint
+    from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 
     torch.manual_seed(seed)
     model = OccupancyNetwork(ModelConfig(c_dim=32, encoder_hidden=32, encoder_blocks=2, decoder_hidden=32,

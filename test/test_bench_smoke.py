@@ -17,7 +17,7 @@ from occnet_ros.benchmark import latency, report
 from occnet_ros.benchmark.common import QUICK_SIZES, make_context
 from occnet_ros.benchmark.node_throughput import unavailable_reason
 from occnet_ros.cli import bench
-from occnet_ros.launch_spec import default_params_file
+from occnet_ros.ros.launch_spec import default_params_file
 from occnet_ros.ros.node_params import NodeParams
 
 VENV_BIN = Path(sys.executable).parent

@@ -3,12 +3,12 @@ that writes the chosen threshold into a checkpoint."""
 import numpy as np
 import pytest
 
-from occnet_ros.checkpoint import load_raw
+from occnet_ros.network.checkpoint import load_raw
 from occnet_ros.data.dataset import DataConfig, split_meshes
 from occnet_ros.data.mesh_sources import data_root
 from occnet_ros.evaluation.calibration import CalibrationConfig, calibrate_threshold, calibration_objects
 from occnet_ros.evaluation.metrics import MetricsConfig
-from occnet_ros.reconstructor import Reconstructor
+from occnet_ros.reconstruction.reconstructor import Reconstructor
 from fixtures_geometry import octahedron_checkpoint
 
 SMALL_METRICS = MetricsConfig(n_points_iou=4000, n_points_surface=4000)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from occnet_ros.cloud_filter import (CleanConfig, clean_cloud, finite_mask, first_in_voxel, range_mask,
+from occnet_ros.perception.cloud_filter import (CleanConfig, clean_cloud, finite_mask, first_in_voxel, range_mask,
                                      statistical_outlier_mask, voxel_downsample)
 from occnet_ros.config_io import ConfigError, from_dict
 

@@ -21,7 +21,7 @@ def test_colcon_build_and_install_space_imports():
 def test_every_command_has_a_workspace_executable_and_the_same_entry_point():
     """setup.py's console scripts (pip route) and scripts/ (installed to lib/occnet_ros by CMakeLists.txt for
     `ros2 run`) name the same commands and call the same main(); each script guards main() so that a
-    spawned worker process (occnet_ros.decimation_worker) that re-imports it does not run the command."""
+    spawned worker process (occnet_ros.perception.decimation_worker) that re-imports it does not run the command."""
     import ast
 
     tree = ast.parse((REPO / "setup.py").read_text())

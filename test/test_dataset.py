@@ -5,13 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from occnet_ros.cloud_filter import CleanConfig, clean_cloud
+from occnet_ros.perception.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.config_io import ConfigError, from_dict, load_config
 from occnet_ros.data import generate as gen
 from occnet_ros.data import mesh_sources as ms
 from occnet_ros.data.dataset import DataConfig, load_or_generate
 from occnet_ros.data.shapes_sdf import Sphere
-from occnet_ros.normalization import BOX_HALF
+from occnet_ros.reconstruction.normalization import BOX_HALF
 
 
 def small_config(**kw) -> DataConfig:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
-from occnet_ros.mesh_ops import quadric_decimation, simplify_mesh
+from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+from occnet_ros.perception.mesh_ops import quadric_decimation, simplify_mesh
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def test_occnet_eval_rejects_bad_arguments(tmp_path, capsys):
 def test_observation_carries_the_table_plane_and_depth_that_never_carve_the_object():
     """The fitted support plane is the true table (world z = -1e-4) within 2 mm, and the known-empty test
     built from the observation marks points between the cameras and the box but almost no point inside it."""
-    from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
+    from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
 
     obj = box_object()
     obs = observe_object(obj, 4, ViewProtocolConfig())
@@ -231,7 +231,7 @@ def test_known_empty_ablation_configs_change_only_the_tests_they_name():
     from dataclasses import replace
     from pathlib import Path
 
-    from occnet_ros.known_empty import KnownEmptyConfig
+    from occnet_ros.reconstruction.known_empty import KnownEmptyConfig
 
     found = {}
     for path in sorted(Path("config/eval/ablation").glob("known_empty_*.yaml")):

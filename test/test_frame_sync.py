@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from occnet_ros.frame_sync import FrameSync
+from occnet_ros.perception.frame_sync import FrameSync
 
 
 def make(tol=0.01, history=4):

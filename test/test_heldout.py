@@ -8,7 +8,7 @@ import pytest
 from occnet_ros.evaluation.calibration import CalibrationConfig, calibrate_threshold, calibration_objects
 from occnet_ros.evaluation.heldout import compare_variants, parse_variant
 from occnet_ros.evaluation.metrics import MetricsConfig
-from occnet_ros.reconstructor import Reconstructor
+from occnet_ros.reconstruction.reconstructor import Reconstructor
 from fixtures_geometry import octahedron_checkpoint
 
 

@@ -7,11 +7,11 @@ import torch
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from occnet_ros.mise import PAD_VALUE, keep_off_threshold, mesh_from_values, mise_values
-from occnet_ros.model import ModelConfig, OccupancyNetwork
-from occnet_ros.normalization import BOX_HALF
-from occnet_ros.occupancy_grid import OccupancyGrid
-from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.reconstruction.mise import PAD_VALUE, keep_off_threshold, mesh_from_values, mise_values
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
+from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 from fixtures_geometry import front_half_sphere, randomize_like_trained
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=3)

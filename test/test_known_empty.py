@@ -4,10 +4,10 @@ for the mesh and the queries alike."""
 import numpy as np
 import pytest
 
-from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
-from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
-from occnet_ros.segmentation import Plane
-from occnet_ros.surface_anchor import AnchorConfig
+from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
+from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.perception.segmentation import Plane
+from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
 from test_reconstructor import SphereOccupancyTestModel
 

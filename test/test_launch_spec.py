@@ -10,7 +10,7 @@ import yaml
 from ros_helpers import REPO, VENV_BIN, node_env, random_domain_id, write_random_checkpoint
 
 from occnet_ros.cli import launch as cli
-from occnet_ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes, normalize_namespace, parse_remap
+from occnet_ros.ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes, normalize_namespace, parse_remap
 
 LAUNCH_FILE = REPO / "launch" / "reconstruct.launch.py"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from occnet_ros.mesh_ops import MIN_CLOSED_FACES, is_closed_surface, simplify_mesh
+from occnet_ros.perception.mesh_ops import MIN_CLOSED_FACES, is_closed_surface, simplify_mesh
 
 RADIUS = 0.1  # metres
 
@@ -58,7 +58,7 @@ def test_small_meshes_and_zero_budget_unchanged(sphere):
 
 
 def test_marching_cubes_mesh_stays_closed():
-    from occnet_ros.mise import mesh_from_values
+    from occnet_ros.reconstruction.mise import mesh_from_values
 
     g = np.linspace(-0.55, 0.55, 49)
     x, y, z = np.meshgrid(g, g, g, indexing="ij")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from occnet_ros.mise import (dense_values, extract_mesh, extract_mesh_dense, mesh_from_values,
+from occnet_ros.reconstruction.mise import (dense_values, extract_mesh, extract_mesh_dense, mesh_from_values,
                              mise_values)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork, cost_report
 from fixtures_geometry import randomize_like_trained
 
 SMALL = ModelConfig(c_dim=32, encoder_hidden=32, encoder_blocks=2, decoder_hidden=32, decoder_blocks=2)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
-from occnet_ros.model_local import (PLANE_AXES, PLANE_HALF, UNet2d, cell_index, local_max_pool,
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork, cost_report
+from occnet_ros.network.model_local import (PLANE_AXES, PLANE_HALF, UNet2d, cell_index, local_max_pool,
                                     plane_grid, scatter_mean, unet_macs)
 from fixtures_geometry import randomize_like_trained
 
@@ -56,7 +56,7 @@ def test_local_max_pool_matches_per_point_loop():
 def test_a_cell_centre_reads_its_own_cell():
     """Scatter and bilinear sampling agree on where a cell is: sampling at a cell centre returns that
     cell's value exactly (for every plane and axis order)."""
-    from occnet_ros.model_local import LocalDecoder
+    from occnet_ros.network.model_local import LocalDecoder
 
     r = 8
     planes = torch.zeros(1, 3, 1, r, r)
@@ -169,7 +169,7 @@ def test_reduced_precision_decode_stays_close():
 
 
 def test_mirror_planes_samples_at_the_mirrored_point_what_the_planes_give_at_the_point():
-    from occnet_ros.model_local import LocalDecoder, mirror_planes
+    from occnet_ros.network.model_local import LocalDecoder, mirror_planes
 
     g = torch.Generator().manual_seed(0)
     planes = torch.randn(2, 3, 5, 8, 8, generator=g)

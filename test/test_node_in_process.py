@@ -17,7 +17,7 @@ from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from occnet_ros.frame_sync import SyncedFrame  # noqa: E402
+from occnet_ros.perception.frame_sync import SyncedFrame  # noqa: E402
 from occnet_ros.ros import conversions  # noqa: E402
 
 
@@ -102,8 +102,8 @@ def test_markers_only_with_subscribers(node):
 
 
 def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
-    from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
-    from occnet_ros.mesh_ops import quadric_decimation
+    from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+    from occnet_ros.perception.mesh_ops import quadric_decimation
     from occnet_ros.ros.node_params import ParamError
     from occnet_ros.ros.reconstruction_node import ReconstructionNode
 

@@ -47,9 +47,9 @@ def checkpoint(tmp_path_factory):
 
 
 def test_pipeline_mask_and_geometric(scene, checkpoint):
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
     from occnet_ros.ros.node_params import default_values, params_from_values
-    from occnet_ros.ros.pipeline import FrameInput, FramePipeline
+    from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline
 
     rec = Reconstructor.from_pretrained(str(checkpoint), device="cpu", resolution0=8, upsampling_steps=1)
     values = default_values()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from occnet_ros.normalization import (
+from occnet_ros.reconstruction.normalization import (
     BOX_HALF,
     NormalizationError,
     canonical_frame_from_observation,

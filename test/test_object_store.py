@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from occnet_ros.normalization import BOX_HALF, canonical_frame_from_observation
-from occnet_ros.object_store import ObjectStore, StoredObject, UnknownObjectError, query_objects
+from occnet_ros.reconstruction.normalization import BOX_HALF, canonical_frame_from_observation
+from occnet_ros.perception.object_store import ObjectStore, StoredObject, UnknownObjectError, query_objects
 
 
 class BallDouble:
@@ -204,8 +204,8 @@ def test_atomic_swaps_under_concurrent_queries():
 
 def test_with_real_reconstruction(tmp_path):
     torch = pytest.importorskip("torch")
-    from occnet_ros.model import ModelConfig, OccupancyNetwork
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     torch.manual_seed(0)
     model = OccupancyNetwork(ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16,
@@ -224,8 +224,8 @@ def test_with_real_reconstruction(tmp_path):
 
 def test_grid_mode_close_to_exact_on_a_test_network():
     torch = pytest.importorskip("torch")
-    from occnet_ros.model import ModelConfig, OccupancyNetwork
-    from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+    from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+    from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 
     torch.manual_seed(0)
     model = OccupancyNetwork(ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16,
@@ -254,7 +254,7 @@ def test_grid_mode_close_to_exact_on_a_test_network():
 
 
 def test_answer_query_checks_requests(store_and_objects):
-    from occnet_ros.ros.query import answer_query
+    from occnet_ros.perception.query import answer_query
     from occnet_ros.ros.tf_lookup import TransformError
 
     store, objs = store_and_objects

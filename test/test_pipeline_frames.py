@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene, write_random_checkpoint
 
-from occnet_ros.mesh_ops import is_closed_surface
-from occnet_ros.object_store import ObjectStore
+from occnet_ros.perception.mesh_ops import is_closed_surface
+from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.ros.node_params import default_values, params_from_values
-from occnet_ros.ros.pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_published_meshes_simplified(scene, checkpoint):
 
 def test_a_decimation_worker_publishes_the_same_meshes(scene, checkpoint):
     """The node's worker-process decimation (mesh.decimate_in_worker) and the in-process one agree."""
-    from occnet_ros.decimation_worker import ProcessDecimation
+    from occnet_ros.perception.decimation_worker import ProcessDecimation
 
     here = make_pipeline(checkpoint, **{"mesh.max_faces": 100}).process(frame(scene))
     pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100})
@@ -173,7 +173,7 @@ def test_known_empty_space_reaches_every_object(scene, checkpoint):
     rendered table z = 0) and depth image: queries under the table and between the camera and the
     object's observed surface answer 0, whatever the (random) network says; inside the object they
     are the network's. Without the pose, the free-space test is skipped with a warning, not silently."""
-    from occnet_ros.segmentation import CameraIntrinsics
+    from occnet_ros.perception.segmentation import CameraIntrinsics
 
     h, w = scene.xyz.shape[:2]
     intr = CameraIntrinsics(scene.fx, scene.fy, scene.cx, scene.cy, w, h)

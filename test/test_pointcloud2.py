@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from occnet_ros.pointcloud2 import (FLOAT32, FLOAT64, INT16, UINT8, UINT32, CloudFormatError, CloudLayout,
+from occnet_ros.perception.pointcloud2 import (FLOAT32, FLOAT64, INT16, UINT8, UINT32, CloudFormatError, CloudLayout,
                                     Field, build_cloud, pack_rgb, parse_cloud)
 
 STRUCT_CODES = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 8: "d"}

@@ -4,9 +4,9 @@ import pytest
 import torch
 import trimesh
 
-from occnet_ros.checkpoint import CheckpointMeta, save_checkpoint
+from occnet_ros.network.checkpoint import CheckpointMeta, save_checkpoint
 from occnet_ros.cli.reconstruct import InputError, main, read_cloud, read_point_viewpoints
-from occnet_ros.model import ModelConfig, OccupancyNetwork
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 from fixtures_geometry import front_half_sphere
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
@@ -110,8 +110,8 @@ def _args(*extra):
 
 def test_known_empty_from_args_matches_a_direct_known_empty(tmp_path):
     from occnet_ros.cli.reconstruct import known_empty_from_args
-    from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
-    from occnet_ros.segmentation import Plane
+    from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
+    from occnet_ros.perception.segmentation import Plane
 
     np.save(tmp_path / "d.npy", _depth_image())
     pts = _cloud()  # around (0, 0, 0.7), up = -y: the table y = 0.06 lies below it
@@ -163,7 +163,7 @@ def test_known_empty_option_errors(tmp_path):
 
 
 def test_main_support_plane_removes_the_mesh_below_the_table(tmp_path, weights):
-    from occnet_ros.normalization import BOX_HALF, canonical_frame_from_observation
+    from occnet_ros.reconstruction.normalization import BOX_HALF, canonical_frame_from_observation
 
     table_y = 0.03  # optical frame, y down: the table is the plane y = 0.03, objects at y < 0.03
     pts = _cloud(600)
@@ -187,8 +187,8 @@ def test_main_with_depth_and_plane_reproduces_the_evaluation_pipeline(tmp_path):
     (the crop placed in a full 640 x 480 image) and its table plane writes the mesh that the evaluation's
     pipeline makes from the same observation; without them the mesh differs (the network's alone)."""
     from occnet_ros.evaluation.protocol import evaluation_object, observe_object
-    from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     obs = observe_object(evaluation_object("toy_concave_box"), 1)
     (view,), plane = obs.depth_views, obs.support_plane
@@ -217,7 +217,7 @@ def test_main_with_depth_and_plane_reproduces_the_evaluation_pipeline(tmp_path):
 def test_main_point_viewpoints_reproduces_a_fused_reconstruction(tmp_path):
     """--point-viewpoints: the same mesh as Reconstructor.reconstruct with those per-point camera centres
     and the threshold of that many views (default --views = distinct centres); bad files are refused."""
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     torch.manual_seed(0)
     model = OccupancyNetwork(SMALL)

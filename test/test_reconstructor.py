@@ -6,11 +6,11 @@ import torch
 import trimesh
 from dataclasses import replace
 
-from occnet_ros.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
-from occnet_ros.model import ModelConfig, OccupancyNetwork
-from occnet_ros.normalization import BOX_HALF
-from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
-from occnet_ros.surface_anchor import AnchorConfig
+from occnet_ros.network.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=2)
@@ -177,7 +177,7 @@ def test_view_thresholds_choose_the_surface_by_number_of_fused_views(tmp_path):
 
 
 def test_default_weights_missing_message(monkeypatch, tmp_path):
-    import occnet_ros.reconstructor as r
+    import occnet_ros.reconstruction.reconstructor as r
 
     monkeypatch.setattr(r, "DEFAULT_WEIGHTS", tmp_path / "weights" / "occnet_default.pt")
     with pytest.raises(FileNotFoundError, match="occnet_train"):

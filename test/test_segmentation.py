@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene
 
-from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationConfig,
+from occnet_ros.perception.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationConfig,
                                      SegmentationError, apply_limits, euclidean_clusters, fit_plane_ransac,
                                      fit_support_plane,
                                      score_planes, segment_by_mask, segment_by_projected_mask, segment_geometric)

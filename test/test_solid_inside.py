@@ -5,7 +5,7 @@ import trimesh
 
 from occnet_ros.data.mesh_sources import mesh_contains
 from occnet_ros.evaluation.metrics import evaluate_mesh, inside_mesh, prepare_ground_truth
-from occnet_ros.solid_inside import mesh_parts, on_solid_boundary, solid_inside
+from occnet_ros.data.solid_inside import mesh_parts, on_solid_boundary, solid_inside
 
 
 SHIFT = np.array([0.5, 0.2, 0.1])

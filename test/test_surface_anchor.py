@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from occnet_ros.surface_anchor import AnchorConfig, anchor_to_observation, fit_planes, vertex_normals
+from occnet_ros.reconstruction.surface_anchor import AnchorConfig, anchor_to_observation, fit_planes, vertex_normals
 
 
 def _hemisphere_points(n, radius, noise, seed):

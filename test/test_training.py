@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from occnet_ros.checkpoint import load_checkpoint, load_raw
-from occnet_ros.model import ModelConfig
+from occnet_ros.network.checkpoint import load_checkpoint, load_raw
+from occnet_ros.network.model import ModelConfig
 from occnet_ros.training.config import OptimConfig, TrainConfig
 from occnet_ros.training.trainer import Trainer, iou_per_threshold
 

@@ -20,13 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SKIP = {".venv", "build", "install", "log", "out", ".git", "__pycache__", ".pytest_cache", "data_cache", "runs"}
 
 CHECK = r"""
-import occnet_ros, occnet_ros.srv, occnet_ros.msg, occnet_ros.normalization
+import occnet_ros, occnet_ros.srv, occnet_ros.msg, occnet_ros.reconstruction.normalization
 from occnet_ros.srv import QueryOccupancy
 from occnet_ros.msg import ReconstructedObjectArray
 install = r"{install}"
 assert occnet_ros.__file__.startswith(install), occnet_ros.__file__
 assert occnet_ros.srv.__file__.startswith(install), occnet_ros.srv.__file__
-assert occnet_ros.normalization.__file__.startswith(install), occnet_ros.normalization.__file__
+assert occnet_ros.reconstruction.normalization.__file__.startswith(install), occnet_ros.reconstruction.normalization.__file__
 import rclpy
 rclpy.init()
 node = rclpy.create_node("colcon_check")

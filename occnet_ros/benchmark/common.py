@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import yaml
 
-from occnet_ros.checkpoint import DEFAULT_WEIGHTS, CheckpointMeta, load_checkpoint, save_checkpoint
+from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS, CheckpointMeta, load_checkpoint, save_checkpoint
 from occnet_ros.config_io import from_dict
-from occnet_ros.model import ModelConfig, OccupancyNetwork, cost_report
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork, cost_report
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = REPO / "config" / "train" / "default.yaml"
@@ -215,7 +215,7 @@ def make_context(weights: str | Path | None, out: Path, sizes: BenchSizes, repea
 class TestObject:
     """A partial view: ``points`` (N, 3) float32 camera optical frame, metres; ``up`` (3,) gravity-up
     in that frame; ``family``: the procedural shape family; ``mesh``: the shape (object frame);
-    ``depth_view``: the depth crop the points came from (:class:`~occnet_ros.known_empty.DepthView`,
+    ``depth_view``: the depth crop the points came from (:class:`~occnet_ros.reconstruction.known_empty.DepthView`,
     camera frame); ``plane``: the table plane fitted to its table pixels (None if none)."""
 
     points: np.ndarray
@@ -235,8 +235,8 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     from occnet_ros.data.shapes import sample_shape
     from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
                                                 observe_view)
-    from occnet_ros.known_empty import DepthView
-    from occnet_ros.segmentation import SegmentationConfig, fit_support_plane
+    from occnet_ros.reconstruction.known_empty import DepthView
+    from occnet_ros.perception.segmentation import SegmentationConfig, fit_support_plane
 
     rng = np.random.default_rng([seed, 5])
     shape = sample_shape(rng, family)

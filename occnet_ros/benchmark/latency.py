@@ -5,7 +5,7 @@ The object's points sit in a 640x480 organized cloud with an instance mask (back
 them) and a colour image, as the node receives them. The node's parameters are the shipped ones
 (``config/reconstruct.yaml``, else the defaults of :class:`~occnet_ros.ros.node_params.NodeParams`);
 only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` and
-``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats, in the order of :meth:`FramePipeline.process <occnet_ros.ros.pipeline.FramePipeline.process>` and the
+``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats, in the order of :meth:`FramePipeline.process <occnet_ros.perception.frame_pipeline.FramePipeline.process>` and the
 node's ``_process``:
 
 - crop: the mask's segments of the frame (:meth:`FramePipeline.segment`, size limits included);
@@ -14,7 +14,7 @@ node's ``_process``:
   the points came from and the table plane; the node builds it once per frame); testing the MISE
   points against it is part of ``mise``;
 - normalize, encode, mise, marching_cubes, anchor: :meth:`Reconstructor.reconstruct`'s own stages;
-- simplify: :func:`~occnet_ros.mesh_ops.simplify_mesh` to ``mesh.max_faces`` (face counts before and
+- simplify: :func:`~occnet_ros.perception.mesh_ops.simplify_mesh` to ``mesh.max_faces`` (face counts before and
   after are reported);
 - colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
 - message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (the node builds markers only
@@ -40,14 +40,14 @@ from scipy.spatial import cKDTree
 
 from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_object, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
-from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.config_io import flatten
-from occnet_ros.decimation_worker import ProcessDecimation
-from occnet_ros.known_empty import KnownEmpty
-from occnet_ros.launch_spec import default_params_file
-from occnet_ros.mesh_ops import quadric_decimation, simplify_mesh
+from occnet_ros.perception.decimation_worker import ProcessDecimation
+from occnet_ros.reconstruction.known_empty import KnownEmpty
+from occnet_ros.ros.launch_spec import default_params_file
+from occnet_ros.perception.mesh_ops import quadric_decimation, simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
-from occnet_ros.ros.pipeline import FrameInput, FramePipeline, ObjectResult
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ObjectResult
 
 RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "anchor")
 STAGES = ("crop", "clean", "known_empty", *RECONSTRUCT_STAGES, "simplify", "colour", "message", "serialize", "total")
@@ -81,7 +81,7 @@ def node_params(path: str | Path | None = None) -> tuple[NodeParams, str]:
 
     path: a ROS 2 parameter file (``<node or /**>: ros__parameters: ...``); the values for ``/**`` and
     then for the node's own name apply, as ROS applies them. None: the shipped file
-    (:func:`~occnet_ros.launch_spec.default_params_file`), or the :class:`NodeParams` defaults when it is
+    (:func:`~occnet_ros.ros.launch_spec.default_params_file`), or the :class:`NodeParams` defaults when it is
     not installed. ValueError naming the file for an unreadable file, a file without parameters for
     the node, or a bad value."""
     if path is None:

@@ -10,12 +10,12 @@ import torch
 import trimesh
 
 from occnet_ros.benchmark.common import BenchContext, default_model_config, realistic_object, timed
-from occnet_ros.checkpoint import DEFAULT_THRESHOLD
+from occnet_ros.network.checkpoint import DEFAULT_THRESHOLD
 from occnet_ros.evaluation.metrics import box_points, inside_mesh, iou_from_occupancy
-from occnet_ros.mise import dense_values, mesh_from_values, mise_values
-from occnet_ros.model import OccupancyNetwork
-from occnet_ros.normalization import BOX_HALF
-from occnet_ros.reconstructor import Reconstructor, ReconstructorConfig
+from occnet_ros.reconstruction.mise import dense_values, mesh_from_values, mise_values
+from occnet_ros.network.model import OccupancyNetwork
+from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 
 
 def reconstructor(ctx: BenchContext, model: OccupancyNetwork | None = None, **overrides) -> Reconstructor:

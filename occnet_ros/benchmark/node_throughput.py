@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.benchmark.common import BenchContext, percentile, summary
-from occnet_ros.process_utils import stop_process
+from occnet_ros.cli.processes import stop_process
 
 PUBLISH_HZ = 5.0
 SCENE_MARGIN_M = 0.2

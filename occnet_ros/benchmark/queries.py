@@ -3,7 +3,7 @@
 * one object, points inside its padded box (every point reaches the network): exact
   (:meth:`ReconstructedObject.query`) and from the cached MISE grid (``mode="grid"``), with the grid's
   error against the exact answers;
-* the object store (:class:`occnet_ros.object_store.ObjectStore`) with several objects: points spread
+* the object store (:class:`occnet_ros.perception.object_store.ObjectStore`) with several objects: points spread
   over the scene (uniform in the axis-aligned box around all objects' boxes, enlarged by
   ``SCENE_MARGIN_M`` on every side; the box tests reject most without the network), and points inside
   one object.
@@ -14,8 +14,8 @@ import numpy as np
 
 from occnet_ros.benchmark.common import BenchContext, realistic_object, timed
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
-from occnet_ros.normalization import BOX_HALF
-from occnet_ros.object_store import ObjectStore, StoredObject
+from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.perception.object_store import ObjectStore, StoredObject
 
 SCENE_MARGIN_M = 0.2
 FAMILIES = ("mug", "bottle", "box", "bowl")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from occnet_ros.checkpoint import DEFAULT_WEIGHTS
+from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS
 
 __all__ = ["main", "parse_args"]
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"occnet_eval: {e}", file=sys.stderr)
         return 2
-    from occnet_ros.checkpoint import CheckpointError
+    from occnet_ros.network.checkpoint import CheckpointError
     from occnet_ros.evaluation.protocol import ProtocolError
     from occnet_ros.evaluation.runner import run_evaluation
 

@@ -57,7 +57,7 @@ def parse_families(items: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from occnet_ros.checkpoint import CheckpointError
+    from occnet_ros.network.checkpoint import CheckpointError
     from occnet_ros.config_io import ConfigError, load_config
     from occnet_ros.data.dataset import DataConfig, split_meshes
     from occnet_ros.evaluation.calibration import CalibrationConfig, calibration_objects

@@ -3,7 +3,7 @@
     occnet_launch [--params-file F] [--namespace NS] [--remap FROM:=TO ...] [--use-sim-camera]
                   [--sim-params-file F] [--dry-run]
 
-Starts the processes described by :func:`occnet_ros.launch_spec.launch_nodes` (the same source the
+Starts the processes described by :func:`occnet_ros.ros.launch_spec.launch_nodes` (the same source the
 launch file uses) with their ``--ros-args``, forwards SIGINT/SIGTERM to them, and exits when they have
 exited. When one process ends, the others are stopped too (SIGINT, then SIGTERM after a grace period,
 then SIGKILL); the exit code is the first non-zero code of the processes, else 0.
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from occnet_ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes
+from occnet_ros.ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes
 
 STOP_GRACE_S = 5.0
 """Seconds a process gets after SIGINT before SIGTERM, and again before SIGKILL."""

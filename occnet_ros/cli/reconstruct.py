@@ -13,7 +13,7 @@ the camera that saw each point of CLOUD (same order, same frame, metres). The cl
 in each camera's canonical frame and the probabilities averaged, the mesh is anchored towards the right
 camera, and ``--views`` defaults to the number of distinct centres (as ``occnet_eval`` does with fused views).
 
-Known-empty space (:mod:`occnet_ros.known_empty`), as the node and the evaluation use it; without these
+Known-empty space (:mod:`occnet_ros.reconstruction.known_empty`), as the node and the evaluation use it; without these
 options the mesh is the network's alone:
 
 * ``--depth DEPTH --intrinsics FX FY CX CY``: the depth image the cloud came from (.npy (h, w) float
@@ -109,12 +109,12 @@ def read_point_viewpoints(path: str | Path, n_points: int) -> np.ndarray:
 
 
 def known_empty_from_args(args, points: np.ndarray):
-    """The :class:`~occnet_ros.known_empty.KnownEmpty` that ``--depth``/``--intrinsics`` and
+    """The :class:`~occnet_ros.reconstruction.known_empty.KnownEmpty` that ``--depth``/``--intrinsics`` and
     ``--support-plane`` describe (default sensor-noise settings), or None when neither is given.
     points: (N, 3) the cloud, source frame, metres (orients the plane). Raises InputError naming a bad
     option."""
-    from occnet_ros.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
-    from occnet_ros.segmentation import Plane
+    from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
+    from occnet_ros.perception.segmentation import Plane
 
     if (args.depth is None) != (args.intrinsics is None):
         raise InputError("--depth and --intrinsics go together (the depth camera's pinhole model)")
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         views = args.views if args.views is not None else (len(np.unique(vps, axis=0)) if vps is not None else 1)
         if views < 1:
             raise InputError(f"--views must be >= 1, got {views}")
-        from occnet_ros.checkpoint import CheckpointError
-        from occnet_ros.normalization import NormalizationError
-        from occnet_ros.reconstructor import Reconstructor
+        from occnet_ros.network.checkpoint import CheckpointError
+        from occnet_ros.reconstruction.normalization import NormalizationError
+        from occnet_ros.reconstruction.reconstructor import Reconstructor
 
         try:
             rec = Reconstructor.from_pretrained(

@@ -45,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def calibrate(args, cfg) -> int:
     """``--calibrate``: the threshold table on held-out objects, the best threshold written into the file."""
-    from occnet_ros.checkpoint import set_threshold
+    from occnet_ros.network.checkpoint import set_threshold
     from occnet_ros.config_io import load_config
     from occnet_ros.data.dataset import DataConfig, split_meshes
     from occnet_ros.evaluation.calibration import CalibrationConfig, calibrate_threshold, calibration_objects
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     data = load_config(DataConfig, cfg.data_file) if cfg.data_file else cfg.data
     cal = CalibrationConfig()
@@ -75,7 +75,7 @@ def calibrate(args, cfg) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.export:
-        from occnet_ros.checkpoint import CheckpointError, export_weights
+        from occnet_ros.network.checkpoint import CheckpointError, export_weights
 
         try:
             out = export_weights(*args.export)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"occnet_train: {e}", file=sys.stderr)
         return 2
     if args.calibrate:
-        from occnet_ros.checkpoint import CheckpointError
+        from occnet_ros.network.checkpoint import CheckpointError
 
         try:
             return calibrate(args, cfg)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from occnet_ros.cloud_filter import CleanConfig
+from occnet_ros.perception.cloud_filter import CleanConfig
 from occnet_ros.data.generate import FAMILY_CODES, GenStats, generate_object
 from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise
 
 DATA_FORMAT_VERSION = 4
 """2: GenStats gained ``fused_views`` (stored in every shard). 3: mesh labels are inside the union of the
-mesh's closed parts (:mod:`occnet_ros.solid_inside`); before, ray parity over the whole mesh called the
+mesh's closed parts (:mod:`occnet_ros.data.solid_inside`); before, ray parity over the whole mesh called the
 overlaps of a random_urdfs object's parts outside. 4: mugs and cups have thicker walls (mugs up to a
 quarter of their radius, cups up to a fifth; before, both at most 0.12)."""
 SPLITS = {"train": 0, "val": 1}

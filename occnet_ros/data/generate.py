@@ -6,8 +6,8 @@ The samples of one object are its single views (one per successful view), then
 them; see :func:`_fused_samples`). Each sample:
 
 * ``inputs``: (n_input_points, 3) canonical units, the observed (noisy, partial, segmented; optionally
-  cleaned by :func:`occnet_ros.cloud_filter.clean_cloud`) depth points normalised by
-  :func:`occnet_ros.normalization.canonical_frame_from_observation` (the ONE normalisation);
+  cleaned by :func:`occnet_ros.perception.cloud_filter.clean_cloud`) depth points normalised by
+  :func:`occnet_ros.reconstruction.normalization.canonical_frame_from_observation` (the ONE normalisation);
 * ``queries``: (n_query_uniform + n_query_near_surface, 3) canonical units: first uniform in the box
   ``[-BOX_HALF, BOX_HALF]^3``, then near the full true surface (Gaussian offsets, sigma in canonical units);
 * ``occupancies``: (n_queries,) bool, exact inside labels of the float16-rounded query coordinates.
@@ -21,11 +21,11 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from occnet_ros.cloud_filter import clean_cloud
+from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.data.mesh_sources import data_root, load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
-from occnet_ros.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
+from occnet_ros.reconstruction.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
 FAMILY_CODES = sorted(set(FAMILIES) - {"hollow_box"}) + ["random_urdf", "user_mesh", "hollow_box"]
 """Index -> family name of the ``family`` array of a dataset ("random_urdf": a pybullet_data random_urdfs

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from occnet_ros.solid_inside import solid_inside
+from occnet_ros.data.solid_inside import solid_inside
 
 
 def data_root() -> Path:
@@ -154,7 +154,7 @@ def make_watertight(mesh: trimesh.Trimesh) -> trimesh.Trimesh | None:
 
 def mesh_contains(mesh: trimesh.Trimesh, points: np.ndarray, nsamples: int = 3) -> np.ndarray:
     """points: (N, 3) metres -> (N,) bool inside the solid of ``mesh`` (closed parts; overlapping
-    parts are united, see :mod:`occnet_ros.solid_inside`), ``nsamples`` parity rays voting per part.
+    parts are united, see :mod:`occnet_ros.data.solid_inside`), ``nsamples`` parity rays voting per part.
 
     Until data format 3 this was open3d's ``compute_occupancy`` on the whole mesh, which calls the
     overlap of two parts outside: most ``random_urdfs`` meshes are 4-8 overlapping parts."""

@@ -1,7 +1,7 @@
 """Running the demo: the simulated camera and the reconstruction node as two processes, and a collector.
 
 Why separate processes (not one process with a MultiThreadedExecutor): they are the very programs a user
-starts with ``occnet_launch --use-sim-camera`` (the same :mod:`occnet_ros.launch_spec` description and
+starts with ``occnet_launch --use-sim-camera`` (the same :mod:`occnet_ros.ros.launch_spec` description and
 shipped parameter files, plus command-line overrides), talking over real DDS topics; and rendering and
 reconstruction hold the GIL for long stretches, so two processes use both CPU cores where one process
 would run them in turn. This process only collects: it subscribes to the camera's ``points``,
@@ -92,7 +92,7 @@ def _command(spec) -> list[str]:
     """A launch-spec node's command line: its installed program, else ``python -m`` its module (a ROS
     workspace installs the programs under lib/occnet_ros/, off PATH)."""
     from occnet_ros.cli.launch import command
-    from occnet_ros.launch_spec import LaunchSpecError
+    from occnet_ros.ros.launch_spec import LaunchSpecError
 
     try:
         return command(spec)
@@ -104,9 +104,9 @@ def _command(spec) -> list[str]:
 
 def commands(s: DemoSettings) -> dict[str, list[str]]:
     """The two programs' command lines: what ``occnet_launch --use-sim-camera --namespace NS`` starts
-    (:func:`occnet_ros.launch_spec.launch_nodes`, shipped parameter files), plus ``-p`` overrides for
+    (:func:`occnet_ros.ros.launch_spec.launch_nodes`, shipped parameter files), plus ``-p`` overrides for
     the demo's settings (they take precedence over the files)."""
-    from occnet_ros.launch_spec import launch_nodes
+    from occnet_ros.ros.launch_spec import launch_nodes
 
     cam = sim_camera_config(s)
     overrides = {

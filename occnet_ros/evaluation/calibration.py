@@ -19,7 +19,7 @@ import numpy as np
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh, prepare_ground_truth
 from occnet_ros.evaluation.protocol import (EvalObject, ProtocolError, ViewProtocolConfig, mesh_file_object,
                                             observe_object)
-from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
+from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
 
 __all__ = ["CalibrationConfig", "calibration_objects", "calibrate_threshold", "score_objects", "mean_scores"]
 
@@ -126,12 +126,12 @@ def mean_scores(rows: list[dict]) -> dict:
 
 def calibrate_threshold(reconstructor, objects: list[EvalObject], config: CalibrationConfig,
                         progress: bool = False) -> dict:
-    """Mean IoU / F-score of ``reconstructor`` (a :class:`~occnet_ros.reconstructor.Reconstructor`;
+    """Mean IoU / F-score of ``reconstructor`` (a :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`;
     its other settings are kept) at each threshold of ``config`` on ``objects``.
 
     -> {"table": [{"threshold", "iou", "fscore", "chamfer_l1"}...], "best_threshold": the threshold
     of the highest mean IoU, "n_objects", "skipped": names whose view failed}."""
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     config.validate()
     recs = {t: Reconstructor(reconstructor.model, device=str(reconstructor.device),

@@ -4,7 +4,7 @@ Every choice around the network (thresholds, input subsampling, anchoring, frame
 training stage) is made on held-out objects of the training distribution: the random_urdfs validation
 meshes and seeded procedural shapes of :func:`~occnet_ros.evaluation.calibration.calibration_objects`,
 reconstructed as ``occnet_eval``'s ``ours`` does. :func:`compare_variants` scores several *variants*
-(a weights file plus :class:`~occnet_ros.reconstructor.ReconstructorConfig` overrides) on the very same
+(a weights file plus :class:`~occnet_ros.reconstruction.reconstructor.ReconstructorConfig` overrides) on the very same
 observations; ``occnet_heldout`` is its command.
 
 A variant is written ``NAME`` or ``NAME:key=value,key=value`` (values in YAML syntax): ``weights=PATH``
@@ -36,8 +36,8 @@ class Variant:
 
 def parse_variant(text: str) -> Variant:
     """``NAME[:key=value,...]`` -> :class:`Variant`; ValueError naming an unknown key or a bad value."""
-    from occnet_ros.reconstructor import ReconstructorConfig
-    from occnet_ros.surface_anchor import AnchorConfig
+    from occnet_ros.reconstruction.reconstructor import ReconstructorConfig
+    from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 
     name, _, spec = text.partition(":")
     name = name.strip()
@@ -71,7 +71,7 @@ def parse_variant(text: str) -> Variant:
 def build_reconstructor(variant: Variant, device: str = "cpu", upsampling_steps: int = 1):
     """The variant's Reconstructor (``upsampling_steps`` unless the variant sets its own); ValueError
     for settings the config rejects."""
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     overrides = {"upsampling_steps": upsampling_steps, **variant.overrides}
     rec = Reconstructor.from_pretrained(variant.weights, device=device)  # a missing or bad file raises here

@@ -14,7 +14,7 @@ both meshes get the same similarity transform). The padded box is ``[-0.5 - p/2,
 * F-score at ``fscore_threshold`` (default 0.01 = 1 % of the longest edge): precision = fraction of
   prediction samples within the threshold of the ground truth, recall = the converse, harmonic mean.
 
-Inside test (:mod:`occnet_ros.solid_inside`, the same for prediction and ground truth): the mesh is
+Inside test (:mod:`occnet_ros.data.solid_inside`, the same for prediction and ground truth): the mesh is
 split into its connected parts and a point is inside the solid when it is inside any closed part (a
 winding count: an inverted part inside another is a cavity). Each part is tested by ray parity, the
 majority vote over ``n_rays`` seeded random directions (open3d ``RaycastingScene.count_intersections``).
@@ -35,7 +35,7 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-from occnet_ros.solid_inside import (MeshParts, mesh_parts, on_solid_boundary, parity_vote, random_directions,
+from occnet_ros.data.solid_inside import (MeshParts, mesh_parts, on_solid_boundary, parity_vote, random_directions,
                                      solid_inside)
 
 
@@ -142,7 +142,7 @@ def solid_surface_samples(parts: MeshParts, mesh: trimesh.Trimesh, n: int, n_ray
                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` area-weighted samples on the surface of the solid that ``mesh`` (split into ``parts``)
     stands for: samples on a part's faces buried inside other parts are interior, not surface, and are
-    drawn again (:func:`occnet_ros.solid_inside.on_solid_boundary`). For a mesh of one part this is
+    drawn again (:func:`occnet_ros.data.solid_inside.on_solid_boundary`). For a mesh of one part this is
     :func:`sample_surface`. Returns (points (n, 3), unit face normals (n, 3)), the mesh's frame."""
     pts, nrm, face = sample_surface(mesh, n, rng, return_faces=True)
     if len(parts) < 2:
@@ -168,7 +168,7 @@ def inside_mesh(mesh: trimesh.Trimesh, points: np.ndarray, n_rays: int,
     directions. points: (N, 3), same frame as ``mesh``. Returns (N,) bool. Exact for one closed
     surface (up to rays that graze an edge, which the vote removes); for open meshes a vote, and for
     overlapping closed parts wrong where they overlap: the metrics use
-    :func:`occnet_ros.solid_inside.solid_inside`, which unites the parts."""
+    :func:`occnet_ros.data.solid_inside.solid_inside`, which unites the parts."""
     if n_rays < 1 or n_rays % 2 == 0:
         raise ValueError(f"n_rays must be a positive odd number, got {n_rays}")
     return parity_vote(np.asarray(mesh.vertices), np.asarray(mesh.faces), points, random_directions(n_rays, rng))

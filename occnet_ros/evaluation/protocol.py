@@ -15,15 +15,15 @@ at that distance, the distance is increased until its bounding sphere fits (with
   gravity-up in camera 0's frame; so normalisation treats the fused cloud as if camera 0 saw it all.
   ``point_viewpoints`` holds the centre of the camera that saw each point (for normal orientation).
 
-What else the sensor shows (for :mod:`occnet_ros.known_empty`): each view's noisy depth crop (the
+What else the sensor shows (for :mod:`occnet_ros.reconstruction.known_empty`): each view's noisy depth crop (the
 object's box plus ``context`` times its size on every side) as a :class:`DepthView` posed in camera 0's
 frame, and the support plane fitted (RANSAC with the up vector, the node's default
-:class:`~occnet_ros.segmentation.SegmentationConfig` plane settings) to the table pixels of those crops.
+:class:`~occnet_ros.perception.segmentation.SegmentationConfig` plane settings) to the table pixels of those crops.
 
 Sensor: :class:`~occnet_ros.data.virtual_camera.CameraIntrinsics` and
 :class:`~occnet_ros.data.virtual_camera.DepthNoise` defaults (640x480, range-dependent noise, holes,
 edge artefacts), a perfect segmenter, the table occluding the base. Each view's cloud is then cleaned
-as the node cleans it (:func:`occnet_ros.cloud_filter.clean_cloud`, statistical outlier removal; in
+as the node cleans it (:func:`occnet_ros.perception.cloud_filter.clean_cloud`, statistical outlier removal; in
 that camera's frame) before fusion, identically for every method (``clean_enabled: false`` feeds the
 raw noisy points). Seeds per (seed, object name,
 view index) via CRC32 of the name, so results do not depend on the order of objects.
@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from occnet_ros.cloud_filter import CleanConfig, clean_cloud
+from occnet_ros.perception.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
 from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, in_reference_camera,
                                             look_at_pose, observe_view)
-from occnet_ros.known_empty import DepthView
-from occnet_ros.segmentation import Plane, SegmentationConfig, fit_support_plane
+from occnet_ros.reconstruction.known_empty import DepthView
+from occnet_ros.perception.segmentation import Plane, SegmentationConfig, fit_support_plane
 
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb")
 """Mesh file types accepted on the command line (whatever trimesh reads; OBJ/STL/PLY are tested)."""

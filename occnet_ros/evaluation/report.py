@@ -86,7 +86,7 @@ def markdown(results: dict) -> str:
         f"(mean of accuracy and completeness, same units; the papers print it x10), normal "
         f"consistency and F-score at {mc['fscore_threshold']} from {mc['n_points_surface']} surface "
         f"samples each; time = wall time of the method alone (s). Inside test: the union of the mesh's "
-        f"closed parts (overlapping parts united; `occnet_ros/solid_inside.py`), surface samples on "
+        f"closed parts (overlapping parts united; `occnet_ros/data/solid_inside.py`), surface samples on "
         f"faces buried in another part dropped.",
         "Marks: `*` prediction has an open part (its inside from a ray-parity vote, not exact); `†` ground "
         "truth has an open part; `fail` = no mesh (scored IoU 0 and F-score 0 in the means; Chamfer and normal "

@@ -6,7 +6,7 @@ optical frame, metres); the mesh is mapped to the world frame and scored against
 (:mod:`occnet_ros.evaluation.metrics`, normalised frame: GT longest bounding-box edge 1).
 
 Methods: ``ours`` (the network, MISE with the configured ``upsampling_steps``, the space the
-observation shows empty removed as ``known_empty`` says (:mod:`occnet_ros.known_empty`: below the
+observation shows empty removed as ``known_empty`` says (:mod:`occnet_ros.reconstruction.known_empty`: below the
 fitted table plane, in front of each view's depth), the mesh anchored to the observed points as the
 reconstructor's ``anchor`` says; fused views are also encoded in the other cameras' canonical frames and
 averaged, ``max_view_frames``), ``ours_raw`` (the network's own surface: no empty-space removal, no
@@ -35,8 +35,8 @@ from occnet_ros.evaluation.baselines import HullConfig, PoissonConfig, convex_hu
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh, prepare_ground_truth
 from occnet_ros.evaluation.protocol import (EvalObject, Observation, ProtocolError, ViewProtocolConfig,
                                             evaluation_object, mesh_file_object, observe_object)
-from occnet_ros.known_empty import KnownEmpty, KnownEmptyConfig
-from occnet_ros.reconstructor import ReconstructorConfig
+from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
+from occnet_ros.reconstruction.reconstructor import ReconstructorConfig
 
 BASELINES = ("hull", "poisson", "gt")
 _MISE = re.compile(r"^mise(\d)$")
@@ -98,8 +98,8 @@ MethodFn = Callable[[Observation, EvalObject], tuple[trimesh.Trimesh, dict]]
 
 def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, MethodFn], dict]:
     """Load the network once; one Reconstructor per MISE setting. Returns (methods, network info)."""
-    from occnet_ros.checkpoint import DEFAULT_WEIGHTS, load_raw
-    from occnet_ros.reconstructor import Reconstructor
+    from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS, load_raw
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     rc = cfg.reconstructor
     overrides = {f.name: getattr(rc, f.name) for f in fields(ReconstructorConfig) if f.name != "device"}

@@ -1,5 +1,5 @@
 """ROS messages <-> numpy, done once at the edge of the node. No per-point Python for clouds and images
-(vectorised through :mod:`occnet_ros.pointcloud2` and strided numpy views); meshes and markers need one
+(vectorised through :mod:`occnet_ros.perception.pointcloud2` and strided numpy views); meshes and markers need one
 message object per vertex / face by their definition: those lists are built in one comprehension each from
 plain Python numbers (``ndarray.tolist()``) or array rows, and one vertex's Point can be shared by several
 messages of the same frame (treat such lists as read-only).
@@ -16,8 +16,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from shape_msgs.msg import Mesh, MeshTriangle
 from std_msgs.msg import ColorRGBA, Header
 
-from occnet_ros.pointcloud2 import CloudLayout, Field, build_cloud, parse_cloud
-from occnet_ros.segmentation import CameraIntrinsics
+from occnet_ros.perception.pointcloud2 import CloudLayout, Field, build_cloud, parse_cloud
+from occnet_ros.perception.segmentation import CameraIntrinsics
 
 
 class MessageError(ValueError):
@@ -43,7 +43,7 @@ def cloud_layout(msg: PointCloud2) -> CloudLayout:
 def pointcloud2_to_arrays(msg: PointCloud2, want_rgb: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """PointCloud2 -> (xyz, rgb). xyz: (H, W, 3) float32 if organized (height > 1) else (N, 3) float32,
     ``msg.header.frame_id``, metres, NaN where invalid; rgb: same leading shape x 3 uint8 or None.
-    Raises :class:`occnet_ros.pointcloud2.CloudFormatError` for a malformed message."""
+    Raises :class:`occnet_ros.perception.pointcloud2.CloudFormatError` for a malformed message."""
     out = parse_cloud(msg.data, cloud_layout(msg), want_rgb=want_rgb)
     return out.xyz, out.rgb
 

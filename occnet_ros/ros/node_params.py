@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from occnet_ros.cloud_filter import CleanConfig
+from occnet_ros.perception.cloud_filter import CleanConfig
 from occnet_ros.config_io import ConfigError, flatten, from_dict, unflatten
-from occnet_ros.known_empty import KnownEmptyConfig
-from occnet_ros.mesh_ops import MIN_CLOSED_FACES
-from occnet_ros.segmentation import SegmentationConfig
-from occnet_ros.surface_anchor import AnchorConfig
+from occnet_ros.reconstruction.known_empty import KnownEmptyConfig
+from occnet_ros.perception.mesh_ops import MIN_CLOSED_FACES
+from occnet_ros.perception.segmentation import SegmentationConfig
+from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 
 NODE_NAME = "reconstruction_node"
 ANCHOR_RADIUS = AnchorConfig().radius
@@ -43,14 +43,14 @@ class SyncParams:
 class MeshParams:
     """MISE grid ``resolution0`` * 2**``upsampling_steps``; ``threshold``: surface probability (0 = the
     checkpoint's); ``n_input_points``: network input size (0 = the checkpoint's); ``max_faces``: published
-    meshes are simplified to at most this many faces (0 = off, see :func:`occnet_ros.mesh_ops.simplify_mesh`);
+    meshes are simplified to at most this many faces (0 = off, see :func:`occnet_ros.perception.mesh_ops.simplify_mesh`);
     ``reuse_tolerance``: an object whose canonical frame moved less than this keeps its last
-    reconstruction (0 = off, see :func:`occnet_ros.reconstructor.frames_close`); ``anchor_radius``: mesh
+    reconstruction (0 = off, see :func:`occnet_ros.reconstruction.reconstructor.frames_close`); ``anchor_radius``: mesh
     vertices this close to the observed points (canonical units, 1 = the object's size) move onto them
-    (0 = off, see :mod:`occnet_ros.surface_anchor`); ``mirror_average``: average the network over the
+    (0 = off, see :mod:`occnet_ros.reconstruction.surface_anchor`); ``mirror_average``: average the network over the
     observation and its mirror image; ``input_subsamples``: codes of this many input subsamples averaged (both
-    see :class:`occnet_ros.reconstructor.ReconstructorConfig`); ``decimate_in_worker``: the ``max_faces``
-    decimation runs in a worker process (:mod:`occnet_ros.decimation_worker`), so the GIL Open3D holds while
+    see :class:`occnet_ros.reconstruction.reconstructor.ReconstructorConfig`); ``decimate_in_worker``: the ``max_faces``
+    decimation runs in a worker process (:mod:`occnet_ros.perception.decimation_worker`), so the GIL Open3D holds while
     it decimates does not stall the query service."""
 
     resolution0: int = 32

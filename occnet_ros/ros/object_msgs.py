@@ -13,7 +13,7 @@ from occnet_ros.msg import ReconstructedObject as ReconstructedObjectMsg
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.ros.conversions import colors_to_msgs, mesh_to_msg, points_to_msgs, pose_from_rt, vector3
 from occnet_ros.ros.markers import MeshView, marker_array
-from occnet_ros.ros.pipeline import ObjectResult
+from occnet_ros.perception.frame_pipeline import ObjectResult
 
 
 def mesh_arrays(result: ObjectResult) -> tuple[np.ndarray, np.ndarray]:

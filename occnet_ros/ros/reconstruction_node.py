@@ -14,7 +14,7 @@ transform (when tf2_ros exists; otherwise such requests are refused). ``main`` s
 thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
 GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
 cubes, still delay a query by their duration). Mesh decimation, which holds the GIL longest (Open3D), runs in
-a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.decimation_worker`).
+a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
 
 Per frame: objects are always published; markers only while ``markers`` has subscribers. Message objects
 are built per frame and not kept.
@@ -36,20 +36,20 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from occnet_ros.decimation_worker import DecimationWorkerError, ProcessDecimation
-from occnet_ros.frame_sync import FrameSync, SyncedFrame
-from occnet_ros.mesh_ops import quadric_decimation
+from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
+from occnet_ros.perception.mesh_ops import quadric_decimation
 from occnet_ros.msg import ReconstructedObjectArray
-from occnet_ros.object_store import ObjectStore
-from occnet_ros.pointcloud2 import CloudFormatError
+from occnet_ros.perception.object_store import ObjectStore
+from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
                                         pointcloud2_to_arrays, stamp_to_sec)
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.object_msgs import frame_messages
-from occnet_ros.ros.pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
-from occnet_ros.ros.query import answer_query
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
+from occnet_ros.perception.query import answer_query
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
-from occnet_ros.segmentation import SegmentationError
+from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.srv import QueryOccupancy
 
 SWITCH_INTERVAL_S = 0.001
@@ -252,7 +252,7 @@ def main(args=None) -> int:
     try:
         node = ReconstructionNode()
     except Exception as e:
-        from occnet_ros.checkpoint import CheckpointError  # an unreadable or foreign checkpoint file
+        from occnet_ros.network.checkpoint import CheckpointError  # an unreadable or foreign checkpoint file
 
         if not isinstance(e, (ParamError, FileNotFoundError, CheckpointError)):
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from occnet_ros.data.dataset import DataConfig
-from occnet_ros.model import ModelConfig
+from occnet_ros.network.model import ModelConfig
 
 
 @dataclass

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from occnet_ros.checkpoint import (CheckpointMeta, config_hash, load_raw, save_checkpoint)
+from occnet_ros.network.checkpoint import (CheckpointMeta, config_hash, load_raw, save_checkpoint)
 from occnet_ros.config_io import from_dict
-from occnet_ros.model import ModelConfig, OccupancyNetwork, resolve_device
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork, resolve_device
 from occnet_ros.training.config import TrainConfig
 
 LOG_FIELDS = ["step", "loss", "val_iou", "threshold", "lr", "wall_time_s"]

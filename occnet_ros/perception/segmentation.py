@@ -14,7 +14,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from occnet_ros.cloud_filter import voxel_downsample
+from occnet_ros.perception.cloud_filter import voxel_downsample
 
 SegmentationMode = Literal["auto", "mask", "geometric"]
 

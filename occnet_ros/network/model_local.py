@@ -1,7 +1,7 @@
 """The local-feature variant of the occupancy network (in the spirit of Convolutional Occupancy Networks,
 Peng et al. 2020): the code is not one vector but three axis-aligned feature planes.
 
-All coordinates are in the canonical object frame (:mod:`occnet_ros.normalization`), box
+All coordinates are in the canonical object frame (:mod:`occnet_ros.reconstruction.normalization`), box
 ``[-BOX_HALF, BOX_HALF]^3``; the planes cover ``[-PLANE_HALF, PLANE_HALF]^2`` (a little more, so that
 near-surface queries just outside the box still read real features).
 
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occnet_ros.model_global import ResnetBlockFC
-from occnet_ros.normalization import BOX_HALF
+from occnet_ros.network.model_global import ResnetBlockFC
+from occnet_ros.reconstruction.normalization import BOX_HALF
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 """Canonical axes of the xy, xz and yz feature planes."""

@@ -1,6 +1,6 @@
 """One reconstructed object: its mesh, its canonical frame(s) and the codes that answer occupancy queries.
 
-Made by :meth:`occnet_ros.reconstructor.Reconstructor.reconstruct`; pure Python, no ROS. A cloud fused
+Made by :meth:`occnet_ros.reconstruction.reconstructor.Reconstructor.reconstruct`; pure Python, no ROS. A cloud fused
 from several cameras can carry codes in more than one canonical frame (:class:`ViewFrameCode`, the
 reconstructor's ``max_view_frames``); every probability is then the mean over those frames.
 """
@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import trimesh
 
-from occnet_ros.checkpoint import DEFAULT_THRESHOLD
-from occnet_ros.known_empty import KnownEmpty
-from occnet_ros.model import OccupancyNetwork, PreparedCode, PreparedPlanes
-from occnet_ros.normalization import BOX_HALF, CanonicalFrame
-from occnet_ros.occupancy_grid import OccupancyGrid
+from occnet_ros.network.checkpoint import DEFAULT_THRESHOLD
+from occnet_ros.reconstruction.known_empty import KnownEmpty
+from occnet_ros.network.model import OccupancyNetwork, PreparedCode, PreparedPlanes
+from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
+from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
 
 __all__ = ["ReconstructedObject", "ViewFrameCode", "QUERY_MODES", "MIRROR", "AUTO_BATCH"]
 
@@ -53,9 +53,9 @@ class ReconstructedObject:
     sigmoid of the mean of the two logits, the mirrored one taken at the mirrored query point); None
     otherwise. ``timings``: seconds per stage (normalize, encode, mise, marching_cubes, anchor,
     total). ``n_anchored``: mesh vertices moved onto the observation. ``mise_stats``: see
-    :func:`occnet_ros.mise.mise_values`. ``grid``: the MISE probability grid (None
-    without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.occupancy_grid` for what its answers
-    are exact for. ``known_empty``: the observation's empty-space test (:mod:`occnet_ros.known_empty`) or
+    :func:`occnet_ros.reconstruction.mise.mise_values`. ``grid``: the MISE probability grid (None
+    without a mesh or with ``keep_grid`` off), see :mod:`occnet_ros.reconstruction.occupancy_grid` for what its answers
+    are exact for. ``known_empty``: the observation's empty-space test (:mod:`occnet_ros.reconstruction.known_empty`) or
     None; points it marks have probability 0 in every answer (mesh, exact and grid queries).
     ``view_frames``: for a cloud fused from several cameras, its codes in the canonical frames of the
     other cameras (:class:`ViewFrameCode`; empty for one camera or ``max_view_frames`` 1): the network's
@@ -138,7 +138,7 @@ class ReconstructedObject:
     def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
         """points (M, 3) canonical -> (M,) float32 probabilities; outside the padded box (or not finite)
         -> 0. ``mode``: "exact" = the network; "grid" = trilinear in the cached MISE grid (see
-        :mod:`occnet_ros.occupancy_grid`)."""
+        :mod:`occnet_ros.reconstruction.occupancy_grid`)."""
         if mode == "grid":
             if self.grid is None:
                 raise ValueError("grid queries need the MISE grid: reconstruct with extract_mesh=True "

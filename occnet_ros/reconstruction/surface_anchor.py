@@ -22,7 +22,7 @@ plane fitted to the observed points around it (a moving-least-squares projection
   mesh, so the anchored patch joins the rest of the surface without a step.
 
 The mesh's connectivity is untouched, so a closed mesh stays closed. All inputs in one frame
-(:meth:`~occnet_ros.reconstructor.Reconstructor.reconstruct` uses the canonical frame, so ``radius``
+(:meth:`~occnet_ros.reconstruction.reconstructor.Reconstructor.reconstruct` uses the canonical frame, so ``radius``
 is in canonical units: 1 = the assumed object size).
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ class AnchorResult:
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(V, 3) unit outward vertex normals, area-weighted over the incident faces (faces oriented with
-    outward normals, as :func:`occnet_ros.mise.mesh_from_values` gives them); zeros for lone vertices."""
+    outward normals, as :func:`occnet_ros.reconstruction.mise.mesh_from_values` gives them); zeros for lone vertices."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 import trimesh
 
-from occnet_ros.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, check_view_thresholds, load_checkpoint,
+from occnet_ros.network.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, check_view_thresholds, load_checkpoint,
                                   threshold_for_views)
-from occnet_ros.known_empty import KnownEmpty
-from occnet_ros.mise import mesh_from_values, mise_values
-from occnet_ros.model import OccupancyNetwork, resolve_device
-from occnet_ros.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
-from occnet_ros.occupancy_grid import OccupancyGrid
-from occnet_ros.reconstructed_object import AUTO_BATCH, MIRROR, QUERY_MODES, ReconstructedObject, ViewFrameCode
-from occnet_ros.surface_anchor import AnchorConfig, anchor_to_observation
+from occnet_ros.reconstruction.known_empty import KnownEmpty
+from occnet_ros.reconstruction.mise import mesh_from_values, mise_values
+from occnet_ros.network.model import OccupancyNetwork, resolve_device
+from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
+from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
+from occnet_ros.reconstruction.reconstructed_object import AUTO_BATCH, MIRROR, QUERY_MODES, ReconstructedObject, ViewFrameCode
+from occnet_ros.reconstruction.surface_anchor import AnchorConfig, anchor_to_observation
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
            "frames_close"]
@@ -46,12 +46,12 @@ class ReconstructorConfig:
     8.6 MB at R = 128); ``reuse_tolerance``: :meth:`Reconstructor.reconstruct` given the object's
     previous reconstruction returns it unchanged when the new observation's canonical frame is within
     this tolerance of the old one (see :func:`frames_close`; 0 = always reconstruct); ``anchor``: the
-    mesh's vertices near the observed points move onto them (:mod:`occnet_ros.surface_anchor`, radius
+    mesh's vertices near the observed points move onto them (:mod:`occnet_ros.reconstruction.surface_anchor`, radius
     in canonical units, 0 = off); occupancy queries still answer the network itself; ``mirror_average``:
     also encode the observation mirrored across the canonical x-z plane (the vertical plane along the
     viewing direction, which the canonical frame and the training data treat alike on both sides) and
     average: a feature-plane network decodes the mean of the two codes (the mirrored one flipped back,
-    :meth:`~occnet_ros.model.OccupancyNetwork.mirror_code`; one extra encoding, no extra decoding), a
+    :meth:`~occnet_ros.network.model.OccupancyNetwork.mirror_code`; one extra encoding, no extra decoding), a
     global-code network answers the mean of the two logits (2x the decoding). Held-out IoU +0.007
     (MODEL.md); ``input_subsamples``: K disjoint seeded subsamples of ``n_input_points`` are encoded (in
     one batch, with their mirror images) and their codes averaged, so more of a dense cloud is used
@@ -59,7 +59,7 @@ class ReconstructorConfig:
     way in session 6, MODEL.md); ``max_view_frames``: a cloud fused from several cameras
     (``point_viewpoints`` with more than one distinct centre) is also encoded in the canonical frame of
     up to ``max_view_frames - 1`` of the other cameras (in their order of first appearance) and every
-    probability is the mean over the frames (:class:`~occnet_ros.reconstructed_object.ViewFrameCode`);
+    probability is the mean over the frames (:class:`~occnet_ros.reconstruction.reconstructed_object.ViewFrameCode`);
     each frame costs one more encoding and one more decoding per query point. Held-out IoU +0.003 at 4
     fused views (MODEL.md, session 9). 1 = only the frame of ``viewpoint``."""
 
@@ -114,7 +114,7 @@ class Reconstructor:
                  config: ReconstructorConfig | None = None, default_threshold: float = DEFAULT_THRESHOLD,
                  default_view_thresholds: dict | None = None):
         """``default_threshold``, ``default_view_thresholds``: the checkpoint's calibrated surface
-        thresholds for one view and for clouds fused from several (:class:`~occnet_ros.checkpoint.CheckpointMeta`);
+        thresholds for one view and for clouds fused from several (:class:`~occnet_ros.network.checkpoint.CheckpointMeta`);
         an explicit ``config.threshold`` replaces both."""
         self.config = replace(config) if config is not None else ReconstructorConfig(device=device)
         if config is None or device != "auto":
@@ -157,7 +157,7 @@ class Reconstructor:
 
     def threshold_for(self, n_views: int = 1) -> float:
         """Surface threshold for a cloud fused from ``n_views`` views: the one calibrated with the
-        largest view count <= ``n_views`` (:func:`~occnet_ros.checkpoint.threshold_for_views`), else
+        largest view count <= ``n_views`` (:func:`~occnet_ros.network.checkpoint.threshold_for_views`), else
         :attr:`threshold`."""
         return threshold_for_views(n_views, self.threshold, self.view_thresholds)
 

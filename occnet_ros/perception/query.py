@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from occnet_ros.object_store import ObjectStore, UnknownObjectError
+from occnet_ros.perception.object_store import ObjectStore, UnknownObjectError
 from occnet_ros.ros.tf_lookup import TransformError, apply
 
 

@@ -1,5 +1,5 @@
 """One frame from arrays to reconstructed objects: segment, clean, reconstruct (reusing an unchanged
-object's last reconstruction; the space the frame shows empty removed, :mod:`occnet_ros.known_empty`),
+object's last reconstruction; the space the frame shows empty removed, :mod:`occnet_ros.reconstruction.known_empty`),
 simplify the mesh to publish, colour it. No ROS types and no rclpy: the
 node converts messages to a :class:`FrameInput` and the results to messages.
 
@@ -16,13 +16,13 @@ from typing import Callable
 import numpy as np
 from scipy.spatial import cKDTree
 
-from occnet_ros.cloud_filter import clean_cloud
-from occnet_ros.known_empty import DepthView, KnownEmpty
-from occnet_ros.mesh_ops import Decimation, quadric_decimation, simplify_mesh
-from occnet_ros.normalization import NormalizationError
-from occnet_ros.object_store import StoredObject
+from occnet_ros.perception.cloud_filter import clean_cloud
+from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty
+from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation, simplify_mesh
+from occnet_ros.reconstruction.normalization import NormalizationError
+from occnet_ros.perception.object_store import StoredObject
 from occnet_ros.ros.node_params import NodeParams, ParamError
-from occnet_ros.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationError,
+from occnet_ros.perception.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationError,
                                      apply_limits, fit_support_plane, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
 
@@ -51,7 +51,7 @@ class FrameInput:
 @dataclass
 class ObjectResult:
     """One reconstructed object: ``segment`` (id, label, observed points), ``obj`` (the
-    :class:`~occnet_ros.reconstructor.ReconstructedObject`), ``n_observed`` points after cleaning,
+    :class:`~occnet_ros.reconstruction.reconstructor.ReconstructedObject`), ``n_observed`` points after cleaning,
     ``vertex_colors`` (V, 3) uint8 per vertex of the published mesh or None, ``seconds`` spent (clean,
     reconstruct, simplify, colour). ``vertices`` (V, 3) float64 metres and ``faces`` (F, 3) int64: the mesh to
     publish, in the cloud frame (``obj.mesh`` simplified to ``mesh.max_faces``); None = ``obj.mesh`` as is."""
@@ -91,12 +91,12 @@ class FrameResult:
 
 
 def load_reconstructor(params: NodeParams):
-    """The :class:`~occnet_ros.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
+    """The :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
     input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``,
     ``mesh.input_subsamples``; the probability grid is kept only for ``query_mode`` grid).
     Raises :class:`ParamError` for a missing checkpoint or an unavailable device."""
-    from occnet_ros.reconstructor import Reconstructor
-    from occnet_ros.surface_anchor import AnchorConfig
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
+    from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 
     overrides = {"resolution0": params.mesh.resolution0, "upsampling_steps": params.mesh.upsampling_steps,
                  "seed": params.seed, "reuse_tolerance": params.mesh.reuse_tolerance,
@@ -131,8 +131,8 @@ class FramePipeline:
     ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
-    ``mesh.max_faces`` (:func:`~occnet_ros.mesh_ops.quadric_decimation` in this process by default; the
-    node passes a :class:`~occnet_ros.decimation_worker.ProcessDecimation`).
+    ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.quadric_decimation` in this process by default; the
+    node passes a :class:`~occnet_ros.perception.decimation_worker.ProcessDecimation`).
     """
 
     def __init__(self, reconstructor, params: NodeParams, decimate: Decimation = quadric_decimation):
@@ -168,7 +168,7 @@ class FramePipeline:
 
     def support_plane(self, frame: FrameInput) -> Plane | None:
         """The support plane of the frame (cloud frame): RANSAC along ``up`` with the segmentation's plane
-        settings on all finite points (:func:`~occnet_ros.segmentation.fit_support_plane`)."""
+        settings on all finite points (:func:`~occnet_ros.perception.segmentation.fit_support_plane`)."""
         flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
         flat = flat[np.isfinite(flat).all(axis=1)]
         return fit_support_plane(flat, self.params.segmentation, self.rng, frame.up, frame.viewpoint)

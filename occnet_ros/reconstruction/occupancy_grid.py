@@ -1,6 +1,6 @@
 """A per-object cached occupancy-probability grid: fast approximate queries without the network.
 
-MISE leaves a full corner grid of probabilities behind (:func:`occnet_ros.mise.mise_values`); keeping it
+MISE leaves a full corner grid of probabilities behind (:func:`occnet_ros.reconstruction.mise.mise_values`); keeping it
 lets a query be answered by trilinear interpolation (tens of millions of points per second on one
 core) instead of a network pass.
 

@@ -1,10 +1,10 @@
 """The Occupancy Network: configuration, the assembled network, its costs, device selection.
 
 Two kinds (``ModelConfig.kind``): "global", a ResNet-PointNet encoder to one code and a
-conditional-batch-norm decoder (:mod:`occnet_ros.model_global`); "local", feature planes and a U-Net
-(:mod:`occnet_ros.model_local`).
+conditional-batch-norm decoder (:mod:`occnet_ros.network.model_global`); "local", feature planes and a U-Net
+(:mod:`occnet_ros.network.model_local`).
 
-All coordinates are in the canonical object frame (see :mod:`occnet_ros.normalization`), box
+All coordinates are in the canonical object frame (see :mod:`occnet_ros.reconstruction.normalization`), box
 ``[-BOX_HALF, BOX_HALF]^3``. The network is device-agnostic: nothing here creates CPU-only tensors.
 
 * ``encode(points (B, N, 3)) -> code (B, *code_shape)``
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from occnet_ros.model_global import (CBatchNorm, CBNDecoder, FusedDecoder, PreparedCode,  # noqa: F401
+from occnet_ros.network.model_global import (CBatchNorm, CBNDecoder, FusedDecoder, PreparedCode,  # noqa: F401
                                      ResnetBlockFC, ResnetPointNet)
-from occnet_ros.model_local import LocalDecoder, LocalPoolPointNet, PreparedPlanes, mirror_planes, unet_macs
+from occnet_ros.network.model_local import LocalDecoder, LocalPoolPointNet, PreparedPlanes, mirror_planes, unet_macs
 
 
 MODEL_KINDS = ("global", "local")
@@ -31,14 +31,14 @@ MODEL_KINDS = ("global", "local")
 @dataclass
 class ModelConfig:
     """Network sizes. ``kind``: "global" (one code vector, CBN decoder; this module) or "local" (three
-    feature planes, :mod:`occnet_ros.model_local`). ``c_dim``: size of the global code, or channels of
+    feature planes, :mod:`occnet_ros.network.model_local`). ``c_dim``: size of the global code, or channels of
     the local feature planes; ``*_hidden``: layer widths; ``*_blocks``: number of residual blocks;
     ``bn_momentum``/``bn_eps``: the global decoder's batch norm. Local only: ``plane_resolution`` R
     (cells per plane side, divisible by 2^(unet_levels-1)), ``unet_base`` channels and ``unet_levels``
     resolutions of the U-Net, ``local_pool``: the point encoder pools over the points of each plane
     cell (ConvONet) instead of over all points (twice the training time here, see MODEL.md),
     ``global_context``: the features pooled over all points are added to every plane cell before the
-    U-Net (see :class:`~occnet_ros.model_local.LocalPoolPointNet`)."""
+    U-Net (see :class:`~occnet_ros.network.model_local.LocalPoolPointNet`)."""
 
     kind: str = "global"
     c_dim: int = 128
@@ -131,7 +131,7 @@ class OccupancyNetwork(nn.Module):
         """Per-object decoder constants for ``code`` (B, *code_shape); only valid in eval mode. Global:
         the folded CBN maps (:class:`PreparedCode`), ``dtype`` the precision of the fused fast path
         (None = float32), ``fuse=False`` keeps only the reference affines. Local: the feature planes
-        (:class:`occnet_ros.model_local.PreparedPlanes`)."""
+        (:class:`occnet_ros.network.model_local.PreparedPlanes`)."""
         if self.training:
             raise RuntimeError("prepare() needs eval mode (call model.eval())")
         return self.decoder.prepare(code, dtype=dtype, fuse=fuse)

@@ -3,8 +3,8 @@
 Open3D's ``simplify_quadric_decimation`` holds the GIL of the process that calls it for as long as it
 runs (measured on a 2-core machine: about 0.1 s for a 64^3 marching-cubes mesh, 2.3 s for a 128^3 one). In the node
 that stalls every other thread, the occupancy query service included, until it returns.
-:class:`ProcessDecimation` runs :func:`occnet_ros.mesh_ops.quadric_decimation` in one persistent worker
-process and is a drop-in ``decimate`` for :func:`occnet_ros.mesh_ops.simplify_mesh`: the calling
+:class:`ProcessDecimation` runs :func:`occnet_ros.perception.mesh_ops.quadric_decimation` in one persistent worker
+process and is a drop-in ``decimate`` for :func:`occnet_ros.perception.mesh_ops.simplify_mesh`: the calling
 thread waits on a pipe without the GIL. The worker is spawned, not forked (the parent has torch and ROS
 threads), so every script that may use it guards its ``main()`` with ``if __name__ == "__main__"``
 (a spawned process re-imports the parent's main file; a program read from standard input has none, and
@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from occnet_ros.mesh_ops import quadric_decimation
+from occnet_ros.perception.mesh_ops import quadric_decimation
 
 __all__ = ["ProcessDecimation", "DecimationWorkerError"]
 
@@ -41,7 +41,7 @@ class ProcessDecimation:
     """``decimate(vertices, faces, target_faces) -> (vertices, faces)`` run in a worker process.
 
     vertices: (V, 3) float64, faces: (F, 3) int64, any frame and unit (returned in the same), exactly as
-    :func:`~occnet_ros.mesh_ops.quadric_decimation` returns them. The worker starts on the first call (or
+    :func:`~occnet_ros.perception.mesh_ops.quadric_decimation` returns them. The worker starts on the first call (or
     :meth:`start`, which also imports Open3D there, so the first mesh does not pay for it). If the worker
     dies, one new worker is started and the mesh is tried once more; a second failure, or no answer in
     ``timeout_s`` seconds, raises :class:`DecimationWorkerError`. Thread-safe; :meth:`close` (or ``with``)

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from occnet_ros.config_io import ConfigError, from_dict
-from occnet_ros.model import ModelConfig, OccupancyNetwork
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 
 FORMAT = "occnet_ros-checkpoint"
 VERSION = 1
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "occnet_default.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "occnet_default.pt"
 """Shipped weights (exported from the best training checkpoint)."""
 
 DEFAULT_THRESHOLD = 0.5

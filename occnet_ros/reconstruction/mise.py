@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from skimage.measure import marching_cubes
 
-from occnet_ros.normalization import BOX_HALF
+from occnet_ros.reconstruction.normalization import BOX_HALF
 
 EvalFn = Callable[[np.ndarray], np.ndarray]
 PAD_VALUE = -1e6

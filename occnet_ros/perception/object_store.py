@@ -15,16 +15,16 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-from occnet_ros.normalization import BOX_HALF, CanonicalFrame
+from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
 
 
 QUERY_MODES = ("exact", "grid")
 """exact: the network on each point; grid: interpolated in the object's cached MISE grid (approximate; see
-:mod:`occnet_ros.occupancy_grid`)."""
+:mod:`occnet_ros.reconstruction.occupancy_grid`)."""
 
 
 class QueryableObject(Protocol):
-    """What the store needs of a reconstruction (e.g. :class:`occnet_ros.reconstructor.ReconstructedObject`):
+    """What the store needs of a reconstruction (e.g. :class:`occnet_ros.reconstruction.reconstructor.ReconstructedObject`):
     ``frame`` (canonical <-> store frame) and ``query_canonical(points (K, 3) canonical, mode) -> (K,)
     float32`` with ``mode`` one of :data:`QUERY_MODES`."""
 

@@ -1,8 +1,8 @@
 """The global-code parts of the occupancy network (Mescheder et al. 2019): a ResNet-PointNet encoder to
 one code vector and a decoder of residual blocks with conditional batch norm (CBN), with the eval-time
-folded forms. Assembled by :class:`occnet_ros.model.OccupancyNetwork` (``ModelConfig.kind = "global"``).
+folded forms. Assembled by :class:`occnet_ros.network.model.OccupancyNetwork` (``ModelConfig.kind = "global"``).
 
-Coordinates are canonical (:mod:`occnet_ros.normalization`).
+Coordinates are canonical (:mod:`occnet_ros.reconstruction.normalization`).
 
 * ``prepare(code)`` -> :class:`PreparedCode`: at inference the conditional batch-norm scales and shifts
   (and the running statistics) are folded into one per-channel affine map per code, once, so each query

@@ -5,7 +5,7 @@ the network and it does not learn them reliably:
 
 * **The support plane.** An object standing on a table does not reach below the table top. Points more
   than ``plane_margin_m`` below the plane (fitted to the table points around the object, RANSAC with
-  the up vector, :func:`occnet_ros.segmentation.fit_plane_ransac`) are empty.
+  the up vector, :func:`occnet_ros.perception.segmentation.fit_plane_ransac`) are empty.
 * **Free space in front of the depth.** A depth pixel that measured ``d`` says its ray is empty up to
   ``d``. A point is empty when some view projects it onto a pixel whose depth bound lies more than
   ``n_sigma`` sensor sigmas (``sigma(d) = sigma_a + sigma_b * d^2``, metres) beyond the point's own
@@ -19,7 +19,7 @@ the network and it does not learn them reliably:
   pixel's own depth (``edge_window_px`` 1), at 1 and at 4 views (MODEL.md).
 
 Everything else is left to the network. :class:`KnownEmpty` answers "is this point known to be empty"
-for points in the reconstruction's source frame; :class:`occnet_ros.reconstructor.ReconstructedObject`
+for points in the reconstruction's source frame; :class:`occnet_ros.reconstruction.reconstructor.ReconstructedObject`
 sets the probability of those points to 0 for both the mesh extraction and the occupancy queries, so
 the mesh and the query service answer the same field.
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from occnet_ros.normalization import rotate_rows
-from occnet_ros.segmentation import Plane
+from occnet_ros.reconstruction.normalization import rotate_rows
+from occnet_ros.perception.segmentation import Plane
 
 
 @dataclass

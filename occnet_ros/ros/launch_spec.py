@@ -61,7 +61,7 @@ class NodeSpec:
 
 def source_config_dir() -> Path:
     """``config/`` of the source checkout this module lives in (pip route, editable install)."""
-    return Path(__file__).resolve().parent.parent / "config"
+    return Path(__file__).resolve().parents[2] / "config"
 
 
 def config_dir() -> Path:
