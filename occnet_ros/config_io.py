@@ -11,6 +11,10 @@ Usage::
 
 Nested dataclass fields are filled from nested mappings. An unknown key, a value of the wrong type or
 an unreadable file raises :class:`ConfigError` whose message names the file and the key path.
+
+A setting is described once, where it is declared: :func:`setting` puts its description and its
+allowed range into the field's metadata, and :func:`describe` collects them under the dotted names that
+the ROS parameters, the YAML files and the command lines use.
 """
 from __future__ import annotations
 
@@ -27,6 +31,48 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or mapping that does not fit its dataclass."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    """What :func:`describe` knows of one setting: ``doc`` (its description, with units), ``range``
+    ((min, max) inclusive for a number, None when any value of its type is allowed) and ``default``."""
+
+    doc: str
+    range: tuple[float, float] | None
+    default: Any
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, range: tuple[float, float] | None = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its one description: ``doc`` says what it does and its unit; ``range``
+    ((min, max), inclusive) bounds a number; :func:`describe` reads both."""
+    if not doc:
+        raise ValueError("a setting needs a description")
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"doc": doc, "range": range})
+
+
+def describe(cls: type, prefix: str = "") -> dict[str, SettingInfo]:
+    """{dotted name: :class:`SettingInfo`} of every leaf field of config dataclass ``cls`` (nested
+    dataclasses give ``group.name``; defaults are those of ``cls()``, so a group whose default differs
+    from its own class's defaults reports the group's), in declaration order. A leaf field declared
+    without :func:`setting` raises ValueError, so no setting goes undescribed."""
+    return _describe(cls(), prefix)
+
+
+def _describe(config: Any, prefix: str) -> dict[str, SettingInfo]:
+    out: dict[str, SettingInfo] = {}
+    for f in dataclasses.fields(config):
+        name, value = f"{prefix}{f.name}", getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_describe(value, f"{name}."))
+            continue
+        if "doc" not in f.metadata:
+            raise ValueError(f"setting '{name}' of {type(config).__name__} has no description "
+                             "(declare it with setting())")
+        out[name] = SettingInfo(f.metadata["doc"], f.metadata["range"],
+                                list(value) if isinstance(value, tuple) else value)
+    return out
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

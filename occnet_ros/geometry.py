@@ -69,9 +69,11 @@ class PinholeCamera:
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """points: (N, 3) optical frame, metres -> (u (N,), v (N,)) float64 continuous image coordinates
-        (u = column, v = row); inf or NaN for points at or behind z = 0."""
+        (u = column, v = row): ``u = fx x / z + cx``, ``v = fy y / z + cy``. Inf or NaN at z = 0; a point
+        behind the camera (z < 0) gets the finite coordinates of its mirror image through the centre
+        (:meth:`pixels` rejects both)."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return self.fx * p[:, 0] / p[:, 2] + self.cx, self.fy * p[:, 1] / p[:, 2] + self.cy
 
     def pixels(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,12 +81,16 @@ class PinholeCamera:
         pixel whose centre is nearest to each point's projection. Valid: finite, in front of the camera
         (z > 0) and inside the image; row and col are 0 where not valid."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        u, v = self.project(p)
-        with np.errstate(invalid="ignore"):
-            col, row = np.floor(u + 0.5), np.floor(v + 0.5)
-            valid = (np.isfinite(col) & np.isfinite(row) & (p[:, 2] > 0) & (col >= 0) & (col < self.width)
-                     & (row >= 0) & (row < self.height))
-        return (np.where(valid, row, 0).astype(np.int64), np.where(valid, col, 0).astype(np.int64), valid)
+        col, row = self.project(p)  # fresh arrays: rounded in place
+        for a in (col, row):
+            a += 0.5
+            np.floor(a, out=a)
+        with np.errstate(invalid="ignore"):  # NaN compares False: no separate finiteness test needed
+            valid = (p[:, 2] > 0) & (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
+        invalid = ~valid
+        col[invalid] = 0.0
+        row[invalid] = 0.0
+        return row.astype(np.int64), col.astype(np.int64), valid
 
     def pixel_index(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """points: (N, 3) optical frame, metres -> (flat pixel index ``row * width + col`` (N,) int64,
@@ -108,13 +114,18 @@ class PinholeCamera:
         return (self.rays(rows + roi_origin[0], cols + roi_origin[1]) * d[..., None]).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Plane:
-    """The plane ``normal . p + offset = 0``; ``normal``: (3,) unit vector pointing to the plane's positive
-    side (for a support plane: towards the objects, i.e. up), ``offset`` in metres."""
+    """The plane ``normal . p + offset = 0``; ``normal``: (3,) float64 unit vector pointing to the plane's
+    positive side (for a support plane: towards the objects, i.e. up), ``offset`` in metres. The normal
+    is stored as given (use :meth:`from_coefficients` to normalise)."""
 
     normal: np.ndarray
     offset: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "normal", np.array(self.normal, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "offset", float(self.offset))
 
     @classmethod
     def from_coefficients(cls, a: float, b: float, c: float, d: float, towards=None) -> "Plane":
@@ -132,26 +143,32 @@ class Plane:
 
     def flipped(self) -> "Plane":
         """The same plane with the other side positive."""
-        return Plane(-np.asarray(self.normal, np.float64), -float(self.offset))
+        return Plane(-self.normal, -self.offset)
 
     def signed_distance(self, points: np.ndarray) -> np.ndarray:
         """points: (N, 3) metres -> (N,) float64 signed distances (positive on the normal's side)."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         # einsum, not @: no BLAS threads left spinning next to the network (see rotate_rows)
-        return np.einsum("nk,k->n", p, np.asarray(self.normal, np.float64)) + self.offset
+        return np.einsum("nk,k->n", p, self.normal) + self.offset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RigidTransform:
     """A rotation and a translation: ``apply(p) = rotation @ p + translation``. ``rotation``: (3, 3)
-    float64 proper rotation; ``translation``: (3,) float64, metres. ``T_a_b`` takes points of frame
-    ``b`` into frame ``a``; ``T_a_b @ T_b_c`` is ``T_a_c``."""
+    float64 proper rotation; ``translation``: (3,) float64, metres (both copied on construction; only
+    :meth:`from_matrix` checks that the rotation is proper). ``T_a_b`` takes points of frame ``b`` into
+    frame ``a``; ``T_a_b @ T_b_c`` is ``T_a_c``."""
 
     rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
     translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
+    def __post_init__(self):
+        object.__setattr__(self, "rotation", np.array(self.rotation, dtype=np.float64).reshape(3, 3))
+        object.__setattr__(self, "translation", np.array(self.translation, dtype=np.float64).reshape(3))
+
     @classmethod
     def identity(cls) -> "RigidTransform":
+        """The transform that changes nothing (``T_a_a``)."""
         return cls()
 
     @classmethod
@@ -166,7 +183,7 @@ class RigidTransform:
         r = m[:3, :3]
         if np.abs(r @ r.T - np.eye(3)).max() > tolerance or np.linalg.det(r) < 0:
             raise ValueError("the rotation block of the transform is not a proper rotation matrix")
-        return cls(r.copy(), m[:3, 3].copy())
+        return cls(r, m[:3, 3])
 
     @classmethod
     def from_quaternion(cls, xyzw, translation) -> "RigidTransform":
@@ -191,20 +208,23 @@ class RigidTransform:
         return m
 
     def inverse(self) -> "RigidTransform":
-        r = np.asarray(self.rotation, np.float64)
-        return RigidTransform(r.T.copy(), -(r.T @ np.asarray(self.translation, np.float64)))
+        """``T_b_a`` of ``T_a_b``: rotation transposed, translation ``-R^T t``."""
+        r = self.rotation
+        return RigidTransform(r.T, -(r.T @ self.translation))
 
     def __matmul__(self, other: "RigidTransform") -> "RigidTransform":
-        r = np.asarray(self.rotation, np.float64)
-        return RigidTransform(r @ other.rotation, r @ other.translation + self.translation)
+        """``T_a_b @ T_b_c`` = ``T_a_c`` (apply ``other`` first)."""
+        if not isinstance(other, RigidTransform):
+            raise TypeError(f"a RigidTransform composes with a RigidTransform, not {type(other).__name__}")
+        return RigidTransform(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """points: (N, 3) metres -> (N, 3) float64 in the target frame (no BLAS threads, see
         :func:`rotate_rows`)."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        return rotate_rows(p, np.asarray(self.rotation, np.float64)) + self.translation
+        return rotate_rows(p, self.rotation) + self.translation
 
     def apply_direction(self, vectors: np.ndarray) -> np.ndarray:
         """vectors: (N, 3) or (3,) -> the same shape float64, rotated only."""
         v = np.asarray(vectors, dtype=np.float64)
-        return rotate_rows(v.reshape(-1, 3), np.asarray(self.rotation, np.float64)).reshape(v.shape)
+        return rotate_rows(v.reshape(-1, 3), self.rotation).reshape(v.shape)

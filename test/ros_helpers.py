@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.cli.processes import stop_process
+from occnet_ros.geometry import PinholeCamera
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -28,16 +29,13 @@ SPHERE_LABEL = 2
 class Scene:
     """A rendered frame. ``xyz`` (H, W, 3) float32 camera optical frame, metres, NaN without a return;
     ``mask`` (H, W) uint16 instance labels (0 table/background, 1 box, 2 sphere); ``rgb`` (H, W, 3) uint8;
-    ``fx, fy, cx, cy`` pinhole intrinsics (pixel centres at integer coordinates); ``up`` (3,) gravity-up
-    in the optical frame; ``sphere_center`` / ``box_center`` (3,) in the optical frame."""
+    ``camera``: the pinhole camera of the image (pixel centres at integer coordinates); ``up`` (3,)
+    gravity-up in the optical frame; ``sphere_center`` / ``box_center`` (3,) in the optical frame."""
 
     xyz: np.ndarray
     mask: np.ndarray
     rgb: np.ndarray
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+    camera: PinholeCamera
     up: np.ndarray
     sphere_center: np.ndarray
     box_center: np.ndarray
@@ -94,7 +92,8 @@ def render_scene(width: int = 160, height: int = 120, noise: float = 0.0, seed: 
     colours = np.array([[90, 90, 90], [200, 30, 30], [30, 30, 200]], np.uint8)
     rgb = colours[label]
     up_cam = r_wc.T @ np.array([0, 0, 1.0])
-    return Scene(xyz, label, rgb, fx, fy, cx, cy, up_cam, r_wc.T @ (sc - eye), r_wc.T @ (bc - eye), sr)
+    camera = PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+    return Scene(xyz, label, rgb, camera, up_cam, r_wc.T @ (sc - eye), r_wc.T @ (bc - eye), sr)
 
 
 def write_random_checkpoint(path: Path, seed: int = 0) -> Path:

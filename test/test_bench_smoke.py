@@ -92,7 +92,7 @@ def test_latency_reads_the_node_parameter_file(tmp_path):
                               "reconstruction_node:\n  ros__parameters:\n    mesh: {max_faces: 777}\n")
     params, source = latency.node_params(p)
     assert (params.mesh.max_faces, params.marker_alpha, source) == (777, 0.5, str(p))
-    assert params.mesh.resolution0 == NodeParams().mesh.resolution0
+    assert params.reconstruction.resolution0 == NodeParams().reconstruction.resolution0
     for text, words in [("/**:\n  ros__parameters:\n    mesh: {max_faces: 2}\n", "max_faces"),
                         ("other_node:\n  ros__parameters: {seed: 1}\n", "no parameters for"),
                         ("/**:\n  seed: 1\n", "ros__parameters"),

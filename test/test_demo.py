@@ -10,11 +10,12 @@ import trimesh
 
 from ros_helpers import REPO, node_env, random_domain_id, write_random_checkpoint
 
-from occnet_ros.data.virtual_camera import CameraIntrinsics, look_at_pose
+from occnet_ros.data.virtual_camera import look_at_pose
 from occnet_ros.demo import pictures
 from occnet_ros.demo.report import score_frames
 from occnet_ros.demo.results import DemoRun, FrameResult, ObjectResult
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh
+from occnet_ros.geometry import PinholeCamera
 from occnet_ros.sim.ground_truth import GroundTruthObject, read_ground_truth
 from occnet_ros.sim.scene import object_mesh
 
@@ -30,7 +31,7 @@ def demo_run(tmp_path_factory):
     out = tmp / "out"
     cmd = [str(REPO / ".venv" / "bin" / "occnet_demo"), "--out", str(out), "--weights", str(weights),
            "--frames", "2", "--width", "128", "--height", "96", "--rate", "2", "--objects", *OBJECTS,
-           "--timeout", "150", "--node-param", "mesh.resolution0:=8", "--node-param", "mesh.upsampling_steps:=1",
+           "--timeout", "150", "--node-param", "reconstruction.resolution0:=8", "--node-param", "reconstruction.upsampling_steps:=1",
            "--node-param", "segmentation.min_points:=20",
            "--iou-points", str(METRICS.n_points_iou), "--surface-points", str(METRICS.n_points_surface)]
     proc = subprocess.run(cmd, env=node_env(random_domain_id()), capture_output=True, text=True, timeout=240,
@@ -113,7 +114,8 @@ def test_score_frames_counts_a_missed_object_as_zero():
 
 
 def splat_reference(points, colors, view, radius_px):
-    """Slow reference: one point at a time, a pixel keeps the nearest point's colour."""
+    """Slow reference: one point at a time onto the nearest pixel centre (points off the image or within
+    1 mm of the camera plane skipped), a pixel keeps the nearest point's colour."""
     intr = view.intrinsics
     img = np.full((intr.height, intr.width, 3), 255, np.uint8)
     zbuf = np.full((intr.height, intr.width), np.inf)
@@ -121,8 +123,10 @@ def splat_reference(points, colors, view, radius_px):
         q = view.pose[:3, :3].T @ (p - view.pose[:3, 3])
         if not np.all(np.isfinite(q)) or q[2] <= 1e-3:
             continue
-        u0 = int(np.rint(intr.fx * q[0] / q[2] + intr.cx))
-        v0 = int(np.rint(intr.fy * q[1] / q[2] + intr.cy))
+        u0 = int(np.floor(intr.fx * q[0] / q[2] + intr.cx + 0.5))
+        v0 = int(np.floor(intr.fy * q[1] / q[2] + intr.cy + 0.5))
+        if not (0 <= u0 < intr.width and 0 <= v0 < intr.height):
+            continue
         for v in range(v0 - radius_px, v0 + radius_px + 1):
             for u in range(u0 - radius_px, u0 + radius_px + 1):
                 if 0 <= u < intr.width and 0 <= v < intr.height and q[2] < zbuf[v, u]:
@@ -136,7 +140,7 @@ def test_splat_points_matches_slow_reference():
     pts = rng.uniform(-0.2, 0.2, size=(400, 3))
     pts[::50] = np.nan
     cols = rng.integers(0, 255, size=(400, 3), dtype=np.uint8)
-    view = pictures.View(CameraIntrinsics(width=40, height=30, fx=35.0, fy=35.0, cx=19.5, cy=14.5),
+    view = pictures.View(PinholeCamera(width=40, height=30, fx=35.0, fy=35.0, cx=19.5, cy=14.5),
                          look_at_pose([0.8, 0.3, 0.4], [0.0, 0.0, 0.0]))
     for r in (0, 1):
         np.testing.assert_array_equal(pictures.splat_points(pts, cols, view, r),

@@ -214,14 +214,15 @@ def test_observation_carries_the_table_plane_and_depth_that_never_carve_the_obje
 
 
 def test_context_zero_gives_the_points_of_observe():
-    from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise, ObjectScene, observe, observe_view
+    from occnet_ros.data.virtual_camera import DepthNoise, ObjectScene, observe, observe_view
+    from occnet_ros.geometry import PinholeCamera
 
     obj = box_object()
     pose = camera_poses(obj.mesh, 1, ViewProtocolConfig())[0]
     scene = ObjectScene(obj.mesh)
-    a, up = observe(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5))
-    v = observe_view(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5))
-    wide = observe_view(scene, pose, CameraIntrinsics(), DepthNoise(), np.random.default_rng(5), context=0.5)
+    a, up = observe(scene, pose, PinholeCamera(), DepthNoise(), np.random.default_rng(5))
+    v = observe_view(scene, pose, PinholeCamera(), DepthNoise(), np.random.default_rng(5))
+    wide = observe_view(scene, pose, PinholeCamera(), DepthNoise(), np.random.default_rng(5), context=0.5)
     assert np.array_equal(a, v.points) and np.array_equal(up, v.up)
     assert wide.depth.size > 2 * v.depth.size and v.table_points.shape[0] > 0
     assert wide.table_points.shape[0] > v.table_points.shape[0]

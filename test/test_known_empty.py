@@ -1,18 +1,21 @@
 """Known-empty space (support plane, free space in front of the depth): the vectorised tests against
 per-pixel / per-point references, the geometry on hand-made depth images, and the Reconstructor using it
 for the mesh and the queries alike."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
 from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
-from occnet_ros.perception.segmentation import Plane
 from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
 from test_reconstructor import SphereOccupancyTestModel
 
 FX = FY = 100.0
-CX, CY = 31.5, 23.5  # a 64 x 48 image
+CX, CY = 31.5, 23.5
+CAM = PinholeCamera(width=64, height=48, fx=FX, fy=FY, cx=CX, cy=CY)
 
 
 def _random_depth(seed=0, shape=(48, 64)):
@@ -58,14 +61,12 @@ def _pose(seed):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     q *= np.sign(np.linalg.det(q))
-    t = np.eye(4)
-    t[:3, :3], t[:3, 3] = q, rng.normal(scale=0.2, size=3)
-    return t
+    return RigidTransform(q, rng.normal(scale=0.2, size=3))
 
 
 def _free_reference(points, view, cfg):
     """One point at a time: into the camera, round to a pixel, compare with the window's bound."""
-    to_cam = np.linalg.inv(view.camera_to_source)
+    to_cam = np.linalg.inv(view.camera_to_source.matrix())
     bound = _bound_reference(view.depth, cfg.edge_window_px, cfg.n_sigma * cfg.sigma_a, cfg.n_sigma * cfg.sigma_b)
     h, w = view.depth.shape
     out = []
@@ -74,8 +75,9 @@ def _free_reference(points, view, cfg):
         if c[2] <= 0:
             out.append(False)
             continue
-        u = int(np.floor(view.fx * c[0] / c[2] + view.cx + 0.5)) - view.roi_origin[1]
-        v = int(np.floor(view.fy * c[1] / c[2] + view.cy + 0.5)) - view.roi_origin[0]
+        k = view.camera
+        u = int(np.floor(k.fx * c[0] / c[2] + k.cx + 0.5)) - view.roi_origin[1]
+        v = int(np.floor(k.fy * c[1] / c[2] + k.cy + 0.5)) - view.roi_origin[0]
         if not (0 <= u < w and 0 <= v < h) or not np.isfinite(bound[v, u]):
             out.append(False)
             continue
@@ -87,11 +89,11 @@ def _free_reference(points, view, cfg):
 def test_free_space_matches_a_per_point_reference_with_a_posed_cropped_view():
     cfg = KnownEmptyConfig(support_plane=False)
     pose = _pose(2)
-    view = DepthView(_random_depth(3, (30, 40)), FX, FY, CX, CY, roi_origin=(9, 12), camera_to_source=pose)
+    view = DepthView(_random_depth(3, (30, 40)), CAM, roi_origin=(9, 12), camera_to_source=pose)
     rng = np.random.default_rng(4)
     u, v, z = rng.uniform(5, 60, 3000), rng.uniform(0, 45, 3000), rng.uniform(-0.2, 1.6, 3000)  # crop +- margin
     cam = np.column_stack([(u - CX) / FX * z, (v - CY) / FY * z, z])
-    pts = cam @ pose[:3, :3].T + pose[:3, 3]  # camera -> source
+    pts = cam @ pose.rotation.T + pose.translation  # camera -> source
     got = KnownEmpty(cfg, None, [view]).in_free_space(pts)
     ref = _free_reference(pts, view, cfg)
     assert np.array_equal(got, ref)
@@ -104,7 +106,7 @@ def _wall(depth_m=1.0, shape=(48, 64)):
 
 def test_free_space_on_a_flat_wall():
     cfg = KnownEmptyConfig(support_plane=False)
-    ke = KnownEmpty(cfg, None, [DepthView(_wall(), FX, FY, CX, CY)])
+    ke = KnownEmpty(cfg, None, [DepthView(_wall(), CAM)])
     margin = cfg.n_sigma * (cfg.sigma_a + cfg.sigma_b)
     pts = np.array([[0, 0, 0.5], [0.05, -0.03, 1.0 - 2 * margin], [0, 0, 1.0 - 0.5 * margin],
                     [0, 0, 1.2], [0, 0, -0.5], [5.0, 0, 1.0 - 2 * margin], [np.nan, 0, 0.5]])
@@ -112,7 +114,7 @@ def test_free_space_on_a_flat_wall():
     assert ke.in_free_space(pts).tolist() == [True, True, False, False, False, False, False]
     holes = _wall()
     holes[20:28, 28:36] = np.nan  # no return around the optical axis: nothing known there
-    assert not KnownEmpty(cfg, None, [DepthView(holes, FX, FY, CX, CY)]).in_free_space(pts[:1]).any()
+    assert not KnownEmpty(cfg, None, [DepthView(holes, CAM)]).in_free_space(pts[:1]).any()
 
 
 def test_flying_pixel_is_bounded_by_the_nearest_depth_but_the_background_beside_a_silhouette_carves():
@@ -125,8 +127,8 @@ def test_flying_pixel_is_bounded_by_the_nearest_depth_but_the_background_beside_
     d[14:34, 22:42] = 0.5
     d[14:34, 41] = 0.75  # the flying column
     cam = lambda col, z: np.array([[(col - CX) / FX * z, (24 - CY) / FY * z, z]])  # noqa: E731
-    keep = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=3), None, [DepthView(d, FX, FY, CX, CY)])
-    carve = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=1), None, [DepthView(d, FX, FY, CX, CY)])
+    keep = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=3), None, [DepthView(d, CAM)])
+    carve = KnownEmpty(KnownEmptyConfig(support_plane=False, edge_window_px=1), None, [DepthView(d, CAM)])
     assert not keep.in_free_space(cam(41, 0.6))[0] and carve.in_free_space(cam(41, 0.6))[0]
     assert keep.in_free_space(cam(42, 0.7))[0] and carve.in_free_space(cam(42, 0.7))[0]
     assert not keep.in_free_space(cam(30, 0.55))[0]  # behind the box's face: never free
@@ -135,10 +137,8 @@ def test_flying_pixel_is_bounded_by_the_nearest_depth_but_the_background_beside_
 
 def test_several_views_any_view_decides():
     cfg = KnownEmptyConfig(support_plane=False)
-    back = np.eye(4)
-    back[:3, :3] = np.diag([-1.0, 1.0, -1.0])  # a second camera at 2 m looking back along -z
-    back[2, 3] = 2.0
-    views = [DepthView(_wall(1.0), FX, FY, CX, CY), DepthView(_wall(0.5), FX, FY, CX, CY, camera_to_source=back)]
+    back = RigidTransform(np.diag([-1.0, 1.0, -1.0]), np.array([0.0, 0.0, 2.0]))  # at 2 m looking back along -z
+    views = [DepthView(_wall(1.0), CAM), DepthView(_wall(0.5), CAM, camera_to_source=back)]
     ke = KnownEmpty(cfg, None, views)
     # z = 0.4: in front of the first wall; z = 1.8: behind it, but 0.2 m in front of the second camera,
     # whose wall is 0.5 m away (z = 1.5); z = 1.3: behind both walls
@@ -148,7 +148,7 @@ def test_several_views_any_view_decides():
 
 def test_support_plane():
     plane = Plane(normal=np.array([0.0, -1.0, 0.0]), offset=0.1)  # y = 0.1 is the table, objects at y < 0.1
-    wall = [DepthView(_wall(), FX, FY, CX, CY)]
+    wall = [DepthView(_wall(), CAM)]
     ke = KnownEmpty(KnownEmptyConfig(free_space=False, plane_margin_m=0.002), plane, wall)
     pts = np.array([[0, 0.05, 1], [0, 0.101, 1], [0, 0.103, 1], [0, 0.5, 0.2]])
     assert ke.mask(pts).tolist() == [False, False, True, True]
@@ -162,9 +162,16 @@ def test_bad_config_and_views():
         with pytest.raises(ValueError, match="known_empty"):
             KnownEmptyConfig(**bad).validate()
     with pytest.raises(ValueError, match="depth"):
-        KnownEmpty(KnownEmptyConfig(), None, [DepthView(np.zeros(5, np.float32), FX, FY, CX, CY)])
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(np.zeros(5, np.float32), CAM)])
     with pytest.raises(ValueError, match="intrinsics"):
-        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(), 0.0, FY, CX, CY)])
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(), dataclasses.replace(CAM, fx=0.0))])
+    with pytest.raises(ValueError, match="does not fit"):  # the crop reaches past the image's last row
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(shape=(30, 40)), CAM, roi_origin=(19, 0))])
+    with pytest.raises(ValueError, match="does not fit"):
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(shape=(30, 40)), CAM, roi_origin=(0, -1))])
+    with pytest.raises(ValueError, match="camera_to_source"):
+        KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(), CAM, camera_to_source=np.eye(4))])
+    KnownEmpty(KnownEmptyConfig(), None, [DepthView(_wall(shape=(30, 40)), CAM, roi_origin=(18, 24))])  # fits
 
 
 def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
@@ -173,7 +180,7 @@ def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
     pts = front_half_sphere(800, 0, center=(0.05, 0.02, 0.8))
     up = np.array([0.0, -1.0, 0.0])
     model = SphereOccupancyTestModel()
-    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0),
+    cfg = ReconstructorConfig(resolution0=16, upsampling_steps=2, anchor=AnchorConfig(radius=0.0), keep_grid=True,
                               mirror_average=False)  # one decoding per point, counted below
     rec = Reconstructor(model, device="cpu", config=cfg)
     whole = rec.reconstruct(pts, up=up)

@@ -108,7 +108,7 @@ def test_launcher_runs_and_forwards_sigint(tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
     cfg = yaml.safe_load((REPO / "config" / "reconstruct.yaml").read_text())
     p = cfg["/**"]["ros__parameters"]
-    p["checkpoint"], p["device"] = str(ckpt), "cpu"
+    p["checkpoint"], p["reconstruction"]["device"] = str(ckpt), "cpu"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "launch.log"

@@ -41,8 +41,9 @@ def node(tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
     ctx = Context()
     rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    overrides = [Parameter("device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
-                 Parameter("mesh.resolution0", value=8), Parameter("mesh.upsampling_steps", value=1),
+    overrides = [Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
+                 Parameter("reconstruction.resolution0", value=8), Parameter("reconstruction.upsampling_steps", value=1),
+                 Parameter("reconstruction.keep_grid", value=True),
                  Parameter("mesh.max_faces", value=100), Parameter("segmentation.min_points", value=20),
                  Parameter("query_mode", value="grid")]
     n = ReconstructionNode(context=ctx, parameter_overrides=overrides)
@@ -110,7 +111,7 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
     ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
     ctx = Context()
     rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    base = [Parameter("device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
+    base = [Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
             Parameter("mesh.max_faces", value=100)]
     try:
         n = ReconstructionNode(context=ctx, parameter_overrides=base)

@@ -29,7 +29,7 @@ from occnet_ros.ros import conversions  # noqa: E402
 from occnet_ros.srv import QueryOccupancy  # noqa: E402
 
 FRAME = "camera_color_optical_frame"
-NODE_ARGS = ["-p", "device:=cpu", "-p", "mesh.resolution0:=8", "-p", "mesh.upsampling_steps:=1",
+NODE_ARGS = ["-p", "reconstruction.device:=cpu", "-p", "reconstruction.resolution0:=8", "-p", "reconstruction.upsampling_steps:=1",
              "-p", "segmentation.min_points:=20", "-p", "filter.min_range:=0.05", "-p", "log_throttle_sec:=0.0"]
 
 
@@ -104,7 +104,7 @@ class Client:
         for msg, mangle in ((mask, mangle_mask), (cloud, mangle_cloud)):
             if mangle is not None:
                 mangle(msg)
-        self.pubs["camera_info"].publish(conversions.camera_info(160, 120, scene.fx, scene.fy, scene.cx, scene.cy, h))
+        self.pubs["camera_info"].publish(conversions.camera_info(scene.camera, h))
         self.pubs["mask"].publish(mask)
         self.pubs["image"].publish(conversions.array_to_image(scene.rgb, "rgb8", h))
         self.pubs["points"].publish(cloud)

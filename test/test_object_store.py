@@ -254,8 +254,8 @@ def test_grid_mode_close_to_exact_on_a_test_network():
 
 
 def test_answer_query_checks_requests(store_and_objects):
+    from occnet_ros.geometry import RigidTransform, TransformError
     from occnet_ros.perception.query import answer_query
-    from occnet_ros.ros.tf_lookup import TransformError
 
     store, objs = store_and_objects
     pts = np.array([[0, 0, 1], [9, 9, 9]], np.float32)
@@ -264,9 +264,7 @@ def test_answer_query_checks_requests(store_and_objects):
         raise TransformError(f"cannot transform from '{source}' to '{target}': tf2_ros is not available")
 
     def shift_tf(target, source):  # 'shifted' = cam translated by +1 m in x
-        m = np.eye(4)
-        m[0, 3] = 1.0
-        return m
+        return RigidTransform(np.eye(3), np.array([1.0, 0.0, 0.0]))
 
     ok = answer_query(store, pts.reshape(-1).tobytes(), "", b"", no_tf, 10)
     assert ok.success and ok.object_ids.tolist() == [7, -1] and ok.probabilities[1] == 0

@@ -1,5 +1,5 @@
 """The node's pure per-frame part over several frames: published meshes simplified to mesh.max_faces,
-reuse of unchanged objects (mesh.reuse_tolerance), and bounded memory (the pipeline and the object store
+reuse of unchanged objects (reconstruction.reuse_tolerance), and bounded memory (the pipeline and the object store
 hold only the current frame's objects; earlier objects are freed). Then the outgoing messages of a frame
 (shared vertex Points, markers only when asked).
 
@@ -15,7 +15,8 @@ from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene, write_random_chec
 from occnet_ros.perception.mesh_ops import is_closed_surface
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.ros.node_params import default_values, params_from_values
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
+from occnet_ros.reconstruction.reconstructor import Reconstructor
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,10 @@ def checkpoint(tmp_path_factory):
 
 def make_pipeline(checkpoint, **overrides):
     values = default_values()
-    values.update({"device": "cpu", "checkpoint": str(checkpoint), "mesh.resolution0": 8,
-                   "mesh.upsampling_steps": 1, "segmentation.min_points": 20, **overrides})
+    values.update({"reconstruction.device": "cpu", "checkpoint": str(checkpoint), "reconstruction.resolution0": 8,
+                   "reconstruction.upsampling_steps": 1, "segmentation.min_points": 20, **overrides})
     params = params_from_values(values)
-    return FramePipeline(load_reconstructor(params), params)
+    return FramePipeline(Reconstructor.from_config(params.reconstruction, params.checkpoint), params)
 
 
 def frame(scene, mask=None, xyz=None):
@@ -64,7 +65,7 @@ def test_a_decimation_worker_publishes_the_same_meshes(scene, checkpoint):
     here = make_pipeline(checkpoint, **{"mesh.max_faces": 100}).process(frame(scene))
     pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100})
     with ProcessDecimation() as worker:
-        there = FramePipeline(pipe.reconstructor, pipe.params, decimate=worker).process(frame(scene))
+        there = FramePipeline(pipe.reconstructor, pipe.config, decimate=worker).process(frame(scene))
     assert len(here.objects) == len(there.objects) == 2
     for a, b in zip(here.objects, there.objects):
         assert 0 < len(b.faces) <= 100 < len(b.obj.mesh.faces)
@@ -73,7 +74,7 @@ def test_a_decimation_worker_publishes_the_same_meshes(scene, checkpoint):
 
 
 def test_unchanged_objects_are_reused(scene, checkpoint):
-    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "mesh.reuse_tolerance": 0.05})
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "reconstruction.reuse_tolerance": 0.05})
     first = pipe.process(frame(scene))
     second = pipe.process(frame(scene))
     assert not any(r.reused for r in first.objects) and all(r.reused for r in second.objects)
@@ -87,13 +88,13 @@ def test_unchanged_objects_are_reused(scene, checkpoint):
     by_id = {r.segment.id: r for r in third.objects}
     assert by_id[BOX_LABEL].reused and not by_id[SPHERE_LABEL].reused
     assert by_id[SPHERE_LABEL].obj.mesh is not second.objects[1].obj.mesh
-    off = make_pipeline(checkpoint, **{"mesh.reuse_tolerance": 0.0})
+    off = make_pipeline(checkpoint, **{"reconstruction.reuse_tolerance": 0.0})
     off.process(frame(scene))
     assert not any(r.reused for r in off.process(frame(scene)).objects)
 
 
 def test_memory_holds_only_the_current_objects(scene, checkpoint):
-    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "mesh.reuse_tolerance": 0.05})
+    pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100, "reconstruction.reuse_tolerance": 0.05})
     store = ObjectStore()
     only_box = np.where(scene.mask == SPHERE_LABEL, 0, scene.mask)
     moved = scene.xyz.copy()
@@ -155,15 +156,15 @@ def test_frame_messages_share_points_and_skip_markers(scene, checkpoint):
 
 
 def test_parameters_reach_the_reconstructor(scene, checkpoint):
-    exact = make_pipeline(checkpoint, **{"mesh.reuse_tolerance": 0.02})
+    exact = make_pipeline(checkpoint, **{"reconstruction.reuse_tolerance": 0.02})
     assert exact.reconstructor.config.reuse_tolerance == 0.02 and exact.reconstructor.config.mirror_average
-    single = make_pipeline(checkpoint, **{"mesh.mirror_average": False})
+    single = make_pipeline(checkpoint, **{"reconstruction.mirror_average": False})
     assert not single.reconstructor.config.mirror_average
     assert all(r.obj.mirror_code is None for r in single.process(frame(scene)).objects)
     # exact queries need no probability grid: none is kept (4 * (R+1)^3 bytes per object)
     objs = exact.process(frame(scene)).objects
     assert all(r.obj.grid is None and r.obj.mirror_code is not None for r in objs)
-    grid = make_pipeline(checkpoint, query_mode="grid")
+    grid = make_pipeline(checkpoint, query_mode="grid", **{"reconstruction.keep_grid": True})
     objs = grid.process(frame(scene)).objects
     assert all(r.obj.grid is not None and r.obj.grid.resolution == 16 for r in objs)
 
@@ -173,12 +174,12 @@ def test_known_empty_space_reaches_every_object(scene, checkpoint):
     rendered table z = 0) and depth image: queries under the table and between the camera and the
     object's observed surface answer 0, whatever the (random) network says; inside the object they
     are the network's. Without the pose, the free-space test is skipped with a warning, not silently."""
-    from occnet_ros.perception.segmentation import CameraIntrinsics
+    from occnet_ros.geometry import RigidTransform
 
-    h, w = scene.xyz.shape[:2]
-    intr = CameraIntrinsics(scene.fx, scene.fy, scene.cx, scene.cy, w, h)
+    intr = scene.camera
+    assert intr.shape == scene.xyz.shape[:2]
     inp = FrameInput(xyz=scene.xyz, mask=scene.mask.astype(np.int64), image=scene.rgb, up=scene.up,
-                     intrinsics=intr, camera_to_cloud=np.eye(4))
+                     intrinsics=intr, camera_to_cloud=RigidTransform())
     pipe = make_pipeline(checkpoint)
     plane = pipe.support_plane(inp)
     table = scene.xyz[scene.mask == 0]

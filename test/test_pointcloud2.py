@@ -250,15 +250,22 @@ def test_wrong_kind_of_image():
 
 
 def test_camera_info():
-    info = ros_conv.camera_info(640, 480, 615.0, 616.0, 319.5, 239.5)
-    k = ros_conv.camera_info_to_intrinsics(info)
-    assert (k.fx, k.fy, k.cx, k.cy, k.width, k.height) == (615.0, 616.0, 319.5, 239.5, 640, 480)
+    from occnet_ros.geometry import PinholeCamera
+
+    cam = PinholeCamera(width=640, height=480, fx=615.0, fy=616.0, cx=319.5, cy=239.5)
+    info = ros_conv.camera_info(cam)
+    assert list(info.k) == [615.0, 0.0, 319.5, 0.0, 616.0, 239.5, 0.0, 0.0, 1.0]
+    assert list(info.p) == [615.0, 0.0, 319.5, 0.0, 0.0, 616.0, 239.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert (info.width, info.height) == (640, 480) and list(info.d) == [0.0] * 5
+    assert ros_conv.camera_info_to_intrinsics(info) == cam
     info.k = [0.0] * 9
     with pytest.raises(ros_conv.MessageError, match="focal"):
         ros_conv.camera_info_to_intrinsics(info)
 
 
 def test_mesh_and_pose_conversions():
+    from geometry_msgs.msg import Quaternion, Transform, Vector3
+
     rng = np.random.default_rng(15)
     v = rng.normal(size=(10, 3))
     f = rng.integers(0, 10, size=(7, 3))
@@ -274,9 +281,16 @@ def test_mesh_and_pose_conversions():
         assert abs(np.linalg.norm(quat) - 1) < 1e-9 and quat[3] >= 0
         np.testing.assert_allclose(ros_conv.matrix_from_quaternion(quat), q, atol=1e-9)
         t = rng.normal(size=3)
-        m = ros_conv.pose_to_matrix(ros_conv.pose_from_rt(q, t))
-        np.testing.assert_allclose(m[:3, :3], q, atol=1e-9)
-        np.testing.assert_allclose(m[:3, 3], t)
+        m = ros_conv.pose_to_transform(ros_conv.pose_from_rt(q, t))
+        np.testing.assert_allclose(m.rotation, q, atol=1e-9)
+        np.testing.assert_allclose(m.translation, t)
+        msg = Transform(translation=Vector3(x=t[0], y=t[1], z=t[2]),
+                        rotation=Quaternion(x=quat[0], y=quat[1], z=quat[2], w=quat[3]))
+        tf = ros_conv.transform_msg_to_rigid(msg)
+        np.testing.assert_allclose(tf.rotation, q, atol=1e-9)
+        np.testing.assert_allclose(tf.translation, t)
+    with pytest.raises(ros_conv.MessageError, match="quaternion"):
+        ros_conv.transform_msg_to_rigid(Transform(rotation=Quaternion(x=0.0, y=0.0, z=0.0, w=0.0)))
 
 
 def test_markers():

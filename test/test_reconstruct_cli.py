@@ -110,14 +110,14 @@ def _args(*extra):
 
 def test_known_empty_from_args_matches_a_direct_known_empty(tmp_path):
     from occnet_ros.cli.reconstruct import known_empty_from_args
+    from occnet_ros.geometry import PinholeCamera, Plane
     from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
-    from occnet_ros.perception.segmentation import Plane
 
     np.save(tmp_path / "d.npy", _depth_image())
     pts = _cloud()  # around (0, 0, 0.7), up = -y: the table y = 0.06 lies below it
     intr = ["--intrinsics", str(FX), str(FY), str(CX), str(CY)]
     ref = KnownEmpty(KnownEmptyConfig(), Plane(np.array([0.0, -1.0, 0.0]), 0.06),
-                     [DepthView(_depth_image(), FX, FY, CX, CY)])
+                     [DepthView(_depth_image(), PinholeCamera(width=64, height=48, fx=FX, fy=FY, cx=CX, cy=CY))])
     rng = np.random.default_rng(0)
     probe = rng.uniform([-0.1, -0.1, 0.3], [0.1, 0.1, 0.9], (5000, 3))
     # the plane given with either sign of its coefficients: oriented towards the cloud
@@ -192,7 +192,7 @@ def test_main_with_depth_and_plane_reproduces_the_evaluation_pipeline(tmp_path):
 
     obs = observe_object(evaluation_object("toy_concave_box"), 1)
     (view,), plane = obs.depth_views, obs.support_plane
-    assert np.allclose(view.camera_to_source, np.eye(4), atol=1e-12) and plane is not None  # camera 0 itself
+    assert np.allclose(view.camera_to_source.matrix(), np.eye(4), atol=1e-12) and plane is not None  # camera 0
     full = np.zeros((480, 640), np.float32)
     r0, c0 = view.roi_origin
     full[r0:r0 + view.depth.shape[0], c0:c0 + view.depth.shape[1]] = view.depth
@@ -200,7 +200,9 @@ def test_main_with_depth_and_plane_reproduces_the_evaluation_pipeline(tmp_path):
     np.save(tmp_path / "c.npy", obs.points)
     common = [str(tmp_path / "c.npy"), "--device", "cpu", "--resolution0", "16", "--upsampling-steps", "1",
               "--up", *map(repr, map(float, obs.up)), "--viewpoint", *map(repr, map(float, obs.viewpoint))]
-    known = ["--depth", str(tmp_path / "depth.npy"), "--intrinsics", *map(repr, (view.fx, view.fy, view.cx, view.cy)),
+    cam = view.camera
+    assert cam.shape == full.shape
+    known = ["--depth", str(tmp_path / "depth.npy"), "--intrinsics", *map(repr, (cam.fx, cam.fy, cam.cx, cam.cy)),
              "--support-plane", *map(repr, map(float, plane.normal)), repr(float(plane.offset))]
     assert main([*common, "-o", str(tmp_path / "with.ply"), *known]) == 0
     assert main([*common, "-o", str(tmp_path / "without.ply")]) == 0

@@ -157,9 +157,9 @@ def test_view_thresholds_choose_the_surface_by_number_of_fused_views(tmp_path):
     reusing = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=replace(cfg, reuse_tolerance=0.02),
                             default_threshold=0.3, default_view_thresholds={4: 0.7})
     one = reusing.reconstruct(_cloud())
-    assert reusing.reconstruct(_cloud(), previous=one, n_views=2).mise_stats.get("reused")
+    assert reusing.reconstruct(_cloud(), previous=one, n_views=2).reused
     four = reusing.reconstruct(_cloud(), previous=one, n_views=4)
-    assert not four.mise_stats.get("reused") and four.threshold == 0.7
+    assert not four.reused and four.threshold == 0.7
     with pytest.raises(ValueError, match="n_views"):
         rec.reconstruct(_cloud(), n_views=0)
     fixed = Reconstructor(SphereOccupancyTestModel(), device="cpu", config=replace(cfg, threshold=0.5),
@@ -256,7 +256,7 @@ def test_mirror_average_of_a_feature_plane_network_decodes_the_mean_code():
     back = c1.clone()
     back[:, 0], back[:, 2] = c1[:, 0].flip(-2), c1[:, 2].flip(-1)  # x-y plane: rows are y; y-z: columns
     assert torch.allclose(obj.code, (c0 + back) / 2, atol=1e-6)
-    assert obj.mirror_code is None and obj._mirror_prepared is None  # one code kept, one decoding per point
+    assert obj.mirror_code is None and obj.occupancy.codes[0].mirror_prepared is None  # one code kept, one decoding per point
     q = np.random.default_rng(0).uniform(-BOX_HALF, BOX_HALF, (200, 3)).astype(np.float32)
     with torch.inference_mode():
         ref = torch.sigmoid(net.decode(torch.from_numpy(q)[None], (c0 + back) / 2))[0].numpy()
@@ -404,8 +404,8 @@ def test_a_fused_reconstruction_is_reused_only_while_every_camera_frame_stays():
     pts, vps = _fused_sphere(CAMERAS)
     first = rec.reconstruct(pts, point_viewpoints=vps)
     again = rec.reconstruct(pts, point_viewpoints=vps, previous=first)
-    assert again.mise_stats.get("reused") is True
+    assert again.reused is True
     moved = vps.copy()
     moved[vps[:, 0] > 0.8] = [0.0, 0.0, 1.7]  # the side camera's points now come from behind
     other = rec.reconstruct(pts, point_viewpoints=moved, previous=first)
-    assert "reused" not in other.mise_stats
+    assert not other.reused

@@ -1,10 +1,13 @@
 """Mask and geometric segmentation on a generated tabletop scene, and the fast routines against slow
 references."""
+import dataclasses
+
 import numpy as np
 import pytest
 from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene
 
-from occnet_ros.perception.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationConfig,
+from occnet_ros.geometry import PinholeCamera, Plane
+from occnet_ros.perception.segmentation import (ClusterTracker, Segment, SegmentationConfig,
                                      SegmentationError, apply_limits, euclidean_clusters, fit_plane_ransac,
                                      fit_support_plane,
                                      score_planes, segment_by_mask, segment_by_projected_mask, segment_geometric)
@@ -16,7 +19,7 @@ def scene():
 
 
 def intr(s, w=160, h=120):
-    return CameraIntrinsics(s.fx, s.fy, s.cx, s.cy, w, h)
+    return dataclasses.replace(s.camera, width=w, height=h)
 
 
 def test_mask_segments_match_per_pixel_reference(scene):
@@ -59,9 +62,9 @@ def test_projected_mask_equals_organized(scene):
 
 
 def test_projection_reference():
-    k = CameraIntrinsics(100.0, 110.0, 20.0, 15.0, 40, 30)
+    k = PinholeCamera(width=40, height=30, fx=100.0, fy=110.0, cx=20.0, cy=15.0)
     pts = np.array([[0, 0, 1], [0.1, 0.04, 1], [0, 0, -1], [np.nan, 0, 1], [5, 0, 1], [-0.196, -0.13, 1]])
-    flat, valid = k.project(pts)
+    flat, valid = k.pixel_index(pts)
     np.testing.assert_array_equal(valid, [True, True, False, False, False, True])
     assert flat[0] == 15 * 40 + 20
     assert flat[1] == round(15 + 110 * 0.04) * 40 + round(20 + 100 * 0.1)

@@ -1,6 +1,7 @@
 """Training loop on a tiny analytic test dataset: the loss falls, checkpoints resume, CLI export."""
 import csv
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,21 +148,46 @@ def test_export_cli_strips_training_state(tmp_path):
 
 
 def test_config_files_load():
-    from pathlib import Path
-
     from occnet_ros.config_io import load_config
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("default.yaml", "smoke.yaml", "context.yaml", "global.yaml", "relabel.yaml", "walls.yaml",
-                 "hollow.yaml"):
+    for name in ("default.yaml", "smoke.yaml", "context.yaml", "context64.yaml", "global.yaml", "relabel.yaml",
+                 "walls.yaml", "hollow.yaml", "finetune.yaml"):
         cfg = load_config(TrainConfig, root / "config" / "train" / name)
         assert cfg.steps >= 1
+
+
+def test_stage_configs_chain_from_scratch_and_finetune_starts_from_the_shipped_weights():
+    """The stage configs need nothing but each other's run folders: every init_from names the run folder of
+    another config in config/train (default -> context -> relabel -> walls -> hollow), except finetune.yaml
+    (make train), which starts from the shipped weights, with the model, data and optimiser of stage 5."""
+    from occnet_ros.config_io import load_config
+    from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS
+    from occnet_ros.network.model import OccupancyNetwork
+
+    root = Path(__file__).resolve().parents[1]
+    cfgs = {p.stem: load_config(TrainConfig, p) for p in sorted((root / "config" / "train").glob("*.yaml"))}
+    run_of = {Path(c.out_dir): name for name, c in cfgs.items()}
+    parent = {name: run_of.get(Path(c.init_from).parent) for name, c in cfgs.items() if c.init_from}
+    assert parent == {"context": "default", "context64": "context", "relabel": "context", "walls": "relabel",
+                      "hollow": "walls", "finetune": None}
+    assert {Path(cfgs[n].init_from).name for n in ("relabel", "walls", "hollow")} == {"best.pt"}
+    fine, stage5 = cfgs["finetune"], cfgs["hollow"]
+    assert (root / fine.init_from).resolve() == DEFAULT_WEIGHTS.resolve()
+    assert fine.out_dir not in {c.out_dir for n, c in cfgs.items() if n != "finetune"}
+    assert replace(fine, init_from="", out_dir="", seed=0, max_minutes=0) == \
+        replace(stage5, init_from="", out_dir="", seed=0, max_minutes=0)
+    state = load_raw(DEFAULT_WEIGHTS)["state_dict"]
+    own = OccupancyNetwork(fine.model).state_dict()
+    assert state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own)
 
 
 def test_extra_data_files_add_their_samples_and_key_the_checkpoint(tmp_path, monkeypatch):
     """train() with extra_data_files trains on the concatenated train splits (and validates on the
     concatenated val splits); the checkpoint's data hash covers both configs, so a resume with other
-    data is refused; without extras the hash is the one the committed stage-4 checkpoint carries."""
+    data is refused. The hashes of the committed data configs are pinned: that of stages 1-4 (multiview.yaml
+    alone) was recorded before the hollow_box family and extra_data_files existed, and adding them must not
+    change it; that of stage 5 (with hollow_boxes.yaml) is the one the shipped weights carry."""
     import yaml
 
     from occnet_ros.config_io import load_config
@@ -192,5 +218,7 @@ def test_extra_data_files_add_their_samples_and_key_the_checkpoint(tmp_path, mon
     assert stored == trainer_mod.data_hash(a, (b,)) != trainer_mod.data_hash(a)
     with pytest.raises(ValueError, match="another data config"):
         trainer_mod.train(replace(cfg, extra_data_files=[], steps=3), resume=True, progress=False)
-    walls = load_config(DataConfig, "config/data/multiview.yaml")
-    assert load_raw("checkpoints/walls/last.pt")["meta"]["data_config_hash"] == trainer_mod.data_hash(walls)
+    root = Path(__file__).resolve().parents[1] / "config" / "data"
+    multiview, hollow = (load_config(DataConfig, root / f) for f in ("multiview.yaml", "hollow_boxes.yaml"))
+    assert trainer_mod.data_hash(multiview) == "2bf096fb3e032504"
+    assert trainer_mod.data_hash(multiview, (hollow,)) == "fe5e229673b967fa"

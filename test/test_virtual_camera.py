@@ -4,11 +4,12 @@ import pytest
 import trimesh
 
 from occnet_ros.data.virtual_camera import (
-    CameraIntrinsics, DepthNoise, ObjectScene, apply_depth_noise, depth_to_points, look_at_pose, observe,
-    render_depth, sample_tabletop_pose,
+    DepthNoise, ObjectScene, apply_depth_noise, in_reference_camera, look_at_pose, observe, render_depth,
+    sample_tabletop_pose,
 )
+from occnet_ros.geometry import PinholeCamera
 
-INTR = CameraIntrinsics(width=160, height=120, fx=150.0, fy=150.0, cx=79.5, cy=59.5)
+INTR = PinholeCamera(width=160, height=120, fx=150.0, fy=150.0, cx=79.5, cy=59.5)
 OFF = DepthNoise(enabled=False)
 
 
@@ -37,7 +38,7 @@ def test_rendered_sphere_points_lie_on_the_sphere_and_straight_ahead_is_centred(
     assert depth.shape == (INTR.height, INTR.width) and depth.dtype == np.float32
     hit = np.isfinite(depth)
     assert 50 < hit.sum() < hit.size  # sphere seen, background NaN
-    pts_opt = depth_to_points(depth, INTR)[hit].astype(np.float64)
+    pts_opt = INTR.unproject(depth)[hit].astype(np.float64)
     pts_w = pts_opt @ pose[:3, :3].T + pose[:3, 3]
     np.testing.assert_allclose(np.linalg.norm(pts_w - center, axis=1), r, atol=5e-4)
     # the sphere is straight ahead: its visible cap is centred on the optical axis
@@ -45,16 +46,20 @@ def test_rendered_sphere_points_lie_on_the_sphere_and_straight_ahead_is_centred(
     assert np.all(pts_opt[:, 2] > 0)
 
 
-def test_depth_to_points_matches_pixel_loop():
-    rng = np.random.default_rng(0)
-    depth = rng.uniform(0.3, 2.0, (6, 7)).astype(np.float32)
-    depth[2, 3] = np.nan
-    pts = depth_to_points(depth, INTR, roi_origin=(10, 20))
-    for v in range(6):
-        for u in range(7):
-            d = depth[v, u]
-            ref = [(u + 20 - INTR.cx) / INTR.fx * d, (v + 10 - INTR.cy) / INTR.fy * d, d]
-            np.testing.assert_allclose(pts[v, u], ref, rtol=1e-6, equal_nan=True)
+def test_in_reference_camera_matches_a_per_point_loop():
+    """Points of camera ``pose`` in the optical frame of camera ``ref``: world = pose p, then ref^-1 world."""
+    rng = np.random.default_rng(1)
+    pose, ref = sample_tabletop_pose(rng, [0.0, 0.0, 0.05]), sample_tabletop_pose(rng, [0.0, 0.0, 0.05])
+    pts = rng.normal(scale=0.3, size=(50, 3))
+    got, centre = in_reference_camera(pts, pose, ref)
+    ref_inv = np.linalg.inv(ref)
+    for p, g in zip(pts, got):
+        world = pose[:3, :3] @ p + pose[:3, 3]
+        np.testing.assert_allclose(g, ref_inv[:3, :3] @ world + ref_inv[:3, 3], atol=1e-12)
+    np.testing.assert_allclose(centre, ref_inv[:3, :3] @ pose[:3, 3] + ref_inv[:3, 3], atol=1e-12)
+    same, origin = in_reference_camera(pts, ref, ref)
+    np.testing.assert_allclose(same, pts, atol=1e-12)
+    np.testing.assert_allclose(origin, 0.0, atol=1e-12)
 
 
 def test_noise_grows_with_range():
@@ -94,13 +99,13 @@ def test_observe_returns_object_points_and_up_vector():
     assert 0.35 <= d <= 1.2
     elev = np.degrees(np.arcsin((pose[2, 3] - center[2]) / d))
     assert 10 <= elev <= 65
-    pts, up = observe(scene, pose, CameraIntrinsics(), OFF, rng)
+    pts, up = observe(scene, pose, PinholeCamera(), OFF, rng)
     assert pts.dtype == np.float32 and pts.shape[1] == 3 and len(pts) > 100
     np.testing.assert_allclose(up, pose[:3, :3].T @ [0, 0, 1])
     pts_w = pts.astype(np.float64) @ pose[:3, :3].T + pose[:3, 3]
     np.testing.assert_allclose(np.linalg.norm(pts_w - center, axis=1), r, atol=1e-3)  # no table points
     # with leaks, a few table points at the base join the cloud, none far away
-    pts2, _ = observe(scene, pose, CameraIntrinsics(), OFF, np.random.default_rng(3), table_leak_prob=1.0)
+    pts2, _ = observe(scene, pose, PinholeCamera(), OFF, np.random.default_rng(3), table_leak_prob=1.0)
     w2 = pts2.astype(np.float64) @ pose[:3, :3].T + pose[:3, 3]
     extra = np.linalg.norm(w2 - center, axis=1) > r + 1e-3
     assert extra.any() and np.all(w2[extra, 2] < 0.01) and np.all(np.linalg.norm(w2[extra, :2], axis=1) < 0.1)

@@ -27,7 +27,8 @@ RANDOM_WEIGHTS_NAME = "random_default_architecture.pt"
 
 @dataclass
 class BenchSizes:
-    """Problem sizes. Full run: the sizes issue 5 names; quick (``--quick``): tiny, for the smoke test.
+    """Problem sizes. Full run: the sizes the speed targets are defined at; quick (``--quick``): tiny, for
+    the smoke test.
 
     ``resolution0`` * 2**``upsampling_steps`` = final MISE resolution; ``cloud_sizes``: observed points
     per object (latency); ``query_sizes``: points per request; ``matmul_batch``: rows of the floor
@@ -233,8 +234,8 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     at least ``min_points`` points. The depth crop keeps half the object's size around it (for the
     known-empty test)."""
     from occnet_ros.data.shapes import sample_shape
-    from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, look_at_pose,
-                                                observe_view)
+    from occnet_ros.data.virtual_camera import DepthNoise, ObjectScene, look_at_pose, observe_view
+    from occnet_ros.geometry import PinholeCamera
     from occnet_ros.reconstruction.known_empty import DepthView
     from occnet_ros.perception.segmentation import SegmentationConfig, fit_support_plane
 
@@ -246,7 +247,7 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     d = distance
     while True:
         eye = target + d * np.array([-np.cos(np.radians(35)), -0.25, np.sin(np.radians(35))])
-        intr = CameraIntrinsics()
+        intr = PinholeCamera()
         seen = observe_view(scene, look_at_pose(eye, target), intr, DepthNoise(), np.random.default_rng([seed, 6]),
                             context=0.5)
         pts, up = seen.points, seen.up
@@ -256,7 +257,7 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     if pts.shape[0] < 50:
         raise RuntimeError(f"the test object ({family}, seed {seed}) shows only {pts.shape[0]} points")
     plane = fit_support_plane(seen.table_points, SegmentationConfig(), np.random.default_rng([seed, 7]), up)
-    view = DepthView(seen.depth, intr.fx, intr.fy, intr.cx, intr.cy, seen.roi_origin)
+    view = DepthView(seen.depth, intr, seen.roi_origin)
     return TestObject(points=pts, up=up, family=family, mesh=mesh, depth_view=view, plane=plane)
 
 

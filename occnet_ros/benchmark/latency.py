@@ -4,8 +4,8 @@
 The object's points sit in a 640x480 organized cloud with an instance mask (background points around
 them) and a colour image, as the node receives them. The node's parameters are the shipped ones
 (``config/reconstruct.yaml``, else the defaults of :class:`~occnet_ros.ros.node_params.NodeParams`);
-only the network and the MISE resolution are the benchmark's (``mesh.mirror_average`` and
-``mesh.input_subsamples`` are the node's). Stages, each a median over the repeats, in the order of :meth:`FramePipeline.process <occnet_ros.perception.frame_pipeline.FramePipeline.process>` and the
+only the network and the MISE resolution are the benchmark's (``reconstruction.mirror_average`` and
+``reconstruction.input_subsamples`` are the node's). Stages, each a median over the repeats, in the order of :meth:`FramePipeline.process <occnet_ros.perception.frame_pipeline.FramePipeline.process>` and the
 node's ``_process``:
 
 - crop: the mask's segments of the frame (:meth:`FramePipeline.segment`, size limits included);
@@ -47,7 +47,7 @@ from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
 from occnet_ros.perception.mesh_ops import quadric_decimation, simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ObjectResult
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
 
 RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "anchor")
 STAGES = ("crop", "clean", "known_empty", *RECONSTRUCT_STAGES, "simplify", "colour", "message", "serialize", "total")
@@ -120,7 +120,7 @@ class NodeMessages:
     of one frame (:func:`~occnet_ros.ros.object_msgs.frame_messages`, no markers shown before);
     ``serialize(msg) -> bytes``: the CDR bytes rclpy publishes."""
 
-    build: Callable[[list[ObjectResult]], Any]
+    build: Callable[[list[ProcessedObject]], Any]
     serialize: Callable[[Any], bytes]
 
 
@@ -156,8 +156,8 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     if params is None:
         params, source = node_params()
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
-    rec = reconstructor(ctx, mirror_average=params.mesh.mirror_average,
-                        input_subsamples=params.mesh.input_subsamples)
+    rec = reconstructor(ctx, mirror_average=params.reconstruction.mirror_average,
+                        input_subsamples=params.reconstruction.input_subsamples)
     max_faces = params.mesh.max_faces
     worker = ProcessDecimation() if max_faces > 0 and params.mesh.decimate_in_worker else None
     try:
@@ -209,7 +209,7 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
                 colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
                                            simple.vertices) if params.color_from_image else None)
                 t5 = time.perf_counter()
-                result = ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
+                result = ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
                                       simple.vertices, simple.faces)
                 nbytes = (0, 0)
                 t6 = t7 = t5

@@ -41,7 +41,7 @@ def mise_counts(ctx: BenchContext, model: OccupancyNetwork, points: np.ndarray, 
     """MISE evaluation counts only (no timing) for ``model`` on the view, at ``threshold``."""
     obj = reconstructor(ctx, model).reconstruct(points, up=up, extract_mesh=False)
     s = ctx.sizes
-    _, st = mise_values(obj.probabilities, s.resolution0, s.upsampling_steps, threshold, BOX_HALF,
+    _, st = mise_values(obj.occupancy.probabilities, s.resolution0, s.upsampling_steps, threshold, BOX_HALF,
                         batch_size=(s.resolution + 1) ** 3)
     return {"n_evals": st["n_evals"], "evals_per_level": st["evals_per_level"], "n_dense": st["n_dense"],
             "ratio_dense_over_mise": st["n_dense"] / max(1, st["n_evals"]), "threshold": threshold}
@@ -51,7 +51,7 @@ def run(ctx: BenchContext) -> dict:
     s = ctx.sizes
     view = realistic_object(ctx.seed)
     obj = reconstructor(ctx).reconstruct(view.points, up=view.up, extract_mesh=False)
-    fn, thr, res = obj.probabilities, ctx.threshold, s.resolution
+    fn, thr, res = obj.occupancy.probabilities, ctx.threshold, s.resolution
     big = (res + 1) ** 3  # one call per level: the object chunks for the device
 
     t_mise, (mv, stats) = timed(lambda: mise_values(fn, s.resolution0, s.upsampling_steps, thr, BOX_HALF,

@@ -116,12 +116,10 @@ class _Client:
                      "mask": self.node.create_publisher(Image, "mask", qos),
                      "camera_info": self.node.create_publisher(CameraInfo, "camera_info", qos)}
         header = Header(frame_id=FRAME_ID)
-        intr = frame.intrinsics
         self.msgs = {"points": conversions.arrays_to_pointcloud2(frame.points, frame.rgb, header),
                      "image": conversions.array_to_image(frame.rgb, "rgb8", header),
                      "mask": conversions.array_to_image(frame.mask, "mono16", header),
-                     "camera_info": conversions.camera_info(intr.width, intr.height, intr.fx, intr.fy,
-                                                            intr.cx, intr.cy, header)}
+                     "camera_info": conversions.camera_info(frame.intrinsics, header)}
         self.received: list[tuple[float, float, int]] = []  # (arrival wall time, stamp, objects)
         self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects, 10)
         self.client = self.node.create_client(QueryOccupancy, "query_occupancy")
@@ -180,16 +178,17 @@ class _Client:
 
 def node_mise(ctx: BenchContext) -> tuple[int, int]:
     """(resolution0, upsampling_steps) the node runs with: the sizes' ``node_mise``, else its defaults."""
-    from occnet_ros.ros.node_params import MeshParams
+    from occnet_ros.reconstruction.config import ReconstructorConfig
 
-    return ctx.sizes.node_mise or (MeshParams().resolution0, MeshParams().upsampling_steps)
+    d = ReconstructorConfig()
+    return ctx.sizes.node_mise or (d.resolution0, d.upsampling_steps)
 
 
 def _start_node(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> subprocess.Popen:
     r0, steps = node_mise(ctx)
     up = ",".join(f"{v:.6f}" for v in frame.up)
-    args = ["-p", "device:=cpu", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
-            "-p", f"mesh.resolution0:={r0}", "-p", f"mesh.upsampling_steps:={steps}"]
+    args = ["-p", "reconstruction.device:=cpu", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
+            "-p", f"reconstruction.resolution0:={r0}", "-p", f"reconstruction.upsampling_steps:={steps}"]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1",
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     env.pop("ROS_LOCALHOST_ONLY", None)

@@ -1,4 +1,4 @@
-"""The issue-5 targets checked against measured results (PASS/MISS, never asserted), and the outputs:
+"""The speed targets checked against measured results (PASS/MISS, never asserted), and the outputs:
 ``results.json`` (everything measured) and ``results.md`` (the tables), both under the output folder.
 """
 from __future__ import annotations

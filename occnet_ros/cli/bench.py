@@ -1,4 +1,4 @@
-"""``occnet_bench``: the speed benchmark of issue 5 (``make bench``). Prints the tables and the targets
+"""``occnet_bench``: the speed benchmark (``make bench``). Prints the tables and the targets
 with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
 
     occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N]

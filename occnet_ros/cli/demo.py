@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     p.add_argument("--namespace", default="occnet_demo", help="ROS namespace of both nodes")
     p.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="extra reconstruction_node parameter, e.g. mesh.resolution0:=16 (repeatable)")
+                   help="extra reconstruction_node parameter, e.g. reconstruction.resolution0:=16 (repeatable)")
     p.add_argument("--iou-points", type=int, default=100_000, help="points for the volumetric IoU")
     p.add_argument("--surface-points", type=int, default=30_000, help="surface samples for Chamfer/F-score")
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from occnet_ros.cli.processes import stop_processes
 from occnet_ros.ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes
 
 STOP_GRACE_S = 5.0
@@ -44,19 +45,9 @@ def command(spec: NodeSpec) -> list[str]:
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
-    """SIGINT every running process, then SIGTERM and SIGKILL to those that do not exit in time."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        running = [p for p in procs if p.poll() is None]
-        if not running:
-            return
-        for p in running:
-            try:
-                p.send_signal(sig)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(p.poll() is None for p in running):
-            time.sleep(0.05)
+    """SIGINT every running process, then SIGTERM and SIGKILL to those that do not exit in time
+    (:func:`~occnet_ros.cli.processes.stop_processes`)."""
+    stop_processes(procs, grace)
 
 
 def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:

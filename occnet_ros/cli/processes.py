@@ -1,17 +1,33 @@
-"""Child-process helpers shared by the launcher, the demo, the benchmark and the tests (no ROS imports)."""
+"""Stopping child processes, the one way the launcher, the demo, the benchmark and the tests do it (no ROS
+imports): as Ctrl-C would (SIGINT), then SIGTERM and SIGKILL to whatever has not exited within the grace time."""
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    """Stop ``proc`` as Ctrl-C would (SIGINT), SIGKILL it after ``timeout`` seconds; returns its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return int(proc.returncode)
+def stop_processes(procs: list[subprocess.Popen], grace: float = 10.0) -> list[int | None]:
+    """Send SIGINT to every running process of ``procs`` at once, wait up to ``grace`` seconds for all of
+    them, then the same with SIGTERM and with SIGKILL; returns their exit codes (None only for a process
+    that outlived SIGKILL's grace)."""
+    for sig in STOP_SIGNALS:
+        running = [p for p in procs if p.poll() is None]
+        if not running:
+            break
+        for p in running:
+            try:
+                p.send_signal(sig)
+            except ProcessLookupError:  # exited between poll and signal
+                pass
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(p.poll() is None for p in running):
+            time.sleep(0.05)
+    return [p.poll() for p in procs]
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
+    """:func:`stop_processes` for one process; its exit code."""
+    return stop_processes([proc], grace)[0]

@@ -18,7 +18,9 @@ options the mesh is the network's alone:
 
 * ``--depth DEPTH --intrinsics FX FY CX CY``: the depth image the cloud came from (.npy (h, w) float
   metres, or a 16-bit .png in millimetres, ``--depth-scale`` metres per unit), whose camera's optical
-  frame is the cloud's frame; space in front of its depth is empty.
+  frame is the cloud's frame; space in front of its depth is empty. The camera is the pinhole
+  :class:`~occnet_ros.geometry.PinholeCamera` of these focal lengths and principal point (pixels, pixel
+  centres at integer coordinates) and of the depth image's size.
 * ``--support-plane A B C D``: the table, ``A x + B y + C z + D = 0`` in the cloud's frame, metres;
   nothing lies below it (its side is the one most of the cloud is on).
 """
@@ -113,8 +115,8 @@ def known_empty_from_args(args, points: np.ndarray):
     ``--support-plane`` describe (default sensor-noise settings), or None when neither is given.
     points: (N, 3) the cloud, source frame, metres (orients the plane). Raises InputError naming a bad
     option."""
+    from occnet_ros.geometry import PinholeCamera, Plane
     from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
-    from occnet_ros.perception.segmentation import Plane
 
     if (args.depth is None) != (args.intrinsics is None):
         raise InputError("--depth and --intrinsics go together (the depth camera's pinhole model)")
@@ -124,7 +126,9 @@ def known_empty_from_args(args, points: np.ndarray):
     if args.depth is not None:
         if not np.isfinite(args.depth_scale) or args.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {args.depth_scale}")
-        view = DepthView(read_depth(args.depth, args.depth_scale), *args.intrinsics)
+        depth = read_depth(args.depth, args.depth_scale)
+        focal_and_centre = dict(zip(("fx", "fy", "cx", "cy"), args.intrinsics))
+        view = DepthView(depth, PinholeCamera(width=depth.shape[1], height=depth.shape[0], **focal_and_centre))
         try:
             view.validate()
         except ValueError as e:
@@ -132,13 +136,12 @@ def known_empty_from_args(args, points: np.ndarray):
         views.append(view)
     plane = None
     if args.support_plane is not None:
-        abc, d = np.asarray(args.support_plane[:3], np.float64), float(args.support_plane[3])
-        norm = float(np.linalg.norm(abc))
-        if not np.isfinite(args.support_plane).all() or norm == 0.0:
-            raise InputError(f"--support-plane: A B C must be a finite non-zero normal, got {args.support_plane}")
-        plane = Plane(abc / norm, d / norm)
+        try:
+            plane = Plane.from_coefficients(*args.support_plane)
+        except ValueError as e:
+            raise InputError(f"--support-plane: {e}") from e
         if np.median(plane.signed_distance(points)) < 0:  # the cloud's side is the objects' side
-            plane = Plane(-plane.normal, -plane.offset)
+            plane = plane.flipped()
     config = KnownEmptyConfig(support_plane=plane is not None, free_space=bool(views))
     return KnownEmpty(config, plane, views)
 
@@ -153,10 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewpoint", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"),
                    help="camera centre in the cloud's frame, metres (default: origin)")
     p.add_argument("--weights", help="checkpoint/weights file (default: the shipped weights)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--resolution0", type=int, default=32, help="MISE coarse grid (default 32)")
-    p.add_argument("--upsampling-steps", type=int, default=2, help="MISE levels (default 2 -> 128^3)")
-    p.add_argument("--threshold", type=float, help="surface probability (default: the checkpoint's for --views)")
+    from occnet_ros.reconstruction.config import ReconstructorConfig
+
+    d = ReconstructorConfig()  # one default per setting, shared with the node and the Python API
+    p.add_argument("--device", default=d.device, help=f"auto, cpu or cuda (default {d.device})")
+    p.add_argument("--resolution0", type=int, default=d.resolution0,
+                   help=f"MISE coarse grid (default {d.resolution0})")
+    p.add_argument("--upsampling-steps", type=int, default=d.upsampling_steps,
+                   help=f"MISE levels (default {d.upsampling_steps} -> "
+                        f"{d.resolution0 * 2 ** d.upsampling_steps}^3)")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="surface probability (default 0: the checkpoint's for --views)")
     p.add_argument("--views", type=int,
                    help="number of camera views fused into the cloud; chooses the checkpoint's threshold "
                         "(default: the distinct centres of --point-viewpoints, else 1)")

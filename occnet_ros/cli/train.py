@@ -1,9 +1,14 @@
 """``occnet_train``: train the Occupancy Network.
 
     occnet_train --config config/train/default.yaml [--resume] [--out-dir DIR] [--max-minutes M]
+    occnet_train --config config/train/finetune.yaml  # fine-tune the shipped weights (make train)
     occnet_train --export RUN_DIR/best.pt OUT.pt     # strip optimiser state -> small weights file
     occnet_train --calibrate OUT.pt [--config ...]   # choose OUT.pt's surface threshold on held-out objects
     occnet_train --calibrate OUT.pt --calibration-views 4   # ... the threshold for clouds of 4 fused views
+
+A config's ``init_from`` starts a new run from the weights of another checkpoint (the run folder of the
+previous training stage, or exported weights such as the shipped ones) with a fresh step counter, optimiser
+and schedule; ``--resume`` continues ``OUT_DIR/last.pt`` instead and ignores ``init_from``.
 
 ``--calibrate`` reconstructs held-out training-distribution objects (the validation meshes of the
 config's data, and procedural shapes with their own seed; never the evaluation objects) with the

@@ -23,7 +23,8 @@ import numpy as np
 
 from occnet_ros.perception.cloud_filter import CleanConfig
 from occnet_ros.data.generate import FAMILY_CODES, GenStats, generate_object
-from occnet_ros.data.virtual_camera import CameraIntrinsics, DepthNoise
+from occnet_ros.data.virtual_camera import DepthNoise
+from occnet_ros.geometry import PinholeCamera
 
 DATA_FORMAT_VERSION = 4
 """2: GenStats gained ``fused_views`` (stored in every shard). 3: mesh labels are inside the union of the
@@ -61,7 +62,7 @@ class DataConfig:
     n_query_near_surface: int = 1024
     near_surface_sigmas: list[float] = field(default_factory=lambda: [0.01, 0.05])
     """Gaussian offsets of the near-surface queries, canonical units (split evenly)"""
-    camera: CameraIntrinsics = field(default_factory=CameraIntrinsics)
+    camera: PinholeCamera = field(default_factory=PinholeCamera)
     distance_range: tuple[float, float] = (0.35, 1.2)
     elevation_deg_range: tuple[float, float] = (10.0, 65.0)
     max_roll_deg: float = 5.0

@@ -313,9 +313,9 @@ FAMILY_WEIGHTS = {
     "capsule": 0.6, "torus": 0.5, "bottle": 1.0, "can": 0.7, "cup": 1.0, "bowl": 0.8, "vase": 0.8,
     "mug": 1.0, "extrusion": 1.2, "csg_union": 1.5, "csg_difference": 1.2,
 }
-"""Default relative sampling weights of :func:`sample_shape`. ``hollow_box`` (added in session 10) is
-not among them, so the data of the configs written before it stay as they were; a data config draws it
-with ``family_weights``."""
+"""Default relative sampling weights of :func:`sample_shape`. ``hollow_box`` is not among them, so a data
+config without ``family_weights`` generates the same objects (and cache keys) as if the family did not
+exist; a data config draws it with ``family_weights``."""
 
 
 def check_family_weights(weights: dict[str, float]) -> None:

@@ -2,8 +2,9 @@
 
 Frames: the *world* frame is the object frame of the data generator (z up, table plane z = 0, metres).
 The camera *optical* frame has x right, y down, z forward (ROS ``*_optical_frame`` convention). A pose
-is a (4, 4) float64 optical-to-world transform. Pixel (u, v) = (column, row) looks along
-((u - cx) / fx, (v - cy) / fy, 1) in the optical frame; depth is the optical z, metres.
+is a (4, 4) float64 optical-to-world transform. The camera is a :class:`~occnet_ros.geometry.PinholeCamera`:
+pixel (u, v) = (column, row) looks along ((u - cx) / fx, (v - cy) / fy, 1) in the optical frame; depth is
+the optical z, metres.
 """
 from __future__ import annotations
 
@@ -14,27 +15,7 @@ import open3d as o3d
 import trimesh
 from scipy import ndimage
 
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics, pixels. Default: a 640x480 RealSense-D435-like depth stream."""
-
-    width: int = 640
-    height: int = 480
-    fx: float = 615.0
-    fy: float = 615.0
-    cx: float = 319.5
-    cy: float = 239.5
-
-    def validate(self) -> None:
-        if self.width < 1 or self.height < 1:
-            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
-        if self.fx <= 0 or self.fy <= 0:
-            raise ValueError(f"focal lengths must be positive, got fx={self.fx} fy={self.fy}")
-
-    def matrix(self) -> np.ndarray:
-        """(3, 3) float64 camera matrix K."""
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
+from occnet_ros.geometry import PinholeCamera, RigidTransform
 
 
 @dataclass
@@ -95,8 +76,8 @@ def in_reference_camera(points: np.ndarray, pose: np.ndarray, reference_pose: np
     points: (N, 3) metres, optical frame of ``pose``; poses: (4, 4) optical -> world.
     Returns the (N, 3) float64 points and the (3,) centre of camera ``pose``, both in the reference frame.
     """
-    to_ref = np.linalg.inv(reference_pose) @ pose
-    return np.asarray(points, np.float64) @ to_ref[:3, :3].T + to_ref[:3, 3], to_ref[:3, 3]
+    to_ref = RigidTransform.from_matrix(reference_pose).inverse() @ RigidTransform.from_matrix(pose)
+    return to_ref.apply(points), to_ref.translation.copy()
 
 
 def sample_tabletop_pose(rng: np.random.Generator, target, distance_range=(0.35, 1.2),
@@ -133,13 +114,12 @@ def table_mesh(half_size: float = 2.0, z: float = -1e-4) -> trimesh.Trimesh:
     return trimesh.Trimesh(v, np.array([[0, 1, 2], [0, 2, 3]]), process=False)
 
 
-def _cast(scene: RayScene, intr: CameraIntrinsics, pose: np.ndarray, roi=None):
+def _cast(scene: RayScene, camera: PinholeCamera, pose: np.ndarray, roi=None):
     """Depth (h, w) float32 (NaN: no hit) and geometry ids (h, w) int64 (-1: none) of the pixels
     rows r0:r1, cols c0:c1 (``roi``; whole image if None)."""
-    r0, r1, c0, c1 = roi if roi is not None else (0, intr.height, 0, intr.width)
+    r0, r1, c0, c1 = roi if roi is not None else (0, camera.height, 0, camera.width)
     v, u = np.mgrid[r0:r1, c0:c1]
-    dirs = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones(u.shape)], axis=-1)
-    dirs_w = dirs.reshape(-1, 3) @ pose[:3, :3].T
+    dirs_w = camera.rays(v, u).reshape(-1, 3) @ pose[:3, :3].T
     rays = np.concatenate([np.broadcast_to(pose[:3, 3], dirs_w.shape), dirs_w], axis=1)
     ans = scene.scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
     t = ans["t_hit"].numpy().reshape(u.shape)  # in units of the ray direction, whose z is 1
@@ -149,22 +129,11 @@ def _cast(scene: RayScene, intr: CameraIntrinsics, pose: np.ndarray, roi=None):
     return np.where(hit, t, np.nan).astype(np.float32), gid
 
 
-def render_depth(meshes: list[trimesh.Trimesh] | RayScene, intrinsics: CameraIntrinsics,
+def render_depth(meshes: list[trimesh.Trimesh] | RayScene, camera: PinholeCamera,
                  pose: np.ndarray) -> np.ndarray:
     """(H, W) float32 depth image, metres (optical z), NaN where no surface is hit."""
     scene = meshes if isinstance(meshes, RayScene) else RayScene(list(meshes))
-    return _cast(scene, intrinsics, np.asarray(pose, dtype=np.float64))[0]
-
-
-def depth_to_points(depth: np.ndarray, intrinsics: CameraIntrinsics, roi_origin=(0, 0)) -> np.ndarray:
-    """depth: (H, W) metres -> (H, W, 3) float32 points in the optical frame (NaN where depth is NaN).
-    roi_origin: (row, col) of depth[0, 0] in the full image, for crops."""
-    d = np.asarray(depth, dtype=np.float64)
-    v, u = np.mgrid[0:d.shape[0], 0:d.shape[1]]
-    u = u + roi_origin[1]
-    v = v + roi_origin[0]
-    return np.stack([(u - intrinsics.cx) / intrinsics.fx * d, (v - intrinsics.cy) / intrinsics.fy * d, d],
-                    axis=-1).astype(np.float32)
+    return _cast(scene, camera, np.asarray(pose, dtype=np.float64))[0]
 
 
 def apply_depth_noise(depth: np.ndarray, rng: np.random.Generator, noise: DepthNoise) -> np.ndarray:
@@ -209,19 +178,19 @@ class ObjectScene:
         self.table_id = self.rays.ids[1] if table else None
 
 
-def _roi(bounds: np.ndarray, intr: CameraIntrinsics, pose: np.ndarray, pad: int = 4, context: float = 0.0):
+def _roi(bounds: np.ndarray, camera: PinholeCamera, pose: np.ndarray, pad: int = 4, context: float = 0.0):
     """(r0, r1, c0, c1) pixel box around the projection of ``bounds``, ``pad`` pixels plus ``context``
     times the box's larger side on every side, clipped to the image."""
     corners = np.array(np.meshgrid(*zip(*bounds), indexing="ij")).reshape(3, -1).T
     c = (corners - pose[:3, 3]) @ pose[:3, :3]  # world -> optical
     if np.any(c[:, 2] <= 1e-3):
-        return 0, intr.height, 0, intr.width
-    u = intr.fx * c[:, 0] / c[:, 2] + intr.cx
-    v = intr.fy * c[:, 1] / c[:, 2] + intr.cy
+        return 0, camera.height, 0, camera.width
+    u, v = camera.project(c)
     if context > 0:
         pad += int(np.ceil(context * max(u.max() - u.min(), v.max() - v.min())))
-    c0, c1 = int(np.clip(np.floor(u.min()) - pad, 0, intr.width)), int(np.clip(np.ceil(u.max()) + pad + 1, 0, intr.width))
-    r0, r1 = int(np.clip(np.floor(v.min()) - pad, 0, intr.height)), int(np.clip(np.ceil(v.max()) + pad + 1, 0, intr.height))
+    w, h = camera.width, camera.height
+    c0, c1 = int(np.clip(np.floor(u.min()) - pad, 0, w)), int(np.clip(np.ceil(u.max()) + pad + 1, 0, w))
+    r0, r1 = int(np.clip(np.floor(v.min()) - pad, 0, h)), int(np.clip(np.ceil(v.max()) + pad + 1, 0, h))
     return r0, r1, c0, c1
 
 
@@ -239,15 +208,15 @@ class ViewObservation:
     table_points: np.ndarray
 
 
-def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: CameraIntrinsics,
+def observe(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, camera: PinholeCamera,
             noise: DepthNoise, rng: np.random.Generator, table_leak_prob: float = 0.0
             ) -> tuple[np.ndarray, np.ndarray]:
     """(points, up) of :func:`observe_view` (no context around the object)."""
-    v = observe_view(mesh, pose, intrinsics, noise, rng, table_leak_prob)
+    v = observe_view(mesh, pose, camera, noise, rng, table_leak_prob)
     return v.points, v.up
 
 
-def observe_view(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsics: CameraIntrinsics,
+def observe_view(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, camera: PinholeCamera,
                  noise: DepthNoise, rng: np.random.Generator, table_leak_prob: float = 0.0,
                  context: float = 0.0) -> ViewObservation:
     """Segmented depth points of one object as a depth camera at ``pose`` sees it.
@@ -265,11 +234,11 @@ def observe_view(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsi
     scene = mesh if isinstance(mesh, ObjectScene) else ObjectScene(mesh)
     pose = np.asarray(pose, dtype=np.float64)
     up = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
-    r0, r1, c0, c1 = _roi(scene.bounds, intrinsics, pose, context=context)
+    r0, r1, c0, c1 = _roi(scene.bounds, camera, pose, context=context)
     if r1 <= r0 or c1 <= c0:
         empty = np.zeros((0, 3), np.float32)
         return ViewObservation(empty, up, np.zeros((0, 0), np.float32), (r0, c0), empty)
-    depth, gid = _cast(scene.rays, intrinsics, pose, (r0, r1, c0, c1))
+    depth, gid = _cast(scene.rays, camera, pose, (r0, r1, c0, c1))
     mask = gid == scene.object_id
     if table_leak_prob > 0 and scene.table_id is not None:
         ring = ndimage.binary_dilation(mask, iterations=2) & (gid == scene.table_id)
@@ -277,7 +246,7 @@ def observe_view(mesh: trimesh.Trimesh | ObjectScene, pose: np.ndarray, intrinsi
         ring &= np.abs(depth - nearest_obj) < 0.03
         mask |= ring & (rng.random(mask.shape) < table_leak_prob)
     noisy = apply_depth_noise(depth, rng, noise)
-    xyz = depth_to_points(noisy, intrinsics, (r0, c0))
+    xyz = camera.unproject(noisy, (r0, c0))
     pts = xyz[mask & np.isfinite(noisy)]
     table = xyz[(gid == scene.table_id) & np.isfinite(noisy)] if scene.table_id is not None else xyz[:0, 0]
     return ViewObservation(pts.astype(np.float32), up, noisy, (r0, c0), table.reshape(-1, 3).astype(np.float32))

@@ -13,7 +13,8 @@ import numpy as np
 import pybullet
 import trimesh
 
-from occnet_ros.data.virtual_camera import CameraIntrinsics, look_at_pose
+from occnet_ros.data.virtual_camera import look_at_pose
+from occnet_ros.geometry import PinholeCamera, RigidTransform
 from occnet_ros.sim.camera import gl_projection, gl_view
 
 __all__ = ["View", "orbit_view", "render_meshes", "splat_points", "panel_figure", "MAX_RENDER_FACES"]
@@ -28,7 +29,7 @@ BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
 class View:
     """A virtual pinhole camera: ``intrinsics`` and ``pose`` (4, 4) optical-to-world, metres."""
 
-    intrinsics: CameraIntrinsics
+    intrinsics: PinholeCamera
     pose: np.ndarray
 
 
@@ -37,7 +38,7 @@ def orbit_view(target: np.ndarray, distance: float, azimuth_deg: float, elevatio
     """A view looking at ``target`` (world, metres) from ``distance`` at the given azimuth (0 = from
     world +x) and elevation, ``width`` x ``height`` pixels with vertical field of view ``fov_y_deg``."""
     f = 0.5 * height / np.tan(np.radians(0.5 * fov_y_deg))
-    intr = CameraIntrinsics(width=width, height=height, fx=f, fy=f, cx=0.5 * (width - 1), cy=0.5 * (height - 1))
+    intr = PinholeCamera(width=width, height=height, fx=f, fy=f, cx=0.5 * (width - 1), cy=0.5 * (height - 1))
     az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
     t = np.asarray(target, dtype=np.float64)
     eye = t + distance * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
@@ -87,18 +88,15 @@ def render_meshes(meshes: list[trimesh.Trimesh], colors: list[tuple[float, float
 
 def splat_points(points: np.ndarray, colors: np.ndarray, view: View, radius_px: int = 1) -> np.ndarray:
     """Image (H, W, 3) uint8 of points (N, 3) world frame, metres, with colours (N, 3) uint8, seen from
-    ``view``: each point a (2 r + 1)^2 pixel square, nearest point wins; white background."""
+    ``view``: each point a (2 r + 1)^2 pixel square centred on its pixel (:meth:`PinholeCamera.pixels`;
+    points that project outside the image or lie within 1 mm of the camera plane are not drawn),
+    nearest point wins; white background."""
     intr = view.intrinsics
     img = np.broadcast_to(BACKGROUND, (intr.height, intr.width, 3)).copy()
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    c = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    keep = np.all(np.isfinite(p), axis=1)
-    q = (p[keep] - view.pose[:3, 3]) @ view.pose[:3, :3]  # world -> optical
-    c = c[keep]
-    front = q[:, 2] > 1e-3
-    q, c = q[front], c[front]
-    u = np.rint(intr.fx * q[:, 0] / q[:, 2] + intr.cx).astype(np.int64)
-    v = np.rint(intr.fy * q[:, 1] / q[:, 2] + intr.cy).astype(np.int64)
+    q = RigidTransform.from_matrix(view.pose).inverse().apply(points)  # world -> optical
+    v, u, keep = intr.pixels(q)
+    keep &= q[:, 2] > 1e-3
+    q, u, v, c = q[keep], u[keep], v[keep], np.asarray(colors, dtype=np.uint8).reshape(-1, 3)[keep]
     offsets = np.arange(-radius_px, radius_px + 1)
     du, dv = (a.reshape(-1, 1) for a in np.meshgrid(offsets, offsets))
     uu, vv = (u[None] + du).reshape(-1), (v[None] + dv).reshape(-1)
@@ -145,7 +143,7 @@ def _to_world(mesh: trimesh.Trimesh | None, camera_pose: np.ndarray) -> trimesh.
 
 def _cloud_world(points: np.ndarray, rgb: np.ndarray, select: np.ndarray, camera_pose: np.ndarray):
     sel = select & np.all(np.isfinite(points), axis=-1)
-    return points[sel] @ camera_pose[:3, :3].T + camera_pose[:3, 3], rgb[sel]
+    return RigidTransform.from_matrix(camera_pose).apply(points[sel]), rgb[sel]
 
 
 def _views(centre: np.ndarray, radius: float, camera_pose: np.ndarray, size: tuple[int, int]):

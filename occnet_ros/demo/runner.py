@@ -18,7 +18,6 @@ nodes unless it is already set (``DemoSettings.large_data``); other RMW implemen
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from occnet_ros.cli.processes import stop_processes
 from occnet_ros.demo.collector import Collector
 from occnet_ros.demo.results import DemoRun
 from occnet_ros.sim.ground_truth import GroundTruthError, read_ground_truth
@@ -115,7 +115,7 @@ def commands(s: DemoSettings) -> dict[str, list[str]]:
                        ("camera.width", cam.camera.width), ("camera.height", cam.camera.height),
                        ("camera.fx", cam.camera.fx), ("camera.fy", cam.camera.fy),
                        ("camera.orbit_deg_per_s", 0.0)],
-        "reconstruction_node": [("checkpoint", str(s.weights)), ("up", up_in_camera(cam)), ("device", "cpu"),
+        "reconstruction_node": [("checkpoint", str(s.weights)), ("up", up_in_camera(cam)), ("reconstruction.device", "cpu"),
                                 ("segmentation.mode", "mask")],
     }
     out = {}
@@ -131,7 +131,8 @@ def commands(s: DemoSettings) -> dict[str, list[str]]:
 
 
 class _Processes:
-    """Started child processes, each logging to ``log_dir/<name>.log``; stopped with SIGINT."""
+    """Started child processes, each logging to ``log_dir/<name>.log``; stopped as Ctrl-C would
+    (:func:`~occnet_ros.cli.processes.stop_processes`)."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -156,15 +157,7 @@ class _Processes:
         return "\n".join("    " + line for line in lines[-n:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_processes(list(self.procs.values()), timeout)
 
 
 def run_demo(s: DemoSettings, log=print) -> DemoRun:

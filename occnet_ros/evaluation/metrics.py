@@ -19,8 +19,8 @@ split into its connected parts and a point is inside the solid when it is inside
 winding count: an inverted part inside another is a cavity). Each part is tested by ray parity, the
 majority vote over ``n_rays`` seeded random directions (open3d ``RaycastingScene.count_intersections``).
 For a watertight part every ray gives the same, exact answer (the vote only guards against rays grazing
-an edge). Until session 7 the parity was taken over the whole mesh, which calls the overlap of two closed
-parts outside: the teddy (15 overlapping convex hulls) lost 6 % of its volume to false cavities. Surface
+an edge). Parity over the whole mesh would call the overlap of two closed parts outside: the teddy (15
+overlapping convex hulls) would lose 6 % of its volume to false cavities. Surface
 samples on faces buried inside another closed part are not surface and are drawn again. For a
 non-watertight part (e.g. of a density-trimmed Poisson surface) "inside" is not defined; the vote over
 ``n_rays_open`` directions is reported as is, and :class:`MeshMetrics` records ``pred_watertight`` /

@@ -20,7 +20,7 @@ object's box plus ``context`` times its size on every side) as a :class:`DepthVi
 frame, and the support plane fitted (RANSAC with the up vector, the node's default
 :class:`~occnet_ros.perception.segmentation.SegmentationConfig` plane settings) to the table pixels of those crops.
 
-Sensor: :class:`~occnet_ros.data.virtual_camera.CameraIntrinsics` and
+Sensor: :class:`~occnet_ros.geometry.PinholeCamera` and
 :class:`~occnet_ros.data.virtual_camera.DepthNoise` defaults (640x480, range-dependent noise, holes,
 edge artefacts), a perfect segmenter, the table occluding the base. Each view's cloud is then cleaned
 as the node cleans it (:func:`occnet_ros.perception.cloud_filter.clean_cloud`, statistical outlier removal; in
@@ -39,10 +39,10 @@ import trimesh
 
 from occnet_ros.perception.cloud_filter import CleanConfig, clean_cloud
 from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
-from occnet_ros.data.virtual_camera import (CameraIntrinsics, DepthNoise, ObjectScene, in_reference_camera,
-                                            look_at_pose, observe_view)
+from occnet_ros.data.virtual_camera import DepthNoise, ObjectScene, in_reference_camera, look_at_pose, observe_view
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
 from occnet_ros.reconstruction.known_empty import DepthView
-from occnet_ros.perception.segmentation import Plane, SegmentationConfig, fit_support_plane
+from occnet_ros.perception.segmentation import SegmentationConfig, fit_support_plane
 
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb")
 """Mesh file types accepted on the command line (whatever trimesh reads; OBJ/STL/PLY are tested)."""
@@ -123,8 +123,7 @@ class Observation:
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """(M, 3) input-frame points -> (M, 3) float64 world points."""
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        return p @ self.input_to_world[:3, :3].T + self.input_to_world[:3, 3]
+        return RigidTransform.from_matrix(self.input_to_world).apply(points)
 
     def mesh_to_world(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         """A copy of an input-frame mesh in the world frame."""
@@ -132,8 +131,7 @@ class Observation:
 
     def mesh_from_world(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         """A copy of a world-frame mesh in the input frame (camera 0 optical)."""
-        inv = np.linalg.inv(self.input_to_world)
-        v = np.asarray(mesh.vertices, dtype=np.float64) @ inv[:3, :3].T + inv[:3, 3]
+        v = RigidTransform.from_matrix(self.input_to_world).inverse().apply(mesh.vertices)
         return trimesh.Trimesh(v, np.asarray(mesh.faces), process=False)
 
 
@@ -168,13 +166,14 @@ def _seed_of(seed: int, name: str, view: int) -> list[int]:
 
 
 def camera_poses(mesh: trimesh.Trimesh, n_views: int, config: ViewProtocolConfig,
-                 intrinsics: CameraIntrinsics | None = None) -> list[np.ndarray]:
-    """The (4, 4) optical -> world poses of the ``n_views`` protocol cameras for ``mesh`` (world)."""
+                 intrinsics: PinholeCamera | None = None) -> list[np.ndarray]:
+    """The (4, 4) optical -> world poses of the ``n_views`` protocol cameras for ``mesh`` (world);
+    ``intrinsics``: the camera (None: the :class:`PinholeCamera` defaults)."""
     cfg = config
     cfg.validate()
     if n_views < 1:
         raise ProtocolError(f"n_views must be >= 1, got {n_views}")
-    intr = intrinsics or CameraIntrinsics()
+    intr = intrinsics or PinholeCamera()
     lo, hi = np.asarray(mesh.bounds, dtype=np.float64)
     target = 0.5 * (lo + hi)
     radius = 0.5 * float(np.linalg.norm(hi - lo))
@@ -190,10 +189,11 @@ def camera_poses(mesh: trimesh.Trimesh, n_views: int, config: ViewProtocolConfig
 
 
 def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | None = None,
-                   intrinsics: CameraIntrinsics | None = None) -> Observation:
-    """Observe ``obj`` with the protocol's ``n_views`` cameras and fuse into camera 0's frame."""
+                   intrinsics: PinholeCamera | None = None) -> Observation:
+    """Observe ``obj`` with the protocol's ``n_views`` cameras (``intrinsics``; None: the
+    :class:`PinholeCamera` defaults) and fuse into camera 0's frame."""
     cfg = config or ViewProtocolConfig()
-    intr = intrinsics or CameraIntrinsics()
+    intr = intrinsics or PinholeCamera()
     noise = DepthNoise(enabled=cfg.noise)
     poses = camera_poses(obj.mesh, n_views, cfg, intr)
     scene = ObjectScene(obj.mesh, table=cfg.table)
@@ -202,9 +202,9 @@ def observe_object(obj: EvalObject, n_views: int, config: ViewProtocolConfig | N
         rng = np.random.default_rng(_seed_of(cfg.seed, obj.name, i))
         seen = observe_view(scene, pose, intr, noise, rng, context=cfg.context)
         p, up = seen.points, seen.up
-        to_ref = np.linalg.inv(poses[0]) @ pose
-        views.append(DepthView(seen.depth, intr.fx, intr.fy, intr.cx, intr.cy, seen.roi_origin, to_ref))
-        table.append(seen.table_points @ to_ref[:3, :3].T + to_ref[:3, 3])
+        to_ref = RigidTransform.from_matrix(poses[0]).inverse() @ RigidTransform.from_matrix(pose)
+        views.append(DepthView(seen.depth, intr, seen.roi_origin, to_ref))
+        table.append(to_ref.apply(seen.table_points))
         if cfg.clean_enabled:
             p = clean_cloud(p, cfg.clean).points
         if i == 0:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from occnet_ros.network.model_global import ResnetBlockFC
-from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.network.domain import BOX_HALF
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 """Canonical axes of the xy, xz and yz feature planes."""

@@ -11,22 +11,22 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from occnet_ros.config_io import setting
+
 
 @dataclass
 class CleanConfig:
-    """Cleaning of one object's cloud.
+    """Cleaning of one object's cloud before it is reconstructed (each field's ``doc`` says what it does)."""
 
-    ``min_range`` / ``max_range``: kept distances from the viewpoint, metres (``max_range <= 0``: no
-    upper limit). ``outlier_neighbors``: k of the statistical outlier filter (0 = off);
-    ``outlier_std_ratio``: a point is an outlier when its mean distance to its k neighbours exceeds the
-    mean over all points by this many standard deviations. ``voxel_size``: metres, 0 = off.
-    """
-
-    min_range: float = 0.0
-    max_range: float = 0.0
-    outlier_neighbors: int = 16
-    outlier_std_ratio: float = 2.0
-    voxel_size: float = 0.0
+    min_range: float = setting(0.0, doc="drop object points closer than this to the camera, m", range=(0.0, 100.0))
+    max_range: float = setting(0.0, doc="drop object points farther than this from the camera, m (0 = no limit)",
+                               range=(0.0, 1000.0))
+    outlier_neighbors: int = setting(16, doc="k of the statistical outlier filter (0 = off)", range=(0, 256))
+    outlier_std_ratio: float = setting(2.0, doc="a point is an outlier when its mean distance to its k nearest "
+                                       "neighbours exceeds the mean over all points by this many standard "
+                                       "deviations", range=(0.01, 100.0))
+    voxel_size: float = setting(0.0, doc="voxel downsampling of each object's points, m (0 = off; the network "
+                                "subsamples its input anyway)", range=(0.0, 1.0))
 
     def validate(self) -> None:
         if self.min_range < 0:

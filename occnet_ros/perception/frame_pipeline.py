@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from occnet_ros.perception.cloud_filter import clean_cloud
+from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty
 from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation, simplify_mesh
 from occnet_ros.reconstruction.normalization import NormalizationError
+from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
 from occnet_ros.perception.object_store import StoredObject
-from occnet_ros.ros.node_params import NodeParams, ParamError
-from occnet_ros.perception.segmentation import (CameraIntrinsics, ClusterTracker, Plane, Segment, SegmentationError,
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
+from occnet_ros.perception.segmentation import (ClusterTracker, Segment, SegmentationError,
                                      apply_limits, fit_support_plane, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
 
@@ -34,7 +35,7 @@ class FrameInput:
     ``mask``: (h, w) integer instance labels or None; ``image``: (h, w, 3) uint8 RGB or None;
     ``intrinsics``: the camera of mask and image, or None; ``up``: (3,) gravity-up in the cloud frame;
     ``viewpoint``: (3,) camera centre in the cloud frame, metres; ``stamp``: seconds;
-    ``camera_to_cloud``: (4, 4) pose of the ``intrinsics`` camera's optical frame in the cloud frame, or
+    ``camera_to_cloud``: pose of the ``intrinsics`` camera's optical frame in the cloud frame, or
     None when unknown (then the depth cannot be used for the free-space test)."""
 
     xyz: np.ndarray
@@ -42,14 +43,14 @@ class FrameInput:
     cloud_rgb: np.ndarray | None = None
     mask: np.ndarray | None = None
     image: np.ndarray | None = None
-    intrinsics: CameraIntrinsics | None = None
+    intrinsics: PinholeCamera | None = None
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))
     viewpoint: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    camera_to_cloud: np.ndarray | None = None
+    camera_to_cloud: RigidTransform | None = None
 
 
 @dataclass
-class ObjectResult:
+class ProcessedObject:
     """One reconstructed object: ``segment`` (id, label, observed points), ``obj`` (the
     :class:`~occnet_ros.reconstruction.reconstructor.ReconstructedObject`), ``n_observed`` points after cleaning,
     ``vertex_colors`` (V, 3) uint8 per vertex of the published mesh or None, ``seconds`` spent (clean,
@@ -57,7 +58,7 @@ class ObjectResult:
     publish, in the cloud frame (``obj.mesh`` simplified to ``mesh.max_faces``); None = ``obj.mesh`` as is."""
 
     segment: Segment
-    obj: object
+    obj: ReconstructedObject
     n_observed: int
     vertex_colors: np.ndarray | None
     seconds: float
@@ -66,68 +67,39 @@ class ObjectResult:
 
     @property
     def reused(self) -> bool:
-        """The reconstruction is the previous frame's (see ``mesh.reuse_tolerance``)."""
-        return bool(getattr(self.obj, "mise_stats", {}).get("reused", False))
+        """The reconstruction is the previous frame's (see ``reconstruction.reuse_tolerance``)."""
+        return self.obj.reused
 
 
 @dataclass(frozen=True)
 class _Kept:
     """What reuse needs of an object of the last frame: its reconstruction and published mesh."""
 
-    obj: object
+    obj: ReconstructedObject
     vertices: np.ndarray
     faces: np.ndarray
 
 
 @dataclass
-class FrameResult:
+class ProcessedFrame:
     """``objects`` reconstructed; ``method``: "mask" or "geometric"; ``warnings``: why segments were
     skipped; ``cancelled``: the stop request interrupted the frame (results incomplete)."""
 
-    objects: list[ObjectResult]
+    objects: list[ProcessedObject]
     method: str
     warnings: list[str]
     cancelled: bool = False
 
 
-def load_reconstructor(params: NodeParams):
-    """The :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` the parameters ask for (MISE grid, threshold,
-    input size, ``mesh.reuse_tolerance``, ``mesh.anchor_radius``, ``mesh.mirror_average``,
-    ``mesh.input_subsamples``; the probability grid is kept only for ``query_mode`` grid).
-    Raises :class:`ParamError` for a missing checkpoint or an unavailable device."""
-    from occnet_ros.reconstruction.reconstructor import Reconstructor
-    from occnet_ros.reconstruction.surface_anchor import AnchorConfig
-
-    overrides = {"resolution0": params.mesh.resolution0, "upsampling_steps": params.mesh.upsampling_steps,
-                 "seed": params.seed, "reuse_tolerance": params.mesh.reuse_tolerance,
-                 "anchor": AnchorConfig(radius=params.mesh.anchor_radius, seed=params.seed),
-                 "mirror_average": params.mesh.mirror_average,
-                 "input_subsamples": params.mesh.input_subsamples,
-                 "keep_grid": params.query_mode == "grid"}  # the grid (8.6 MB at 128^3) only when queried
-    if params.mesh.threshold > 0:
-        overrides["threshold"] = params.mesh.threshold
-    if params.mesh.n_input_points > 0:
-        overrides["n_input_points"] = params.mesh.n_input_points
-    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
-    try:
-        return Reconstructor.from_pretrained(path, device=params.device, **overrides)
-    except FileNotFoundError as e:
-        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
-    except ValueError as e:  # e.g. device cuda without CUDA
-        if "device" in str(e):
-            raise ParamError(f"parameter 'device' = '{params.device}': {e}") from e
-        raise
-
-
-def stored_objects(result: FrameResult) -> list[StoredObject]:
+def stored_objects(result: ProcessedFrame) -> list[StoredObject]:
     """The object-store entries of a frame's results (id, label, reconstruction; nothing else kept)."""
     return [StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects]
 
 
 class FramePipeline:
-    """Segmentation + per-object reconstruction with the settings of :class:`NodeParams`.
+    """Segmentation + per-object reconstruction with the settings of a :class:`PerceptionConfig`.
 
-    reconstructor: anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
+    reconstructor: a :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`, or anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
     ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
@@ -135,12 +107,12 @@ class FramePipeline:
     node passes a :class:`~occnet_ros.perception.decimation_worker.ProcessDecimation`).
     """
 
-    def __init__(self, reconstructor, params: NodeParams, decimate: Decimation = quadric_decimation):
+    def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = quadric_decimation):
         self.reconstructor = reconstructor
-        self.params = params
+        self.config = config
         self.decimate = decimate
-        self.tracker = ClusterTracker(params.segmentation.track_distance)
-        self.rng = np.random.default_rng(params.seed)
+        self.tracker = ClusterTracker(config.segmentation.track_distance)
+        self.rng = np.random.default_rng(config.seed)
         self._kept: dict[int, _Kept] = {}
 
     @property
@@ -148,15 +120,15 @@ class FramePipeline:
         """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
         return sorted(self._kept)
 
-    def _published_mesh(self, obj, kept: _Kept | None) -> tuple[np.ndarray, np.ndarray, str]:
+    def _published_mesh(self, obj: ReconstructedObject, kept: _Kept | None) -> tuple[np.ndarray, np.ndarray, str]:
         """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh,
         else ``obj.mesh`` simplified to ``mesh.max_faces``."""
-        mesh = getattr(obj, "mesh", None)
+        mesh = obj.mesh
         if mesh is None:
             return np.zeros((0, 3)), np.zeros((0, 3), np.int64), ""
-        if kept is not None and getattr(kept.obj, "mesh", None) is mesh:
+        if kept is not None and kept.obj.mesh is mesh:
             return kept.vertices, kept.faces, ""
-        s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.params.mesh.max_faces,
+        s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.config.mesh.max_faces,
                           decimate=self.decimate)
         return s.vertices, s.faces, s.note
 
@@ -171,7 +143,7 @@ class FramePipeline:
         settings on all finite points (:func:`~occnet_ros.perception.segmentation.fit_support_plane`)."""
         flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
         flat = flat[np.isfinite(flat).all(axis=1)]
-        return fit_support_plane(flat, self.params.segmentation, self.rng, frame.up, frame.viewpoint)
+        return fit_support_plane(flat, self.config.segmentation, self.rng, frame.up, frame.viewpoint)
 
     def depth_view(self, frame: FrameInput) -> tuple[DepthView | None, str]:
         """The frame's depth image for the free-space test, or (None, why not): it needs an organized
@@ -184,15 +156,15 @@ class FramePipeline:
             return None, f"the cloud is not organized as the {k.width}x{k.height} camera image"
         if frame.camera_to_cloud is None:
             return None, "the camera's pose in the cloud frame is unknown"
-        to_cam = np.linalg.inv(np.asarray(frame.camera_to_cloud, np.float64))
-        depth = xyz.reshape(-1, 3).astype(np.float64) @ to_cam[2, :3] + to_cam[2, 3]
-        return DepthView(depth.reshape(xyz.shape[:2]).astype(np.float32), k.fx, k.fy, k.cx, k.cy,
-                         camera_to_source=np.asarray(frame.camera_to_cloud, np.float64)), ""
+        to_cam = frame.camera_to_cloud.inverse()  # optical z only: the last row of to_cam.apply, no BLAS
+        depth = np.einsum("nk,k->n", xyz.reshape(-1, 3).astype(np.float64), to_cam.rotation[2]) + to_cam.translation[2]
+        return DepthView(depth.reshape(xyz.shape[:2]).astype(np.float32), k,
+                         camera_to_source=frame.camera_to_cloud), ""
 
     def _known_empty(self, frame: FrameInput, plane: Plane | None, warnings: list[str]):
         """-> function(cleaned object points) -> KnownEmpty or None, for this frame. The plane is used for
         an object only when its points lie above it (a shelf over the object must not cut it)."""
-        cfg = self.params.known_empty
+        cfg = self.config.known_empty
         if not cfg.enabled:
             return lambda points: None
         views = []
@@ -204,7 +176,7 @@ class FramePipeline:
                 views.append(view)
         if cfg.support_plane and plane is None:
             plane = self.support_plane(frame)
-        tol = self.params.segmentation.plane_distance
+        tol = self.config.segmentation.plane_distance
         made: dict[bool, KnownEmpty] = {}
 
         def for_object(points: np.ndarray) -> KnownEmpty | None:
@@ -216,7 +188,7 @@ class FramePipeline:
 
     def _segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None, Plane | None]:
         """:meth:`segment` and the support plane the geometric method found (None for masks)."""
-        cfg = self.params.segmentation
+        cfg = self.config.segmentation
         xyz = np.asarray(frame.xyz, dtype=np.float32)
         organized = xyz.ndim == 3
         use_mask = cfg.mode == "mask" or (cfg.mode == "auto" and frame.mask is not None)
@@ -239,7 +211,7 @@ class FramePipeline:
             grid, pixels = xyz.shape[:2], np.arange(flat.shape[0])
         elif frame.intrinsics is not None:
             k = frame.intrinsics
-            pix, valid = k.project(flat)
+            pix, valid = k.pixel_index(flat)
             pixels, grid = np.where(valid, pix, -1), (k.height, k.width)
         segs, plane = segment_geometric(flat, cfg, self.rng, up=frame.up, viewpoint=frame.viewpoint, pixels=pixels)
         segs = self.tracker.relabel(apply_limits(segs, cfg))
@@ -249,7 +221,7 @@ class FramePipeline:
                          grid: tuple[int, int] | None) -> np.ndarray | None:
         """(K, 3) uint8 colours of the cleaned observed points, from the image when it fits the pixel
         grid, else from the cloud's own colours; None when neither is available."""
-        if frame.image is not None and self.params.color_from_image and seg.pixels is not None \
+        if frame.image is not None and self.config.color_from_image and seg.pixels is not None \
                 and grid is not None and frame.image.shape[:2] == tuple(grid):
             pix = seg.pixels[index]
             if np.all(pix >= 0):
@@ -258,24 +230,24 @@ class FramePipeline:
             return frame.cloud_rgb.reshape(-1, 3)[seg.pixels[index]]
         return None
 
-    def process(self, frame: FrameInput, should_stop: Callable[[], bool] = lambda: False) -> FrameResult:
+    def process(self, frame: FrameInput, should_stop: Callable[[], bool] = lambda: False) -> ProcessedFrame:
         """Segment ``frame`` and reconstruct every segment (cleaned first, passing the object's last
         reconstruction as ``previous``); simplify each mesh to publish; vertex colours from the nearest
         observed point's colour. A completed frame replaces what is kept for reuse by its own objects."""
         segments, method, grid, plane = self._segment(frame)
         results, warnings = [], []
         known_empty = self._known_empty(frame, plane, warnings) if segments else (lambda points: None)
-        if frame.image is not None and self.params.color_from_image and grid is not None \
+        if frame.image is not None and self.config.color_from_image and grid is not None \
                 and frame.image.shape[:2] != tuple(grid):
             warnings.append(f"image {frame.image.shape[1]}x{frame.image.shape[0]} does not match the "
                             f"{grid[1]}x{grid[0]} pixel grid of the cloud/mask: no colours from it")
         up, viewpoint = np.asarray(frame.up, np.float64), np.asarray(frame.viewpoint, np.float64)
         for seg in segments:
             if should_stop():
-                return FrameResult(results, method, warnings, cancelled=True)
+                return ProcessedFrame(results, method, warnings, cancelled=True)
             t0 = time.perf_counter()
-            cleaned = clean_cloud(seg.points, self.params.filter, viewpoint)
-            if cleaned.points.shape[0] < self.params.segmentation.min_points:
+            cleaned = clean_cloud(seg.points, self.config.filter, viewpoint)
+            if cleaned.points.shape[0] < self.config.segmentation.min_points:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
             kept = self._kept.get(seg.id)
@@ -295,7 +267,7 @@ class FramePipeline:
             if observed is not None and len(verts):
                 _, nearest = cKDTree(cleaned.points).query(verts, k=1)
                 colors = observed[nearest]
-            results.append(ObjectResult(seg, obj, int(cleaned.points.shape[0]), colors,
+            results.append(ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors,
                                         time.perf_counter() - t0, verts, faces))
         self._kept = {r.segment.id: _Kept(r.obj, r.vertices, r.faces) for r in results}
-        return FrameResult(results, method, warnings)
+        return ProcessedFrame(results, method, warnings)

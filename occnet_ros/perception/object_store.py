@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
-
-
-QUERY_MODES = ("exact", "grid")
-"""exact: the network on each point; grid: interpolated in the object's cached MISE grid (approximate; see
-:mod:`occnet_ros.reconstruction.occupancy_grid`)."""
+from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES
 
 
 class QueryableObject(Protocol):
@@ -42,14 +38,12 @@ class UnknownObjectError(KeyError):
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One object: ``id`` (stable), ``label``, ``obj`` (its reconstruction), ``extra`` (anything the
-    caller wants to keep with it, e.g. the published message). ``box_min``/``box_max``: (3,) float64
+    """One object: ``id`` (stable), ``label``, ``obj`` (its reconstruction). ``box_min``/``box_max``: (3,) float64
     axis-aligned bounds of the padded canonical box in the store frame, metres (filled by the store)."""
 
     id: int
     label: str
-    obj: Any
-    extra: Any = None
+    obj: QueryableObject
     box_min: np.ndarray | None = None
     box_max: np.ndarray | None = None
 
@@ -77,7 +71,7 @@ def _with_box(o: StoredObject) -> StoredObject:
     corners = np.asarray(o.obj.frame.box_corners_source(), dtype=np.float64)
     # widen by a float32 ulp-scale margin: the exact oriented-box test follows
     pad = 1e-6 * max(1.0, float(np.abs(corners).max()))
-    return StoredObject(o.id, o.label, o.obj, o.extra, corners.min(axis=0) - pad, corners.max(axis=0) + pad)
+    return StoredObject(o.id, o.label, o.obj, corners.min(axis=0) - pad, corners.max(axis=0) + pad)
 
 
 class ObjectStore:

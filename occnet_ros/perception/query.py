@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from occnet_ros.geometry import RigidTransform, TransformError
 from occnet_ros.perception.object_store import ObjectStore, UnknownObjectError
-from occnet_ros.ros.tf_lookup import TransformError, apply
 
 
 @dataclass
@@ -27,13 +27,14 @@ def _refuse(message: str) -> QueryAnswer:
 
 
 def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
-                 transform: Callable[[str, str], np.ndarray], max_points: int, mode: str = "exact") -> QueryAnswer:
+                 transform: Callable[[str, str], RigidTransform], max_points: int,
+                 mode: str = "exact") -> QueryAnswer:
     """Occupancy of ``flat_points`` (buffer of float32 x0, y0, z0, x1, ... metres, in ``frame_id``;
     empty = the objects' frame) over ``object_ids`` (buffer of uint32; empty = all objects). ``mode``:
     "exact" or "grid" (see :meth:`ObjectStore.query`).
 
-    transform(target, source) -> (4, 4) matrix from source to target frame, raising
-    :class:`~occnet_ros.ros.tf_lookup.TransformError` when unknown.
+    transform(target, source) -> the :class:`~occnet_ros.geometry.RigidTransform` from the source to the
+    target frame, raising :class:`~occnet_ros.geometry.TransformError` when unknown.
     """
     pts = np.frombuffer(flat_points, dtype=np.float32) if len(flat_points) else np.zeros(0, np.float32)
     if pts.size % 3:
@@ -49,7 +50,7 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
     snap = store.snapshot()
     if frame_id and snap.frame_id and frame_id != snap.frame_id and n:
         try:
-            pts = apply(transform(snap.frame_id, frame_id), pts)
+            pts = transform(snap.frame_id, frame_id).apply(pts).astype(np.float32)
         except TransformError as e:
             return _refuse(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
     try:

@@ -14,6 +14,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from occnet_ros.geometry import PinholeCamera, Plane
+from occnet_ros.config_io import setting
 from occnet_ros.perception.cloud_filter import voxel_downsample
 
 SegmentationMode = Literal["auto", "mask", "geometric"]
@@ -21,31 +23,6 @@ SegmentationMode = Literal["auto", "mask", "geometric"]
 
 class SegmentationError(ValueError):
     """Inputs that cannot be segmented together (sizes disagree, missing intrinsics...)."""
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole camera: focal lengths and principal point in pixels, image size in pixels."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """points: (N, 3) optical frame, metres -> (flat pixel index (N,) int64, valid (N,) bool).
-        Valid: finite, in front of the camera (z > 0) and inside the image."""
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.floor(self.fx * p[:, 0] / p[:, 2] + self.cx + 0.5)  # pixel centres at integers
-            v = np.floor(self.fy * p[:, 1] / p[:, 2] + self.cy + 0.5)
-            valid = (np.isfinite(u) & np.isfinite(v) & (p[:, 2] > 0) & (u >= 0) & (u < self.width)
-                     & (v >= 0) & (v < self.height))
-        flat = np.zeros(p.shape[0], dtype=np.int64)
-        flat[valid] = v[valid].astype(np.int64) * self.width + u[valid].astype(np.int64)
-        return flat, valid
 
 
 @dataclass
@@ -69,28 +46,30 @@ class Segment:
 
 @dataclass
 class SegmentationConfig:
-    """Segmentation settings. Size limits (both methods): ``min_points``/``max_points`` observed points,
-    ``min_extent``/``max_extent`` largest bounding-box edge in metres; ``max_objects``: keep the largest
-    segments. Geometric method: ``plane_distance`` (m) RANSAC inlier distance, ``plane_iterations``,
-    ``plane_max_tilt_deg``: the support plane's normal must lie within this angle of the up vector,
-    ``plane_min_inliers``: fraction of the points a plane must hold to be removed,
-    ``cluster_distance`` (m) neighbour distance of the Euclidean clustering, computed on voxel centroids
-    of edge ``cluster_voxel`` (m, 0 = on the raw points); ``track_distance`` (m): a cluster keeps the id
-    of the previous frame's nearest cluster centroid within this distance."""
+    """How a frame is split into objects: size limits for both methods, RANSAC support plane and
+    Euclidean clustering for the geometric one (each field's ``doc`` says what it does)."""
 
-    mode: SegmentationMode = "auto"
-    min_points: int = 50
-    max_points: int = 500000
-    min_extent: float = 0.01
-    max_extent: float = 1.5
-    max_objects: int = 16
-    plane_distance: float = 0.01
-    plane_iterations: int = 200
-    plane_max_tilt_deg: float = 30.0
-    plane_min_inliers: float = 0.05
-    cluster_distance: float = 0.02
-    cluster_voxel: float = 0.005
-    track_distance: float = 0.1
+    mode: SegmentationMode = setting("auto", doc="auto (instance masks while they arrive, else geometric), mask "
+                                     "or geometric")
+    min_points: int = setting(50, doc="objects with fewer observed points are ignored", range=(3, 10000000))
+    max_points: int = setting(500000, doc="objects with more observed points are ignored", range=(3, 100000000))
+    min_extent: float = setting(0.01, doc="objects whose largest bounding-box edge is shorter are ignored, m",
+                                range=(0.0, 100.0))
+    max_extent: float = setting(1.5, doc="objects whose largest bounding-box edge is longer are ignored, m",
+                                range=(0.0, 100.0))
+    max_objects: int = setting(16, doc="reconstruct at most this many objects per frame (the largest)",
+                               range=(1, 1000))
+    plane_distance: float = setting(0.01, doc="RANSAC support-plane inlier distance, m", range=(1e-5, 1.0))
+    plane_iterations: int = setting(200, doc="RANSAC hypotheses", range=(1, 100000))
+    plane_max_tilt_deg: float = setting(30.0, doc="largest angle between the support plane's normal and up, "
+                                        "degrees", range=(0.0, 90.0))
+    plane_min_inliers: float = setting(0.05, doc="fraction of the points the support plane must hold to be "
+                                       "removed", range=(0.0, 1.0))
+    cluster_distance: float = setting(0.02, doc="Euclidean clustering neighbour distance, m", range=(1e-5, 1.0))
+    cluster_voxel: float = setting(0.005, doc="voxel size the clustering runs on (voxel centroids), m (0 = the "
+                                   "raw points)", range=(0.0, 1.0))
+    track_distance: float = setting(0.1, doc="a cluster keeps the id of the previous frame's nearest cluster "
+                                    "centroid within this distance, m", range=(1e-5, 10.0))
 
     def validate(self) -> None:
         if self.min_points < 3:
@@ -147,17 +126,18 @@ def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
 
 
 def segment_by_projected_mask(points: np.ndarray, mask: np.ndarray,
-                              intrinsics: CameraIntrinsics) -> list[Segment]:
+                              camera: PinholeCamera) -> list[Segment]:
     """Unorganized cloud in the mask camera's optical frame + instance mask -> segments.
 
     points: (N, 3) metres; each point takes the label of the pixel it projects to (points outside the
-    image, behind the camera or non-finite are dropped). ``pixels`` holds the projected pixel indices.
+    image, behind the camera or non-finite are dropped; :meth:`PinholeCamera.pixel_index`). ``pixels``
+    holds the projected pixel indices. ``camera``: the mask's camera, its size that of the mask.
     """
     m = _check_mask(mask)
-    if m.shape != (intrinsics.height, intrinsics.width):
-        raise SegmentationError(f"mask {m.shape} and camera_info {intrinsics.height}x{intrinsics.width} differ")
+    if m.shape != camera.shape:
+        raise SegmentationError(f"mask {m.shape} and camera_info {camera.height}x{camera.width} differ")
     p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    flat, valid = intrinsics.project(p)
+    flat, valid = camera.pixel_index(p)
     pts_idx = np.flatnonzero(valid)
     labels = m.reshape(-1)[flat[pts_idx]]
     keep = labels != 0
@@ -168,19 +148,6 @@ def segment_by_projected_mask(points: np.ndarray, mask: np.ndarray,
 
 
 # ---------------------------------------------------------------- geometric segmentation
-
-@dataclass(frozen=True)
-class Plane:
-    """Plane ``normal . p + offset = 0``; ``normal`` unit (3,), oriented to the side of the objects."""
-
-    normal: np.ndarray
-    offset: float
-
-    def signed_distance(self, points: np.ndarray) -> np.ndarray:
-        """points (N, 3) -> (N,) metres, positive on the objects' side."""
-        # einsum, not @: no BLAS threads left spinning next to the network (see normalization.rotate_rows)
-        return np.einsum("nk,k->n", np.asarray(points, np.float64).reshape(-1, 3), self.normal) + self.offset
-
 
 def score_planes(points: np.ndarray, normals: np.ndarray, offsets: np.ndarray, distance: float) -> np.ndarray:
     """Inlier counts: points (S, 3), normals (K, 3) unit, offsets (K,) -> (K,) int64 number of points

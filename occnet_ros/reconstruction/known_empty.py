@@ -14,9 +14,9 @@ the network and it does not learn them reliably:
   it, more than ``n_sigma`` sigmas from both: that is how a flying pixel looks (a depth mixed between a
   foreground edge and the background behind it), and its bound is the nearest depth of the square, so
   it cannot carve into the object behind the edge (:func:`depth_bound`). The background pixels beside
-  a silhouette keep their own depth and carve the space beside the object. On held-out objects this
-  scored higher IoU than the nearest depth of a 5x5 square for every pixel (session 4) and than each
-  pixel's own depth (``edge_window_px`` 1), at 1 and at 4 views (MODEL.md).
+  a silhouette keep their own depth and carve the space beside the object. This bound was chosen on
+  held-out objects, where it scored a higher IoU than the nearest depth of a 5x5 square for every pixel
+  and than each pixel's own depth (``edge_window_px`` 1), at 1 and at 4 views (MODEL.md).
 
 Everything else is left to the network. :class:`KnownEmpty` answers "is this point known to be empty"
 for points in the reconstruction's source frame; :class:`occnet_ros.reconstruction.reconstructor.ReconstructedObject`
@@ -25,7 +25,8 @@ the mesh and the query service answer the same field.
 
 Frames: ``source`` is the frame of the object's points (the camera optical frame of the observation, or
 camera 0's frame for fused views), metres. A depth view's pixels are in its own optical frame (x right,
-y down, z forward); ``camera_to_source`` maps that frame into the source frame.
+y down, z forward); ``camera_to_source`` maps that frame into the source frame. A point falls on the
+pixel whose centre is nearest to its projection (:meth:`occnet_ros.geometry.PinholeCamera.pixels`).
 """
 from __future__ import annotations
 
@@ -34,26 +35,31 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from occnet_ros.reconstruction.normalization import rotate_rows
-from occnet_ros.perception.segmentation import Plane
+from occnet_ros.config_io import setting
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
 
 
 @dataclass
 class KnownEmptyConfig:
-    """``support_plane``: clip below the support plane (``plane_margin_m`` metres of tolerance);
-    ``free_space``: carve what the depth images show empty; ``sigma_a`` (m), ``sigma_b`` (1/m): depth noise
-    model ``sigma(d) = sigma_a + sigma_b * d^2``; ``n_sigma``: a point must lie this many sigmas in front
-    of the depth bound to be empty, and a pixel this many sigmas from both the nearest and the farthest
-    depth of its ``edge_window_px`` square is taken for a flying pixel (see :func:`depth_bound`; 1 = no
-    such test, every pixel bounds its own ray)."""
+    """Which facts of the observation remove occupancy, and the depth noise model (each field's ``doc``)."""
 
-    support_plane: bool = True
-    plane_margin_m: float = 0.0
-    free_space: bool = True
-    sigma_a: float = 0.0005
-    sigma_b: float = 0.003
-    n_sigma: float = 3.0
-    edge_window_px: int = 3
+    support_plane: bool = setting(True, doc="remove occupancy below the support plane (RANSAC along up on the "
+                                  "whole cloud; used for an object only when its points lie above it); meshes "
+                                  "and queries alike")
+    plane_margin_m: float = setting(0.0, doc="tolerance below the support plane before space counts as empty, m "
+                                    "(0 scored best on held-out objects, MODEL.md)", range=(0.0, 0.1))
+    free_space: bool = setting(True, doc="remove occupancy in front of the measured depth (needs the depth image: "
+                               "an organized cloud of the camera_info's size whose camera pose is known); meshes "
+                               "and queries alike")
+    sigma_a: float = setting(0.0005, doc="depth noise sigma(d) = sigma_a + sigma_b * d^2: constant part, m",
+                             range=(0.0, 1.0))
+    sigma_b: float = setting(0.003, doc="depth noise sigma(d) = sigma_a + sigma_b * d^2: quadratic part, 1/m",
+                             range=(0.0, 1.0))
+    n_sigma: float = setting(3.0, doc="space is free only this many noise sigmas in front of the depth bound",
+                             range=(0.0, 100.0))
+    edge_window_px: int = setting(3, doc="odd window of the flying-pixel test: a pixel whose depth lies between "
+                                  "the window's nearest and farthest depth, more than n_sigma from both, is "
+                                  "bounded by the nearest (1 = every pixel bounds its own ray)", range=(1, 99))
 
     def validate(self) -> None:
         for name in ("plane_margin_m", "sigma_a", "sigma_b", "n_sigma"):
@@ -71,27 +77,32 @@ class KnownEmptyConfig:
 @dataclass
 class DepthView:
     """One depth image (or a crop of it). ``depth``: (h, w) float32 optical z, metres; NaN, inf or <= 0 =
-    no return. ``fx, fy, cx, cy``: pinhole intrinsics of the full image, pixels. ``roi_origin``: (row,
-    column) of ``depth[0, 0]`` in the full image. ``camera_to_source``: (4, 4) pose of this camera's
-    optical frame in the source frame (identity: the source frame is this camera's)."""
+    no return. ``camera``: the pinhole camera of the full image. ``roi_origin``: (row, column) of
+    ``depth[0, 0]`` in the full image; the crop lies inside the image. ``camera_to_source``: the pose of
+    this camera's optical frame in the source frame (identity: the source frame is this camera's)."""
 
     depth: np.ndarray
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+    camera: PinholeCamera
     roi_origin: tuple[int, int] = (0, 0)
-    camera_to_source: np.ndarray = field(default_factory=lambda: np.eye(4))
+    camera_to_source: RigidTransform = field(default_factory=RigidTransform)
 
     def validate(self) -> None:
+        """Raise ValueError for a depth that is not a non-empty 2-D image, bad intrinsics, a crop that
+        does not fit the image or a ``camera_to_source`` that is not a finite :class:`RigidTransform`."""
         d = np.asarray(self.depth)
         if d.ndim != 2 or d.size == 0:
             raise ValueError(f"depth must be a non-empty (h, w) image, got shape {d.shape}")
-        if not (self.fx > 0 and self.fy > 0 and np.isfinite([self.cx, self.cy]).all()):
-            raise ValueError(f"bad intrinsics fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy}")
-        t = np.asarray(self.camera_to_source, np.float64)
-        if t.shape != (4, 4) or not np.isfinite(t).all():
-            raise ValueError(f"camera_to_source must be a finite (4, 4) matrix, got shape {t.shape}")
+        try:
+            self.camera.validate()
+        except ValueError as e:
+            raise ValueError(f"bad intrinsics: {e}") from e
+        r0, c0 = self.roi_origin
+        if r0 < 0 or c0 < 0 or r0 + d.shape[0] > self.camera.height or c0 + d.shape[1] > self.camera.width:
+            raise ValueError(f"depth crop {d.shape} at (row, column) {tuple(self.roi_origin)} does not fit the "
+                             f"{self.camera.width}x{self.camera.height} image")
+        t = self.camera_to_source
+        if not (isinstance(t, RigidTransform) and np.isfinite(t.rotation).all() and np.isfinite(t.translation).all()):
+            raise ValueError(f"camera_to_source must be a finite RigidTransform, got {type(t).__name__}")
 
 
 def depth_bound(depth: np.ndarray, window: int, band_a: float = 0.0, band_b: float = 0.0) -> np.ndarray:
@@ -131,8 +142,7 @@ class KnownEmpty:
                 a, b = config.n_sigma * config.sigma_a, config.n_sigma * config.sigma_b
                 bound = depth_bound(v.depth, config.edge_window_px, a, b)
                 limit = bound - (a + b * bound ** 2)
-                source_to_camera = np.linalg.inv(np.asarray(v.camera_to_source, np.float64))
-                self._views.append((v, limit, source_to_camera))
+                self._views.append((v, limit, v.camera_to_source.inverse()))
 
     @property
     def n_views(self) -> int:
@@ -156,17 +166,16 @@ class KnownEmpty:
         p = np.asarray(points, np.float64).reshape(-1, 3)
         out = np.zeros(p.shape[0], bool)
         for view, limit, to_cam in self._views:
-            c = rotate_rows(p, to_cam[:3, :3]) + to_cam[:3, 3]  # no BLAS threads (see rotate_rows)
-            z = c[:, 2]
+            c = to_cam.apply(p)  # no BLAS threads (see geometry.rotate_rows)
+            row, col, ok = view.camera.pixels(c)
+            r0, c0 = view.roi_origin
             h, w = limit.shape
-            with np.errstate(divide="ignore", invalid="ignore"):
-                col = np.floor(view.fx * c[:, 0] / z + view.cx + 0.5) - view.roi_origin[1]
-                row = np.floor(view.fy * c[:, 1] / z + view.cy + 0.5) - view.roi_origin[0]
-                ok = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+            if (r0, c0, h, w) != (0, 0, *view.camera.shape):  # a crop: into its pixels, inside its bounds
+                row, col = row - r0, col - c0
+                ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
             idx = np.flatnonzero(ok)
-            lim = limit[row[idx].astype(np.int64), col[idx].astype(np.int64)]
             with np.errstate(invalid="ignore"):
-                out[idx[z[idx] < lim]] = True  # NaN limit (no return) compares False
+                out[idx[c[idx, 2] < limit[row[idx], col[idx]]]] = True  # NaN limit (no return) compares False
         return out
 
     def mask(self, points: np.ndarray) -> np.ndarray:

@@ -24,21 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BOX_HALF = 0.55
-"""Half edge of the network's query box in canonical units (unit cube padded by 10 %)."""
+from occnet_ros.geometry import rotate_rows
+from occnet_ros.network.domain import BOX_HALF  # half edge of the network's box, canonical units
 
 MIN_EXTENT_M = 1e-3
 """Smallest object extent accepted, metres; a smaller cloud is degenerate."""
-
-
-def rotate_rows(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``points @ matrix.T`` for (N, 3) points and a (3, 3) matrix, without the BLAS.
-
-    numpy's ``@`` hands large products to the multi-threaded BLAS, whose threads keep spinning for a
-    while after they return; on 2 cores they then starve the network's next torch call (measured:
-    the finest MISE level took 190 ms instead of 90 ms when the known-empty test ran just before it).
-    ``einsum`` without ``optimize`` runs in the calling thread and costs ~2 ms per 100k points."""
-    return np.einsum("nk,jk->nj", points, matrix)
 
 
 class NormalizationError(ValueError):

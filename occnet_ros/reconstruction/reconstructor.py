@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,85 +17,21 @@ import torch
 import trimesh
 
 from occnet_ros.network.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, check_view_thresholds, load_checkpoint,
-                                  threshold_for_views)
+                                          threshold_for_views)
+from occnet_ros.network.model import OccupancyNetwork, resolve_device
+from occnet_ros.reconstruction.config import DEFAULT_INPUT_POINTS, ReconstructorConfig
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.reconstruction.mise import mesh_from_values, mise_values
-from occnet_ros.network.model import OccupancyNetwork, resolve_device
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame, canonical_frame_from_observation
+from occnet_ros.reconstruction.occupancy_field import AUTO_BATCH, MIRROR, FrameCode, OccupancyField
 from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
-from occnet_ros.reconstruction.reconstructed_object import AUTO_BATCH, MIRROR, QUERY_MODES, ReconstructedObject, ViewFrameCode
-from occnet_ros.reconstruction.surface_anchor import AnchorConfig, anchor_to_observation
+from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES, ReconstructedObject
+from occnet_ros.reconstruction.surface_anchor import anchor_to_observation
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
-           "frames_close"]
+           "frames_close", "can_reuse"]
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_INPUT_POINTS = 300
-"""Network input size of a Reconstructor whose model carries no training record of its own."""
-
-
-@dataclass
-class ReconstructorConfig:
-    """``resolution0``, ``upsampling_steps``: MISE grid (final resolution ``resolution0 * 2**steps``);
-    ``threshold``: surface probability (None = the checkpoint's, else 0.5); ``n_input_points``: fixed
-    input size (seeded subsample / resample with ``seed``; None = the size the checkpoint was trained
-    with, :data:`DEFAULT_INPUT_POINTS` for a model without that record); ``query_batch_size``: points per network
-    call (0 = :data:`AUTO_BATCH` for the device); ``device``: auto/cpu/cuda; ``precision``: float32,
-    bfloat16 or float16 for the decoder's fast path (the code and encoder stay float32); ``keep_grid``:
-    keep the MISE probability grid with each object for ``query(..., mode="grid")`` (4 * (R+1)^3 bytes,
-    8.6 MB at R = 128); ``reuse_tolerance``: :meth:`Reconstructor.reconstruct` given the object's
-    previous reconstruction returns it unchanged when the new observation's canonical frame is within
-    this tolerance of the old one (see :func:`frames_close`; 0 = always reconstruct); ``anchor``: the
-    mesh's vertices near the observed points move onto them (:mod:`occnet_ros.reconstruction.surface_anchor`, radius
-    in canonical units, 0 = off); occupancy queries still answer the network itself; ``mirror_average``:
-    also encode the observation mirrored across the canonical x-z plane (the vertical plane along the
-    viewing direction, which the canonical frame and the training data treat alike on both sides) and
-    average: a feature-plane network decodes the mean of the two codes (the mirrored one flipped back,
-    :meth:`~occnet_ros.network.model.OccupancyNetwork.mirror_code`; one extra encoding, no extra decoding), a
-    global-code network answers the mean of the two logits (2x the decoding). Held-out IoU +0.007
-    (MODEL.md); ``input_subsamples``: K disjoint seeded subsamples of ``n_input_points`` are encoded (in
-    one batch, with their mirror images) and their codes averaged, so more of a dense cloud is used
-    (held-out IoU +0.004 and F-score +0.015 for K = 4 over K = 1; the default 6 was chosen the same
-    way in session 6, MODEL.md); ``max_view_frames``: a cloud fused from several cameras
-    (``point_viewpoints`` with more than one distinct centre) is also encoded in the canonical frame of
-    up to ``max_view_frames - 1`` of the other cameras (in their order of first appearance) and every
-    probability is the mean over the frames (:class:`~occnet_ros.reconstruction.reconstructed_object.ViewFrameCode`);
-    each frame costs one more encoding and one more decoding per query point. Held-out IoU +0.003 at 4
-    fused views (MODEL.md, session 9). 1 = only the frame of ``viewpoint``."""
-
-    resolution0: int = 32
-    upsampling_steps: int = 2
-    threshold: float | None = None
-    n_input_points: int | None = None
-    query_batch_size: int = 0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "float32"
-    keep_grid: bool = True
-    reuse_tolerance: float = 0.0
-    anchor: AnchorConfig = field(default_factory=AnchorConfig)
-    mirror_average: bool = True
-    input_subsamples: int = 6
-    max_view_frames: int = 4
-
-    def validate(self) -> None:
-        self.anchor.validate()
-        if self.resolution0 < 1 or self.upsampling_steps < 0:
-            raise ValueError("resolution0 must be >= 1 and upsampling_steps >= 0")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.max_view_frames < 1:
-            raise ValueError(f"max_view_frames must be >= 1, got {self.max_view_frames}")
-        if self.input_subsamples < 1:
-            raise ValueError(f"input_subsamples must be >= 1, got {self.input_subsamples}")
-        if self.n_input_points is not None and self.n_input_points < 1:
-            raise ValueError(f"n_input_points must be >= 1, got {self.n_input_points}")
-        if self.query_batch_size < 0:
-            raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
-        if not 0.0 <= self.reuse_tolerance < 1.0:
-            raise ValueError(f"reuse_tolerance must be in [0, 1), got {self.reuse_tolerance}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool:
@@ -107,15 +43,29 @@ def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool
                 and np.linalg.norm(a.rotation - b.rotation) <= tolerance)
 
 
+def can_reuse(previous: ReconstructedObject | None, model: OccupancyNetwork, frames: list[CanonicalFrame],
+              threshold: float, tolerance: float, extract_mesh: bool) -> bool:
+    """Whether ``previous`` (an object's last reconstruction) answers a new observation as it is: made by
+    ``model`` at ``threshold``, with a mesh when one is asked for, and with one canonical frame per entry
+    of ``frames`` (the object's own frame first, then the other cameras' of a fused cloud), each within
+    ``tolerance`` of the new one (:func:`frames_close`). ``tolerance`` 0 never reuses."""
+    if previous is None or tolerance <= 0 or (extract_mesh and previous.mesh is None):
+        return False
+    old = previous.occupancy
+    if old.model is not model or previous.threshold != threshold or len(old.codes) != len(frames):
+        return False
+    return all(frames_close(c.frame, f, tolerance) for c, f in zip(old.codes, frames))
+
+
 class Reconstructor:
-    """Reconstruct objects from single-view point clouds with an :class:`OccupancyNetwork`."""
+    """Reconstruct objects from point clouds with an :class:`OccupancyNetwork`."""
 
     def __init__(self, model: OccupancyNetwork, device: str = "auto",
                  config: ReconstructorConfig | None = None, default_threshold: float = DEFAULT_THRESHOLD,
                  default_view_thresholds: dict | None = None):
         """``default_threshold``, ``default_view_thresholds``: the checkpoint's calibrated surface
         thresholds for one view and for clouds fused from several (:class:`~occnet_ros.network.checkpoint.CheckpointMeta`);
-        an explicit ``config.threshold`` replaces both."""
+        an explicit ``config.threshold`` (> 0) replaces both."""
         self.config = replace(config) if config is not None else ReconstructorConfig(device=device)
         if config is None or device != "auto":
             self.config.device = device
@@ -123,7 +73,7 @@ class Reconstructor:
         check_view_thresholds(default_view_thresholds or {})
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device).eval()
-        explicit = self.config.threshold is not None
+        explicit = self.config.threshold > 0
         self.threshold = self.config.threshold if explicit else default_threshold  # one view
         # {fused views: threshold} calibrated for several views; see threshold_for
         self.view_thresholds = {} if explicit else dict(default_view_thresholds or {})
@@ -133,8 +83,8 @@ class Reconstructor:
     def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
                         **overrides) -> "Reconstructor":
         """Load weights (``path`` None = shipped :data:`DEFAULT_WEIGHTS`); ``overrides`` are
-        :class:`ReconstructorConfig` fields. Threshold and n_input_points default to the checkpoint's
-        (its best validation threshold and its training input size)."""
+        :class:`ReconstructorConfig` fields. A threshold and n_input_points of 0 (or None) take the
+        checkpoint's (its calibrated thresholds and its training input size)."""
         names = {f.name for f in fields(ReconstructorConfig)}
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -149,11 +99,17 @@ class Reconstructor:
         dev = resolve_device(device)
         model, meta, _ = load_checkpoint(path, device=dev)
         trained_n = meta.extra.get("train_config", {}).get("n_input_points")
-        if overrides.get("n_input_points") is None and isinstance(trained_n, int):
+        if not overrides.get("n_input_points") and isinstance(trained_n, int):
             overrides["n_input_points"] = trained_n  # the input size the network was trained with
         config = ReconstructorConfig(**{**overrides, "device": str(dev)})
         return cls(model, device=str(dev), config=config, default_threshold=meta.threshold,
                    default_view_thresholds=meta.view_thresholds)
+
+    @classmethod
+    def from_config(cls, config: ReconstructorConfig, path: str | Path | None = None) -> "Reconstructor":
+        """:meth:`from_pretrained` with every setting of ``config`` (its device included)."""
+        overrides = {f.name: getattr(config, f.name) for f in fields(ReconstructorConfig) if f.name != "device"}
+        return cls.from_pretrained(path, device=config.device, **overrides)
 
     def threshold_for(self, n_views: int = 1) -> float:
         """Surface threshold for a cloud fused from ``n_views`` views: the one calibrated with the
@@ -176,11 +132,11 @@ class Reconstructor:
         with torch.inference_mode():
             return self.model.encode(x.to(self.device).reshape(-1, *x.shape[-2:]))
 
-    def _encode_in(self, frame: CanonicalFrame, sub: np.ndarray) -> tuple:
-        """(K, n, 3) source-frame subsamples -> (code, prepared, mirror_code, mirror_prepared) in ``frame``:
-        the mean code of the K subsamples (with ``mirror_average``, and of their mirror images)."""
+    def _encode_in(self, frame: CanonicalFrame, sub: np.ndarray) -> FrameCode:
+        """(K, n, 3) source-frame subsamples -> their :class:`FrameCode` in ``frame``: the mean code of the K
+        subsamples (with ``mirror_average``, and of their mirror images)."""
         pc = frame.to_canonical(sub.reshape(-1, 3)).reshape(sub.shape)
-        dtype = PRECISIONS[self.config.precision]
+        dtype = DTYPES[self.config.precision]
         k = pc.shape[0]
         mirror_code, mirror_prepared = None, None
         with torch.inference_mode():
@@ -195,7 +151,7 @@ class Reconstructor:
             else:
                 code = self.encode(pc).mean(0, keepdim=True)
             prepared = self.model.prepare(code, dtype=dtype)
-        return code, prepared, mirror_code, mirror_prepared
+        return FrameCode(frame, code, prepared, mirror_code, mirror_prepared)
 
     def _other_viewpoints(self, viewpoint, point_viewpoints: np.ndarray) -> list[np.ndarray]:
         """The distinct camera centres of ``point_viewpoints`` ((N, 3) or (1, 3), source frame) other than
@@ -221,10 +177,8 @@ class Reconstructor:
         empty (support plane, free space in front of the depth; source frame), forced to probability 0
         in the mesh and in every query of the returned object (None = the network alone). n_views: how
         many views ``points`` were fused from; it chooses the surface threshold (:meth:`threshold_for`).
-        previous: this object's last reconstruction; with ``reuse_tolerance`` > 0 it is returned as is
-        (``mise_stats["reused"]``) when the new frame (and every camera frame of a fused cloud) is within
-        the tolerance (:func:`frames_close`), its threshold is the one ``n_views`` asks for and it has
-        what is asked."""
+        previous: this object's last reconstruction; with ``reuse_tolerance`` > 0 it is returned as is,
+        marked ``reused``, when :func:`can_reuse` says it still answers this observation."""
         t0 = time.perf_counter()
         threshold = self.threshold_for(n_views)
         p = np.asarray(points, dtype=np.float64)
@@ -239,51 +193,41 @@ class Reconstructor:
             vps = vps[finite]
         else:
             vps = np.asarray(viewpoint, dtype=np.float64).reshape(1, 3)
-        frame = canonical_frame_from_observation(p, up, viewpoint)
-        other_frames = [canonical_frame_from_observation(p, up, vp) for vp in self._other_viewpoints(viewpoint, vps)]
-        tol = self.config.reuse_tolerance
-        if (previous is not None and tol > 0 and (previous.mesh is not None or not extract_mesh)
-                and previous._model is self.model and previous.threshold == threshold
-                and frames_close(previous.frame, frame, tol) and len(previous.view_frames) == len(other_frames)
-                and all(frames_close(v.frame, f, tol) for v, f in zip(previous.view_frames, other_frames))):
+        frames = [canonical_frame_from_observation(p, up, viewpoint)]
+        frames += [canonical_frame_from_observation(p, up, vp) for vp in self._other_viewpoints(viewpoint, vps)]
+        if can_reuse(previous, self.model, frames, threshold, self.config.reuse_tolerance, extract_mesh):
             dt = time.perf_counter() - t0
             return replace(previous, timings={"normalize": dt, "encode": 0.0, "mise": 0.0, "marching_cubes": 0.0,
                                               "anchor": 0.0, "total": dt},
-                           mise_stats={**previous.mise_stats, "reused": True}, n_input_points=int(p.shape[0]))
+                           reused=True, n_input_points=int(p.shape[0]))
         sub = self._subsample(p)
         t1 = time.perf_counter()
-        code, prepared, mirror_code, mirror_prepared = self._encode_in(frame, sub)
-        view_frames = []
-        for vframe in other_frames:
-            vcode, vprep, _, vmirror = self._encode_in(vframe, sub)
-            view_frames.append(ViewFrameCode(frame=vframe, code=vcode, prepared=vprep, mirror_prepared=vmirror))
+        occupancy = OccupancyField(self.model, [self._encode_in(f, sub) for f in frames], self.batch_size,
+                                   known_empty)
         t2 = time.perf_counter()
-        obj = ReconstructedObject(mesh=None, frame=frame, code=code, n_input_points=int(p.shape[0]),
-                                  timings={}, threshold=threshold, _model=self.model,
-                                  _prepared=prepared, _batch_size=self.batch_size, known_empty=known_empty,
-                                  mirror_code=mirror_code, _mirror_prepared=mirror_prepared,
-                                  view_frames=view_frames)
+        frame = frames[0]
         timings = {"normalize": t1 - t0, "encode": t2 - t1, "mise": 0.0, "marching_cubes": 0.0, "anchor": 0.0}
+        mesh, grid, stats, n_anchored = None, None, {}, 0
         if extract_mesh:
             c = self.config
             n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
-            # every level's new corners in one call; the object chunks them for the device
-            values, stats = mise_values(obj.probabilities, c.resolution0, c.upsampling_steps,
+            # every level's new corners in one call; the field chunks them for the device
+            values, stats = mise_values(occupancy.probabilities, c.resolution0, c.upsampling_steps,
                                         threshold, BOX_HALF, batch_size=n_dense)
             t3 = time.perf_counter()
             verts, faces = mesh_from_values(values, threshold, BOX_HALF)
             t4 = time.perf_counter()
             if c.anchor.enabled:
                 anchored = anchor_to_observation(verts, faces, frame.to_canonical(p), frame.to_canonical(vps), c.anchor)
-                verts, obj.n_anchored = anchored.vertices, anchored.n_moved
+                verts, n_anchored = anchored.vertices, anchored.n_moved
             timings["anchor"] = time.perf_counter() - t4
-            obj.mesh = trimesh.Trimesh(frame.from_canonical(verts), faces, process=False)
+            mesh = trimesh.Trimesh(frame.from_canonical(verts), faces, process=False)
             stats["time_marching_cubes_s"] = t4 - t3
             timings["mise"] = stats["time_total_s"]
             timings["marching_cubes"] = stats["time_marching_cubes_s"]
-            obj.mise_stats = stats
             if c.keep_grid:
-                obj.grid = OccupancyGrid(values, BOX_HALF)
+                grid = OccupancyGrid(values, BOX_HALF)
         timings["total"] = time.perf_counter() - t0
-        obj.timings = timings
-        return obj
+        return ReconstructedObject(mesh=mesh, frame=frame, occupancy=occupancy, n_input_points=int(p.shape[0]),
+                                   timings=timings, mise_stats=stats, threshold=threshold, n_anchored=n_anchored,
+                                   grid=grid)

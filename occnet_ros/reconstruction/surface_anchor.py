@@ -33,24 +33,34 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import cKDTree
 
+from occnet_ros.config_io import setting
+
 __all__ = ["AnchorConfig", "AnchorResult", "anchor_to_observation", "fit_planes", "vertex_normals"]
 
 
 @dataclass
 class AnchorConfig:
-    """See the module docstring. ``radius``: canonical units (0 = off); ``max_points``: observed points
-    used (a seeded subsample of more), bounding the time on dense clouds. The defaults were chosen on
-    held-out training meshes (the random_urdfs validation split), not on the evaluation objects: see
+    """Anchoring of the mesh to the observed points (see the module docstring). The defaults were chosen
+    on held-out training meshes (the random_urdfs validation split), not on the evaluation objects:
     MODEL.md."""
 
-    radius: float = 0.08
-    k: int = 32
-    min_neighbors: int = 6
-    max_curvature: float = 0.25
-    min_normal_dot: float = 0.5
-    smooth_iterations: int = 2
-    max_points: int = 20000
-    seed: int = 0
+    radius: float = setting(0.08, doc="mesh vertices closer than this to the observed points move onto a plane "
+                            "fitted to them (where the camera saw the surface the mesh follows the "
+                            "measurement; the network completes the rest), canonical units (1 = the "
+                            "object's size); 0 = off. Occupancy queries answer the network itself",
+                            range=(0.0, 0.5))
+    k: int = setting(32, doc="observed neighbours of an anchor point used for its plane fit", range=(3, 1024))
+    min_neighbors: int = setting(6, doc="fewer neighbours within the radius: the vertex stays", range=(3, 1024))
+    max_curvature: float = setting(0.25, doc="no plane where the neighbours are not flat: smallest eigenvalue "
+                                   "over the trace of their covariance above this (corners, thin walls)",
+                                   range=(1e-6, 1.0 / 3.0))
+    min_normal_dot: float = setting(0.5, doc="only vertices whose outward normal agrees this much (cosine) with "
+                                    "the plane's normal move", range=(-1.0, 1.0))
+    smooth_iterations: int = setting(2, doc="passes of neighbour averaging that blend the anchored patch into "
+                                     "the rest of the mesh", range=(0, 100))
+    max_points: int = setting(20000, doc="observed points used (a seeded subsample of more), bounding the time "
+                              "on dense clouds", range=(3, 10000000))
+    seed: int = setting(0, doc="seed of that subsample", range=(0, 2**31 - 1))
 
     @property
     def enabled(self) -> bool:

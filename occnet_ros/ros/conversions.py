@@ -16,8 +16,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from shape_msgs.msg import Mesh, MeshTriangle
 from std_msgs.msg import ColorRGBA, Header
 
+from occnet_ros.geometry import PinholeCamera, RigidTransform
 from occnet_ros.perception.pointcloud2 import CloudLayout, Field, build_cloud, parse_cloud
-from occnet_ros.perception.segmentation import CameraIntrinsics
 
 
 class MessageError(ValueError):
@@ -145,28 +145,29 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None)
 
 # ---------------------------------------------------------------- CameraInfo
 
-def camera_info(width: int, height: int, fx: float, fy: float, cx: float, cy: float,
-                header: Header | None = None) -> CameraInfo:
+def camera_info(camera: PinholeCamera, header: Header | None = None) -> CameraInfo:
     """CameraInfo of an undistorted pinhole camera (plumb_bob, zero distortion)."""
     msg = CameraInfo()
     msg.header = header if header is not None else Header()
-    msg.width, msg.height = int(width), int(height)
+    msg.width, msg.height = int(camera.width), int(camera.height)
     msg.distortion_model = "plumb_bob"
     msg.d = [0.0] * 5
-    msg.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    msg.p = [float(fx), 0.0, float(cx), 0.0, 0.0, float(fy), float(cy), 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.k = camera.matrix().reshape(-1).tolist()
+    msg.r = np.eye(3).reshape(-1).tolist()
+    msg.p = np.hstack([camera.matrix(), np.zeros((3, 1))]).reshape(-1).tolist()
     return msg
 
 
-def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
-    """CameraInfo -> pinhole intrinsics from K (pixels). Raises :class:`MessageError` when K is unset."""
+def camera_info_to_intrinsics(msg: CameraInfo) -> PinholeCamera:
+    """CameraInfo -> the pinhole camera of K (pixels) and the image size. Raises :class:`MessageError`
+    when K is unset or the size is empty."""
     k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
     if k.size != 9 or not np.isfinite(k).all() or k[0] <= 0 or k[4] <= 0:
         raise MessageError(f"camera_info K has no valid focal lengths: {k.tolist()}")
     if msg.width <= 0 or msg.height <= 0:
         raise MessageError(f"camera_info size {msg.width}x{msg.height} is empty")
-    return CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]), int(msg.width), int(msg.height))
+    return PinholeCamera(width=int(msg.width), height=int(msg.height), fx=float(k[0]), fy=float(k[4]),
+                         cx=float(k[2]), cy=float(k[5]))
 
 
 # ---------------------------------------------------------------- geometry
@@ -233,13 +234,9 @@ def quaternion_from_matrix(rotation: np.ndarray) -> np.ndarray:
 
 
 def matrix_from_quaternion(q) -> np.ndarray:
-    """(x, y, z, w) -> (3, 3) rotation matrix (the quaternion is normalised first)."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """(x, y, z, w) -> (3, 3) rotation matrix (the quaternion is normalised first; ValueError when it is
+    zero or not finite)."""
+    return RigidTransform.from_quaternion(q, np.zeros(3)).rotation
 
 
 def pose_from_rt(rotation: np.ndarray, translation: np.ndarray) -> Pose:
@@ -251,22 +248,23 @@ def pose_from_rt(rotation: np.ndarray, translation: np.ndarray) -> Pose:
                 orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
 
 
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """geometry_msgs/Pose -> (4, 4) homogeneous transform (pose frame -> parent frame)."""
-    m = np.eye(4)
-    o = pose.orientation
-    m[:3, :3] = matrix_from_quaternion((o.x, o.y, o.z, o.w))
-    m[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return m
+def _rigid(q, t, what: str) -> RigidTransform:
+    try:
+        return RigidTransform.from_quaternion((q.x, q.y, q.z, q.w), (t.x, t.y, t.z))
+    except ValueError as e:
+        raise MessageError(f"{what}: {e}") from e
 
 
-def transform_to_matrix(transform) -> np.ndarray:
-    """geometry_msgs/Transform -> (4, 4) homogeneous transform (child -> parent frame)."""
-    m = np.eye(4)
-    r = transform.rotation
-    m[:3, :3] = matrix_from_quaternion((r.x, r.y, r.z, r.w))
-    m[:3, 3] = (transform.translation.x, transform.translation.y, transform.translation.z)
-    return m
+def pose_to_transform(pose: Pose) -> RigidTransform:
+    """geometry_msgs/Pose -> the transform from the pose frame to its parent frame. Raises
+    :class:`MessageError` for a zero or non-finite quaternion or a non-finite position."""
+    return _rigid(pose.orientation, pose.position, "pose")
+
+
+def transform_msg_to_rigid(transform) -> RigidTransform:
+    """geometry_msgs/Transform -> the transform from the child frame to the parent frame. Raises
+    :class:`MessageError` for a zero or non-finite quaternion or a non-finite translation."""
+    return _rigid(transform.rotation, transform.translation, "transform")
 
 
 def vector3(v) -> Vector3:

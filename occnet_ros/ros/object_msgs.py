@@ -1,5 +1,5 @@
 """Outgoing messages of one frame: occnet_ros/ReconstructedObject(Array) and the marker views, from
-pipeline results. Each object's published mesh (``ObjectResult.vertices/faces``, already simplified) is
+pipeline results. Each object's published mesh (``ProcessedObject.vertices/faces``, already simplified) is
 turned into Point messages once and shared by its Mesh message and its marker."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from occnet_ros.msg import ReconstructedObject as ReconstructedObjectMsg
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.ros.conversions import colors_to_msgs, mesh_to_msg, points_to_msgs, pose_from_rt, vector3
 from occnet_ros.ros.markers import MeshView, marker_array
-from occnet_ros.perception.frame_pipeline import ObjectResult
+from occnet_ros.perception.frame_pipeline import ProcessedObject
 
 
-def mesh_arrays(result: ObjectResult) -> tuple[np.ndarray, np.ndarray]:
+def mesh_arrays(result: ProcessedObject) -> tuple[np.ndarray, np.ndarray]:
     """(vertices (V, 3) float64 metres, faces (F, 3) int64) of the mesh to publish: the result's
     simplified mesh when it has one, else ``result.obj.mesh`` (empty if none)."""
     if result.vertices is not None and result.faces is not None:
@@ -35,7 +35,7 @@ def oriented_box(points: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, 
     return ((lo + hi) / 2.0) @ rotation, hi - lo
 
 
-def object_msg(result: ObjectResult, header: Header, vertex_points: list | None = None) -> ReconstructedObjectMsg:
+def object_msg(result: ProcessedObject, header: Header, vertex_points: list | None = None) -> ReconstructedObjectMsg:
     """One ReconstructedObject message (geometry in ``header.frame_id``, the cloud's frame).
     ``vertex_points``: the published mesh's vertices as Points (shared with the marker), or None."""
     frame = result.obj.frame
@@ -59,7 +59,7 @@ def object_msg(result: ObjectResult, header: Header, vertex_points: list | None 
     return msg
 
 
-def object_array_msg(results: list[ObjectResult], header: Header) -> ReconstructedObjectArray:
+def object_array_msg(results: list[ProcessedObject], header: Header) -> ReconstructedObjectArray:
     """ReconstructedObjectArray of ``results``."""
     arr = ReconstructedObjectArray()
     arr.header = header
@@ -67,7 +67,7 @@ def object_array_msg(results: list[ObjectResult], header: Header) -> Reconstruct
     return arr
 
 
-def mesh_view(result: ObjectResult, vertex_points: list | None = None) -> MeshView:
+def mesh_view(result: ProcessedObject, vertex_points: list | None = None) -> MeshView:
     """What the marker of ``result`` shows (its published mesh)."""
     verts, faces = mesh_arrays(result)
     return MeshView(int(result.segment.id), verts, faces, result.vertex_colors, vertex_points)
@@ -84,7 +84,7 @@ class FrameMessages:
     marker_ids: set[int]
 
 
-def frame_messages(results: list[ObjectResult], header: Header, previous_marker_ids: set[int],
+def frame_messages(results: list[ProcessedObject], header: Header, previous_marker_ids: set[int],
                    with_markers: bool, marker_alpha: float = 1.0) -> FrameMessages:
     """All outgoing messages of one frame. Markers (TRIANGLE_LIST per object, DELETE for objects gone
     since ``previous_marker_ids``) only ``with_markers``; each vertex becomes one Point shared by the

@@ -36,6 +36,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.perception.mesh_ops import quadric_decimation
@@ -46,7 +47,7 @@ from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics,
                                         pointcloud2_to_arrays, stamp_to_sec)
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.object_msgs import frame_messages
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, load_reconstructor, stored_objects
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
 from occnet_ros.perception.query import answer_query
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.perception.segmentation import SegmentationError
@@ -64,6 +65,23 @@ def check_startup(params: NodeParams) -> None:
     if params.world_frame and not tf2_available():
         raise ParamError(f"parameter 'world_frame' = '{params.world_frame}' needs tf2_ros, which is not "
                          "installed here; set 'up' instead")
+
+
+def load_reconstructor(params: NodeParams):
+    """The :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` of the ``reconstruction.*``
+    parameters and ``checkpoint``. Raises :class:`ParamError` naming the parameter for a missing checkpoint
+    or an unavailable device."""
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
+
+    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
+    try:
+        return Reconstructor.from_config(params.reconstruction, path)
+    except FileNotFoundError as e:
+        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
+    except ValueError as e:  # e.g. device cuda without CUDA
+        if "device" in str(e):
+            raise ParamError(f"parameter 'reconstruction.device' = '{params.reconstruction.device}': {e}") from e
+        raise
 
 
 class ReconstructionNode(Node):
@@ -108,10 +126,11 @@ class ReconstructionNode(Node):
         self.worker.start()
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
         empty = " + ".join(name for name, on in tests if on) or "off"
+        r = p.reconstruction
         self.get_logger().info(
             f"ready: device {self.reconstructor.device}, segmentation {p.segmentation.mode}, "
-            f"mesh {p.mesh.resolution0}x2^{p.mesh.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
-            f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {p.mesh.reuse_tolerance}, "
+            f"mesh {r.resolution0}x2^{r.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
+            f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
             f"queries {p.query_mode}, known-empty space {empty}, "
             f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
@@ -135,7 +154,7 @@ class ReconstructionNode(Node):
 
     def _on_query(self, request, response):
         ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
-                           lambda target, source: self.tf.matrix(target, source), self.params.query_max_points,
+                           lambda target, source: self.tf.transform(target, source), self.params.query_max_points,
                            self.params.query_mode)
         response.success, response.message = ans.success, ans.message
         response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
@@ -177,19 +196,19 @@ class ReconstructionNode(Node):
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
 
-    def _up_and_camera(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Gravity-up, camera centre and the camera's (4, 4) pose (None if unknown) in the cloud frame."""
+    def _up_and_camera(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
+        """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame."""
         up = np.asarray(self.params.up, np.float64)
         if self.params.world_frame:
-            m = self.tf.matrix(header.frame_id, self.params.world_frame, header.stamp)
-            up = m[:3, :3] @ np.array([0.0, 0.0, 1.0])
+            m = self.tf.transform(header.frame_id, self.params.world_frame, header.stamp)
+            up = m.apply_direction(np.array([0.0, 0.0, 1.0]))
         cam = info.header.frame_id if info is not None else ""
         if cam == header.frame_id:
-            return up, np.zeros(3), np.eye(4)
+            return up, np.zeros(3), RigidTransform()
         if cam:
             try:
-                pose = self.tf.matrix(header.frame_id, cam, header.stamp)
-                return up, pose[:3, 3], pose
+                pose = self.tf.transform(header.frame_id, cam, header.stamp)
+                return up, pose.translation, pose
             except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
                 self.get_logger().warning(f"camera centre unknown, using the cloud frame's origin: {e}",
                                           throttle_duration_sec=self.params.log_throttle_sec)

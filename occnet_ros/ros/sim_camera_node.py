@@ -57,13 +57,12 @@ def declare_parameters(node: Node) -> SimCameraNodeConfig:
     return config_from_parameters(values, where=f"{node.get_name()} parameters")
 
 
-def frame_messages(frame: RGBDFrame, header: Header) -> tuple[PointCloud2, Image, Image, CameraInfo]:
+def rgbd_messages(frame: RGBDFrame, header: Header) -> tuple[PointCloud2, Image, Image, CameraInfo]:
     """(points, image, mask, camera_info) of ``frame``, all with ``header``."""
     cloud = conversions.arrays_to_pointcloud2(frame.points, frame.rgb, header)
     image = conversions.array_to_image(frame.rgb, "rgb8", header)
     mask = conversions.array_to_image(frame.mask, "mono16", header)
-    intr = frame.intrinsics
-    info = conversions.camera_info(intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy, header)
+    info = conversions.camera_info(frame.intrinsics, header)
     return cloud, image, mask, info
 
 
@@ -104,7 +103,7 @@ class SimCameraNode(Node):
         frame = self.camera.render(stamp=stamp_s, index=index)
         render_s = time.perf_counter() - t
         header = Header(frame_id=self.config.frame_id, stamp=now.to_msg())
-        cloud, image, mask, info = frame_messages(frame, header)
+        cloud, image, mask, info = rgbd_messages(frame, header)
         if self.config.ground_truth_dir:
             gt = ground_truth(self.scene, frame.camera_pose)
             write_ground_truth(self.config.ground_truth_dir, gt, frame.camera_pose,

@@ -1,16 +1,14 @@
 """Frame transforms through tf2 where ``tf2_ros`` exists (a ROS 2 distribution); without it only the
-identity between equal frames is known, and asking for anything else raises :class:`TransformError`."""
+identity between equal frames is known, and asking for anything else raises :class:`TransformError`
+(:class:`occnet_ros.geometry.TransformError`, re-exported here)."""
 from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
+from occnet_ros.geometry import RigidTransform, TransformError
+from occnet_ros.ros.conversions import MessageError, transform_msg_to_rigid
 
-from occnet_ros.ros.conversions import transform_to_matrix
-
-
-class TransformError(RuntimeError):
-    """A transform that cannot be looked up (message says which and why)."""
+__all__ = ["TransformError", "TransformLookup", "tf2_available"]
 
 
 def tf2_available() -> bool:
@@ -35,11 +33,11 @@ class TransformLookup:
     def available(self) -> bool:
         return self._buffer is not None
 
-    def matrix(self, target: str, source: str, stamp=None) -> np.ndarray:
-        """(4, 4) transform taking points from ``source`` to ``target`` frame, at ``stamp``
-        (builtin_interfaces/Time; None = latest). Raises :class:`TransformError`."""
+    def transform(self, target: str, source: str, stamp=None) -> RigidTransform:
+        """The transform taking points from the ``source`` to the ``target`` frame (``T_target_source``),
+        at ``stamp`` (builtin_interfaces/Time; None = latest). Raises :class:`TransformError`."""
         if target == source:
-            return np.eye(4)
+            return RigidTransform()
         if self._buffer is None:
             raise TransformError(f"cannot transform from '{source}' to '{target}': tf2_ros is not available")
         from rclpy.duration import Duration
@@ -50,10 +48,7 @@ class TransformLookup:
             t = self._buffer.lookup_transform(target, source, when, timeout=Duration(seconds=self.timeout))
         except Exception as e:  # tf2 LookupException, ExtrapolationException, ...
             raise TransformError(f"no transform from '{source}' to '{target}': {e}") from e
-        return transform_to_matrix(t.transform)
-
-
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(4, 4) transform applied to points (N, 3) -> (N, 3) float32."""
-    p = np.asarray(points, np.float64).reshape(-1, 3)
-    return (p @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+        try:
+            return transform_msg_to_rigid(t.transform)
+        except MessageError as e:
+            raise TransformError(f"transform from '{source}' to '{target}' is unusable: {e}") from e

@@ -1,9 +1,10 @@
 """The simulated RGB-D camera: PyBullet's CPU renderer, linearised depth, sensor noise, instance mask.
 
 Frames: the camera *optical* frame has x right, y down, z forward (ROS ``*_optical_frame``), metres.
-A camera pose is the (4, 4) optical-to-world transform. Pixel (u, v) = (column, row), pixel centres at
-integer coordinates, looks along ((u - cx) / fx, (v - cy) / fy, 1); depth is the optical z (metres
-along the optical axis, not along the ray).
+A camera pose is the (4, 4) optical-to-world transform. The camera is a
+:class:`~occnet_ros.geometry.PinholeCamera`: pixel (u, v) = (column, row), pixel centres at integer
+coordinates, looks along ((u - cx) / fx, (v - cy) / fy, 1); depth is the optical z (metres along the
+optical axis, not along the ray).
 
 The projection matrix handed to the renderer is built from the intrinsics, so the published
 ``CameraInfo`` is exact. Depth noise, missing pixels and edge artefacts are those of the training
@@ -17,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pybullet
 
-from occnet_ros.data.virtual_camera import (
-    CameraIntrinsics, DepthNoise, apply_depth_noise, depth_to_points, look_at_pose,
-)
+from occnet_ros.data.virtual_camera import DepthNoise, apply_depth_noise, look_at_pose
+from occnet_ros.geometry import PinholeCamera
 from occnet_ros.sim.scene import TABLE_TOP_Z, TabletopScene
 
 __all__ = ["CameraConfig", "RGBDFrame", "SimCamera", "gl_projection", "gl_view", "linearize_depth"]
@@ -77,11 +77,11 @@ class CameraConfig:
             raise ValueError(f"rgb_noise must be >= 0, got {self.rgb_noise}")
         self.noise.validate()
 
-    def intrinsics(self) -> CameraIntrinsics:
-        """Pinhole intrinsics (pixels); a negative ``cx``/``cy`` means the image centre."""
+    def intrinsics(self) -> PinholeCamera:
+        """The pinhole camera (pixels); a negative ``cx``/``cy`` means the image centre."""
         cx = self.cx if self.cx >= 0 else 0.5 * (self.width - 1)
         cy = self.cy if self.cy >= 0 else 0.5 * (self.height - 1)
-        return CameraIntrinsics(width=self.width, height=self.height, fx=self.fx, fy=self.fy, cx=cx, cy=cy)
+        return PinholeCamera(width=self.width, height=self.height, fx=self.fx, fy=self.fy, cx=cx, cy=cy)
 
     def pose_at(self, t: float) -> np.ndarray:
         """(4, 4) float64 optical-to-world pose at stamp time ``t`` seconds (orbit: azimuth turns)."""
@@ -99,7 +99,7 @@ def gl_view(camera_pose: np.ndarray) -> list[float]:
     return np.linalg.inv(gl_to_world).T.reshape(-1).tolist()
 
 
-def gl_projection(intr: CameraIntrinsics, near: float, far: float) -> list[float]:
+def gl_projection(intr: PinholeCamera, near: float, far: float) -> list[float]:
     """OpenGL projection matrix (16 column-major floats) with which PyBullet's TinyRenderer draws at
     pixel (u, v) (row 0 at the top, as PyBullet returns images) what the pinhole ``intr`` maps there
     (pixel centres at integer coordinates)."""
@@ -143,7 +143,7 @@ class RGBDFrame:
     depth: np.ndarray
     points: np.ndarray
     mask: np.ndarray
-    intrinsics: CameraIntrinsics
+    intrinsics: PinholeCamera
     camera_pose: np.ndarray
     up: np.ndarray
 
@@ -187,7 +187,7 @@ class SimCamera:
         if cfg.rgb_noise > 0:
             noisy = rgb.astype(np.float32) + rng.normal(0.0, cfg.rgb_noise, rgb.shape).astype(np.float32)
             rgb = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-        points = depth_to_points(depth, self.intrinsics)
+        points = self.intrinsics.unproject(depth)
         up = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
         return RGBDFrame(index=int(index), stamp=float(stamp), rgb=rgb, depth=depth, points=points,
                          mask=mask, intrinsics=self.intrinsics, camera_pose=pose, up=up)

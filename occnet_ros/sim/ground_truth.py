@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from occnet_ros.geometry import RigidTransform
 from occnet_ros.sim.scene import TabletopScene
 
 __all__ = ["GroundTruthObject", "GroundTruthError", "ground_truth", "read_ground_truth",
@@ -57,7 +58,7 @@ class GroundTruthObject:
 
 def ground_truth(scene: TabletopScene, camera_pose: np.ndarray) -> list[GroundTruthObject]:
     """Every object of ``scene`` with its current pose; ``camera_pose``: (4, 4) optical-to-world."""
-    world_to_cam = np.linalg.inv(np.asarray(camera_pose, dtype=np.float64))
+    world_to_cam = RigidTransform.from_matrix(camera_pose).inverse().matrix()
     out = []
     for o in scene.objects:
         pw = scene.object_pose(o.id)

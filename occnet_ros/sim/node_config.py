@@ -6,7 +6,6 @@ description in :data:`PARAMETER_DESCRIPTIONS`.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 

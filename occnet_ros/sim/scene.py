@@ -22,6 +22,7 @@ import pybullet_data
 import trimesh
 
 from occnet_ros.data.mesh_sources import EVALUATION_OBJECTS, UPRIGHT_ROTATIONS, data_root, load_mesh
+from occnet_ros.geometry import RigidTransform
 
 __all__ = ["SceneConfig", "SceneError", "SceneObject", "TabletopScene", "UPRIGHT_ROTATIONS",
            "object_mesh", "pose_matrix"]
@@ -97,10 +98,7 @@ def object_mesh(name: str) -> trimesh.Trimesh:
 
 def pose_matrix(position, quaternion_xyzw) -> np.ndarray:
     """(4, 4) float64 homogeneous transform from a position (3,) and a quaternion (x, y, z, w)."""
-    m = np.eye(4)
-    m[:3, :3] = np.asarray(pybullet.getMatrixFromQuaternion(quaternion_xyzw)).reshape(3, 3)
-    m[:3, 3] = position
-    return m
+    return RigidTransform.from_quaternion(quaternion_xyzw, position).matrix()
 
 
 @dataclass

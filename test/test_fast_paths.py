@@ -1,6 +1,6 @@
-"""The speed work of issue 5, each fast routine against a simple slow reference (fixed seeds): the fused
+"""Each fast routine of the reconstruction path against a simple slow reference (fixed seeds): the fused
 decoder, the cached occupancy grid, the cropped marching cubes, and the reconstructor's batched MISE
-evaluation and query modes."""
+evaluation, query modes and reuse."""
 import numpy as np
 import pytest
 import torch
@@ -169,7 +169,7 @@ def test_mise_levels_are_batched_and_grid_matches_network_at_evaluated_corners()
     model = CountingSphereModel()
     rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=8, upsampling_steps=2,
                                                                         query_batch_size=1000,
-                                                                        mirror_average=False))
+                                                                        mirror_average=False, keep_grid=True))
     obj = rec.reconstruct(sphere_cloud())
     levels = obj.mise_stats["evals_per_level"]
     # each level's new corners in one pass, cut only into chunks of query_batch_size
@@ -209,8 +209,11 @@ def test_query_modes_and_chunking():
     none = rec().reconstruct(sphere_cloud(), extract_mesh=False)
     with pytest.raises(ValueError, match="grid"):
         none.query(p, mode="grid")
-    nogrid = rec(keep_grid=False).reconstruct(sphere_cloud())
+    nogrid = rec().reconstruct(sphere_cloud())  # keep_grid is off by default: the grid costs memory
     assert nogrid.grid is None and nogrid.mesh is not None
+    with pytest.raises(ValueError, match="keep_grid=True"):
+        nogrid.query(p, mode="grid")
+    assert rec(keep_grid=True).reconstruct(sphere_cloud()).grid is not None
 
 
 def test_precision_option():
@@ -316,14 +319,14 @@ def test_reuse_previous_reconstruction_only_when_the_frame_is_unchanged():
     n_calls = len(model.calls)
     jitter = cloud + np.random.default_rng(1).normal(scale=1e-5, size=cloud.shape).astype(np.float32)
     b = rec.reconstruct(jitter, previous=a)
-    assert b.mise_stats.get("reused") and b.mesh is a.mesh and len(model.calls) == n_calls
-    assert b.timings["mise"] == 0.0 and "reused" not in a.mise_stats
+    assert b.reused and b.mesh is a.mesh and len(model.calls) == n_calls
+    assert b.timings["mise"] == 0.0 and not a.reused
     moved = rec.reconstruct(cloud + np.float32([0.05, 0.0, 0.0]), previous=a)
-    assert not moved.mise_stats.get("reused") and len(model.calls) > n_calls
+    assert not moved.reused and len(model.calls) > n_calls
     assert not np.allclose(moved.mesh.vertices.mean(0), a.mesh.vertices.mean(0), atol=0.01)
     never = Reconstructor(model, device="cpu", config=ReconstructorConfig(**cfg)).reconstruct(jitter, previous=a)
-    assert not never.mise_stats.get("reused")
+    assert not never.reused
     no_mesh = rec.reconstruct(cloud, extract_mesh=False)
-    assert not rec.reconstruct(cloud, previous=no_mesh).mise_stats.get("reused")  # a mesh is asked for
+    assert not rec.reconstruct(cloud, previous=no_mesh).reused  # a mesh is asked for
     with pytest.raises(ValueError, match="reuse_tolerance"):
         ReconstructorConfig(reuse_tolerance=-0.1).validate()
