@@ -51,6 +51,10 @@ class ObjectMapConfig:
     max_updates_per_frame: int = setting(16, doc="most objects a frame adds or fuses points into; segments that "
                                          "add information beyond this wait for a later frame (new objects and "
                                          "the objects fused longest ago go first)", range=(1, 1000000))
+    reconstructions_per_frame: int = setting(2, doc="most map objects re-encoded and re-meshed per frame, the "
+                                             "most out of date first; the others keep their code and mesh until a "
+                                             "later frame, so many objects never stall one frame",
+                                             range=(1, 1000))
     removal_fraction: float = setting(0.5, doc="an object not found in a frame is removed (moved or taken away) "
                                       "when the frame's depth shows more than this fraction of its accumulated "
                                       "points as free space, counting only points that project onto a pixel with "

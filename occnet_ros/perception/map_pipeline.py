@@ -1,0 +1,145 @@
+"""Frames of a moving camera to a map of objects in a fixed world frame (z up, metres): segment and clean each
+frame as :class:`~occnet_ros.perception.frame_pipeline.FramePipeline` does, fuse the segments into an
+:class:`~occnet_ros.perception.object_map.ObjectMap`, reconstruct the objects that are due (at most
+``reconstructions_per_frame``, the most out of date first) and keep every object's published mesh. No ROS
+types: the node gives a :class:`~occnet_ros.perception.frame_pipeline.FrameInput` and the cloud frame's pose in
+world, and publishes the returned objects in world.
+
+An object no frame changed costs only segmentation and association: its code, mesh and colours are kept.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from occnet_ros.geometry import Plane, RigidTransform
+from occnet_ros.perception.cloud_filter import clean_cloud
+from occnet_ros.perception.config import PerceptionConfig
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
+from occnet_ros.perception.map_config import MapFrame, MapUpdate, ObjectMapConfig
+from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation
+from occnet_ros.perception.object_map import ObjectMap
+from occnet_ros.perception.segmentation import Segment
+from occnet_ros.reconstruction.normalization import NormalizationError
+
+__all__ = ["MapPipeline", "MappedFrame", "plane_in_world"]
+
+
+def plane_in_world(plane: Plane, cloud_to_world: RigidTransform) -> Plane:
+    """A plane written in the cloud frame, written in world (same positive side)."""
+    normal = cloud_to_world.apply_direction(plane.normal)
+    point = cloud_to_world.apply((-plane.offset * plane.normal).reshape(1, 3))[0]
+    return Plane(normal, -float(normal @ point))
+
+
+@dataclass
+class MappedFrame:
+    """One processed frame. ``objects``: every map object that has a mesh, as
+    :class:`~occnet_ros.perception.frame_pipeline.ProcessedObject` s in world (``segment.points``: the object's
+    accumulated points; ``seconds``: time spent on it in this frame, 0 when it was kept); ``changed``: ids
+    whose mesh is new in this frame; ``gone``: ids that left the map (removed or evicted); ``update``: the map's
+    own account; ``method``, ``warnings``, ``cancelled`` as for a single frame."""
+
+    objects: list[ProcessedObject]
+    changed: list[int]
+    gone: list[int]
+    update: MapUpdate
+    method: str
+    warnings: list[str]
+    cancelled: bool = False
+
+
+class MapPipeline:
+    """Segmentation + object map + bounded reconstruction. ``reconstructor``: a
+    :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`; ``config``: the frame settings (cleaning,
+    segmentation, known-empty, published meshes); ``map_config``: the map's. Not thread-safe: one worker calls
+    :meth:`process`."""
+
+    def __init__(self, reconstructor, config: PerceptionConfig, map_config: ObjectMapConfig | None = None,
+                 decimate: Decimation = quadric_decimation):
+        self.frames = FramePipeline(reconstructor, config, decimate)
+        self.config = config
+        self.map = ObjectMap(map_config, config.known_empty)
+        self._published: dict[int, ProcessedObject] = {}
+
+    @property
+    def reconstructor(self):
+        return self.frames.reconstructor
+
+    def process(self, frame: FrameInput, cloud_to_world: RigidTransform,
+                should_stop: Callable[[], bool] = lambda: False) -> MappedFrame:
+        """Fuse ``frame`` (its cloud frame's pose in world: ``cloud_to_world``) into the map and reconstruct
+        what is due. Raises :class:`~occnet_ros.perception.segmentation.SegmentationError` as the single-frame
+        pipeline does."""
+        segments, method, grid, plane = self.frames._segment(frame)
+        warnings: list[str] = []
+        viewpoint = np.asarray(frame.viewpoint, np.float64)
+        kept, colors = [], []
+        for seg in segments:
+            cleaned = clean_cloud(seg.points, self.config.filter, viewpoint)
+            if cleaned.points.shape[0] < self.config.segmentation.min_points:
+                warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
+                continue
+            kept.append(cleaned.points)
+            colors.append(self.frames._observed_colors(frame, seg, cleaned.index, grid))
+        depth = None
+        if kept and self.config.known_empty.enabled:
+            if self.config.known_empty.free_space:
+                depth, why = self.frames.depth_view(frame)
+                if depth is None:
+                    warnings.append(f"known_empty.free_space not applied: {why}")
+            if self.config.known_empty.support_plane:
+                plane = plane if plane is not None else self.frames.support_plane(frame)
+                if plane is not None:
+                    self.map.support_plane = plane_in_world(plane, cloud_to_world)
+        update = self.map.integrate(MapFrame(frame.stamp, cloud_to_world, kept, depth, viewpoint))
+        gone = update.removed + update.evicted
+        for oid in gone:
+            self._published.pop(oid, None)
+        seen = {oid: (kept[i], colors[i]) for i, oid in enumerate(update.segment_ids) if oid is not None}
+        changed, cancelled = [], False
+        for obj in self.map.due(self.map.config.reconstructions_per_frame):
+            if should_stop():
+                cancelled = True
+                break
+            out = self._reconstruct(obj, seen.get(obj.id), cloud_to_world, warnings)
+            if out is not None:
+                self._published[obj.id] = out
+                changed.append(obj.id)
+        for oid, p in self._published.items():
+            if oid not in changed:
+                p.seconds = 0.0
+        objects = [self._published[i] for i in sorted(self._published)]
+        return MappedFrame(objects, changed, gone, update, method, warnings, cancelled)
+
+    def _reconstruct(self, obj, seen, cloud_to_world: RigidTransform, warnings: list[str]) -> ProcessedObject | None:
+        """Re-encode and re-mesh one map object; its published mesh simplified and coloured from this frame's
+        observation of it (``seen``: (cleaned points in the cloud frame, their colours or None)), else with the
+        colours it had. None (and a warning) when its points define no canonical frame."""
+        t0 = time.perf_counter()
+        version = obj.version
+        try:
+            rec = self.reconstructor.reconstruct(**self.map.reconstruction_inputs(obj.id))
+        except NormalizationError as e:
+            warnings.append(f"object {obj.id} not reconstructed: {e}")
+            return None
+        obj.reconstruction = rec
+        self.map.mark_reconstructed(obj.id, version)
+        before = self._published.get(obj.id)
+        verts, faces, note = self.frames._published_mesh(rec, None)
+        if note:
+            warnings.append(f"object {obj.id}: {note}")
+        colors = None
+        if seen is not None and seen[1] is not None and len(verts):
+            _, nearest = cKDTree(cloud_to_world.apply(seen[0])).query(verts, k=1)
+            colors = seen[1][nearest]
+        elif before is not None and before.vertex_colors is not None and len(verts) and len(before.vertices):
+            _, nearest = cKDTree(before.vertices).query(verts, k=1)
+            colors = before.vertex_colors[nearest]
+        segment = Segment(obj.id, f"object_{obj.id}", obj.points_world)
+        return ProcessedObject(segment, rec, int(len(obj.points_world)), colors, time.perf_counter() - t0,
+                               verts, faces)
