@@ -1,7 +1,7 @@
 """Start reconstruction_node with config/reconstruct.yaml (and, optionally, the simulated camera).
 
     ros2 launch occnet_ros reconstruct.launch.py [params_file:=F] [namespace:=NS] [points:=/cam/points]
-        [mask:=...] [image:=...] [camera_info:=...] [remaps:="objects:=/perception/objects ..."]
+        [mask:=...] [image:=...] [camera_info:=...] [camera_pose:=...] [remaps:="objects:=/perception/objects ..."]
         [use_sim_camera:=true] [sim_params_file:=F]
 
 What is started comes from occnet_ros.ros.launch_spec, the same source as the pip-route command

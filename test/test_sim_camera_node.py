@@ -53,6 +53,10 @@ def test_messages_parse_back_to_the_scene(ros_context, tmp_path):
     received: dict[str, list] = {t: [] for t in TOPICS}
     subs = [node.create_subscription(cls, topic, lambda m, t=topic: received[t].append(m), 10)
             for topic, cls in TOPICS.items()]
+    from geometry_msgs.msg import PoseStamped
+
+    poses = []
+    subs.append(node.create_subscription(PoseStamped, "camera_pose", poses.append, 10))
     gt_dir = tmp_path / "gt"
     proc = start_program("sim_camera", [
         "--params-file", str(REPO / "config" / "sim_camera.yaml"),
@@ -104,6 +108,13 @@ def test_messages_parse_back_to_the_scene(ros_context, tmp_path):
             d = surface_distance(g.mesh_in_camera(), pts)
             assert np.median(d) < 0.003 and np.mean(d < 0.01) > 0.9, g.name
     np.testing.assert_array_equal(masks[0], masks[1])  # fixed camera, static scene: same ids, same pixels
+    # camera_pose: the pose of the optical frame in the world (z up) at each frame's stamp
+    from occnet_ros.ros.conversions import pose_to_transform
+
+    pose_by_stamp = {stamp_to_sec(p.header.stamp): p for p in poses}
+    assert set(common) <= set(pose_by_stamp) and {p.header.frame_id for p in poses} == {"world"}
+    np.testing.assert_allclose(pose_to_transform(pose_by_stamp[common[0]].pose).matrix(),
+                               np.asarray(doc["camera_pose_world"]), atol=1e-6)
     assert doc["frame_id"] == "camera_color_optical_frame" and doc["render_time_s"] > 0
 
 

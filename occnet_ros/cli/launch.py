@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from occnet_ros.cli.processes import stop_processes
-from occnet_ros.ros.launch_spec import LaunchSpecError, NodeSpec, launch_nodes
+from occnet_ros.ros.launch_spec import NODE_NAMES, LaunchSpecError, NodeSpec, launch_nodes
 
 STOP_GRACE_S = 5.0
 """Seconds a process gets after SIGINT before SIGTERM, and again before SIGKILL."""
@@ -99,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--params-file", help="parameter file of reconstruction_node (default: config/reconstruct.yaml)")
     ap.add_argument("--namespace", default="", help="namespace of the started nodes")
     ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
-                    help="rename one of the node's topics (points, mask, image, camera_info, objects, markers, "
-                         "query_occupancy); repeatable")
+                    help=f"rename one of the node's topics ({', '.join(NODE_NAMES)}); repeatable")
     ap.add_argument("--use-sim-camera", action="store_true", help="also start the simulated RGB-D camera")
     ap.add_argument("--sim-params-file", help="parameter file of sim_camera (default: config/sim_camera.yaml)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")

@@ -55,7 +55,8 @@ class ProcessedObject:
     :class:`~occnet_ros.reconstruction.reconstructor.ReconstructedObject`), ``n_observed`` points after cleaning,
     ``vertex_colors`` (V, 3) uint8 per vertex of the published mesh or None, ``seconds`` spent (clean,
     reconstruct, simplify, colour). ``vertices`` (V, 3) float64 metres and ``faces`` (F, 3) int64: the mesh to
-    publish, in the cloud frame (``obj.mesh`` simplified to ``mesh.max_faces``); None = ``obj.mesh`` as is."""
+    publish, in the cloud frame (``obj.mesh`` simplified to ``mesh.max_faces``); None = ``obj.mesh`` as is.
+    ``n_views``: views fused into the object (1 for a single frame)."""
 
     segment: Segment
     obj: ReconstructedObject
@@ -64,6 +65,7 @@ class ProcessedObject:
     seconds: float
     vertices: np.ndarray | None = None
     faces: np.ndarray | None = None
+    n_views: int = 1
 
     @property
     def reused(self) -> bool:

@@ -142,4 +142,4 @@ class MapPipeline:
             colors = before.vertex_colors[nearest]
         segment = Segment(obj.id, f"object_{obj.id}", obj.points_world)
         return ProcessedObject(segment, rec, int(len(obj.points_world)), colors, time.perf_counter() - t0,
-                               verts, faces)
+                               verts, faces, obj.n_views)

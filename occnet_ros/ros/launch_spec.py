@@ -18,11 +18,11 @@ NODE_NAME = "reconstruction_node"
 SIM_EXECUTABLE = "sim_camera"
 SIM_NAME = "sim_camera"
 
-NODE_INPUTS = ("points", "mask", "image", "camera_info")
+NODE_INPUTS = ("points", "mask", "image", "camera_info", "camera_pose")
 """Topics the reconstruction node subscribes to (relative names)."""
 NODE_NAMES = NODE_INPUTS + ("objects", "markers", "query_occupancy")
 """Every topic / service name of the reconstruction node that a remap may rename."""
-SIM_CAMERA_OUTPUTS = ("points", "mask", "image", "camera_info")
+SIM_CAMERA_OUTPUTS = ("points", "mask", "image", "camera_info", "camera_pose")
 """Topics the simulated camera publishes (relative names), each feeding the node input of that name."""
 
 PARAMS_FILE = "reconstruct.yaml"

@@ -76,11 +76,13 @@ def delete_marker(object_id: int, header: Header) -> Marker:
 
 
 def marker_array(views: list[MeshView], previous_ids: set[int], header: Header,
-                 alpha: float = 1.0) -> tuple[MarkerArray, set[int]]:
+                 alpha: float = 1.0, unchanged: set[int] = frozenset()) -> tuple[MarkerArray, set[int]]:
     """Markers for the current objects plus DELETEs for ``previous_ids`` that are gone -> (array, ids
-    now shown). Objects whose mesh has no faces are not shown (and deleted if they were)."""
+    now shown). Objects whose mesh has no faces are not shown (and deleted if they were). ``unchanged``:
+    ids of current objects whose mesh did not change; those already shown are not sent again."""
     shown = {v.object_id for v in views if len(v.faces)}
+    resend = shown - (set(unchanged) & set(previous_ids))
     arr = MarkerArray()
-    arr.markers = [mesh_marker(v, header, alpha) for v in views if v.object_id in shown]
+    arr.markers = [mesh_marker(v, header, alpha) for v in views if v.object_id in resend]
     arr.markers += [delete_marker(i, header) for i in sorted(set(previous_ids) - shown)]
     return arr, shown

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from occnet_ros.config_io import ConfigError, SettingInfo, describe, flatten, from_dict, setting, unflatten
 from occnet_ros.perception.config import PerceptionConfig
+from occnet_ros.perception.map_config import ObjectMapConfig
 
 NODE_NAME = "reconstruction_node"
 
@@ -48,8 +49,15 @@ class NodeParams(PerceptionConfig):
     up: list[float] = setting(default_factory=lambda: [0.0, -1.0, 0.0],
                               doc="gravity-up direction [x, y, z] in the cloud frame (a level camera's optical "
                               "frame: [0, -1, 0]); unused when world_frame is set")
-    world_frame: str = setting("", doc="if set: a z-up frame whose +z is gravity-up, looked up with tf2 (needs "
-                               "tf2_ros)")
+    world_frame: str = setting("", doc="if set: a fixed z-up frame whose +z is gravity-up; the node keeps a map of "
+                               "objects in it, fused over every view (the map.* settings), publishes objects and "
+                               "markers in it and answers queries in it; each cloud's pose in it comes from "
+                               "pose_source. Empty: every frame is reconstructed on its own, in the cloud's frame")
+    pose_source: Literal["auto", "tf", "topic"] = setting(
+        "auto", doc="where the pose of each cloud's frame in world_frame comes from: tf = tf2 at the cloud's stamp "
+        "(needs tf2_ros); topic = the camera_pose topic (geometry_msgs/PoseStamped, header.frame_id = world_frame, "
+        "the cloud's stamp, the pose of the cloud's frame), paired with the cloud by stamp like mask and image; "
+        "auto = tf where tf2_ros exists, else topic")
     tf_timeout: float = setting(0.2, doc="seconds to wait for a tf2 transform", range=(0.0, 10.0))
     publish_markers: bool = setting(True, doc="publish visualization_msgs/MarkerArray on 'markers'")
     marker_alpha: float = setting(1.0, doc="opacity of the mesh markers", range=(0.0, 1.0))
@@ -63,6 +71,7 @@ class NodeParams(PerceptionConfig):
     log_throttle_sec: float = setting(5.0, doc="smallest interval between repeated warnings about dropped "
                                       "messages or refused queries, s", range=(0.0, 3600.0))
     sync: SyncParams = field(default_factory=SyncParams)
+    map: ObjectMapConfig = field(default_factory=ObjectMapConfig)
 
     def validate(self) -> None:
         if len(self.up) != 3 or not all(math.isfinite(v) for v in self.up) or sum(v * v for v in self.up) < 1e-12:

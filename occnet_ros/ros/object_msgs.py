@@ -55,6 +55,7 @@ def object_msg(result: ProcessedObject, header: Header, vertex_points: list | No
     msg.bbox_pose = pose_from_rt(axes.T, centre)
     msg.bbox_size = vector3(size)
     msg.num_observed_points = int(result.n_observed)
+    msg.num_views = int(result.n_views)
     msg.reconstruction_time = float(result.seconds)
     return msg
 
@@ -85,10 +86,10 @@ class FrameMessages:
 
 
 def frame_messages(results: list[ProcessedObject], header: Header, previous_marker_ids: set[int],
-                   with_markers: bool, marker_alpha: float = 1.0) -> FrameMessages:
+                   with_markers: bool, marker_alpha: float = 1.0, unchanged: set[int] = frozenset()) -> FrameMessages:
     """All outgoing messages of one frame. Markers (TRIANGLE_LIST per object, DELETE for objects gone
-    since ``previous_marker_ids``) only ``with_markers``; each vertex becomes one Point shared by the
-    object's Mesh message and its marker."""
+    since ``previous_marker_ids``) only ``with_markers``, and not again for the ``unchanged`` objects
+    already shown; each vertex becomes one Point shared by the object's Mesh message and its marker."""
     objects = ReconstructedObjectArray()
     objects.header = header
     views = []
@@ -99,5 +100,5 @@ def frame_messages(results: list[ProcessedObject], header: Header, previous_mark
             views.append(mesh_view(r, points))
     if not with_markers:
         return FrameMessages(objects, None, set(previous_marker_ids))
-    markers, shown = marker_array(views, previous_marker_ids, header, marker_alpha)
+    markers, shown = marker_array(views, previous_marker_ids, header, marker_alpha, unchanged)
     return FrameMessages(objects, markers, shown)

@@ -33,6 +33,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
@@ -48,8 +49,10 @@ from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics,
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.object_msgs import frame_messages
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
+from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.query import answer_query
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
+from occnet_ros.ros.world_pose import LatestPose, pose_stamped_to_transform, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.srv import QueryOccupancy
 
@@ -62,9 +65,9 @@ def check_startup(params: NodeParams) -> None:
     """Problems that must stop the node before it loads anything (raises :class:`ParamError`)."""
     if params.checkpoint and not Path(params.checkpoint).expanduser().is_file():
         raise ParamError(f"parameter 'checkpoint': file not found: {params.checkpoint}")
-    if params.world_frame and not tf2_available():
-        raise ParamError(f"parameter 'world_frame' = '{params.world_frame}' needs tf2_ros, which is not "
-                         "installed here; set 'up' instead")
+    if params.world_frame and params.pose_source == "tf" and not tf2_available():
+        raise ParamError(f"parameter 'pose_source' = 'tf' (with world_frame '{params.world_frame}') needs tf2_ros, "
+                         "which is not installed here; set pose_source to topic and publish camera_pose")
 
 
 def load_reconstructor(params: NodeParams):
@@ -101,13 +104,18 @@ class ReconstructionNode(Node):
             except DecimationWorkerError as e:
                 raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
                                  f"start ({e}); set it to false to decimate in the node's own process") from e
-        self.pipeline = FramePipeline(self.reconstructor, p, decimate=self.decimation or quadric_decimation)
-        self.store = ObjectStore()
-        self.sync = FrameSync(["points", "mask", "image"], "points", p.sync.tolerance, history=3)
         self.tf = TransformLookup(self, p.tf_timeout)
+        self.pose_source = resolve_pose_source(p.world_frame, p.pose_source, self.tf.available)
+        decimate = self.decimation or quadric_decimation
+        self.pipeline = (MapPipeline(self.reconstructor, p, p.map, decimate) if self.pose_source
+                         else FramePipeline(self.reconstructor, p, decimate=decimate))
+        self.latest_pose = LatestPose(p.world_frame)
+        self.store = ObjectStore()
+        self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
         self._marker_ids: set[int] = set()
+        self._marker_listeners = 0
         self._stop = threading.Event()
         self.frames_done = 0
 
@@ -117,6 +125,8 @@ class ReconstructionNode(Node):
         self.create_subscription(Image, "mask", self._on_mask, qos, callback_group=sensors)
         self.create_subscription(Image, "image", self._on_image, qos, callback_group=sensors)
         self.create_subscription(CameraInfo, "camera_info", self._on_info, qos, callback_group=sensors)
+        if self.pose_source == "topic":
+            self.create_subscription(PoseStamped, "camera_pose", self._on_pose, qos, callback_group=sensors)
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
@@ -133,6 +143,7 @@ class ReconstructionNode(Node):
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
             f"queries {p.query_mode}, known-empty space {empty}, "
             f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
+            f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
     # ------------------------------------------------------------ callbacks: store only
@@ -148,13 +159,16 @@ class ReconstructionNode(Node):
         if self.params.color_from_image:
             self.sync.push("image", stamp_to_sec(msg.header.stamp), msg)
 
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self.sync.push("pose", stamp_to_sec(msg.header.stamp), msg)
+
     def _on_info(self, msg: CameraInfo) -> None:
         with self._info_lock:
             self._camera_info = msg
 
     def _on_query(self, request, response):
         ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
-                           lambda target, source: self.tf.transform(target, source), self.params.query_max_points,
+                           self._query_transform, self.params.query_max_points,
                            self.params.query_mode)
         response.success, response.message = ans.success, ans.message
         response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
@@ -163,6 +177,16 @@ class ReconstructionNode(Node):
             self.get_logger().warning(f"query_occupancy refused: {ans.message}",
                                       throttle_duration_sec=self.params.log_throttle_sec)
         return response
+
+    def _query_transform(self, target: str, source: str):
+        """Query points in another frame: the newest cloud's pose in world_frame (object map), else tf2."""
+        if self.pose_source:
+            try:
+                return self.latest_pose.transform(target, source)
+            except TransformError:
+                if not self.tf.available:
+                    raise
+        return self.tf.transform(target, source)
 
     # ------------------------------------------------------------ worker
 
@@ -176,6 +200,8 @@ class ReconstructionNode(Node):
             optional.append("mask")
         if p.color_from_image:
             (required if self.sync.active("image", timeout) else optional).append("image")
+        if self.pose_source == "topic":
+            optional.append("pose")  # a cloud still without a pose after the grace period is dropped, with why
         return self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
 
     def _work(self) -> None:
@@ -196,10 +222,26 @@ class ReconstructionNode(Node):
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
 
-    def _up_and_camera(self, header, info: CameraInfo | None) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
+    def _cloud_to_world(self, frame: SyncedFrame, header) -> RigidTransform | None:
+        """The cloud frame's pose in world_frame (None without a map); raises MessageError / TransformError
+        when the frame has none (no camera_pose within sync.tolerance, a bad pose, no tf2 transform)."""
+        if not self.pose_source:
+            return None
+        if self.pose_source == "tf":
+            return self.tf.transform(self.params.world_frame, header.frame_id, header.stamp)
+        msg = frame.items.get("pose")
+        if msg is None:
+            raise MessageError(f"no camera_pose within sync.tolerance = {self.params.sync.tolerance} s of the "
+                               f"cloud's stamp (object map in '{self.params.world_frame}')")
+        return pose_stamped_to_transform(msg, self.params.world_frame)
+
+    def _up_and_camera(self, header, info: CameraInfo | None, cloud_to_world: RigidTransform | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
         """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame."""
         up = np.asarray(self.params.up, np.float64)
-        if self.params.world_frame:
+        if cloud_to_world is not None:
+            up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
+        elif self.params.world_frame:
             m = self.tf.transform(header.frame_id, self.params.world_frame, header.stamp)
             up = m.apply_direction(np.array([0.0, 0.0, 1.0]))
         cam = info.header.frame_id if info is not None else ""
@@ -231,18 +273,31 @@ class ReconstructionNode(Node):
                 raise SegmentationError(
                     f"unorganized cloud in '{header.frame_id}' cannot be projected into the mask of camera "
                     f"frame '{info.header.frame_id}'; publish the cloud in the camera frame")
-        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info)
+        cloud_to_world = self._cloud_to_world(frame, header)
+        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info, cloud_to_world)
         inp = FrameInput(xyz=xyz, stamp=frame.stamp, cloud_rgb=cloud_rgb, mask=mask, image=image,
                          intrinsics=intrinsics, up=up, viewpoint=viewpoint, camera_to_cloud=camera_to_cloud)
-        result = self.pipeline.process(inp, should_stop=self._stop.is_set)
+        if cloud_to_world is None:
+            result = self.pipeline.process(inp, should_stop=self._stop.is_set)
+        else:
+            result = self.pipeline.process(inp, cloud_to_world, should_stop=self._stop.is_set)
+            self.latest_pose.set(header.frame_id, cloud_to_world)
+            header = type(header)(stamp=header.stamp, frame_id=self.params.world_frame)
         if result.cancelled:
             return
         if result.warnings:
             self.get_logger().info(f"frame {frame.stamp:.3f}: " + "; ".join(result.warnings),
                                    throttle_duration_sec=self.params.log_throttle_sec)
         self.store.replace(stored_objects(result), header.frame_id, frame.stamp)
-        with_markers = self.pub_markers is not None and self.pub_markers.get_subscription_count() > 0
-        out = frame_messages(result.objects, header, self._marker_ids, with_markers, self.params.marker_alpha)
+        listeners = self.pub_markers.get_subscription_count() if self.pub_markers is not None else 0
+        unchanged = set()
+        if self.pose_source:  # map objects whose mesh did not change keep their markers, unless a listener joined
+            unchanged = {r.segment.id for r in result.objects} - set(result.changed)
+            if listeners > self._marker_listeners:
+                unchanged = set()
+        self._marker_listeners = listeners
+        out = frame_messages(result.objects, header, self._marker_ids, listeners > 0, self.params.marker_alpha,
+                             unchanged)
         self.pub_objects.publish(out.objects)
         if out.markers is not None:
             self.pub_markers.publish(out.markers)

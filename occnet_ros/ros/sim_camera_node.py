@@ -8,7 +8,9 @@ frame: x right, y down, z forward):
 * ``image`` (sensor_msgs/Image, rgb8);
 * ``mask`` (sensor_msgs/Image, mono16): instance ids, object index + 1, 0 = table/background; an
   object keeps its id for the node's lifetime;
-* ``camera_info`` (sensor_msgs/CameraInfo): the exact pinhole intrinsics, no distortion.
+* ``camera_info`` (sensor_msgs/CameraInfo): the exact pinhole intrinsics, no distortion;
+* ``camera_pose`` (geometry_msgs/PoseStamped): the pose of ``frame_id`` in ``world_frame`` (z up) at the
+  frame's stamp, for reconstruction_node's object map (``world_frame``, ``pose_source`` topic).
 
 The scene (PyBullet, DIRECT mode) and all parameters are described in
 :mod:`occnet_ros.sim.node_config` and ``config/sim_camera.yaml``; parameters are read once at start.
@@ -30,6 +32,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -81,6 +84,7 @@ class SimCameraNode(Node):
         self.pub_image = self.create_publisher(Image, "image", qos)
         self.pub_mask = self.create_publisher(Image, "mask", qos)
         self.pub_info = self.create_publisher(CameraInfo, "camera_info", qos)
+        self.pub_pose = self.create_publisher(PoseStamped, "camera_pose", qos)
         self.frames_published = 0
         self.error: Exception | None = None
         self.finished = threading.Event()
@@ -110,8 +114,10 @@ class SimCameraNode(Node):
                                stamp=now.nanoseconds * 1e-9, frame_id=self.config.frame_id,
                                frame_index=index, meshes=index == 0,
                                extra={"render_time_s": render_s, "up_camera": frame.up.tolist()})
-        for pub, msg in ((self.pub_info, info), (self.pub_image, image), (self.pub_mask, mask),
-                         (self.pub_points, cloud)):
+        pose = PoseStamped(header=Header(frame_id=self.config.world_frame, stamp=header.stamp))
+        pose.pose = conversions.pose_from_rt(frame.camera_pose[:3, :3], frame.camera_pose[:3, 3])
+        for pub, msg in ((self.pub_info, info), (self.pub_pose, pose), (self.pub_image, image),
+                         (self.pub_mask, mask), (self.pub_points, cloud)):
             pub.publish(msg)
         return render_s
 

@@ -23,6 +23,7 @@ class SimCameraNodeConfig:
 
     rate_hz: float = 1.0
     frame_id: str = "camera_color_optical_frame"
+    world_frame: str = "world"
     max_frames: int = 0
     reliable: bool = True
     ground_truth_dir: str = ""
@@ -34,6 +35,9 @@ class SimCameraNodeConfig:
             raise ValueError(f"rate_hz must be within [0.01, 100], got {self.rate_hz}")
         if not self.frame_id or self.frame_id.startswith("/"):
             raise ValueError(f"frame_id must be a non-empty frame name without a leading '/', got {self.frame_id!r}")
+        if not self.world_frame or self.world_frame.startswith("/") or self.world_frame == self.frame_id:
+            raise ValueError(f"world_frame must be a frame name without a leading '/', other than frame_id, "
+                             f"got {self.world_frame!r}")
         if self.max_frames < 0:
             raise ValueError(f"max_frames must be >= 0, got {self.max_frames}")
 
@@ -41,6 +45,8 @@ class SimCameraNodeConfig:
 PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "rate_hz": "frames published per second (0.01..100); rendering a 640x480 frame takes ~0.3 s of CPU",
     "frame_id": "frame id of every published message (the camera optical frame: x right, y down, z forward)",
+    "world_frame": "frame of the camera_pose messages: the simulated world (z up, metres; the table top at "
+                   "z = 0.625); camera_pose is the pose of frame_id in it at each frame's stamp",
     "max_frames": "stop after publishing this many frames and exit (0 = run until shut down)",
     "reliable": "publish with RELIABLE QoS (matches every subscriber) instead of BEST_EFFORT",
     "ground_truth_dir": "if not empty: write <id>_<name>.ply (object frame) and poses.json (camera and "
