@@ -23,19 +23,20 @@ from occnet_ros.ros.node_params import NodeParams
 VENV_BIN = Path(sys.executable).parent
 
 
-def _results(recon_s, ratio, iou, spread, inside, p50):
+def _results(recon_s, ratio, iou, spread, inside, p50, map_fps=3.0):
     return {"latency": {"sizes": [{"cloud_points": 1000, "reconstruct_median_s": 9.0},
                                   {"cloud_points": 5000, "reconstruct_median_s": recon_s}]},
             "mise_vs_dense": {"eval_ratio_dense_over_mise": ratio, "mesh_iou": iou},
             "queries": {"sizes": [{"points": 100_000, "store_spread": {"points_per_s": spread},
                                    "object_exact_inside": {"points_per_s": inside}}]},
-            "ros": {"service_under_load": {"p50_s": p50, "frames_reconstructed_meanwhile": 1}}}
+            "ros": {"service_under_load": {"p50_s": p50, "frames_reconstructed_meanwhile": 1}},
+            "map": {"converged": {"frames_per_s": map_fps}}}
 
 
 def test_targets_pass_miss_and_not_measured():
     good = {t["name"]: t["status"] for t in report.check_targets(_results(0.4, 12.0, 0.995, 2e6, 3e5, 0.01))}
-    assert set(good.values()) == {"PASS"} and len(good) == 6
-    bad = {t["name"]: t["status"] for t in report.check_targets(_results(0.6, 8.0, 0.98, 5e5, 1e5, 0.03))}
+    assert set(good.values()) == {"PASS"} and len(good) == 7
+    bad = {t["name"]: t["status"] for t in report.check_targets(_results(0.6, 8.0, 0.98, 5e5, 1e5, 0.03, 1.5))}
     assert set(bad.values()) == {"MISS"}
     partial = _results(0.4, float("nan"), 0.995, 2e6, 3e5, 0.01)
     del partial["ros"]
@@ -201,7 +202,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert "## Targets" in (out / "results.md").read_text() and "## Targets" in proc.stdout
-    for key in ("floor", "mise_vs_dense", "latency", "queries", "ros"):
+    for key in ("floor", "mise_vs_dense", "latency", "queries", "ros", "map"):
         assert key in res and "error" not in res[key], res.get(key)
     _check_floor(res["floor"])
     _check_mise(res["mise_vs_dense"])
@@ -221,7 +222,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert 0 <= r["store_spread"]["points_reaching_network"] < r["points"]
     assert 0.0 <= q["grid_vs_exact"]["max_abs_prob_diff"] <= 1.0
     statuses = {t["name"]: t["status"] for t in res["targets"]}
-    assert len(statuses) == 6 and set(statuses.values()) <= {"PASS", "MISS", "NOT MEASURED"}
+    assert len(statuses) == 7 and set(statuses.values()) <= {"PASS", "MISS", "NOT MEASURED"}
     ros = res["ros"]
     if unavailable_reason() is not None:
         assert ros["available"] is False
@@ -236,6 +237,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
     u = ros["service_under_load"]
     assert u["calls"] >= sizes["latency_calls"] and 0 < u["p50_s"] <= u["p99_s"] <= u["max_s"]
     assert u["frames_reconstructed_meanwhile"] >= 1  # the calls overlapped a reconstruction
+    mp = res["map"]
+    assert mp["available"] and mp["node_exit_code"] == 0 and mp["frame"]["objects"] >= 3
+    assert mp["first_meshes"]["objects"] == mp["frame"]["objects"] and mp["first_meshes"]["seconds_from_first_frame"] > 0
+    assert mp["converged"]["frames"] >= 2 and _positive(mp["converged"]["frames_per_s"])
+    assert mp["converged"]["objects_recomputed"] == 0  # a static scene: codes and meshes kept
     assert set(statuses.values()) <= {"PASS", "MISS"}  # everything measured
 
 

@@ -128,6 +128,26 @@ def test_markers_are_sent_again_only_for_changed_objects_or_a_new_listener(node)
     assert sent_ids(2) == shown
 
 
+def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(node):
+    from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
+
+    node._process(synced(node, 0.0, 1.0)[0])
+    results = node.pipeline._published
+    first = list(results.values())
+    cache = ObjectMessageCache()
+    a = frame_messages(first, header(WORLD, 1.0), set(), False, cache=cache)
+    b = frame_messages(first, header(WORLD, 2.0), set(), False, cache=cache)
+    assert all(x is y for x, y in zip(a.objects.objects, b.objects.objects))  # not rebuilt
+    assert all(m.header.stamp.sec == 2 for m in b.objects.objects)
+    from dataclasses import replace
+
+    changed = [replace(first[0])] + first[1:]  # a new result for the first object: a new message
+    c = frame_messages(changed, header(WORLD, 3.0), set(), False, cache=cache)
+    assert c.objects.objects[0] is not b.objects.objects[0] and c.objects.objects[1] is b.objects.objects[1]
+    frame_messages(first[1:], header(WORLD, 4.0), set(), False, cache=cache)
+    assert set(cache._entries) == {r.segment.id for r in first[1:]}  # objects gone from the frame are dropped
+
+
 def test_a_cloud_without_a_usable_pose_is_refused_with_the_reason(node):
     frame, _ = synced(node, 0.0, 1.0, pose=False)
     with pytest.raises(MessageError, match="no camera_pose within sync.tolerance"):

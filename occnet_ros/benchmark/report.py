@@ -70,6 +70,10 @@ TARGETS = (
                       if (_dig(r, "ros", "service_under_load", "frames_reconstructed_meanwhile") or 0) >= 1 else None),
            "query_occupancy round trip from another process, 10k points, while frames are reconstructed (not "
            "measured unless a frame finished during the calls)"),
+    Target("map_static_frames_per_s", "frames/s", 2.0, True,
+           lambda r: _dig(r, "map", "converged", "frames_per_s"),
+           "the node as an object mapper on a static 640x480 scene of 4 objects once every object has its mesh: "
+           "objects messages per second (codes and meshes kept, only segmentation and association per frame)"),
 )
 
 
@@ -209,6 +213,19 @@ def markdown(results: dict) -> str:
             lines.append(f"- under load ({u['frames_reconstructed_meanwhile']} frames reconstructed during "
                          f"{u['calls']} calls in {_fmt(u.get('window_s'), 's')}): "
                          f"{u['points']} points p50 {_fmt(u['p50_s'], 's')}, p99 {_fmt(u['p99_s'], 's')}")
+    mp = results.get("map")
+    if isinstance(mp, dict):
+        lines += ["", "## Object map (the node with world_frame, separate process, static scene)", ""]
+        if not mp.get("available", False):
+            lines.append(f"not measured: {mp.get('reason', mp.get('error'))}")
+        else:
+            f, c = mp["first_meshes"], mp["converged"]
+            lines.append(f"- first meshes: all {f['objects']} objects after {_fmt(f['seconds_from_first_frame'], 's')} "
+                         f"({f['frames_until_all']} objects messages; node start-up {_fmt(f['node_startup_s'], 's')})")
+            lines.append(f"- converged: {_fmt(c.get('frames_per_s'))} frames/s ({c.get('frames')} frames, "
+                         f"{c.get('objects_recomputed')} objects recomputed, MISE {c.get('mise_resolution')}^3), "
+                         f"end-to-end latency {_ms(c.get('end_to_end_latency'))}; node peak RSS "
+                         f"{_fmt(mp['node_memory']['peak_rss_mb'])} MiB")
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if errors:
         lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]

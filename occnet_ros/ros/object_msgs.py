@@ -85,19 +85,54 @@ class FrameMessages:
     marker_ids: set[int]
 
 
+class ObjectMessageCache:
+    """The message of each object whose result did not change (the same :class:`ProcessedObject`, as the
+    object map hands out for an object it kept), so a static object's mesh is not turned into messages again
+    every frame: only its header and ``reconstruction_time`` are refreshed. Entries of objects not in the
+    last frame are dropped."""
+
+    def __init__(self):
+        self._entries: dict[int, tuple[ProcessedObject, ReconstructedObjectMsg, list]] = {}
+
+    def get(self, result: ProcessedObject, header: Header) -> tuple[ReconstructedObjectMsg, list]:
+        """(message, vertex Points) of ``result``, made or reused."""
+        hit = self._entries.get(int(result.segment.id))
+        if hit is not None and hit[0] is result:
+            msg, points = hit[1], hit[2]
+            msg.header = header
+            msg.reconstruction_time = float(result.seconds)
+            return msg, points
+        points = points_to_msgs(mesh_arrays(result)[0])
+        msg = object_msg(result, header, points)
+        self._entries[int(result.segment.id)] = (result, msg, points)
+        return msg, points
+
+    def keep_only(self, ids: set[int]) -> None:
+        for i in [i for i in self._entries if i not in ids]:
+            del self._entries[i]
+
+
 def frame_messages(results: list[ProcessedObject], header: Header, previous_marker_ids: set[int],
-                   with_markers: bool, marker_alpha: float = 1.0, unchanged: set[int] = frozenset()) -> FrameMessages:
+                   with_markers: bool, marker_alpha: float = 1.0, unchanged: set[int] = frozenset(),
+                   cache: ObjectMessageCache | None = None) -> FrameMessages:
     """All outgoing messages of one frame. Markers (TRIANGLE_LIST per object, DELETE for objects gone
     since ``previous_marker_ids``) only ``with_markers``, and not again for the ``unchanged`` objects
-    already shown; each vertex becomes one Point shared by the object's Mesh message and its marker."""
+    already shown; each vertex becomes one Point shared by the object's Mesh message and its marker.
+    ``cache``: reuse the messages of results seen before (see :class:`ObjectMessageCache`)."""
     objects = ReconstructedObjectArray()
     objects.header = header
     views = []
     for r in results:
-        points = points_to_msgs(mesh_arrays(r)[0])
-        objects.objects.append(object_msg(r, header, points))
+        if cache is not None:
+            msg, points = cache.get(r, header)
+        else:
+            points = points_to_msgs(mesh_arrays(r)[0])
+            msg = object_msg(r, header, points)
+        objects.objects.append(msg)
         if with_markers:
             views.append(mesh_view(r, points))
+    if cache is not None:
+        cache.keep_only({int(r.segment.id) for r in results})
     if not with_markers:
         return FrameMessages(objects, None, set(previous_marker_ids))
     markers, shown = marker_array(views, previous_marker_ids, header, marker_alpha, unchanged)

@@ -47,7 +47,7 @@ from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
                                         pointcloud2_to_arrays, stamp_to_sec)
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
-from occnet_ros.ros.object_msgs import frame_messages
+from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.query import answer_query
@@ -116,6 +116,7 @@ class ReconstructionNode(Node):
         self._info_lock = threading.Lock()
         self._marker_ids: set[int] = set()
         self._marker_listeners = 0
+        self._msg_cache = ObjectMessageCache() if self.pose_source else None  # map objects kept between frames
         self._stop = threading.Event()
         self.frames_done = 0
 
@@ -297,7 +298,7 @@ class ReconstructionNode(Node):
                 unchanged = set()
         self._marker_listeners = listeners
         out = frame_messages(result.objects, header, self._marker_ids, listeners > 0, self.params.marker_alpha,
-                             unchanged)
+                             unchanged, self._msg_cache)
         self.pub_objects.publish(out.objects)
         if out.markers is not None:
             self.pub_markers.publish(out.markers)

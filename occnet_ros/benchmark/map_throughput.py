@@ -1,0 +1,126 @@
+"""Section "map": the reconstruction node as an object mapper (``world_frame`` set, poses on ``camera_pose``),
+in its own process, on a static scene: the simulated 640x480 tabletop of section "ros" (4 objects, mask, image,
+camera_info) and the camera's pose in the simulated world, published with fresh stamps at ``PUBLISH_HZ``, over
+Fast DDS's LARGE_DATA transport (``FASTDDS_BUILTIN_TRANSPORTS``, as ``occnet_launch`` and ``make demo`` use it,
+unless set otherwise: over the default UDP transport most 5 MB clouds never reach a best-effort subscriber).
+
+1. first meshes: once the node is up (its service is there), seconds from the first published frame to the
+   first ``objects`` message holding a mesh of every object of the scene (the node reconstructs at most
+   ``map.reconstructions_per_frame`` objects a frame); and the node's start-up before it;
+2. converged: once a frame changed no object (every ``reconstruction_time`` 0: codes and meshes kept),
+   frames/s over ``node_seconds`` (``objects`` messages per second, end to end) and their latency.
+
+rclpy is imported only when this section runs.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from occnet_ros.benchmark.common import BenchContext
+from occnet_ros.benchmark.node_throughput import (MIN_FRAMES, MIN_FRAMES_MAX_S, START_TIMEOUT_S, _Client, _frame_stats,
+                                                  _start_node, _stop_node, node_mise, peak_rss_mb, render_scene,
+                                                  unavailable_reason)
+
+WORLD_FRAME = "world"
+CONVERGE_TIMEOUT_S = 300.0
+
+
+class _MapClient(_Client):
+    """The camera of section "ros" plus its pose in the world on ``camera_pose`` (same stamp as the cloud);
+    records, per ``objects`` message, how many objects were recomputed in that frame."""
+
+    def __init__(self, ctx: BenchContext, frame, domain_id: int):
+        super().__init__(ctx, frame, domain_id)
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.qos import QoSProfile
+
+        from occnet_ros.ros import conversions
+
+        self.pose_pub = self.node.create_publisher(PoseStamped, "camera_pose", QoSProfile(depth=2))
+        self.pose = PoseStamped()
+        self.pose.header.frame_id = WORLD_FRAME
+        self.pose.pose = conversions.pose_from_rt(frame.camera_pose[:3, :3], frame.camera_pose[:3, 3])
+        self.first_published: float | None = None
+        self.changed: list[int] = []  # per objects message: objects whose reconstruction_time > 0
+
+    def publish_frame(self) -> None:
+        stamp = self.node.get_clock().now().to_msg()
+        self.pose.header.stamp = stamp
+        self.pose_pub.publish(self.pose)
+        for name in ("camera_info", "image", "mask", "points"):
+            msg = self.msgs[name]
+            msg.header.stamp = stamp
+            self.pubs[name].publish(msg)
+        self.published += 1
+        if self.first_published is None:
+            self.first_published = time.time()
+
+    def _on_objects(self, msg) -> None:
+        super()._on_objects(msg)
+        self.changed.append(sum(o.reconstruction_time > 0 for o in msg.objects))
+
+
+def run(ctx: BenchContext) -> dict:
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"available": False, "reason": reason}
+    frame = render_scene(ctx)
+    n_objects = int(len(set(frame.mask.reshape(-1).tolist()) - {0}))
+    domain_id = random.SystemRandom().randint(20, 99)
+    log_path = ctx.out / "reconstruction_node_map.log"
+    saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+    saved_transports = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # node (inherits) and client alike
+    transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+    t_start = time.time()
+    proc = _start_node(ctx, frame, domain_id, log_path,
+                       extra=["-p", f"world_frame:={WORLD_FRAME}", "-p", "pose_source:=topic"])
+    client = None
+    try:
+        client = _MapClient(ctx, frame, domain_id)
+        if not client.client.wait_for_service(timeout_sec=START_TIMEOUT_S):
+            raise TimeoutError(f"reconstruction_node did not come up within {START_TIMEOUT_S} s; see {log_path}")
+        t_ready = time.time()
+        end = time.monotonic() + CONVERGE_TIMEOUT_S
+        while not (client.received and client.received[-1][2] >= n_objects):  # every object has a mesh
+            if proc.poll() is not None:
+                raise RuntimeError(f"reconstruction_node exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"the map never held all {n_objects} objects; see {log_path}")
+            client.tick(publish=True)
+        first = {"objects": n_objects, "frames_until_all": len(client.received),
+                 "seconds_from_first_frame": client.received[-1][0] - client.first_published,
+                 "node_startup_s": t_ready - t_start}
+        while client.changed[-1] != 0:  # converged: a frame that changed nothing
+            if time.monotonic() > end:
+                raise TimeoutError(f"the map kept changing for {CONVERGE_TIMEOUT_S} s; see {log_path}")
+            client.tick(publish=True)
+        client.received.clear()
+        client.changed.clear()
+        published0 = client.published
+        client.spin_for(ctx.sizes.node_seconds, publish=True)
+        more_end = time.monotonic() + MIN_FRAMES_MAX_S
+        while len(client.received) < MIN_FRAMES and time.monotonic() < more_end:
+            client.spin_for(0.5, publish=True)
+        converged = _frame_stats(list(client.received))
+        converged["published"] = client.published - published0
+        converged["objects_recomputed"] = int(sum(client.changed))
+        converged["mise_resolution"] = node_mise(ctx)[0] * 2 ** node_mise(ctx)[1]
+        memory = peak_rss_mb(proc.pid)
+    finally:
+        if client is not None:
+            client.close()
+        code = _stop_node(proc)
+        for name, saved in (("ROS_AUTOMATIC_DISCOVERY_RANGE", saved_env), ("FASTDDS_BUILTIN_TRANSPORTS", saved_transports)):
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+    return {"available": True, "domain_id": domain_id, "fastdds_builtin_transports": transports,
+            "first_meshes": first, "converged": converged,
+            "frame": {"width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
+                      "objects": n_objects},
+            "node_memory": memory, "node_exit_code": code, "node_log": str(log_path)}
