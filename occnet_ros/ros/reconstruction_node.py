@@ -201,8 +201,9 @@ class ReconstructionNode(Node):
             optional.append("mask")
         if p.color_from_image:
             (required if self.sync.active("image", timeout) else optional).append("image")
-        if self.pose_source == "topic":
-            optional.append("pose")  # a cloud still without a pose after the grace period is dropped, with why
+        if self.pose_source == "topic":  # as mask and image: while poses arrive, a cloud waits for its own;
+            # a cloud taken without one (no pose stream, or none within the tolerance) is dropped, with why
+            (required if self.sync.active("pose", timeout) else optional).append("pose")
         return self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
 
     def _work(self) -> None:
