@@ -5,6 +5,7 @@ Nothing here imports rclpy at module level, so pure-numpy tests can use the scen
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -148,3 +149,31 @@ def wait_until(predicate, timeout: float, step: float = 0.05, spin=None) -> bool
         if spin is None:
             time.sleep(step)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def node_in_process(tmp_path: Path, **params):
+    """A reconstruction node in this process, in its own rclpy context on a random domain, with a random
+    checkpoint (TEST DOUBLE), on the CPU at 16^3 and ``params`` (dotted name = value; ``__`` stands for a
+    dot, e.g. ``segmentation__min_points=20``); stopped and shut down on exit."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
+
+    from occnet_ros.ros.reconstruction_node import ReconstructionNode
+
+    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
+    values = {"reconstruction.device": "cpu", "checkpoint": str(ckpt), "reconstruction.resolution0": 8,
+              "reconstruction.upsampling_steps": 1, **{k.replace("__", "."): v for k, v in params.items()}}
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = ReconstructionNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        try:
+            yield node
+        finally:
+            node.stop()
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)

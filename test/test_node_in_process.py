@@ -7,7 +7,8 @@ The network is a TEST DOUBLE (random weights, ros_helpers.write_random_checkpoin
 """
 import numpy as np
 import pytest
-from ros_helpers import BOX_LABEL, SPHERE_LABEL, random_domain_id, render_scene, wait_until, write_random_checkpoint
+from ros_helpers import (BOX_LABEL, SPHERE_LABEL, node_in_process, random_domain_id, render_scene, wait_until,
+                         write_random_checkpoint)
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.context import Context  # noqa: E402
@@ -36,21 +37,9 @@ class Recorder:
 
 @pytest.fixture
 def node(tmp_path):
-    from occnet_ros.ros.reconstruction_node import ReconstructionNode
-
-    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    overrides = [Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
-                 Parameter("reconstruction.resolution0", value=8), Parameter("reconstruction.upsampling_steps", value=1),
-                 Parameter("reconstruction.keep_grid", value=True),
-                 Parameter("mesh.max_faces", value=100), Parameter("segmentation.min_points", value=20),
-                 Parameter("query_mode", value="grid")]
-    n = ReconstructionNode(context=ctx, parameter_overrides=overrides)
-    yield n
-    n.stop()
-    n.destroy_node()
-    rclpy.shutdown(context=ctx)
+    with node_in_process(tmp_path, reconstruction__keep_grid=True, mesh__max_faces=100, segmentation__min_points=20,
+                         query_mode="grid") as n:
+        yield n
 
 
 def synced(scene, stamp, mask):

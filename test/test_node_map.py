@@ -5,13 +5,12 @@ cloud without a usable pose is refused with the reason. Scenes: boxes on a table
 (test_object_map). The network is a TEST DOUBLE (random weights)."""
 import numpy as np
 import pytest
-from ros_helpers import random_domain_id, write_random_checkpoint
+from ros_helpers import node_in_process, random_domain_id, write_random_checkpoint
 from test_map_pipeline import BOXES, frame_at
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -24,21 +23,9 @@ WORLD, CAM_FRAME = "world", "cam"
 
 @pytest.fixture
 def node(tmp_path):
-    from occnet_ros.ros.reconstruction_node import ReconstructionNode
-
-    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    overrides = [Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
-                 Parameter("reconstruction.resolution0", value=8), Parameter("reconstruction.upsampling_steps", value=1),
-                 Parameter("segmentation.min_points", value=20), Parameter("filter.min_range", value=0.05),
-                 Parameter("world_frame", value=WORLD), Parameter("pose_source", value="topic"),
-                 Parameter("map.reconstructions_per_frame", value=3)]
-    n = ReconstructionNode(context=ctx, parameter_overrides=overrides)
-    yield n
-    n.stop()
-    n.destroy_node()
-    rclpy.shutdown(context=ctx)
+    with node_in_process(tmp_path, segmentation__min_points=20, filter__min_range=0.05, world_frame=WORLD,
+                         pose_source="topic", map__reconstructions_per_frame=3) as n:
+        yield n
 
 
 def header(frame_id, stamp):
