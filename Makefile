@@ -85,7 +85,7 @@ eval: install
 # Regenerates the pictures committed for the README.
 figures: install
 	$(VENV)/bin/occnet_demo --out out/demo
-	mkdir -p docs/img && cp out/demo/overview.png docs/img/demo_overview.png
+	mkdir -p docs/img && cp out/demo/overview.png docs/img/demo_overview.png && cp out/demo/map_views.png docs/img/map_views.png
 
 # The ROS 2 workspace route, against the pip-installed ROS 2: a colcon build of a copy of this repo.
 colcon-build: install

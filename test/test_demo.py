@@ -32,7 +32,7 @@ def demo_run(tmp_path_factory):
     cmd = [str(REPO / ".venv" / "bin" / "occnet_demo"), "--out", str(out), "--weights", str(weights),
            "--frames", "2", "--width", "128", "--height", "96", "--rate", "2", "--objects", *OBJECTS,
            "--timeout", "150", "--node-param", "reconstruction.resolution0:=8", "--node-param", "reconstruction.upsampling_steps:=1",
-           "--node-param", "segmentation.min_points:=20",
+           "--node-param", "segmentation.min_points:=20", "--map-views", "2", "--orbit", "40",
            "--iou-points", str(METRICS.n_points_iou), "--surface-points", str(METRICS.n_points_surface)]
     proc = subprocess.run(cmd, env=node_env(random_domain_id()), capture_output=True, text=True, timeout=240,
                           cwd=str(tmp))
@@ -64,6 +64,48 @@ def test_demo_writes_files_and_computed_scores(demo_run):
         assert report["timings"][stage] is not None, stage
     doc, gt_objects = read_ground_truth(out / "ground_truth")
     assert [g.name for g in gt_objects] == OBJECTS
+
+
+@pytest.mark.slow
+def test_the_map_part_scores_every_object_as_views_accumulate(demo_run):
+    proc, out, _ = demo_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads((out / "map_report.json").read_text())
+    assert [o["name"] for o in rep["objects"]] == OBJECTS and rep["messages"] >= 1
+    assert (out / "map_views.png").stat().st_size > 5_000 and "map_views.png" in (out / "map_report.md").read_text()
+    scored = [o for o in rep["objects"] if o["curve"]]
+    assert scored, rep
+    for o in scored:
+        views = [v for v, _, _ in o["curve"]]
+        assert views == sorted(set(views)) and o["views"] == views[-1] and o["iou_all_views"] == o["curve"][-1][1]
+        assert 0.0 <= o["iou_1_views"] <= 1.0
+
+
+def test_map_scoring_matches_objects_by_place_and_reads_views():
+    """Map objects carry the map's ids: each is scored against the ground-truth object nearest to it; the
+    IoU after k views is the first mesh fused from at least k views."""
+    from types import SimpleNamespace
+
+    from occnet_ros.demo.map_demo import at_views, score
+    from occnet_ros.ros.conversions import mesh_to_msg
+    from occnet_ros.sim.ground_truth import GroundTruthObject
+
+    box = trimesh.creation.box((0.1, 0.1, 0.1))
+    gt = [GroundTruthObject(7, "a", box, np.eye(4), np.eye(4)),
+          GroundTruthObject(9, "b", box, trimesh.transformations.translation_matrix([0.5, 0, 0]), np.eye(4))]
+
+    def obj(mesh, views):
+        return SimpleNamespace(mesh=mesh_to_msg(mesh.vertices, mesh.faces), num_views=views)
+
+    far = box.copy().apply_translation([0.5, 0, 0])
+    half = trimesh.creation.box((0.05, 0.1, 0.1)).apply_translation([0.5, 0, 0])
+    msgs = [SimpleNamespace(objects=[obj(far, 1), obj(box, 2)]), SimpleNamespace(objects=[obj(half, 3)])]
+    curves = score(msgs, gt, METRICS)
+    assert [v for v, _, _ in curves[7]] == [2] and curves[7][0][1] > 0.99
+    assert [v for v, _, _ in curves[9]] == [1, 3] and curves[9][0][1] > 0.99 and 0.4 < curves[9][1][1] < 0.6
+    assert at_views(curves[9], 1) == curves[9][0][1] and at_views(curves[9], 2) == curves[9][1][1]
+    assert at_views(curves[9], 4) is None and at_views(curves[9], None) == curves[9][1][1]
+    assert at_views([], 1) is None
 
 
 @pytest.mark.slow
