@@ -155,6 +155,17 @@ def test_a_cloud_without_a_usable_pose_is_refused_with_the_reason(node):
     assert len(node.pipeline.map) == 3 and node.frames_done == 1
 
 
+@pytest.mark.parametrize("reliability", ["best_effort", "reliable"])
+def test_the_input_subscriptions_take_the_configured_reliability(tmp_path, reliability):
+    from rclpy.qos import ReliabilityPolicy
+
+    with node_in_process(tmp_path, sensor_reliability=reliability, world_frame=WORLD, pose_source="topic") as n:
+        for topic in ("points", "mask", "image", "camera_info", "camera_pose"):
+            (info,) = n.get_subscriptions_info_by_topic(f"/{topic}")
+            want = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+            assert info.qos_profile.reliability == want, topic
+
+
 def test_pose_source_tf_without_tf2_stops_the_node_naming_the_parameter():
     from occnet_ros.ros.node_params import ParamError, default_values, params_from_values
     from occnet_ros.ros.reconstruction_node import check_startup

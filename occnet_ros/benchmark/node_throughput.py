@@ -121,7 +121,7 @@ class _Client:
                      "mask": conversions.array_to_image(frame.mask, "mono16", header),
                      "camera_info": conversions.camera_info(frame.intrinsics, header)}
         self.received: list[tuple[float, float, int]] = []  # (arrival wall time, stamp, objects)
-        self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects, 10)
+        self.objects_sub = self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects, 10)
         self.client = self.node.create_client(QueryOccupancy, "query_occupancy")
         self.published = 0
         self._next_pub = 0.0

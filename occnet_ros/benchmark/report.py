@@ -223,7 +223,8 @@ def markdown(results: dict) -> str:
             lines.append(f"- first meshes: all {f['objects']} objects after {_fmt(f['seconds_from_first_frame'], 's')} "
                          f"({f['frames_until_all']} objects messages; node start-up {_fmt(f['node_startup_s'], 's')})")
             lines.append(f"- converged: {_fmt(c.get('frames_per_s'))} frames/s ({c.get('frames')} frames, "
-                         f"{c.get('objects_recomputed')} objects recomputed, MISE {c.get('mise_resolution')}^3), "
+                         f"{c.get('objects_recomputed_after')} objects recomputed in the frame after, MISE "
+                         f"{c.get('mise_resolution')}^3), "
                          f"end-to-end latency {_ms(c.get('end_to_end_latency'))}; node peak RSS "
                          f"{_fmt(mp['node_memory']['peak_rss_mb'])} MiB")
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}

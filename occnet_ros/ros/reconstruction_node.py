@@ -32,7 +32,7 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
@@ -121,7 +121,10 @@ class ReconstructionNode(Node):
         self.frames_done = 0
 
         sensors = MutuallyExclusiveCallbackGroup()
-        qos = qos_profile_sensor_data
+        qos = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
+                         durability=qos_profile_sensor_data.durability,
+                         reliability=(ReliabilityPolicy.RELIABLE if p.sensor_reliability == "reliable"
+                                      else qos_profile_sensor_data.reliability))
         self.create_subscription(PointCloud2, "points", self._on_points, qos, callback_group=sensors)
         self.create_subscription(Image, "mask", self._on_mask, qos, callback_group=sensors)
         self.create_subscription(Image, "image", self._on_image, qos, callback_group=sensors)
