@@ -11,7 +11,6 @@ lies nearest to its mesh centre (within ``MATCH_DISTANCE_M``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from occnet_ros.demo.runner import DemoError, DemoSettings, _Processes, commands
+from occnet_ros.demo.runner import DemoError, DemoSettings, _Processes, commands, prepare_run
 from occnet_ros.evaluation.metrics import MetricsConfig, evaluate_mesh, prepare_ground_truth
 from occnet_ros.sim.ground_truth import GroundTruthError, read_ground_truth
 
@@ -153,13 +152,7 @@ def plot(curves: dict, names: dict, path: Path) -> None:
 def run_map_demo(s: MapDemoSettings, out: Path, config: MetricsConfig, log=print) -> dict:
     """Run the map demo, score and draw it into ``out``; returns the report. Raises :class:`DemoError`."""
     d = s.demo
-    d.log_dir.mkdir(parents=True, exist_ok=True)
-    d.ground_truth_dir.mkdir(parents=True, exist_ok=True)
-    for old in d.ground_truth_dir.glob("*"):
-        if old.is_file():
-            old.unlink()
-    if d.large_data:
-        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    prepare_run(d)
     procs = _Processes(d.log_dir)
     t0 = time.monotonic()
     try:

@@ -160,9 +160,10 @@ class _Processes:
         stop_processes(list(self.procs.values()), timeout)
 
 
-def run_demo(s: DemoSettings, log=print) -> DemoRun:
-    """Start both nodes, collect ``s.frames`` reconstructed frames, stop the nodes, load the ground truth.
-    Raises :class:`DemoError` naming the stage that failed (with the failing node's last log lines)."""
+def prepare_run(s: DemoSettings) -> None:
+    """Before the nodes start: the weights exist, the log folder is there, the ground-truth folder is empty,
+    and Fast DDS's LARGE_DATA transport is chosen (``s.large_data``, unless set) before rclpy.init and the
+    children. Raises :class:`DemoError` for missing weights."""
     if not Path(s.weights).is_file():
         raise DemoError(f"checkpoint not found: {s.weights}")
     s.log_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,13 @@ def run_demo(s: DemoSettings, log=print) -> DemoRun:
         if old.is_file():
             old.unlink()
     if s.large_data:
-        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # before rclpy.init and the children
+        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def run_demo(s: DemoSettings, log=print) -> DemoRun:
+    """Start both nodes, collect ``s.frames`` reconstructed frames, stop the nodes, load the ground truth.
+    Raises :class:`DemoError` naming the stage that failed (with the failing node's last log lines)."""
+    prepare_run(s)
     t_start = time.monotonic()
     procs = _Processes(s.log_dir)
     collector = Collector(s.namespace, s.ground_truth_dir, period_s=1.0 / s.rate_hz)
