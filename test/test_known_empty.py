@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
-from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
+from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound, stands_on
 from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
@@ -205,3 +205,13 @@ def test_reconstructor_removes_known_empty_space_from_mesh_and_queries():
     p = cut.query(q)
     assert model.n_decoded == int((~marked).sum()) and np.all(p[marked] == 0.0)
     np.testing.assert_array_equal(p[~marked], whole.query(q)[~marked])
+
+
+def test_an_object_stands_on_a_plane_only_when_its_points_lie_above_it():
+    table = Plane(np.array([0.0, 0.0, 1.0]), 0.0)  # z = 0, up
+    pts = np.random.default_rng(0).uniform([-0.05, -0.05, 0.0], [0.05, 0.05, 0.1], (500, 3))
+    assert stands_on(table, pts, 0.01)
+    assert stands_on(table, pts - [0, 0, 0.005], 0.01)  # sensor noise below the table: within the tolerance
+    assert not stands_on(Plane(np.array([0.0, 0.0, 1.0]), -0.2), pts, 0.01)  # a shelf 20 cm up, above the object
+    assert not stands_on(table, pts - [0, 0, 0.05], 0.01)  # half of it below: not standing on it
+    assert not stands_on(None, pts, 0.01) and not stands_on(table, np.zeros((0, 3)), 0.01)

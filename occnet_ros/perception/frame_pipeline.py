@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
-from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty
+from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, stands_on
 from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation, simplify_mesh
 from occnet_ros.reconstruction.normalization import NormalizationError
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
@@ -122,7 +122,7 @@ class FramePipeline:
         """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
         return sorted(self._kept)
 
-    def _published_mesh(self, obj: ReconstructedObject, kept: _Kept | None) -> tuple[np.ndarray, np.ndarray, str]:
+    def published_mesh(self, obj: ReconstructedObject, kept: _Kept | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh,
         else ``obj.mesh`` simplified to ``mesh.max_faces``."""
         mesh = obj.mesh
@@ -137,7 +137,7 @@ class FramePipeline:
     def segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None]:
         """-> (segments after size limits, method, (H, W) of the pixel grid of ``Segment.pixels`` or None).
         Raises :class:`SegmentationError` when the mode needs a mask that is missing or unusable."""
-        segs, method, grid, _ = self._segment(frame)
+        segs, method, grid, _ = self.segment_with_plane(frame)
         return segs, method, grid
 
     def support_plane(self, frame: FrameInput) -> Plane | None:
@@ -182,13 +182,14 @@ class FramePipeline:
         made: dict[bool, KnownEmpty] = {}
 
         def for_object(points: np.ndarray) -> KnownEmpty | None:
-            above = plane is not None and bool((plane.signed_distance(points) > -tol).mean() >= 0.95)
+            above = stands_on(plane, points, tol)
             if above not in made:
                 made[above] = KnownEmpty(cfg, plane if above else None, views)
             return made[above] if made[above].active else None
         return for_object
 
-    def _segment(self, frame: FrameInput) -> tuple[list[Segment], str, tuple[int, int] | None, Plane | None]:
+    def segment_with_plane(self, frame: FrameInput
+                           ) -> tuple[list[Segment], str, tuple[int, int] | None, Plane | None]:
         """:meth:`segment` and the support plane the geometric method found (None for masks)."""
         cfg = self.config.segmentation
         xyz = np.asarray(frame.xyz, dtype=np.float32)
@@ -219,7 +220,7 @@ class FramePipeline:
         segs = self.tracker.relabel(apply_limits(segs, cfg))
         return sorted(segs, key=lambda s: s.id), "geometric", grid, plane
 
-    def _observed_colors(self, frame: FrameInput, seg: Segment, index: np.ndarray,
+    def observed_colors(self, frame: FrameInput, seg: Segment, index: np.ndarray,
                          grid: tuple[int, int] | None) -> np.ndarray | None:
         """(K, 3) uint8 colours of the cleaned observed points, from the image when it fits the pixel
         grid, else from the cloud's own colours; None when neither is available."""
@@ -236,7 +237,7 @@ class FramePipeline:
         """Segment ``frame`` and reconstruct every segment (cleaned first, passing the object's last
         reconstruction as ``previous``); simplify each mesh to publish; vertex colours from the nearest
         observed point's colour. A completed frame replaces what is kept for reuse by its own objects."""
-        segments, method, grid, plane = self._segment(frame)
+        segments, method, grid, plane = self.segment_with_plane(frame)
         results, warnings = [], []
         known_empty = self._known_empty(frame, plane, warnings) if segments else (lambda points: None)
         if frame.image is not None and self.config.color_from_image and grid is not None \
@@ -261,11 +262,11 @@ class FramePipeline:
             except NormalizationError as e:
                 warnings.append(f"{seg.label} skipped: {e}")
                 continue
-            verts, faces, note = self._published_mesh(obj, kept)
+            verts, faces, note = self.published_mesh(obj, kept)
             if note:
                 warnings.append(f"{seg.label}: {note}")
             colors = None
-            observed = self._observed_colors(frame, seg, cleaned.index, grid)
+            observed = self.observed_colors(frame, seg, cleaned.index, grid)
             if observed is not None and len(verts):
                 _, nearest = cKDTree(cleaned.points).query(verts, k=1)
                 colors = observed[nearest]

@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 
 from occnet_ros.geometry import Plane
 from occnet_ros.perception.map_config import MapView, ObjectMapConfig
-from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
+from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, stands_on
 
 __all__ = ["MapObject", "voxel_keys", "crop_view", "unit_rows", "UP"]
 
@@ -18,8 +18,6 @@ UP = (0.0, 0.0, 1.0)
 CROP_MARGIN, CROP_PAD_M = 1.0, 0.01
 """A kept depth crop covers the cube around the centre of the object's bounding box with half edge
 ``CROP_MARGIN * largest extent + CROP_PAD_M`` (metres): the reconstruction's box and a margin around it."""
-PLANE_ABOVE = 0.95
-"""The support plane is used for an object when this fraction of its points lies above it."""
 _BITS = 21
 _HALF = 1 << (_BITS - 1)
 
@@ -124,11 +122,10 @@ class MapObject:
     def known_empty(self, config: KnownEmptyConfig, support_plane: Plane | None = None,
                     plane_tolerance_m: float = 0.01) -> KnownEmpty | None:
         """The empty-space test of the object in world: its kept depth crops, and ``support_plane`` (world,
-        normal up) when at least 95 % of its points lie above it within ``plane_tolerance_m``; None when
+        normal up) when the object stands on it (:func:`~occnet_ros.reconstruction.known_empty.stands_on`); None when
         neither applies (see ``config``)."""
         views = [v.depth for v in self.views if v.depth is not None]
-        above = support_plane is not None and bool(
-            (support_plane.signed_distance(self.points_world) > -plane_tolerance_m).mean() >= PLANE_ABOVE)
+        above = stands_on(support_plane, self.points_world, plane_tolerance_m)
         empty = KnownEmpty(config, support_plane if above else None, views)
         return empty if empty.active else None
 

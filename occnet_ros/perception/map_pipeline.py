@@ -75,7 +75,7 @@ class MapPipeline:
         """Fuse ``frame`` (its cloud frame's pose in world: ``cloud_to_world``) into the map and reconstruct
         what is due. Raises :class:`~occnet_ros.perception.segmentation.SegmentationError` as the single-frame
         pipeline does."""
-        segments, method, grid, plane = self.frames._segment(frame)
+        segments, method, grid, plane = self.frames.segment_with_plane(frame)
         warnings: list[str] = []
         viewpoint = np.asarray(frame.viewpoint, np.float64)
         kept, colors = [], []
@@ -85,7 +85,7 @@ class MapPipeline:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
             kept.append(cleaned.points)
-            colors.append(self.frames._observed_colors(frame, seg, cleaned.index, grid))
+            colors.append(self.frames.observed_colors(frame, seg, cleaned.index, grid))
         depth = None
         if kept and self.config.known_empty.enabled:
             if self.config.known_empty.free_space:
@@ -123,14 +123,15 @@ class MapPipeline:
         t0 = time.perf_counter()
         version = obj.version
         try:
-            rec = self.reconstructor.reconstruct(**self.map.reconstruction_inputs(obj.id))
+            rec = self.reconstructor.reconstruct(**self.map.reconstruction_inputs(
+                obj.id, plane_tolerance_m=self.config.segmentation.plane_distance))
         except NormalizationError as e:
             warnings.append(f"object {obj.id} not reconstructed: {e}")
             return None
         obj.reconstruction = rec
         self.map.mark_reconstructed(obj.id, version)
         before = self._published.get(obj.id)
-        verts, faces, note = self.frames._published_mesh(rec, None)
+        verts, faces, note = self.frames.published_mesh(rec)
         if note:
             warnings.append(f"object {obj.id}: {note}")
         colors = None

@@ -125,6 +125,19 @@ def depth_bound(depth: np.ndarray, window: int, band_a: float = 0.0, band_b: flo
     return np.where(valid, np.where(own, far, nearest), np.nan)
 
 
+ON_PLANE_FRACTION = 0.95
+"""An object stands on a support plane when at least this fraction of its points lies above it."""
+
+
+def stands_on(plane: Plane | None, points: np.ndarray, tolerance: float) -> bool:
+    """Whether the object whose points (N, 3), metres, are given stands on ``plane`` (same frame): at least
+    :data:`ON_PLANE_FRACTION` of them lie above it or within ``tolerance`` metres below. A shelf above the
+    object, or a plane the object lies beside, must not cut it."""
+    if plane is None or len(points) == 0:
+        return False
+    return bool((plane.signed_distance(points) > -tolerance).mean() >= ON_PLANE_FRACTION)
+
+
 class KnownEmpty:
     """The empty-space test of one observation. ``plane``: the support plane in the source frame
     (normal towards the object side) or None; ``views``: depth views or []; the config says which of

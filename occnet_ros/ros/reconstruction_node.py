@@ -2,22 +2,27 @@
 RViz markers and an occupancy query service out.
 
 Topics (relative names, remappable): subscribes ``points`` (sensor_msgs/PointCloud2), ``mask``
-(sensor_msgs/Image, instance labels), ``image`` (sensor_msgs/Image, rgb8/bgr8), ``camera_info``, all with
-sensor-data QoS; publishes ``objects`` (occnet_ros/ReconstructedObjectArray) and ``markers``
+(sensor_msgs/Image, instance labels), ``image`` (sensor_msgs/Image, rgb8/bgr8), ``camera_info`` and, for the
+object map, ``camera_pose`` (geometry_msgs/PoseStamped), all with sensor-data QoS (reliability:
+``sensor_reliability``); publishes ``objects`` (occnet_ros/ReconstructedObjectArray) and ``markers``
 (visualization_msgs/MarkerArray); serves ``query_occupancy`` (occnet_ros/QueryOccupancy).
 
 Threads: subscription callbacks only store the newest messages (:class:`FrameSync`, bounded); one
 worker thread converts, segments and reconstructs the newest complete frame; the service runs in its
 own callback group on a MultiThreadedExecutor and answers from the :class:`ObjectStore` snapshot while
-the worker is busy. Query points in another frame than the objects' are moved with the latest tf2
-transform (when tf2_ros exists; otherwise such requests are refused). ``main`` shortens the interpreter's
+the worker is busy. Query points in another frame than the objects' are moved with the newest cloud's pose
+in ``world_frame`` (object map) or the latest tf2 transform (when tf2_ros exists); otherwise such requests
+are refused. ``main`` shortens the interpreter's
 thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
 GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
 cubes, still delay a query by their duration). Mesh decimation, which holds the GIL longest (Open3D), runs in
 a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
 
-Per frame: objects are always published; markers only while ``markers`` has subscribers. Message objects
-are built per frame and not kept.
+Per frame: objects are always published; markers only while ``markers`` has subscribers. Without
+``world_frame`` every frame is reconstructed on its own and its messages are built per frame; with it the
+node keeps an object map (:mod:`occnet_ros.perception.map_pipeline`) in that frame, publishes every map
+object each frame, reuses the messages of objects that did not change and re-sends markers only for changed
+objects (or to a new listener).
 """
 from __future__ import annotations
 
@@ -244,11 +249,8 @@ class ReconstructionNode(Node):
                        ) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
         """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame."""
         up = np.asarray(self.params.up, np.float64)
-        if cloud_to_world is not None:
+        if cloud_to_world is not None:  # the object map: world_frame's +z
             up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
-        elif self.params.world_frame:
-            m = self.tf.transform(header.frame_id, self.params.world_frame, header.stamp)
-            up = m.apply_direction(np.array([0.0, 0.0, 1.0]))
         cam = info.header.frame_id if info is not None else ""
         if cam == header.frame_id:
             return up, np.zeros(3), RigidTransform()
