@@ -4,6 +4,7 @@ import struct
 import numpy as np
 import pytest
 
+from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.pointcloud2 import (FLOAT32, FLOAT64, INT16, UINT8, UINT32, CloudFormatError, CloudLayout,
                                     Field, build_cloud, pack_rgb, parse_cloud)
 
@@ -279,7 +280,7 @@ def test_mesh_and_pose_conversions():
         q *= np.sign(np.linalg.det(q))
         quat = ros_conv.quaternion_from_matrix(q)
         assert abs(np.linalg.norm(quat) - 1) < 1e-9 and quat[3] >= 0
-        np.testing.assert_allclose(ros_conv.matrix_from_quaternion(quat), q, atol=1e-9)
+        np.testing.assert_allclose(RigidTransform.from_quaternion(quat, np.zeros(3)).rotation, q, atol=1e-9)
         t = rng.normal(size=3)
         m = ros_conv.pose_to_transform(ros_conv.pose_from_rt(q, t))
         np.testing.assert_allclose(m.rotation, q, atol=1e-9)

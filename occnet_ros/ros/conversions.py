@@ -233,12 +233,6 @@ def quaternion_from_matrix(rotation: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
-def matrix_from_quaternion(q) -> np.ndarray:
-    """(x, y, z, w) -> (3, 3) rotation matrix (the quaternion is normalised first; ValueError when it is
-    zero or not finite)."""
-    return RigidTransform.from_quaternion(q, np.zeros(3)).rotation
-
-
 def pose_from_rt(rotation: np.ndarray, translation: np.ndarray) -> Pose:
     """rotation (3, 3) whose columns are the pose frame's axes in the parent frame, translation (3,)
     metres -> geometry_msgs/Pose."""
