@@ -64,8 +64,12 @@ def test_messages_parse_back_to_the_scene(ros_context, tmp_path):
         "-p", f"camera.fx:={FX}", "-p", f"camera.fy:={FX}", "-p", f"ground_truth_dir:={gt_dir}",
         "-p", "scene.objects:=[mug, sphere, torus]"], DOMAIN, tmp_path / "sim_camera.log")
     try:
-        ok = wait_until(lambda: all(len(v) >= 3 for v in received.values()), timeout=60.0,
-                        spin=lambda: executor.spin_once(timeout_sec=0.1))
+        def frames_with_poses() -> bool:  # the pose of a frame may arrive after its images
+            per_topic = [{stamp_to_sec(m.header.stamp) for m in v} for v in received.values()]
+            common = set.intersection(*per_topic)
+            return len(common) >= 3 and common <= {stamp_to_sec(p.header.stamp) for p in poses}
+
+        ok = wait_until(frames_with_poses, timeout=60.0, spin=lambda: executor.spin_once(timeout_sec=0.1))
         assert ok, (tmp_path / "sim_camera.log").read_text()[-2000:]
         assert stop_program(proc) == 0  # SIGINT: clean exit
     finally:
