@@ -69,7 +69,7 @@ def test_query_matches_reference(store_and_objects):
     rp, ri = reference_query(objs, pts)
     np.testing.assert_allclose(probs, rp, atol=1e-6)
     np.testing.assert_array_equal(ids, ri)
-    assert probs.dtype == np.float32 and ids.dtype == np.int32
+    assert probs.dtype == np.float32 and ids.dtype == np.int64
     assert set(np.unique(ids)) == {-1, 3, 7, 11}
     assert np.all(probs[ids == -1] == 0)
 

@@ -108,7 +108,7 @@ class ObjectStore:
               snapshot: Snapshot | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Occupancy of points (M, 3) float32, store frame, metres, finite.
 
-        Returns ``(probs (M,) float32, ids (M,) int32)``: the highest probability over the objects
+        Returns ``(probs (M,) float32, ids (M,) int64)``: the highest probability over the objects
         (``object_ids``; None or empty = all) whose padded box holds the point, and the id of that object;
         0 and -1 where no box holds it. ``mode``: "exact" (the network) or "grid" (the objects' cached MISE
         grids, approximate), passed to ``query_canonical``. ``snapshot``: the objects to ask (default: the
@@ -133,7 +133,7 @@ class ObjectStore:
                 objs = tuple(o for o in objs if o.id in set(wanted))
         m = p.shape[0]
         probs = np.zeros(m, dtype=np.float32)
-        ids = np.full(m, -1, dtype=np.int32)
+        ids = np.full(m, -1, dtype=np.int64)
         if not objs or m == 0:
             return probs, ids
         lo = np.min([o.box_min for o in objs], axis=0)
@@ -151,11 +151,11 @@ def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The per-object part of :meth:`ObjectStore.query`, without the union-box rejection: points (M, 3)
     float32 finite, store frame, metres; ``objects`` with their boxes filled (as in a :class:`Snapshot`)
-    -> (probs (M,) float32, ids (M,) int32), 0 and -1 where no object's padded box holds the point."""
+    -> (probs (M,) float32, ids (M,) int64), 0 and -1 where no object's padded box holds the point."""
     p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     m = p.shape[0]
     best = np.full(m, -1.0, dtype=np.float32)
-    ids = np.full(m, -1, dtype=np.int32)
+    ids = np.full(m, -1, dtype=np.int64)
     for o in sorted(objects, key=lambda o: o.id):
         idx = np.flatnonzero(((p >= o.box_min) & (p <= o.box_max)).all(axis=1))
         if idx.size == 0:

@@ -14,7 +14,8 @@ from occnet_ros.perception.object_store import ObjectStore, UnknownObjectError
 
 @dataclass
 class QueryAnswer:
-    """``probabilities`` (M,) float32 and ``object_ids`` (M,) int32 when ``success``; empty otherwise."""
+    """``probabilities`` (M,) float32 and ``object_ids`` (M,) int64 (-1: no object) when ``success``; empty
+    otherwise."""
 
     success: bool
     message: str
@@ -22,8 +23,9 @@ class QueryAnswer:
     object_ids: np.ndarray
 
 
-def _refuse(message: str) -> QueryAnswer:
-    return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int32))
+def refused(message: str) -> QueryAnswer:
+    """The answer to a request that cannot be answered: ``success`` false, ``message`` says why."""
+    return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
 def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
@@ -38,26 +40,26 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
     """
     pts = np.frombuffer(flat_points, dtype=np.float32) if len(flat_points) else np.zeros(0, np.float32)
     if pts.size % 3:
-        return _refuse(f"points has {pts.size} values, not a multiple of 3 (flat x, y, z triples)")
+        return refused(f"points has {pts.size} values, not a multiple of 3 (flat x, y, z triples)")
     n = pts.size // 3
     if n > max_points:
-        return _refuse(f"{n} query points exceed query_max_points = {max_points}")
+        return refused(f"{n} query points exceed query_max_points = {max_points}")
     pts = pts.reshape(-1, 3)
     bad = ~np.isfinite(pts).all(axis=1)
     if bad.any():
-        return _refuse(f"{int(bad.sum())} query point(s) contain NaN or inf (first at index {int(np.argmax(bad))})")
+        return refused(f"{int(bad.sum())} query point(s) contain NaN or inf (first at index {int(np.argmax(bad))})")
     ids = np.frombuffer(object_ids, dtype=np.uint32) if len(object_ids) else np.zeros(0, np.uint32)
     snap = store.snapshot()
     if frame_id and snap.frame_id and frame_id != snap.frame_id and n:
         try:
             pts = transform(snap.frame_id, frame_id).apply(pts).astype(np.float32)
         except TransformError as e:
-            return _refuse(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
+            return refused(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
     try:
         probs, oids = store.query(pts, ids.tolist() if ids.size else None, mode=mode, snapshot=snap)
     except UnknownObjectError as e:
-        return _refuse(str(e))
+        return refused(str(e))
     except ValueError as e:  # e.g. grid mode and an object without a cached grid
-        return _refuse(f"cannot answer in mode '{mode}': {e}")
+        return refused(f"cannot answer in mode '{mode}': {e}")
     where = f"{len(snap.objects)} object(s) in '{snap.frame_id}'" if snap.objects else "no objects yet"
     return QueryAnswer(True, f"{n} points, {where}", probs, oids)

@@ -55,7 +55,7 @@ from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declar
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
-from occnet_ros.perception.query import answer_query
+from occnet_ros.perception.query import answer_query, refused
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, pose_stamped_to_transform, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
@@ -124,6 +124,9 @@ class ReconstructionNode(Node):
         self._msg_cache = ObjectMessageCache() if self.pose_source else None  # map objects kept between frames
         self._stop = threading.Event()
         self.frames_done = 0
+        self._query_lock = threading.Lock()
+        self.queries_received = 0
+        """query_occupancy requests that reached the service callback (each is logged at debug level)."""
 
         sensors = MutuallyExclusiveCallbackGroup()
         qos = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
@@ -176,12 +179,22 @@ class ReconstructionNode(Node):
             self._camera_info = msg
 
     def _on_query(self, request, response):
-        ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
-                           self._query_transform, self.params.query_max_points,
-                           self.params.query_mode)
+        with self._query_lock:
+            self.queries_received += 1
+            n = self.queries_received
+        self.get_logger().debug(f"query_occupancy request {n}: {len(request.points) // 3} point(s) in "
+                                f"'{request.header.frame_id}'")
+        try:
+            ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
+                               self._query_transform, self.params.query_max_points,
+                               self.params.query_mode)
+        except Exception as e:  # a bug must cost one answer, never the service
+            ans = refused(f"internal error: {type(e).__name__}: {e}")
+            self.get_logger().error(f"query_occupancy request {n} failed: {type(e).__name__}: {e}",
+                                    throttle_duration_sec=self.params.log_throttle_sec)
         response.success, response.message = ans.success, ans.message
         response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
-        response.object_ids = array.array("i", ans.object_ids.astype(np.int32).tobytes())
+        response.object_ids = array.array("q", ans.object_ids.astype(np.int64).tobytes())
         if not ans.success:
             self.get_logger().warning(f"query_occupancy refused: {ans.message}",
                                       throttle_duration_sec=self.params.log_throttle_sec)
