@@ -128,3 +128,33 @@ def test_threads_producer_consumer_never_duplicates():
     assert len(seen) >= 1
     assert len(seen) + fs.dropped + fs.sizes()["points"] == 2000
     assert np.all(np.diff(seen) > 0)
+
+
+def test_unpaired_streams_are_timed_and_their_offset_reported():
+    fs = make(0.05)
+    assert fs.unpaired_for("mask", now=0.0) == 0.0 and fs.closest_offset("mask") is None
+    # the mask arrives 0.2 s before each cloud: beyond the tolerance, never pairs
+    for i in range(3):
+        fs.push("mask", 10.0 + i - 0.2, f"m{i}", now=float(i))
+        fs.push("points", 10.0 + i, f"p{i}", now=float(i))
+        assert fs.take(required=["mask"], now=float(i)) is None
+    assert fs.unpaired_for("mask", now=2.0) == pytest.approx(2.0)  # since the first failed take
+    assert fs.unpaired_for("image", now=2.0) == 0.0  # never asked for
+    assert fs.closest_offset("mask") == pytest.approx(-0.2)
+    # a take that is not attempted (busy consumer) does not add failures; a pairing clears the clock
+    fs.push("mask", 12.0, "m_ok", now=2.5)
+    f = fs.take(required=["mask"], now=3.0)
+    assert f.items["mask"] == "m_ok" and fs.unpaired_for("mask", now=3.0) == 0.0
+
+
+def test_far_future_cloud_is_reported_not_waited_for_silently():
+    fs = make(0.05)
+    fs.push("mask", 100.0, "m", now=0.0)
+    fs.push("points", 100.0 + 3600.0, "p_future", now=0.0)
+    assert fs.take(required=["mask"], now=0.0) is None
+    assert fs.unpaired_for("mask", now=4.0) == pytest.approx(4.0)
+    assert fs.closest_offset("mask") == pytest.approx(-3600.0)
+    # a cloud with a sane stamp still pairs although the future one is held
+    fs.push("mask", 101.0, "m2", now=4.1)
+    fs.push("points", 101.0, "p", now=4.1)
+    assert fs.take(required=["mask"], now=4.2).items == {"points": "p", "mask": "m2"}

@@ -5,7 +5,6 @@ service with good and malformed requests, a malformed PointCloud2, bad parameter
 The network is a TEST DOUBLE (random weights; see ros_helpers.write_random_checkpoint): it is nearly
 constant, so every mesh is the object's padded box. That is enough for the plumbing tested here.
 """
-import array
 import signal
 import subprocess
 import time
@@ -16,21 +15,14 @@ from ros_helpers import (BOX_LABEL, SPHERE_LABEL, VENV_BIN, node_env, random_dom
                          start_program, stop_program, wait_until, write_random_checkpoint)
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
-from occnet_ros.msg import ReconstructedObjectArray  # noqa: E402
 from occnet_ros.ros import conversions  # noqa: E402
-from occnet_ros.srv import QueryOccupancy  # noqa: E402
+from ros_client import FRAME, Client  # noqa: E402
 
-FRAME = "camera_color_optical_frame"
 NODE_ARGS = ["-p", "reconstruction.device:=cpu", "-p", "reconstruction.resolution0:=8", "-p", "reconstruction.upsampling_steps:=1",
-             "-p", "segmentation.min_points:=20", "-p", "filter.min_range:=0.05", "-p", "log_throttle_sec:=0.0"]
+             "-p", "segmentation.min_points:=20", "-p", "filter.min_range:=0.05", "-p", "log_throttle_sec:=0.0",
+             "-p", "up:=[{:.9f}, {:.9f}, {:.9f}]".format(*render_scene(160, 120).up)]  # gravity in the camera frame
 
 
 @pytest.fixture(scope="module")
@@ -72,73 +64,6 @@ def test_pipeline_mask_and_geometric(scene, checkpoint):
 
 
 # ---------------------------------------------------------------- the node in another process
-
-
-class Client:
-    """This process's ROS side: publishes scene frames, keeps the latest outputs, calls the service."""
-
-    def __init__(self, domain_id):
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("test_client", context=self.ctx)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        qos = QoSProfile(depth=5)
-        self.pubs = {name: self.node.create_publisher(t, name, qos) for name, t in
-                     (("points", PointCloud2), ("mask", Image), ("image", Image), ("camera_info", CameraInfo))}
-        self.objects: list[ReconstructedObjectArray] = []
-        self.markers: list[MarkerArray] = []
-        self.node.create_subscription(ReconstructedObjectArray, "objects", self.objects.append, qos)
-        self.node.create_subscription(MarkerArray, "markers", self.markers.append, qos)
-        self.query_client = self.node.create_client(QueryOccupancy, "query_occupancy")
-
-    def spin(self, seconds=0.05):
-        self.executor.spin_once(timeout_sec=seconds)
-
-    def publish_scene(self, scene, stamp_s, mangle_cloud=None, mangle_mask=None):
-        """One frame (camera_info, mask, image, points) stamped ``stamp_s``; ``mangle_*`` edit a message."""
-        h = Header(frame_id=FRAME)
-        h.stamp.sec, h.stamp.nanosec = int(stamp_s), int(round((stamp_s % 1) * 1e9))
-        mask = conversions.array_to_image(scene.mask, "mono16", h)
-        cloud = conversions.arrays_to_pointcloud2(scene.xyz, None, h)
-        for msg, mangle in ((mask, mangle_mask), (cloud, mangle_cloud)):
-            if mangle is not None:
-                mangle(msg)
-        self.pubs["camera_info"].publish(conversions.camera_info(scene.camera, h))
-        self.pubs["mask"].publish(mask)
-        self.pubs["image"].publish(conversions.array_to_image(scene.rgb, "rgb8", h))
-        self.pubs["points"].publish(cloud)
-        return h
-
-    def objects_at(self, stamp_s):
-        for msg in reversed(self.objects):
-            if abs(conversions.stamp_to_sec(msg.header.stamp) - stamp_s) < 1e-6:
-                return msg
-        return None
-
-    def feed_until_objects(self, scene, stamp_s, timeout):
-        """Publish the scene at stamp ``stamp_s`` every 0.5 s until objects of that stamp arrive."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.publish_scene(scene, stamp_s)
-            if wait_until(lambda: self.objects_at(stamp_s) is not None, 0.5, spin=self.spin):
-                return self.objects_at(stamp_s)
-        return None
-
-    def query(self, points, object_ids=(), frame_id="", timeout=10.0):
-        req = QueryOccupancy.Request()
-        req.header.frame_id = frame_id
-        req.points = array.array("f", np.asarray(points, np.float32).reshape(-1).tobytes())
-        req.object_ids = array.array("I", np.asarray(object_ids, np.uint32).tobytes())
-        fut = self.query_client.call_async(req)
-        assert wait_until(fut.done, timeout, spin=self.spin), "no answer from query_occupancy"
-        return fut.result()
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
-
 
 @pytest.fixture(scope="module")
 def domain_id():
@@ -235,15 +160,17 @@ def test_survives_malformed_cloud(first_objects, client, scene, node_proc):
 
     client.publish_scene(scene, 200.0, mangle_cloud=truncate)
     wait_until(lambda: False, 1.0, spin=client.spin)
-    client.publish_scene(scene, 201.0, mangle_mask=bad_step)
-    wait_until(lambda: False, 1.0, spin=client.spin)
+    client.publish_scene(scene, 201.0, mangle_mask=bad_step)  # an unusable mask: segmented geometrically
+    assert wait_until(lambda: client.objects_at(201.0) is not None, 10.0, spin=client.spin)
+    labels = [o.label for o in client.objects_at(201.0).objects]
+    assert len(labels) == 2 and all(lab.startswith("cluster_") for lab in labels), labels
     msg = client.feed_until_objects(scene, 300.0, timeout=20)
     assert msg is not None and len(msg.objects) == 2
     assert node_proc.poll() is None
-    assert client.objects_at(200.0) is None and client.objects_at(201.0) is None
+    assert client.objects_at(200.0) is None
     log = node_proc.log_path.read_text()
     assert "dropped frame at 200.000" in log and "needs" in log
-    assert "dropped frame at 201.000" in log and "step 3" in log
+    assert "frame 201.000: mask unusable" in log and "step 3" in log
 
 
 def test_bad_parameters_stop_the_node(domain_id, checkpoint, tmp_path):

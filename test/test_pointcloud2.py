@@ -245,7 +245,7 @@ def test_wrong_kind_of_image():
     with pytest.raises(ros_conv.MessageError, match="not an integer label"):
         ros_conv.image_to_mask(ros_conv.array_to_image(np.zeros((2, 2, 3)), "rgb8"))
     with pytest.raises(ros_conv.MessageError, match="not a colour"):
-        ros_conv.image_to_rgb(ros_conv.array_to_image(np.zeros((2, 2)), "mono16"))
+        ros_conv.image_to_rgb(ros_conv.array_to_image(np.zeros((2, 2)), "16UC1"))
     with pytest.raises(ros_conv.MessageError, match="does not fit encoding"):
         ros_conv.array_to_image(np.zeros((2, 2)), "rgb8")
 

@@ -53,6 +53,7 @@ class FrameSync:
         self._buffers: dict[str, deque[Stamped]] = {s: deque(maxlen=history) for s in streams}
         self._last_received: dict[str, float | None] = {s: None for s in streams}
         self._prev_primary_received: float | None = None  # arrival of the primary before the newest
+        self._unpaired_since: dict[str, float | None] = {s: None for s in streams}
         self._cond = threading.Condition()
         self._version = 0
         self.dropped = 0
@@ -90,6 +91,25 @@ class FrameSync:
         if last is None:
             return False
         return now - last <= within or (prev is not None and last >= prev)
+
+    def unpaired_for(self, stream: str, now: float | None = None) -> float:
+        """Seconds since :meth:`take`, asked for ``stream`` as a required partner, first found no primary
+        item it could pair with, counted until the stream pairs again (0 while it pairs). Only failed takes
+        count, so a consumer busy elsewhere does not make a stream look unpaired."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            since = self._unpaired_since[stream]
+        return 0.0 if since is None else max(0.0, now - since)
+
+    def closest_offset(self, stream: str) -> float | None:
+        """Signed stamp difference (``stream``'s stamp minus the primary's, seconds) of the closest pair
+        between the newest primary item held and the items of ``stream`` held; None when either holds none."""
+        with self._cond:
+            prim, items = self._buffers[self.primary], self._buffers[stream]
+            if not prim or not items:
+                return None
+            newest = max(prim, key=lambda s: s.stamp).stamp
+            return min((s.stamp - newest for s in items), key=abs)
 
     def wait(self, since_version: int, timeout: float) -> int:
         """Block until a push happens after ``since_version`` (or ``timeout`` seconds pass); returns the
@@ -152,7 +172,12 @@ class FrameSync:
                         buf.remove(q)
                 items = {self.primary: p.item}
                 items.update({s: m.item for s, m in partners.items()})
+                for s in partners:
+                    self._unpaired_since[s] = None
                 return SyncedFrame(stamp=p.stamp, items=items)
+            for s in required:  # nothing taken: remember the required streams no primary could pair with
+                if prim and self._unpaired_since[s] is None and all(self._closest(s, p.stamp) is None for p in prim):
+                    self._unpaired_since[s] = now
             return None
 
     def clear(self) -> None:

@@ -2,12 +2,20 @@
 
 A cloud is ``height`` rows of ``width`` points (``height == 1``: unorganized); each point occupies
 ``point_step`` bytes holding the named ``fields`` at their byte ``offset``; each row occupies ``row_step``
-bytes (``>= width * point_step``, the rest is padding). The whole buffer is read at once through a numpy
-structured dtype with explicit offsets and strides, so no Python code runs per point.
+bytes (``>= width * point_step``, the rest is padding). Each field that is read is viewed through one
+strided numpy array over the whole buffer (strides ``row_step``, ``point_step``), so no Python code runs
+per point and fields may overlap or share bytes.
+
+Coordinates: fields ``x``, ``y``, ``z``, each one FLOAT32 or FLOAT64 value in metres.
 
 Colour follows the PCL convention: a 4-byte field ``rgb`` or ``rgba`` (datatype FLOAT32, UINT32 or INT32)
 whose bits, read as an unsigned 32-bit integer in the cloud's byte order, are ``0xAARRGGBB``. Separate
-UINT8 fields ``r``, ``g``, ``b`` are accepted as well.
+UINT8 fields ``r``, ``g``, ``b`` are accepted as well. Colour is optional: a colour field that cannot be
+used leaves the cloud without colour (:attr:`CloudArrays.rgb_problem` says why), it never fails the cloud.
+
+Every size in a layout may be anything from 0 to 2**32 - 1 (the message's uint32 fields): all sizes are
+checked with Python integers against the data's length before any array is built, and any inconsistency
+is a :class:`CloudFormatError` naming it.
 """
 from __future__ import annotations
 
@@ -27,6 +35,15 @@ DATATYPES: dict[int, np.dtype] = {
     FLOAT32: np.dtype(np.float32),
     FLOAT64: np.dtype(np.float64),
 }
+DATATYPE_NAMES: dict[int, str] = {INT8: "INT8", UINT8: "UINT8", INT16: "INT16", UINT16: "UINT16",
+                                  INT32: "INT32", UINT32: "UINT32", FLOAT32: "FLOAT32", FLOAT64: "FLOAT64"}
+COORDINATE_DATATYPES = (FLOAT32, FLOAT64)
+PACKED_COLOUR_DATATYPES = (FLOAT32, UINT32, INT32)
+
+
+def datatype_name(datatype: int) -> str:
+    """Readable name of a PointField datatype constant, e.g. ``"FLOAT32"``, or ``"unknown (42)"``."""
+    return DATATYPE_NAMES.get(datatype, f"unknown ({datatype})")
 
 
 class CloudFormatError(ValueError):
@@ -59,29 +76,48 @@ class CloudLayout:
 @dataclass
 class CloudArrays:
     """Decoded cloud. ``xyz``: (H, W, 3) float32 when organized (``height > 1``) else (N, 3) float32,
-    in the message's frame, metres, NaN where the sensor had no return. ``rgb``: same leading shape
-    with 3 uint8 channels, or None when the cloud has no colour."""
+    in the message's frame, metres, NaN where the sensor had no return (FLOAT64 values beyond the float32
+    range become +-inf). ``rgb``: same leading shape with 3 uint8 channels, or None when the cloud has no
+    usable colour. ``rgb_problem``: None, or (when the cloud declares colour fields that cannot be used,
+    so ``rgb`` is None) a sentence naming the field and why."""
 
     xyz: np.ndarray
     rgb: np.ndarray | None
+    rgb_problem: str | None = None
 
     @property
     def organized(self) -> bool:
         return self.xyz.ndim == 3
 
 
-def _field_dtype(field: Field, bigendian: bool) -> np.dtype:
+def _unknown_datatype(field: Field) -> str:
+    known = ", ".join(f"{n}={d}" for d, n in DATATYPE_NAMES.items())
+    return f"field '{field.name}' has unknown datatype {field.datatype} (known: {known})"
+
+
+def _field_dtype(field: Field, bigendian: bool, point_step: int | None = None) -> np.dtype:
+    """numpy dtype of one field (a subarray dtype when ``count > 1``). With ``point_step``, the field must
+    fit in the point; everything is checked before the dtype is built, so no huge count allocates."""
     if field.datatype not in DATATYPES:
-        raise CloudFormatError(f"field '{field.name}' has unknown datatype {field.datatype}")
+        raise CloudFormatError(_unknown_datatype(field))
     if field.count < 1:
         raise CloudFormatError(f"field '{field.name}' has count {field.count} (must be >= 1)")
-    base = DATATYPES[field.datatype].newbyteorder(">" if bigendian else "<")
+    if field.offset < 0:
+        raise CloudFormatError(f"field '{field.name}' has negative offset {field.offset}")
+    base = DATATYPES[field.datatype]
+    size = base.itemsize * field.count
+    if point_step is not None and field.offset + size > point_step:
+        raise CloudFormatError(
+            f"field '{field.name}' (offset {field.offset}, {field.count} x {datatype_name(field.datatype)} = "
+            f"{size} bytes) does not fit in point_step {point_step}")
+    base = base.newbyteorder(">" if bigendian else "<")
     return base if field.count == 1 else np.dtype((base, (field.count,)))
 
 
 def structured_dtype(fields: tuple[Field, ...] | list[Field], point_step: int,
                      bigendian: bool = False) -> np.dtype:
     """numpy structured dtype of one point: the named fields at their offsets, itemsize ``point_step``.
+    Fields with an empty name (padding written by some drivers) are left out.
 
     Raises :class:`CloudFormatError` when a field is duplicated, unknown or does not fit in the point.
     """
@@ -90,100 +126,195 @@ def structured_dtype(fields: tuple[Field, ...] | list[Field], point_step: int,
     names, formats, offsets = [], [], []
     for f in fields:
         if not f.name:
-            continue  # unnamed padding fields written by some drivers
+            continue
         if f.name in names:
             raise CloudFormatError(f"field '{f.name}' appears twice")
-        dt = _field_dtype(f, bigendian)
-        if f.offset < 0 or f.offset + dt.itemsize > point_step:
-            raise CloudFormatError(
-                f"field '{f.name}' (offset {f.offset}, {dt.itemsize} bytes) does not fit in point_step "
-                f"{point_step}")
+        formats.append(_field_dtype(f, bigendian, point_step))
         names.append(f.name)
-        formats.append(dt)
         offsets.append(f.offset)
     try:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
-    except (ValueError, TypeError) as e:  # pragma: no cover - the checks above should catch everything
+    except (ValueError, TypeError, OverflowError, MemoryError) as e:
         raise CloudFormatError(f"cannot build a dtype for the fields: {e}") from e
+
+
+def _byte_array(data) -> np.ndarray:
+    """``data`` (bytes-like, or a sequence of ints 0..255) -> (n,) uint8, without a copy for buffers."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):
+        pass
+    try:
+        a = np.asarray(data)
+        if a.ndim == 1 and a.size == 0:
+            return np.zeros(0, np.uint8)
+        if a.ndim == 1 and a.dtype.kind in "iu" and a.min() >= 0 and a.max() <= 255:
+            return a.astype(np.uint8)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise CloudFormatError(f"cloud data is not a byte buffer (got {type(data).__name__})")
+
+
+def _check_extent(nbytes: int, layout: CloudLayout) -> tuple[int, int, int, int]:
+    """Check that a cloud with at least one point fits ``nbytes`` bytes -> (height, width, point_step,
+    row_step) as Python ints."""
+    h, w, ps, rs = (int(v) for v in (layout.height, layout.width, layout.point_step, layout.row_step))
+    if ps <= 0:
+        raise CloudFormatError(f"point_step is {ps} (must be > 0)")
+    if rs < w * ps:
+        raise CloudFormatError(f"row_step {rs} is smaller than width*point_step = {w}*{ps} = {w * ps}")
+    need = (h - 1) * rs + w * ps
+    if nbytes < need:
+        raise CloudFormatError(f"data has {nbytes} bytes, a {h}x{w} cloud with row_step {rs} and point_step "
+                               f"{ps} needs {need}")
+    return h, w, ps, rs
+
+
+def _check_size(layout: CloudLayout) -> tuple[int, int]:
+    h, w = int(layout.height), int(layout.width)
+    if h < 0 or w < 0:
+        raise CloudFormatError(f"negative size {h}x{w}")
+    return h, w
 
 
 def structured_view(data, layout: CloudLayout) -> np.ndarray:
     """Zero-copy (height, width) structured array over ``data`` (bytes-like), honouring ``row_step``
     padding. Raises :class:`CloudFormatError` when the buffer is too short or the steps disagree."""
-    h, w = int(layout.height), int(layout.width)
-    if h < 0 or w < 0:
-        raise CloudFormatError(f"negative size {h}x{w}")
+    h, w = _check_size(layout)
     dtype = structured_dtype(layout.fields, layout.point_step, layout.is_bigendian)
-    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
+    buf = _byte_array(data)
     if h == 0 or w == 0:
         return np.zeros((h, w), dtype=dtype)
-    if layout.row_step < w * layout.point_step:
-        raise CloudFormatError(
-            f"row_step {layout.row_step} is smaller than width*point_step = {w}*{layout.point_step}")
-    need = (h - 1) * layout.row_step + w * layout.point_step
-    if buf.size < need:
-        raise CloudFormatError(
-            f"data has {buf.size} bytes, a {h}x{w} cloud with row_step {layout.row_step} and point_step "
-            f"{layout.point_step} needs {need}")
-    return np.ndarray(shape=(h, w), dtype=dtype, buffer=buf, offset=0,
-                      strides=(layout.row_step, layout.point_step))
+    h, w, ps, rs = _check_extent(buf.size, layout)
+    return np.ndarray(shape=(h, w), dtype=dtype, buffer=buf, offset=0, strides=(rs, ps))
 
 
-def _find(layout: CloudLayout, name: str) -> Field | None:
-    for f in layout.fields:
-        if f.name == name:
-            return f
-    return None
+def _named(layout: CloudLayout, name: str) -> list[Field]:
+    return [f for f in layout.fields if f.name == name]
+
+
+def _once(layout: CloudLayout, name: str) -> Field | None:
+    """The field called ``name``, None if absent; :class:`CloudFormatError` if it appears more than once."""
+    found = _named(layout, name)
+    if len(found) > 1:
+        raise CloudFormatError(f"field '{name}' appears {'twice' if len(found) == 2 else f'{len(found)} times'}"
+                               " (ambiguous)")
+    return found[0] if found else None
+
+
+def _coordinate_field(layout: CloudLayout, axis: str, point_step: int) -> tuple[Field, np.dtype]:
+    f = _once(layout, axis)
+    if f is None:
+        names = [g.name for g in layout.fields[:20]]
+        more = f" and {len(layout.fields) - 20} more" if len(layout.fields) > 20 else ""
+        raise CloudFormatError(f"cloud has no '{axis}' field (fields: {names}{more})")
+    if f.datatype not in DATATYPES:
+        raise CloudFormatError(_unknown_datatype(f))
+    if f.datatype not in COORDINATE_DATATYPES:
+        raise CloudFormatError(f"field '{axis}' has datatype {datatype_name(f.datatype)}; coordinates must be "
+                               "FLOAT32 or FLOAT64 metres")
+    if f.count != 1:
+        raise CloudFormatError(f"field '{axis}' has count {f.count}, expected 1")
+    return f, _field_dtype(f, layout.is_bigendian, point_step)
+
+
+def _colour_fields(layout: CloudLayout, point_step: int) -> tuple[str, list[Field]] | str | None:
+    """Which colour to read: ("packed", [field]) or ("channels", [r, g, b]); a sentence when colour fields
+    exist but none can be used; None when the cloud declares no colour. Candidates in order: ``rgb``,
+    ``rgba``, then ``r``, ``g``, ``b``; the first usable one wins."""
+    problems = []
+    for name in ("rgb", "rgba"):
+        try:
+            f = _once(layout, name)
+            if f is None:
+                continue
+            if f.datatype not in PACKED_COLOUR_DATATYPES or f.count != 1:
+                raise CloudFormatError(
+                    f"field '{name}' is {f.count} x {datatype_name(f.datatype)}; packed colour must be one "
+                    "FLOAT32, UINT32 or INT32 value")
+            _field_dtype(f, layout.is_bigendian, point_step)
+            return "packed", [f]
+        except CloudFormatError as e:
+            problems.append(str(e))
+    if any(_named(layout, c) for c in "rgb"):
+        try:
+            channels = []
+            for c in "rgb":
+                f = _once(layout, c)
+                if f is None:
+                    raise CloudFormatError(f"colour channel field '{c}' is missing (the cloud has "
+                                           f"{[n for n in 'rgb' if _named(layout, n)]})")
+                if f.datatype != UINT8 or f.count != 1:
+                    raise CloudFormatError(f"field '{c}' is {f.count} x {datatype_name(f.datatype)}; colour "
+                                           "channels must be one UINT8 value each")
+                _field_dtype(f, layout.is_bigendian, point_step)
+                channels.append(f)
+            return "channels", channels
+        except CloudFormatError as e:
+            problems.append(str(e))
+    return "; ".join(problems) + "; the cloud is decoded without colour" if problems else None
 
 
 def parse_cloud(data, layout: CloudLayout, want_rgb: bool = True) -> CloudArrays:
     """Decode ``data`` (the PointCloud2 ``data`` bytes) -> :class:`CloudArrays`.
 
-    Needs fields ``x``, ``y``, ``z`` (any numeric datatype, count 1). Organized clouds (``height > 1``)
-    keep their (H, W) shape; unorganized ones are returned as (N, 3). Raises :class:`CloudFormatError`.
+    Needs fields ``x``, ``y``, ``z`` (each once, FLOAT32 or FLOAT64, count 1, metres); other fields are
+    not read, so their content does not matter. Organized clouds (``height > 1``) keep their (H, W)
+    shape; unorganized ones are returned as (N, 3). A cloud without points (``height * width == 0``)
+    decodes to empty arrays whatever its fields say. Colour (``want_rgb``) never fails the cloud: see
+    :class:`CloudArrays`. Raises :class:`CloudFormatError` (only) for anything else: missing, repeated,
+    integer or misplaced coordinate fields, ``point_step`` 0, ``row_step < width * point_step``, or
+    data shorter than ``(height - 1) * row_step + width * point_step`` bytes (longer data is accepted).
     """
-    view = structured_view(data, layout)
-    for axis in "xyz":
-        f = _find(layout, axis)
-        if f is None:
-            raise CloudFormatError(f"cloud has no '{axis}' field (fields: {[f.name for f in layout.fields]})")
-        if f.count != 1:
-            raise CloudFormatError(f"field '{axis}' has count {f.count}, expected 1")
-    xyz = np.empty(view.shape + (3,), dtype=np.float32)
-    for i, axis in enumerate("xyz"):
-        xyz[..., i] = view[axis]
-    rgb = _parse_rgb(view, layout) if want_rgb else None
-    if layout.height <= 1:
+    h, w = _check_size(layout)
+    big = bool(layout.is_bigendian)
+    if h == 0 or w == 0:
+        rgb, problem = None, None
+        if want_rgb:
+            found = _colour_fields(layout, int(layout.point_step))
+            if isinstance(found, tuple):
+                rgb = np.zeros((h, w, 3), np.uint8)
+            problem = found if isinstance(found, str) else None
+        xyz = np.zeros((h, w, 3), np.float32)
+        if h <= 1:
+            xyz = xyz.reshape(-1, 3)
+            rgb = rgb.reshape(-1, 3) if rgb is not None else None
+        return CloudArrays(xyz=xyz, rgb=rgb, rgb_problem=problem)
+    ps = int(layout.point_step)
+    if ps <= 0:
+        raise CloudFormatError(f"point_step is {ps} (must be > 0)")
+    coords = [_coordinate_field(layout, axis, ps) for axis in "xyz"]
+    buf = _byte_array(data)
+    h, w, ps, rs = _check_extent(buf.size, layout)
+
+    def view(f: Field, dt: np.dtype) -> np.ndarray:
+        return np.ndarray((h, w), dtype=dt, buffer=buf, offset=int(f.offset), strides=(rs, ps))
+
+    xyz = np.empty((h, w, 3), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # FLOAT64 beyond float32: inf
+        for i, (f, dt) in enumerate(coords):
+            xyz[..., i] = view(f, dt)
+    rgb, problem = None, None
+    if want_rgb:
+        found = _colour_fields(layout, ps)
+        if isinstance(found, str):
+            problem = found
+        elif found is not None:
+            kind, fields = found
+            rgb = np.empty((h, w, 3), dtype=np.uint8)
+            if kind == "packed":
+                # The 4 bytes as an unsigned integer (never convert the float: NaN payloads would change).
+                packed = view(fields[0], np.dtype(">u4" if big else "<u4"))
+                rgb[..., 0] = (packed >> 16) & 0xFF
+                rgb[..., 1] = (packed >> 8) & 0xFF
+                rgb[..., 2] = packed & 0xFF
+            else:
+                for i, f in enumerate(fields):
+                    rgb[..., i] = view(f, np.dtype(np.uint8))
+    if h <= 1:
         xyz = xyz.reshape(-1, 3)
         rgb = rgb.reshape(-1, 3) if rgb is not None else None
-    return CloudArrays(xyz=xyz, rgb=rgb)
-
-
-def _parse_rgb(view: np.ndarray, layout: CloudLayout) -> np.ndarray | None:
-    for name in ("rgb", "rgba"):
-        f = _find(layout, name)
-        if f is None:
-            continue
-        if f.datatype not in (FLOAT32, UINT32, INT32) or f.count != 1:
-            raise CloudFormatError(f"field '{name}' must be one 4-byte FLOAT32/UINT32/INT32 value")
-        # Reinterpret the 4 bytes (never convert the float: that could alter NaN payload bits).
-        raw = np.ascontiguousarray(view[name])
-        order = ">" if layout.is_bigendian else "<"
-        packed = raw.view(order + "u4").astype(np.uint32)
-        out = np.empty(view.shape + (3,), dtype=np.uint8)
-        out[..., 0] = (packed >> 16) & 0xFF
-        out[..., 1] = (packed >> 8) & 0xFF
-        out[..., 2] = packed & 0xFF
-        return out
-    channels = [_find(layout, c) for c in "rgb"]
-    if all(c is not None for c in channels):
-        out = np.empty(view.shape + (3,), dtype=np.uint8)
-        for i, c in enumerate(channels):
-            if c.datatype != UINT8 or c.count != 1:
-                raise CloudFormatError(f"field '{c.name}' must be one UINT8 value")
-            out[..., i] = view[c.name]
-        return out
-    return None
+    return CloudArrays(xyz=xyz, rgb=rgb, rgb_problem=problem)
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -28,6 +28,14 @@ def refused(message: str) -> QueryAnswer:
     return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
+def _bytes(values, dtype) -> memoryview:
+    """The bytes of a buffer (array.array, bytes, ndarray), or of a sequence of numbers as ``dtype``."""
+    try:
+        return memoryview(values).cast("B")
+    except TypeError:
+        return memoryview(np.asarray(values, dtype=dtype).tobytes())
+
+
 def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
                  transform: Callable[[str, str], RigidTransform], max_points: int,
                  mode: str = "exact") -> QueryAnswer:
@@ -38,7 +46,11 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
     transform(target, source) -> the :class:`~occnet_ros.geometry.RigidTransform` from the source to the
     target frame, raising :class:`~occnet_ros.geometry.TransformError` when unknown.
     """
-    pts = np.frombuffer(flat_points, dtype=np.float32) if len(flat_points) else np.zeros(0, np.float32)
+    raw_points, raw_ids = _bytes(flat_points, np.float32), _bytes(object_ids, np.uint32)
+    if raw_points.nbytes % 4 or raw_ids.nbytes % 4:
+        return refused(f"points ({raw_points.nbytes} bytes) and object_ids ({raw_ids.nbytes} bytes) must be whole "
+                       "4-byte values")
+    pts = np.frombuffer(raw_points, dtype=np.float32) if raw_points.nbytes else np.zeros(0, np.float32)
     if pts.size % 3:
         return refused(f"points has {pts.size} values, not a multiple of 3 (flat x, y, z triples)")
     n = pts.size // 3
@@ -48,7 +60,7 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
     bad = ~np.isfinite(pts).all(axis=1)
     if bad.any():
         return refused(f"{int(bad.sum())} query point(s) contain NaN or inf (first at index {int(np.argmax(bad))})")
-    ids = np.frombuffer(object_ids, dtype=np.uint32) if len(object_ids) else np.zeros(0, np.uint32)
+    ids = np.frombuffer(raw_ids, dtype=np.uint32) if raw_ids.nbytes else np.zeros(0, np.uint32)
     snap = store.snapshot()
     if frame_id and snap.frame_id and frame_id != snap.frame_id and n:
         try:

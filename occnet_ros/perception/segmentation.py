@@ -101,6 +101,16 @@ def _group_by_label(labels: np.ndarray, index: np.ndarray) -> list[tuple[int, np
     return [(int(lab[s]), idx[s:e]) for s, e in zip(starts, np.r_[starts[1:], lab.size])]
 
 
+ID_RANGE = 2 ** 32
+"""Object ids are uint32 (ReconstructedObject.id): a mask label L is the object of id ``L mod 2**32``, so every
+label of every mask encoding has its own id (32UC1: the label itself; a negative 32SC1 label L: L + 2**32)."""
+
+
+def mask_segment(label: int, points: np.ndarray, pixels: np.ndarray) -> Segment:
+    """The segment of mask label ``label`` (any non-zero integer): id ``label mod 2**32``, text ``mask_<label>``."""
+    return Segment(int(label) % ID_RANGE, f"mask_{int(label)}", np.ascontiguousarray(points, np.float32), pixels)
+
+
 def _check_mask(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2 or not np.issubdtype(m.dtype, np.integer):
@@ -111,8 +121,8 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
 def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
     """Organized cloud + instance mask of the same size -> one segment per non-zero label.
 
-    xyz: (H, W, 3) metres (NaN where no return); mask: (H, W) integer labels, 0 = background.
-    Non-finite points are dropped. Segments are sorted by label.
+    xyz: (H, W, 3) metres (NaN where no return); mask: (H, W) integer labels, 0 = background, any other value
+    an object (:func:`mask_segment`). Non-finite points are dropped. Segments are sorted by label.
     """
     m = _check_mask(mask)
     if xyz.ndim != 3 or xyz.shape[:2] != m.shape:
@@ -121,8 +131,7 @@ def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
     flat_xyz = xyz.reshape(-1, 3)
     flat_m = m.reshape(-1)
     index = np.flatnonzero((flat_m != 0) & np.isfinite(flat_xyz).all(axis=1))
-    return [Segment(lab, f"mask_{lab}", np.ascontiguousarray(flat_xyz[pix], np.float32), pix)
-            for lab, pix in _group_by_label(flat_m[index], index)]
+    return [mask_segment(lab, flat_xyz[pix], pix) for lab, pix in _group_by_label(flat_m[index], index)]
 
 
 def segment_by_projected_mask(points: np.ndarray, mask: np.ndarray,
@@ -143,7 +152,7 @@ def segment_by_projected_mask(points: np.ndarray, mask: np.ndarray,
     keep = labels != 0
     out = []
     for lab, idx in _group_by_label(labels[keep], pts_idx[keep]):
-        out.append(Segment(lab, f"mask_{lab}", np.ascontiguousarray(p[idx]), flat[idx]))
+        out.append(mask_segment(lab, p[idx], flat[idx]))
     return out
 
 

@@ -17,7 +17,7 @@ from shape_msgs.msg import Mesh, MeshTriangle
 from std_msgs.msg import ColorRGBA, Header
 
 from occnet_ros.geometry import PinholeCamera, RigidTransform
-from occnet_ros.perception.pointcloud2 import CloudLayout, Field, build_cloud, parse_cloud
+from occnet_ros.perception.pointcloud2 import CloudArrays, CloudLayout, Field, build_cloud, parse_cloud
 
 
 class MessageError(ValueError):
@@ -40,11 +40,22 @@ def cloud_layout(msg: PointCloud2) -> CloudLayout:
                        bool(msg.is_bigendian))
 
 
+def pointcloud2_to_cloud(msg: PointCloud2, want_rgb: bool = True) -> CloudArrays:
+    """PointCloud2 -> :class:`~occnet_ros.perception.pointcloud2.CloudArrays`: ``xyz`` (H, W, 3) float32 if
+    organized (height > 1) else (N, 3) float32, in ``msg.header.frame_id``, metres, NaN where invalid;
+    ``rgb`` same leading shape x 3 uint8, or None without usable colour, and then ``rgb_problem`` says why
+    when the message declares colour fields that cannot be used (colour never fails the cloud).
+    Raises :class:`occnet_ros.perception.pointcloud2.CloudFormatError` (a ValueError, and the only
+    exception) for a message whose points cannot be decoded; the message names the field or size."""
+    return parse_cloud(msg.data, cloud_layout(msg), want_rgb=want_rgb)
+
+
 def pointcloud2_to_arrays(msg: PointCloud2, want_rgb: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """PointCloud2 -> (xyz, rgb). xyz: (H, W, 3) float32 if organized (height > 1) else (N, 3) float32,
+    """PointCloud2 -> (xyz, rgb), as :func:`pointcloud2_to_cloud` without the reason for a missing
+    colour. xyz: (H, W, 3) float32 if organized (height > 1) else (N, 3) float32,
     ``msg.header.frame_id``, metres, NaN where invalid; rgb: same leading shape x 3 uint8 or None.
     Raises :class:`occnet_ros.perception.pointcloud2.CloudFormatError` for a malformed message."""
-    out = parse_cloud(msg.data, cloud_layout(msg), want_rgb=want_rgb)
+    out = pointcloud2_to_cloud(msg, want_rgb=want_rgb)
     return out.xyz, out.rgb
 
 
@@ -76,47 +87,97 @@ ENCODINGS: dict[str, tuple[str, int]] = {
     "rgba8": ("u1", 4), "bgra8": ("u1", 4), "8UC4": ("u1", 4),
 }
 MASK_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32SC1", "32UC1")
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+YUV422_ENCODINGS = ("yuv422", "yuv422_yuy2")  # byte order U Y0 V Y1 (UYVY) and Y0 U Y1 V (YUYV)
+COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16") + YUV422_ENCODINGS
+
+
+def _pixels(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
+    """Zero-copy (H, W, channels) view of ``msg.data`` with ``dtype`` (byte order included), honouring
+    ``step``. Sizes (uint32 in the message, up to 2**32 - 1) are checked with Python integers against the
+    data's length before the view is built; a step that is not a multiple of the element size is fine
+    (numpy reads unaligned elements). Raises :class:`MessageError`."""
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise MessageError(f"empty image {w}x{h}")
+    pixel = channels * dtype.itemsize
+    row = w * pixel
+    if step < row:
+        raise MessageError(f"image step {step} is smaller than width*channels*bytes = {w}*{channels}*"
+                           f"{dtype.itemsize} = {row}")
+    try:
+        buf = np.frombuffer(msg.data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError) as e:
+        raise MessageError(f"image data is not a byte buffer ({type(msg.data).__name__}: {e})") from e
+    need = (h - 1) * step + row
+    if buf.size < need:
+        raise MessageError(f"image data has {buf.size} bytes, {w}x{h} '{msg.encoding}' with step {step} "
+                           f"needs {need}")
+    return np.ndarray((h, w, channels), dtype=dtype, buffer=buf, strides=(step, pixel, dtype.itemsize))
 
 
 def image_to_array(msg: Image) -> np.ndarray:
-    """Image -> (H, W) or (H, W, C) array in native byte order, honouring ``step`` padding and
-    ``is_bigendian``. Raises :class:`MessageError` for unknown encodings and inconsistent sizes."""
+    """Image -> (H, W) or (H, W, C) array (a copy) in native byte order, honouring ``step`` padding and
+    ``is_bigendian`` (any non-zero value: big endian). Raises :class:`MessageError` (only) for unknown
+    encodings, an empty image, a step smaller than a row and data shorter than the sizes say."""
     enc = msg.encoding
     if enc not in ENCODINGS:
         raise MessageError(f"unsupported image encoding '{enc}' (supported: {sorted(ENCODINGS)})")
     base, ch = ENCODINGS[enc]
     dt = np.dtype(base).newbyteorder(">" if msg.is_bigendian else "<")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * ch * dt.itemsize
-    if h == 0 or w == 0:
-        raise MessageError(f"empty image {w}x{h}")
-    if step < row:
-        raise MessageError(f"image step {step} is smaller than width*channels*bytes = {row}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    need = (h - 1) * step + row
-    if buf.size < need:
-        raise MessageError(f"image data has {buf.size} bytes, {w}x{h} '{enc}' with step {step} needs {need}")
-    view = np.ndarray((h, w, ch), dtype=dt, buffer=buf, strides=(step, ch * dt.itemsize, dt.itemsize))
-    out = view.astype(dt.newbyteorder("="), copy=True)
+    out = _pixels(msg, dt, ch).astype(dt.newbyteorder("="), copy=True)
     return out[..., 0] if ch == 1 else out
 
 
 def image_to_mask(msg: Image) -> np.ndarray:
-    """Instance-label image (mono8/mono16/8UC1/16UC1/32SC1/32UC1, 0 = background) -> (H, W) int64."""
+    """Instance-label image (mono8/mono16/8UC1/16UC1/32SC1/32UC1, 0 = background) -> (H, W) int64, every
+    value of each type kept (32UC1 up to 4294967295, negative 32SC1 labels stay negative). Raises
+    :class:`MessageError` (only)."""
     if msg.encoding not in MASK_ENCODINGS:
         raise MessageError(f"mask encoding '{msg.encoding}' is not an integer label image {MASK_ENCODINGS}")
     return image_to_array(msg).astype(np.int64)
 
 
+# BT.601 studio ("limited") range YCbCr -> RGB, the fixed-point coefficients (20 fractional bits) of
+# OpenCV's YUV 4:2:2 conversions, which cv_bridge uses: with C = max(Y - 16, 0), D = U - 128, E = V - 128,
+# R = 1.164 C + 1.596 E, G = 1.164 C - 0.391 D - 0.813 E, B = 1.164 C + 2.018 D, rounded, clipped to 0..255.
+_YUV_SHIFT = 20
+_YUV_CY, _YUV_CVR, _YUV_CUG, _YUV_CVG, _YUV_CUB = 1220542, 1673527, -409993, -852492, 2116026
+
+
+def _yuv422_to_rgb(msg: Image) -> np.ndarray:
+    """yuv422 (UYVY) / yuv422_yuy2 (YUYV) Image -> (H, W, 3) uint8 RGB. Each pair of pixels shares one U
+    and one V sample, so the width must be even."""
+    if int(msg.width) % 2:
+        raise MessageError(f"'{msg.encoding}' image has odd width {msg.width} (pixels come in U/V-sharing pairs)")
+    px = _pixels(msg, np.dtype(np.uint8), 2)  # (H, W, 2): per pixel (chroma, luma) or (luma, chroma)
+    luma, chroma = (1, 0) if msg.encoding == "yuv422" else (0, 1)
+    y = np.maximum(px[..., luma].astype(np.int32) - 16, 0) * _YUV_CY
+    u = np.repeat(px[:, 0::2, chroma].astype(np.int32) - 128, 2, axis=1)
+    v = np.repeat(px[:, 1::2, chroma].astype(np.int32) - 128, 2, axis=1)
+    half = 1 << (_YUV_SHIFT - 1)
+    out = np.empty(y.shape + (3,), np.uint8)
+    for i, c in enumerate((_YUV_CVR * v, _YUV_CUG * u + _YUV_CVG * v, _YUV_CUB * u)):
+        out[..., i] = np.clip((y + c + half) >> _YUV_SHIFT, 0, 255)
+    return out
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
-    """Colour image (rgb8/bgr8/rgba8/bgra8, or mono8 as grey) -> (H, W, 3) uint8 RGB."""
-    if msg.encoding not in COLOR_ENCODINGS:
-        raise MessageError(f"image encoding '{msg.encoding}' is not a colour encoding {COLOR_ENCODINGS}")
+    """Colour image -> (H, W, 3) uint8 RGB: rgb8/bgr8/rgba8/bgra8 (alpha dropped), mono8 and mono16 as
+    grey (mono16: the high byte, value >> 8), yuv422 (UYVY) and yuv422_yuy2 (YUYV) through BT.601
+    studio-range YCbCr (see ``_YUV_CY`` ...). Raises :class:`MessageError` (only) for any other encoding
+    and for malformed images."""
+    enc = msg.encoding
+    if enc not in COLOR_ENCODINGS:
+        raise MessageError(f"image encoding '{enc}' is not a colour encoding (supported: "
+                           f"{', '.join(COLOR_ENCODINGS)})")
+    if enc in YUV422_ENCODINGS:
+        return _yuv422_to_rgb(msg)
     a = image_to_array(msg)
+    if enc == "mono16":
+        a = (a >> 8).astype(np.uint8)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)
-    if msg.encoding.startswith("bgr"):
+    if enc.startswith("bgr"):
         a = a[..., 2::-1]
     return np.ascontiguousarray(a[..., :3])
 
@@ -158,16 +219,37 @@ def camera_info(camera: PinholeCamera, header: Header | None = None) -> CameraIn
     return msg
 
 
+_K_NAMES = ("k[0] (fx)", "k[1] (skew)", "k[2] (cx)", "k[3]", "k[4] (fy)", "k[5] (cy)", "k[6]", "k[7]", "k[8]")
+
+
 def camera_info_to_intrinsics(msg: CameraInfo) -> PinholeCamera:
-    """CameraInfo -> the pinhole camera of K (pixels) and the image size. Raises :class:`MessageError`
-    when K is unset or the size is empty."""
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if k.size != 9 or not np.isfinite(k).all() or k[0] <= 0 or k[4] <= 0:
-        raise MessageError(f"camera_info K has no valid focal lengths: {k.tolist()}")
-    if msg.width <= 0 or msg.height <= 0:
-        raise MessageError(f"camera_info size {msg.width}x{msg.height} is empty")
-    return PinholeCamera(width=int(msg.width), height=int(msg.height), fx=float(k[0]), fy=float(k[4]),
-                         cx=float(k[2]), cy=float(k[5]))
+    """CameraInfo -> the pinhole camera of K (row-major 3x3, pixels: fx = k[0], cx = k[2], fy = k[4],
+    cy = k[5]; skew and the last row are not used) and the image size (pixels). Raises
+    :class:`MessageError` (only), naming the field, when K is not 9 finite values, fx or fy <= 0, or
+    width or height is 0."""
+    try:
+        k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise MessageError(f"camera_info field 'k' is not numeric: {e}") from e
+    if k.size != 9:
+        raise MessageError(f"camera_info field 'k' has {k.size} values, expected 9 (row-major 3x3)")
+    bad = [_K_NAMES[i] for i in np.flatnonzero(~np.isfinite(k))]
+    if bad:
+        raise MessageError(f"camera_info field 'k' has non-finite {', '.join(bad)}: {k.tolist()}")
+    if k[0] <= 0 or k[4] <= 0:
+        raise MessageError(f"camera_info field 'k' has no valid focal lengths: k[0] (fx) = {k[0]} and "
+                           f"k[4] (fy) = {k[4]} must be > 0")
+    for name in ("width", "height"):
+        if int(getattr(msg, name)) <= 0:
+            raise MessageError(f"camera_info field '{name}' is {getattr(msg, name)} (image size "
+                               f"{msg.width}x{msg.height} is empty)")
+    cam = PinholeCamera(width=int(msg.width), height=int(msg.height), fx=float(k[0]), fy=float(k[4]),
+                        cx=float(k[2]), cy=float(k[5]))
+    try:
+        cam.validate()
+    except ValueError as e:  # the checks above cover PinholeCamera.validate; kept as a safety net
+        raise MessageError(f"camera_info: {e}") from e
+    return cam
 
 
 # ---------------------------------------------------------------- geometry

@@ -50,7 +50,7 @@ from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
-                                        pointcloud2_to_arrays, stamp_to_sec)
+                                        pointcloud2_to_cloud, stamp_to_sec)
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
@@ -103,7 +103,7 @@ class ReconstructionNode(Node):
         self.reconstructor = load_reconstructor(p)
         self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
         if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
-            self.decimation = ProcessDecimation()
+            self.decimation = ProcessDecimation(warn=lambda m: self.get_logger().warning(m))
             try:
                 self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
             except DecimationWorkerError as e:
@@ -125,6 +125,7 @@ class ReconstructionNode(Node):
         self._stop = threading.Event()
         self.frames_done = 0
         self._query_lock = threading.Lock()
+        self._unpaired_reported: dict[str, float] = {}
         self.queries_received = 0
         """query_occupancy requests that reached the service callback (each is logged at debug level)."""
 
@@ -213,19 +214,48 @@ class ReconstructionNode(Node):
     # ------------------------------------------------------------ worker
 
     def _take(self) -> SyncedFrame | None:
+        """The newest complete frame. A partner stream that delivers (``sync.stream_timeout``) is waited for,
+        unless its stamps have paired with no cloud for longer than that: then it is reported (with the
+        stamp offset seen) and frames go on without it, so one stale stream never blocks the others."""
         p = self.params
         timeout = p.sync.stream_timeout
-        required, optional = [], []
-        if p.segmentation.mode == "mask" or (p.segmentation.mode == "auto" and self.sync.active("mask", timeout)):
-            required.append("mask")
-        elif p.segmentation.mode == "auto":
-            optional.append("mask")
+        partners = []  # (stream, whether clouds wait for it even while it does not deliver)
+        if p.segmentation.mode != "geometric":
+            partners.append(("mask", p.segmentation.mode == "mask"))
         if p.color_from_image:
-            (required if self.sync.active("image", timeout) else optional).append("image")
-        if self.pose_source == "topic":  # as mask and image: while poses arrive, a cloud waits for its own;
-            # a cloud taken without one (no pose stream, or none within the tolerance) is dropped, with why
-            (required if self.sync.active("pose", timeout) else optional).append("pose")
-        return self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
+            partners.append(("image", False))
+        if self.pose_source == "topic":  # a cloud taken without its pose is dropped, with why
+            partners.append(("pose", False))
+        required, optional, stale = [], [], []
+        for stream, always in partners:
+            waits = always or self.sync.active(stream, timeout)
+            if waits and self.sync.unpaired_for(stream) > timeout:
+                stale.append(stream)
+                waits = False
+            (required if waits else optional).append(stream)
+        offsets = {stream: self.sync.closest_offset(stream) for stream in stale}  # before take() consumes
+        frame = self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
+        for stream in stale:
+            if frame is not None and stream not in frame.items:
+                self._report_unpaired(stream, offsets[stream])
+        return frame
+
+    def _report_unpaired(self, stream: str, offset: float | None) -> None:
+        """Warn (once per ``log_throttle_sec`` per stream) that ``stream`` pairs with no cloud; ``offset``: the
+        closest stamp offset seen (its stamp minus the newest cloud's, s), None when it held nothing."""
+        now = time.monotonic()
+        if now - self._unpaired_reported.get(stream, -np.inf) < self.params.log_throttle_sec:
+            return
+        self._unpaired_reported[stream] = now
+        seen = f"closest stamp offset {offset:+.3f} s" if offset is not None else "none held"
+        effect = {"mask": ("frames are dropped (segmentation.mode is mask)" if self.params.segmentation.mode == "mask"
+                           else "segmenting geometrically meanwhile"),
+                  "image": "meshes get no colour from the image meanwhile",
+                  "pose": "frames are dropped: the object map needs each cloud's camera_pose"}[stream]
+        topic = "camera_pose" if stream == "pose" else stream
+        self.get_logger().warning(
+            f"'{topic}' has paired with no cloud for {self.sync.unpaired_for(stream):.1f} s ({seen}; "
+            f"sync.tolerance {self.params.sync.tolerance} s): {effect}; check the publishers' clocks and stamps")
 
     def _work(self) -> None:
         version = self.sync.version
@@ -282,12 +312,32 @@ class ReconstructionNode(Node):
         header = cloud.header
         if not header.frame_id:
             raise MessageError("PointCloud2 has an empty header.frame_id")
-        xyz, cloud_rgb = pointcloud2_to_arrays(cloud)
-        mask = image_to_mask(frame.items["mask"]) if "mask" in frame.items else None
-        image = image_to_rgb(frame.items["image"]) if "image" in frame.items else None
+        decoded = pointcloud2_to_cloud(cloud)
+        xyz, cloud_rgb = decoded.xyz, decoded.rgb
+        problems = [f"no colour from the cloud: {decoded.rgb_problem}"] if decoded.rgb_problem else []
+        mask = image = intrinsics = None
+        if "mask" in frame.items:
+            try:
+                mask = image_to_mask(frame.items["mask"])
+            except MessageError as e:
+                if self.params.segmentation.mode == "mask":
+                    raise MessageError(f"mask: {e}") from e
+                problems.append(f"mask unusable ({e}): segmented geometrically")
+        if "image" in frame.items:
+            try:
+                image = image_to_rgb(frame.items["image"])
+            except MessageError as e:
+                problems.append(f"image unusable ({e}): no colour from it")
         with self._info_lock:
             info = self._camera_info
-        intrinsics = camera_info_to_intrinsics(info) if info is not None else None
+        if info is not None:
+            try:
+                intrinsics = camera_info_to_intrinsics(info)
+            except MessageError as e:
+                problems.append(f"camera_info unusable ({e}): no free-space carving, no mask projection")
+        if problems:
+            self.get_logger().warning(f"frame {frame.stamp:.3f}: " + "; ".join(problems),
+                                      throttle_duration_sec=self.params.log_throttle_sec)
         if intrinsics is not None and mask is not None and xyz.ndim == 2:
             if info.header.frame_id and info.header.frame_id != header.frame_id:
                 raise SegmentationError(
@@ -333,8 +383,8 @@ class ReconstructionNode(Node):
         self._stop.set()
         self.worker.join(timeout)
         ended = not self.worker.is_alive()
-        if ended and self.decimation is not None:
-            self.decimation.close()
+        if self.decimation is not None:  # bounded; a decimation still running is cut short
+            self.decimation.close(timeout_s=1.0 if ended else 0.1)
         return ended
 
 
