@@ -18,7 +18,7 @@ STAMP_IFACE   := $(VENV)/.stamp-interfaces
 STAMP_DEVELOP := $(VENV)/.stamp-develop
 INTERFACES    := $(wildcard msg/*.msg) $(wildcard srv/*.srv)
 
-.PHONY: all install test test-fast demo bench train eval figures colcon-build clean distclean
+.PHONY: all install test test-fast demo bench soak train eval figures colcon-build clean distclean
 
 all: install
 
@@ -61,6 +61,12 @@ demo: install
 
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
+
+# Soak test: sim_camera + reconstruction_node (shipped weights) under a steady load for SOAK_MINUTES, node memory,
+# fds, threads, frames and query latencies per minute, PASS/MISS lines; results in out/soak/.
+SOAK_MINUTES ?= 10
+soak: install
+	$(VENV)/bin/occnet_soak --minutes $(SOAK_MINUTES) --out out/soak
 
 # Fine-tunes the shipped network: config/train/finetune.yaml starts from occnet_ros/weights/occnet_default.pt with
 # stage 5's data and schedule (config/train/hollow.yaml; lr 1e-4, cosine) and a fresh optimiser, into runs/finetune.

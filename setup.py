@@ -16,6 +16,7 @@ COMMANDS = {
     "occnet_generate_data": "occnet_ros.cli.generate_data:main",
     "occnet_demo": "occnet_ros.cli.demo:main",
     "occnet_bench": "occnet_ros.cli.bench:main",
+    "occnet_soak": "occnet_ros.benchmark.soak:main",
 }
 
 setup(

@@ -158,3 +158,12 @@ def test_far_future_cloud_is_reported_not_waited_for_silently():
     fs.push("mask", 101.0, "m2", now=4.1)
     fs.push("points", 101.0, "p", now=4.1)
     assert fs.take(required=["mask"], now=4.2).items == {"points": "p", "mask": "m2"}
+
+
+def test_a_late_partner_that_came_while_the_consumer_was_busy_is_not_unpaired():
+    fs = make(0.05)
+    fs.push("points", 10.0, "p", now=0.0)
+    assert fs.take(required=["mask"], now=0.0) is None  # the mask is a few ms late
+    fs.push("mask", 10.001, "m", now=0.01)  # it comes while the consumer is busy for 3 s
+    assert fs.unpaired_for("mask", now=3.0) == 0.0
+    assert fs.take(required=["mask"], now=3.0).items == {"points": "p", "mask": "m"}

@@ -69,6 +69,9 @@ class FrameSync:
             if stream == self.primary and len(buf) == buf.maxlen:
                 self.dropped += 1
             buf.append(Stamped(float(stamp), item, now))
+            if self._unpaired_since[stream] is not None and any(
+                    abs(p.stamp - float(stamp)) <= self.tolerance for p in self._buffers[self.primary]):
+                self._unpaired_since[stream] = None  # a partner that can pair has come
             if stream == self.primary:
                 self._prev_primary_received = self._last_received[stream]
             self._last_received[stream] = now
@@ -94,8 +97,9 @@ class FrameSync:
 
     def unpaired_for(self, stream: str, now: float | None = None) -> float:
         """Seconds since :meth:`take`, asked for ``stream`` as a required partner, first found no primary
-        item it could pair with, counted until the stream pairs again (0 while it pairs). Only failed takes
-        count, so a consumer busy elsewhere does not make a stream look unpaired."""
+        item it could pair with, counted until an item of the stream arrives that pairs with a held primary or
+        a take pairs it (0 meanwhile). So a partner that is merely late, or a consumer busy elsewhere while the
+        partner came, does not make a stream look unpaired."""
         now = time.monotonic() if now is None else now
         with self._cond:
             since = self._unpaired_since[stream]
