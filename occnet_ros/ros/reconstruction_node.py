@@ -34,6 +34,7 @@ import gc
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_availa
 from occnet_ros.ros.world_pose import LatestPose, pose_stamped_to_transform, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.srv import QueryOccupancy
+
+SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+"""QoS of ``query_occupancy``: requests of every client wait in one reliable keep-last queue this deep."""
 
 SWITCH_INTERVAL_S = 0.001
 """sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
@@ -147,7 +151,9 @@ class ReconstructionNode(Node):
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
-        self.create_service(QueryOccupancy, "query_occupancy", self._on_query,
+        # one request queue for all clients: the default keep-last 10 silently drops requests of many concurrent
+        # clients (20 fresh clients x 10 calls lost 5 of 200 requests before they reached the callback)
+        self.create_service(QueryOccupancy, "query_occupancy", self._on_query, qos_profile=SERVICE_QOS,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
@@ -395,6 +401,9 @@ class ReconstructionNode(Node):
 def main(args=None) -> int:
     """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
+    # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
+    # first call racing discovery) as a RuntimeWarning, which Python would print only once
+    warnings.filterwarnings("always", message=".*failed to send response", category=RuntimeWarning)
     rclpy.init(args=args)
     node = None
     try:
