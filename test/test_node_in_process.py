@@ -14,6 +14,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
@@ -28,10 +29,12 @@ class Recorder:
     def __init__(self, publisher):
         self.sent = []
         self._publish = publisher.publish
+        self._type = publisher.msg_type
         publisher.publish = self
 
     def __call__(self, msg):
-        self.sent.append(msg)
+        # the node publishes serialized messages (bytes): recorded as message objects
+        self.sent.append(deserialize_message(msg, self._type) if isinstance(msg, bytes) else msg)
         self._publish(msg)
 
 

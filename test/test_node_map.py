@@ -11,6 +11,7 @@ from test_map_pipeline import BOXES, frame_at
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.context import Context  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -56,10 +57,12 @@ def synced(node, azimuth, stamp, labels=None, pose=True):
 class Recorder:
     def __init__(self, publisher):
         self.sent, self._publish = [], publisher.publish
+        self._type = publisher.msg_type
         publisher.publish = self
 
     def __call__(self, msg):
-        self.sent.append(msg)
+        # the node publishes serialized messages (bytes): recorded as message objects
+        self.sent.append(deserialize_message(msg, self._type) if isinstance(msg, bytes) else msg)
         self._publish(msg)
 
 
@@ -116,6 +119,9 @@ def test_markers_are_sent_again_only_for_changed_objects_or_a_new_listener(node)
 
 
 def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(node):
+    from rclpy.serialization import deserialize_message
+
+    from occnet_ros.msg import ReconstructedObjectArray
     from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 
     node._process(synced(node, 0.0, 1.0)[0])
@@ -123,14 +129,18 @@ def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(node):
     first = list(results.values())
     cache = ObjectMessageCache()
     a = frame_messages(first, header(WORLD, 1.0), set(), False, cache=cache)
-    b = frame_messages(first, header(WORLD, 2.0), set(), False, cache=cache)
-    assert all(x is y for x, y in zip(a.objects.objects, b.objects.objects))  # not rebuilt
-    assert all(m.header.stamp.sec == 2 for m in b.objects.objects)
+    bodies = [cache.get(r) for r in first]
+    b = frame_messages(first, header("w", 2.0), set(), False, cache=cache)  # other offsets in the message
+    assert all(cache.get(r) is x for r, x in zip(first, bodies))  # not encoded again
+    objects = deserialize_message(b.objects, ReconstructedObjectArray).objects
+    assert all(m.header.stamp.sec == 2 and m.header.frame_id == "w" for m in objects)
+    fresh = frame_messages(first, header("w", 2.0), set(), False)
+    assert b.objects == fresh.objects and a.objects != b.objects  # the same bytes as encoding afresh
     from dataclasses import replace
 
-    changed = [replace(first[0])] + first[1:]  # a new result for the first object: a new message
-    c = frame_messages(changed, header(WORLD, 3.0), set(), False, cache=cache)
-    assert c.objects.objects[0] is not b.objects.objects[0] and c.objects.objects[1] is b.objects.objects[1]
+    changed = [replace(first[0])] + first[1:]  # a new result for the first object: encoded again
+    frame_messages(changed, header(WORLD, 3.0), set(), False, cache=cache)
+    assert cache.get(changed[0]) is not bodies[0] and cache.get(changed[1]) is bodies[1]
     frame_messages(first[1:], header(WORLD, 4.0), set(), False, cache=cache)
     assert set(cache._entries) == {r.segment.id for r in first[1:]}  # objects gone from the frame are dropped
 

@@ -1,7 +1,7 @@
 """The node's pure per-frame part over several frames: published meshes simplified to mesh.max_faces,
 reuse of unchanged objects (reconstruction.reuse_tolerance), and bounded memory (the pipeline and the object store
 hold only the current frame's objects; earlier objects are freed). Then the outgoing messages of a frame
-(shared vertex Points, markers only when asked).
+(serialized from the arrays, markers only when asked).
 
 The network is a TEST DOUBLE (random weights, ros_helpers.write_random_checkpoint).
 """
@@ -125,34 +125,39 @@ def test_memory_holds_only_the_current_objects(scene, checkpoint):
     assert pipe_ref() is None and all(r() is None for r in earlier)
 
 
-def test_frame_messages_share_points_and_skip_markers(scene, checkpoint):
+def test_frame_messages_encode_the_published_meshes_and_skip_markers(scene, checkpoint):
     pytest.importorskip("rclpy")
+    from rclpy.serialization import deserialize_message
     from std_msgs.msg import Header
-    from visualization_msgs.msg import Marker
+    from visualization_msgs.msg import Marker, MarkerArray
 
+    from occnet_ros.msg import ReconstructedObjectArray
     from occnet_ros.ros.object_msgs import frame_messages
 
     pipe = make_pipeline(checkpoint, **{"mesh.max_faces": 100})
     result = pipe.process(frame(scene))
     header = Header(frame_id="cam")
     out = frame_messages(result.objects, header, {7}, with_markers=True, marker_alpha=0.5)
+    assert isinstance(out.objects, bytes) and isinstance(out.markers, bytes)  # published as they are
     assert out.marker_ids == {BOX_LABEL, SPHERE_LABEL}
-    adds = {m.id: m for m in out.markers.markers if m.action == Marker.ADD}
-    assert [m.id for m in out.markers.markers if m.action == Marker.DELETE] == [7]
-    for r, o in zip(result.objects, out.objects.objects):
+    markers = deserialize_message(out.markers, MarkerArray).markers  # the bytes read back as messages
+    adds = {m.id: m for m in markers if m.action == Marker.ADD}
+    assert [m.id for m in markers if m.action == Marker.DELETE] == [7]
+    for r, o in zip(result.objects, deserialize_message(out.objects, ReconstructedObjectArray).objects):
         assert o.id == r.segment.id and len(o.mesh.triangles) == len(r.faces) <= 100
         assert len(o.mesh.vertices) == len(r.vertices) == len(o.vertex_colors)
         got = np.array([[p.x, p.y, p.z] for p in o.mesh.vertices])
-        np.testing.assert_allclose(got, r.vertices)
+        np.testing.assert_array_equal(got, r.vertices)
         np.testing.assert_array_equal(np.array([t.vertex_indices for t in o.mesh.triangles]), r.faces)
         m = adds[r.segment.id]
         assert len(m.points) == 3 * len(r.faces) and len(m.colors) == len(m.points)
-        vertex_objects = {id(p) for p in o.mesh.vertices}
-        assert all(id(p) in vertex_objects for p in m.points)  # one Point per vertex, shared
-        np.testing.assert_allclose([[p.x, p.y, p.z] for p in m.points], r.vertices[r.faces.reshape(-1)])
+        np.testing.assert_array_equal([[p.x, p.y, p.z] for p in m.points], r.vertices[r.faces.reshape(-1)])
+        np.testing.assert_allclose([[c.r, c.g, c.b] for c in m.colors],
+                                   r.vertex_colors[r.faces.reshape(-1)] / 255.0, atol=1e-7)
+        assert all(c.a == 0.5 for c in m.colors)
     quiet = frame_messages(result.objects, header, {7}, with_markers=False)
     assert quiet.markers is None and quiet.marker_ids == {7}  # nothing shown changed
-    assert len(quiet.objects.objects) == 2
+    assert len(deserialize_message(quiet.objects, ReconstructedObjectArray).objects) == 2
 
 
 def test_parameters_reach_the_reconstructor(scene, checkpoint):

@@ -295,8 +295,9 @@ def test_mesh_and_pose_conversions():
 
 
 def test_markers():
+    from rclpy.serialization import deserialize_message
     from std_msgs.msg import Header
-    from visualization_msgs.msg import Marker
+    from visualization_msgs.msg import Marker, MarkerArray
 
     from occnet_ros.ros.markers import MeshView, marker_array, marker_id
 
@@ -305,8 +306,9 @@ def test_markers():
     f = np.array([[0, 1, 2], [0, 2, 3]])
     col = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.uint8)
     views = [MeshView(1, v, f, col), MeshView(2, v, f), MeshView(3, v, np.zeros((0, 3), int))]
-    arr, shown = marker_array(views, {2, 3, 9}, Header(frame_id="cam"), alpha=0.5)
-    assert shown == {1, 2}
+    data, shown = marker_array(views, {2, 3, 9}, Header(frame_id="cam"), alpha=0.5)
+    assert shown == {1, 2} and isinstance(data, bytes)  # the serialized MarkerArray
+    arr = deserialize_message(data, MarkerArray)
     adds = {m.id: m for m in arr.markers if m.action == Marker.ADD}
     deletes = sorted(m.id for m in arr.markers if m.action == Marker.DELETE)
     assert sorted(adds) == [1, 2] and deletes == [3, 9]

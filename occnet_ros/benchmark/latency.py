@@ -18,8 +18,12 @@ node's ``_process``:
   after are reported);
 - colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
 - message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (the node builds markers only
-  while ``markers`` has subscribers; this measures that case), for a frame holding this one object;
-- serialize: ``rclpy.serialization.serialize_message`` of the ReconstructedObjectArray and MarkerArray.
+  while ``markers`` has subscribers; this measures that case), for a frame holding this one object: it
+  writes the CDR bytes of the ReconstructedObjectArray and the MarkerArray, which the node publishes as
+  they are;
+- serialize: what is left between those bytes and the publisher, nothing (``frame_messages`` already
+  serialized; the stage stays so that reports compare with those of message objects serialized by
+  ``rclpy.serialization.serialize_message``).
 
 message and serialize are measured only when the ROS packages and the generated interfaces are
 installed (NaN otherwise). ``longest_gil_hold_s``: the longest time, over the repeats, that the object's
@@ -118,7 +122,7 @@ def node_params(path: str | Path | None = None) -> tuple[NodeParams, str]:
 class NodeMessages:
     """The node's outgoing-message functions. ``build(results) -> FrameMessages``: objects and markers
     of one frame (:func:`~occnet_ros.ros.object_msgs.frame_messages`, no markers shown before);
-    ``serialize(msg) -> bytes``: the CDR bytes rclpy publishes."""
+    ``serialize(msg) -> bytes``: the CDR bytes rclpy publishes (``frame_messages`` makes them already)."""
 
     build: Callable[[list[ProcessedObject]], Any]
     serialize: Callable[[Any], bytes]
@@ -128,7 +132,6 @@ def node_messages(marker_alpha: float) -> NodeMessages | None:
     """:class:`NodeMessages` with markers of opacity ``marker_alpha``, or None when the ROS packages or
     the generated interfaces are not installed."""
     try:
-        from rclpy.serialization import serialize_message
         from std_msgs.msg import Header
 
         from occnet_ros.ros.object_msgs import frame_messages
@@ -136,7 +139,7 @@ def node_messages(marker_alpha: float) -> NodeMessages | None:
         return None
     header = Header(frame_id="camera")
     return NodeMessages(lambda results: frame_messages(results, header, set(), True, marker_alpha),
-                        serialize_message)
+                        lambda data: data)
 
 
 def published_colors(cleaned_points: np.ndarray, observed_rgb: np.ndarray, vertices: np.ndarray

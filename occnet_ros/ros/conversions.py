@@ -1,8 +1,9 @@
 """ROS messages <-> numpy, done once at the edge of the node. No per-point Python for clouds and images
-(vectorised through :mod:`occnet_ros.perception.pointcloud2` and strided numpy views); meshes and markers need one
-message object per vertex / face by their definition: those lists are built in one comprehension each from
-plain Python numbers (``ndarray.tolist()``) or array rows, and one vertex's Point can be shared by several
-messages of the same frame (treat such lists as read-only).
+(vectorised through :mod:`occnet_ros.perception.pointcloud2` and strided numpy views). The node's outgoing
+objects and markers are written straight to serialized bytes (:mod:`occnet_ros.ros.object_msgs`,
+:mod:`occnet_ros.ros.cdr`); the message-object builders here (``mesh_to_msg``, ``points_to_msgs``,
+``colors_to_msgs``: one message object per vertex / face / colour, one comprehension each) serve programs that
+want message objects and the tests' reference encoding.
 
 Frames and units are those of the messages: points in ``header.frame_id``, metres.
 """

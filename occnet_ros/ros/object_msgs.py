@@ -1,19 +1,19 @@
-"""Outgoing messages of one frame: occnet_ros/ReconstructedObject(Array) and the marker views, from
-pipeline results. Each object's published mesh (``ProcessedObject.vertices/faces``, already simplified) is
-turned into Point messages once and shared by its Mesh message and its marker."""
+"""Outgoing messages of one frame, from pipeline results, as the CDR bytes a publisher sends
+(``Publisher.publish`` takes them as they are): occnet_ros/ReconstructedObjectArray and the marker views
+(visualization_msgs/MarkerArray). Each object's published mesh (``ProcessedObject.vertices/faces``, already
+simplified) is written from its numpy arrays (:mod:`occnet_ros.ros.cdr`), never as one message object per
+vertex or face."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 from std_msgs.msg import Header
-from visualization_msgs.msg import MarkerArray
 
-from occnet_ros.msg import ReconstructedObject as ReconstructedObjectMsg
-from occnet_ros.msg import ReconstructedObjectArray
-from occnet_ros.ros.conversions import colors_to_msgs, mesh_to_msg, points_to_msgs, pose_from_rt, vector3
-from occnet_ros.ros.markers import MeshView, marker_array
 from occnet_ros.perception.frame_pipeline import ProcessedObject
+from occnet_ros.ros.cdr import CdrWriter, Fragment, FragmentWriter, rgba_array, write_header, write_pose
+from occnet_ros.ros.conversions import quaternion_from_matrix
+from occnet_ros.ros.markers import MeshView, marker_array
 
 
 def mesh_arrays(result: ProcessedObject) -> tuple[np.ndarray, np.ndarray]:
@@ -35,79 +35,111 @@ def oriented_box(points: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, 
     return ((lo + hi) / 2.0) @ rotation, hi - lo
 
 
-def object_msg(result: ProcessedObject, header: Header, vertex_points: list | None = None) -> ReconstructedObjectMsg:
-    """One ReconstructedObject message (geometry in ``header.frame_id``, the cloud's frame).
-    ``vertex_points``: the published mesh's vertices as Points (shared with the marker), or None."""
+def object_body(result: ProcessedObject) -> Fragment:
+    """The fields of ``result``'s ReconstructedObject from ``id`` to ``num_views`` (all but ``header`` and
+    ``reconstruction_time``, which change from frame to frame), encoded: geometry in the frame of the
+    result's points, metres; ``pose``: the canonical frame; ``mesh``: :func:`mesh_arrays`;
+    ``vertex_colors``: one per vertex when the result has exactly that many, else none; ``bbox_*``: the
+    mesh's box in the canonical axes (the observed points' when the mesh has no faces). Raises
+    ValueError for face indices outside the vertices."""
     frame = result.obj.frame
     verts, faces = mesh_arrays(result)
-    msg = ReconstructedObjectMsg()
-    msg.header = header
-    msg.id = int(result.segment.id) & 0xFFFFFFFF
-    msg.label = result.segment.label
+    faces = faces.reshape(-1, 3)
+    if faces.size and (faces.min() < 0 or faces.max() >= verts.shape[0]):
+        raise ValueError(f"face indices must be in [0, {verts.shape[0]})")
     axes = np.asarray(frame.rotation, np.float64)  # rows: canonical axes in the cloud frame
-    msg.pose = pose_from_rt(axes.T, frame.center)
-    msg.scale = float(frame.scale)
-    msg.mesh = mesh_to_msg(verts, faces, vertex_points)
-    if result.vertex_colors is not None and len(result.vertex_colors) == len(verts):
-        msg.vertex_colors = colors_to_msgs(result.vertex_colors)
+    quaternion = quaternion_from_matrix(axes.T)
+    w = FragmentWriter()
+    w.chunk(4)
+    w.u32(int(result.segment.id) & 0xFFFFFFFF)
+    w.string(result.segment.label)
+    w.chunk(8)
+    write_pose(w, frame.center, quaternion)
+    w.f64(float(frame.scale))
+    w.chunk(4)
+    w.u32(len(faces))  # mesh.triangles: uint32[3] each
+    w.array(faces, np.uint32)
+    w.u32(len(verts))  # mesh.vertices: Points, float64 x, y, z
+    w.chunk(8)
+    w.array(verts, np.float64)
+    w.chunk(4)
+    colors = result.vertex_colors
+    if colors is not None and len(colors) == len(verts):
+        w.u32(len(verts))
+        w.array(rgba_array(colors), np.float32)
+    else:
+        w.u32(0)
     box_points = verts if len(faces) else result.segment.points
     centre, size = oriented_box(box_points, axes)
-    msg.bbox_pose = pose_from_rt(axes.T, centre)
-    msg.bbox_size = vector3(size)
-    msg.num_observed_points = int(result.n_observed)
-    msg.num_views = int(result.n_views)
-    msg.reconstruction_time = float(result.seconds)
-    return msg
+    w.chunk(8)
+    write_pose(w, centre, quaternion)
+    w.f64(*np.asarray(size, np.float64).tolist())
+    w.chunk(4)
+    w.u32(int(result.n_observed))
+    w.u32(int(result.n_views))
+    return w.getvalue()
 
 
-def object_array_msg(results: list[ProcessedObject], header: Header) -> ReconstructedObjectArray:
-    """ReconstructedObjectArray of ``results``."""
-    arr = ReconstructedObjectArray()
-    arr.header = header
-    arr.objects = [object_msg(r, header) for r in results]
-    return arr
+def write_object(w: CdrWriter, header: Header, body: Fragment, seconds: float) -> None:
+    """One ReconstructedObject: ``header``, its :func:`object_body`, ``reconstruction_time`` (seconds)."""
+    write_header(w, header)
+    w.fragment(body)
+    w.f32(float(seconds))
 
 
-def mesh_view(result: ProcessedObject, vertex_points: list | None = None) -> MeshView:
-    """What the marker of ``result`` shows (its published mesh)."""
+def object_array(results: list[ProcessedObject], header: Header,
+                 cache: ObjectMessageCache | None = None) -> bytes:
+    """The serialized occnet_ros/ReconstructedObjectArray of ``results`` (geometry in ``header.frame_id``, the
+    results' frame); ``cache``: reuse the encoded objects of results seen before."""
+    w = CdrWriter()
+    write_header(w, header)
+    w.u32(len(results))
+    for r in results:
+        write_object(w, header, cache.get(r) if cache is not None else object_body(r), r.seconds)
+    return w.getvalue()
+
+
+def mesh_view(result: ProcessedObject) -> MeshView:
+    """What the marker of ``result`` shows (its published mesh and vertex colours)."""
     verts, faces = mesh_arrays(result)
-    return MeshView(int(result.segment.id), verts, faces, result.vertex_colors, vertex_points)
+    return MeshView(int(result.segment.id), verts, faces, result.vertex_colors)
 
 
 @dataclass
 class FrameMessages:
-    """``objects``: the frame's ReconstructedObjectArray; ``markers``: its MarkerArray, None when not
-    asked for; ``marker_ids``: the object ids whose markers are shown after publishing ``markers`` (the
-    previous ids unchanged when ``markers`` is None)."""
+    """``objects``: the frame's serialized occnet_ros/ReconstructedObjectArray; ``markers``: its serialized
+    visualization_msgs/MarkerArray, None when not asked for (both CDR bytes to publish as they are; to read
+    them, ``rclpy.serialization.deserialize_message``); ``marker_ids``: the object ids whose markers are
+    shown after publishing ``markers`` (the previous ids unchanged when ``markers`` is None)."""
 
-    objects: ReconstructedObjectArray
-    markers: MarkerArray | None
+    objects: bytes
+    markers: bytes | None
     marker_ids: set[int]
 
 
 class ObjectMessageCache:
-    """The message of each object whose result did not change (the same :class:`ProcessedObject`, as the
-    object map hands out for an object it kept), so a static object's mesh is not turned into messages again
-    every frame: only its header and ``reconstruction_time`` are refreshed. Entries of objects not in the
-    last frame are dropped."""
+    """The encoded :func:`object_body` of each object whose result did not change (the same
+    :class:`ProcessedObject`, as the object map hands out for an object it kept), so a static object's
+    mesh is not encoded again every frame: only its header and ``reconstruction_time`` are written anew.
+    The body's chunks hold wherever they land in the message (see :class:`~occnet_ros.ros.cdr.Fragment`),
+    so one encoding serves every offset; an entry keeps about 40 bytes per vertex (with colours) and 12 per
+    face. Entries of objects not in the last frame are dropped."""
 
     def __init__(self):
-        self._entries: dict[int, tuple[ProcessedObject, ReconstructedObjectMsg, list]] = {}
+        self._entries: dict[int, tuple[ProcessedObject, Fragment]] = {}
 
-    def get(self, result: ProcessedObject, header: Header) -> tuple[ReconstructedObjectMsg, list]:
-        """(message, vertex Points) of ``result``, made or reused."""
-        hit = self._entries.get(int(result.segment.id))
+    def get(self, result: ProcessedObject) -> Fragment:
+        """The encoded body of ``result``, made or reused."""
+        key = int(result.segment.id)
+        hit = self._entries.get(key)
         if hit is not None and hit[0] is result:
-            msg, points = hit[1], hit[2]
-            msg.header = header
-            msg.reconstruction_time = float(result.seconds)
-            return msg, points
-        points = points_to_msgs(mesh_arrays(result)[0])
-        msg = object_msg(result, header, points)
-        self._entries[int(result.segment.id)] = (result, msg, points)
-        return msg, points
+            return hit[1]
+        body = object_body(result)
+        self._entries[key] = (result, body)
+        return body
 
     def keep_only(self, ids: set[int]) -> None:
+        """Drop the entries of objects whose id is not in ``ids``."""
         for i in [i for i in self._entries if i not in ids]:
             del self._entries[i]
 
@@ -115,25 +147,15 @@ class ObjectMessageCache:
 def frame_messages(results: list[ProcessedObject], header: Header, previous_marker_ids: set[int],
                    with_markers: bool, marker_alpha: float = 1.0, unchanged: set[int] = frozenset(),
                    cache: ObjectMessageCache | None = None) -> FrameMessages:
-    """All outgoing messages of one frame. Markers (TRIANGLE_LIST per object, DELETE for objects gone
-    since ``previous_marker_ids``) only ``with_markers``, and not again for the ``unchanged`` objects
-    already shown; each vertex becomes one Point shared by the object's Mesh message and its marker.
-    ``cache``: reuse the messages of results seen before (see :class:`ObjectMessageCache`)."""
-    objects = ReconstructedObjectArray()
-    objects.header = header
-    views = []
-    for r in results:
-        if cache is not None:
-            msg, points = cache.get(r, header)
-        else:
-            points = points_to_msgs(mesh_arrays(r)[0])
-            msg = object_msg(r, header, points)
-        objects.objects.append(msg)
-        if with_markers:
-            views.append(mesh_view(r, points))
+    """All outgoing messages of one frame, as bytes to publish. Markers (TRIANGLE_LIST per object, DELETE
+    for objects gone since ``previous_marker_ids``) only ``with_markers``, and not again for the
+    ``unchanged`` objects already shown. ``cache``: reuse the encoded objects of results seen before (see
+    :class:`ObjectMessageCache`)."""
+    objects = object_array(results, header, cache)
     if cache is not None:
         cache.keep_only({int(r.segment.id) for r in results})
     if not with_markers:
         return FrameMessages(objects, None, set(previous_marker_ids))
-    markers, shown = marker_array(views, previous_marker_ids, header, marker_alpha, unchanged)
+    markers, shown = marker_array([mesh_view(r) for r in results], previous_marker_ids, header, marker_alpha,
+                                  unchanged)
     return FrameMessages(objects, markers, shown)
