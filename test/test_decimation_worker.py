@@ -14,7 +14,7 @@ import trimesh
 
 from occnet_ros.perception import decimation_worker
 from occnet_ros.perception.decimation_worker import _TETRAHEDRON, DecimationWorkerError, ProcessDecimation
-from occnet_ros.perception.mesh_ops import quadric_decimation, simplify_mesh
+from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, simplify_mesh
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_worker_decimates_exactly_as_this_process_does(sphere):
         pid = worker.start()
         assert pid != os.getpid()  # it runs elsewhere, so our GIL stays free meanwhile
         wv, wf = worker(v, f, 600)
-        ref_v, ref_f = quadric_decimation(v, f, 600)
+        ref_v, ref_f = fast_or_open3d_decimation(v, f, 600)
         assert np.array_equal(wv, ref_v) and np.array_equal(wf, ref_f)
         a = simplify_mesh(v, f, 600, decimate=worker)
         b = simplify_mesh(v, f, 600)
@@ -57,10 +57,10 @@ def _in_worker_process() -> bool:
 
 
 def _dies_in_the_worker(vertices, faces, target_faces):
-    """quadric_decimation, except that it ends the process when that is a worker (exit code 3)."""
+    """fast_or_open3d_decimation, except that it ends the process when that is a worker (exit code 3)."""
     if _in_worker_process():
         os._exit(3)
-    return quadric_decimation(vertices, faces, target_faces)
+    return fast_or_open3d_decimation(vertices, faces, target_faces)
 
 
 def _gone(pid: int) -> bool:
@@ -81,7 +81,7 @@ def test_a_killed_worker_costs_one_warning_and_the_next_mesh_is_right(sphere):
         assert warnings == [] and worker.restarts == 0 and worker.start() == first
         os.kill(first, signal.SIGKILL)
         out_v, out_f = worker(v, f, 400)
-        ref_v, ref_f = quadric_decimation(v, f, 400)
+        ref_v, ref_f = fast_or_open3d_decimation(v, f, 400)
         assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f)
         assert len(warnings) == 1 and worker.restarts == 1, warnings
         assert f"pid {first}" in warnings[0] and "killed by SIGKILL" in warnings[0]
@@ -98,7 +98,7 @@ def test_a_mesh_on_which_the_worker_dies_twice_is_left_undecimated(sphere, monke
     warnings = []
     with ProcessDecimation(warn=warnings.append) as worker:
         worker.start()
-        monkeypatch.setattr(decimation_worker, "quadric_decimation", _dies_in_the_worker)
+        monkeypatch.setattr(decimation_worker, "fast_or_open3d_decimation", _dies_in_the_worker)
         out_v, out_f = worker(v, f, 400)  # dies, a new worker dies too: the mesh comes back as it was
         assert np.array_equal(out_v, v) and np.array_equal(out_f, f)
         assert len(warnings) == 2 and worker.restarts == 1, warnings
@@ -106,7 +106,7 @@ def test_a_mesh_on_which_the_worker_dies_twice_is_left_undecimated(sphere, monke
         assert "exit code 3" in warnings[1] and f"this mesh ({len(f)} faces) is left undecimated" in warnings[1]
         monkeypatch.undo()
         out_v, out_f = worker(v, f, 400)  # the next call starts a new worker, and says so
-        ref_v, ref_f = quadric_decimation(v, f, 400)
+        ref_v, ref_f = fast_or_open3d_decimation(v, f, 400)
         assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f)
         assert len(warnings) == 3 and "started a new one" in warnings[2] and worker.restarts == 2
 
@@ -122,7 +122,7 @@ def test_a_worker_that_does_not_answer_in_time_is_killed_and_the_mesh_decimated_
         t0 = time.monotonic()
         out_v, out_f = worker(v, f, 4)
         assert time.monotonic() - t0 < 4.0
-        ref_v, ref_f = quadric_decimation(v, f, 4)
+        ref_v, ref_f = fast_or_open3d_decimation(v, f, 4)
         assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f)
         assert len(warnings) == 1 and "took more than 1 s to answer" in warnings[0], warnings
         assert "in this process instead" in warnings[0] and _gone(pid)

@@ -96,7 +96,7 @@ def test_markers_only_with_subscribers(node):
 
 def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
     from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
-    from occnet_ros.perception.mesh_ops import quadric_decimation
+    from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.ros.node_params import ParamError
     from occnet_ros.ros.reconstruction_node import ReconstructionNode
 
@@ -118,7 +118,7 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
         with pytest.raises(ParamError, match="mesh.decimate_in_worker.*spawn refused"):
             ReconstructionNode(context=ctx, parameter_overrides=base)
         n = ReconstructionNode(context=ctx, parameter_overrides=base + [Parameter("mesh.decimate_in_worker", value=False)])
-        assert n.decimation is None and n.pipeline.decimate is quadric_decimation
+        assert n.decimation is None and n.pipeline.decimate is fast_or_open3d_decimation
         n.stop()
         n.destroy_node()
     finally:

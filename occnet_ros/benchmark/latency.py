@@ -49,7 +49,7 @@ from occnet_ros.config_io import flatten
 from occnet_ros.perception.decimation_worker import ProcessDecimation
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
-from occnet_ros.perception.mesh_ops import quadric_decimation, simplify_mesh
+from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, simplify_mesh
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
 
@@ -166,7 +166,7 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     try:
         if worker is not None:
             worker.start()
-        return _run(ctx, params, source, view, rec, worker or quadric_decimation)
+        return _run(ctx, params, source, view, rec, worker or fast_or_open3d_decimation)
     finally:
         if worker is not None:
             worker.close()

@@ -25,16 +25,18 @@ class MeshOutputConfig:
     """The meshes the pipeline hands out for publishing (each field's ``doc``)."""
 
     max_faces: int = setting(20000, doc="published meshes (objects and markers) are reduced to at most this "
-                             "many faces by quadric edge-collapse decimation (0 = off; otherwise >= 4; a mesh of "
-                             "more than max_faces / 4 separate closed pieces keeps at least 4 faces per piece). "
+                             "many faces by quadric edge-collapse decimation (0 = off; otherwise >= 4): fast-simplification, "
+                             "or Open3D where its result would be open or over the budget; a budget below about 4 "
+                             "faces per closed piece is reached by dropping whole small pieces. "
                              "Watertight meshes stay watertight: a decimation that would open one is discarded "
                              "and the full mesh is published. Occupancy queries never use this mesh",
                              range=(0, 100000000))
     decimate_in_worker: bool = setting(True, doc="run that decimation in a worker process started with the node: "
-                                       "Open3D holds the Python GIL while it decimates (0.1 s per 64^3 mesh, "
-                                       "2.3 s per 128^3 one on 2 cores, make bench), which would stall "
-                                       "query_occupancy meanwhile; the worker costs about 210 MB of memory; "
-                                       "false = in the node's own process")
+                                       "the decimation holds the Python GIL while it runs (fast-simplification "
+                                       "0.2-0.3 s per 128^3 mesh on 2 cores, Open3D, the fallback for meshes the "
+                                       "fast one would open, 1.7 s: tools/compare_decimators.py), which would "
+                                       "stall query_occupancy meanwhile; the worker costs a few hundred MB of "
+                                       "memory; false = in the node's own process")
 
     def validate(self) -> None:
         if 0 < self.max_faces < MIN_CLOSED_FACES:

@@ -1,9 +1,10 @@
 """Quadric decimation in a worker process, so that the calling process's Python GIL stays free.
 
-Open3D's ``simplify_quadric_decimation`` holds the GIL of the process that calls it for as long as it
-runs (measured on a 2-core machine: about 0.1 s for a 64^3 marching-cubes mesh, 2.3 s for a 128^3 one). In the node
-that stalls every other thread, the occupancy query service included, until it returns.
-:class:`ProcessDecimation` runs :func:`occnet_ros.perception.mesh_ops.quadric_decimation` in one persistent worker
+Both decimators hold the GIL of the process that calls them for as long as they run (measured on a 2-core
+machine, a 178k-face 128^3 network mesh to 5000 faces: fast-simplification 0.2-0.3 s, Open3D's
+``simplify_quadric_decimation``, the fallback for meshes the fast one would open, 1.7 s). In the node that
+stalls every other thread, the occupancy query service included, until it returns.
+:class:`ProcessDecimation` runs :func:`occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in one persistent worker
 process and is a drop-in ``decimate`` for :func:`occnet_ros.perception.mesh_ops.simplify_mesh`: the calling
 thread waits on a pipe without the GIL. The worker is spawned, not forked (the parent has torch and ROS
 threads), so every script that may use it guards its ``main()`` with ``if __name__ == "__main__"``
@@ -41,7 +42,7 @@ from typing import Callable, NoReturn
 
 import numpy as np
 
-from occnet_ros.perception.mesh_ops import quadric_decimation
+from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, fast_quadric_decimation, quadric_decimation
 
 __all__ = ["ProcessDecimation", "DecimationWorkerError"]
 
@@ -132,8 +133,9 @@ def _serve(conn, parent_pid: int) -> None:
 
 
 def _warm_up() -> int:
-    """Import Open3D (by decimating a tetrahedron) -> this process's id."""
+    """Import both decimators (by decimating a tetrahedron) -> this process's id."""
     quadric_decimation(*_TETRAHEDRON, 4)
+    fast_quadric_decimation(*_TETRAHEDRON, 4)
     return os.getpid()
 
 
@@ -254,7 +256,7 @@ class ProcessDecimation:
     """``decimate(vertices, faces, target_faces) -> (vertices, faces)`` run in a worker process.
 
     vertices: (V, 3) float64, faces: (F, 3) int64, any frame and unit (returned in the same), exactly as
-    :func:`~occnet_ros.perception.mesh_ops.quadric_decimation` returns them; its exceptions (e.g. for malformed
+    :func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` returns them; its exceptions (e.g. for malformed
     input) are raised here as they are. The worker starts on the first call (or :meth:`start`, which also
     imports Open3D there, so the first mesh does not pay for it). Calls never fail because of the worker: if it
     has died, a new one is started and the mesh is sent again; if that one dies too, the mesh is returned as
@@ -315,13 +317,13 @@ class ProcessDecimation:
     def __call__(self, vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
         args = (np.ascontiguousarray(vertices, np.float64), np.ascontiguousarray(faces, np.int64), int(target_faces))
         try:
-            return self._ask(quadric_decimation, args)
+            return self._ask(fast_or_open3d_decimation, args)
         except _WorkerLost as e:
             if not e.timed_out:  # two workers died on this mesh: it may be what kills them, so not here
                 self._warn(f"{e}; this mesh ({len(args[1])} faces) is left undecimated")
                 return args[0], args[1]
             self._warn(f"{e}; decimating this mesh ({len(args[1])} faces) in this process instead")
-        return quadric_decimation(*args)
+        return fast_or_open3d_decimation(*args)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the worker; returns within about ``timeout_s`` + 1 s. A decimation running in the worker may

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, stands_on
-from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation, simplify_mesh
+from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation, simplify_mesh
 from occnet_ros.reconstruction.normalization import NormalizationError
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
 from occnet_ros.perception.object_store import StoredObject
@@ -105,11 +105,11 @@ class FramePipeline:
     ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
-    ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.quadric_decimation` in this process by default; the
+    ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in this process by default; the
     node passes a :class:`~occnet_ros.perception.decimation_worker.ProcessDecimation`).
     """
 
-    def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = quadric_decimation):
+    def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = fast_or_open3d_decimation):
         self.reconstructor = reconstructor
         self.config = config
         self.decimate = decimate

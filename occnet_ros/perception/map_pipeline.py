@@ -21,7 +21,7 @@ from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
 from occnet_ros.perception.map_config import MapFrame, MapUpdate, ObjectMapConfig
-from occnet_ros.perception.mesh_ops import Decimation, quadric_decimation
+from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
 from occnet_ros.perception.object_map import ObjectMap
 from occnet_ros.perception.segmentation import Segment
 from occnet_ros.reconstruction.normalization import NormalizationError
@@ -60,7 +60,7 @@ class MapPipeline:
     :meth:`process`."""
 
     def __init__(self, reconstructor, config: PerceptionConfig, map_config: ObjectMapConfig | None = None,
-                 decimate: Decimation = quadric_decimation):
+                 decimate: Decimation = fast_or_open3d_decimation):
         self.frames = FramePipeline(reconstructor, config, decimate)
         self.config = config
         self.map = ObjectMap(map_config, config.known_empty)

@@ -50,7 +50,7 @@ from visualization_msgs.msg import MarkerArray
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
-from occnet_ros.perception.mesh_ops import quadric_decimation
+from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.perception.pointcloud2 import CloudFormatError
@@ -119,7 +119,7 @@ class ReconstructionNode(Node):
                                  f"start ({e}); set it to false to decimate in the node's own process") from e
         self.tf = TransformLookup(self, p.tf_timeout)
         self.pose_source = resolve_pose_source(p.world_frame, p.pose_source, self.tf.available)
-        decimate = self.decimation or quadric_decimation
+        decimate = self.decimation or fast_or_open3d_decimation
         self.pipeline = (MapPipeline(self.reconstructor, p, p.map, decimate) if self.pose_source
                          else FramePipeline(self.reconstructor, p, decimate=decimate))
         self.latest_pose = LatestPose(p.world_frame)
