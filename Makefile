@@ -2,6 +2,7 @@
 #   make test    install what is missing, build the interfaces, run the whole test suite
 #   make demo    simulated RGB-D camera + reconstruction node, results in out/demo/
 #   make bench   speed benchmarks, results in out/bench/
+#   make soak    the node under a steady load for 10 minutes (SOAK_MINUTES), results in out/soak/
 # Re-running is incremental: each step leaves a stamp in .venv/ and runs again only when its inputs change.
 
 PYTHON_SYS ?= python3
