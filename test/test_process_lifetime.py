@@ -1,6 +1,6 @@
-"""No process outlives the one that started it: the decimation worker (and multiprocessing's resource
-tracker) end within seconds of their parent's end, however it ended (SIGINT, SIGTERM, SIGKILL), for a
-:class:`ProcessDecimation` in a small program and for the reconstruction node.
+"""No process outlives the one that started it: the decimation worker ends within seconds of its parent's end,
+however it ended (SIGINT, SIGTERM, SIGKILL), for a :class:`ProcessDecimation` in a small program and for the
+reconstruction node.
 
 The node runs with a random-weight checkpoint (TEST DOUBLE, see ros_helpers.write_random_checkpoint) and
 mesh.max_faces > 0, so that it starts its decimation worker.
@@ -103,7 +103,7 @@ def _kill_all(procs: list[psutil.Process]) -> None:
 
 
 def _is_worker(p: psutil.Process) -> bool:
-    return "multiprocessing.spawn" in " ".join(p.cmdline())
+    return "decimation_worker import _child_main" in " ".join(p.cmdline())
 
 
 @pytest.mark.timeout(90)

@@ -35,7 +35,7 @@ class MeshOutputConfig:
                                        "the decimation holds the Python GIL while it runs (fast-simplification "
                                        "0.2-0.3 s per 128^3 mesh on 2 cores, Open3D, the fallback for meshes the "
                                        "fast one would open, 1.7 s: tools/compare_decimators.py), which would "
-                                       "stall query_occupancy meanwhile; the worker costs a few hundred MB of "
+                                       "stall query_occupancy meanwhile; the worker costs about 110 MB of "
                                        "memory; false = in the node's own process")
 
     def validate(self) -> None:

@@ -6,22 +6,20 @@ machine, a 178k-face 128^3 network mesh to 5000 faces: fast-simplification 0.2-0
 stalls every other thread, the occupancy query service included, until it returns.
 :class:`ProcessDecimation` runs :func:`occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in one persistent worker
 process and is a drop-in ``decimate`` for :func:`occnet_ros.perception.mesh_ops.simplify_mesh`: the calling
-thread waits on a pipe without the GIL. The worker is spawned, not forked (the parent has torch and ROS
-threads), so every script that may use it guards its ``main()`` with ``if __name__ == "__main__"``
-(a spawned process re-imports the parent's main file; a program read from standard input has none, and
-its worker cannot start: :meth:`ProcessDecimation.start` raises :class:`DecimationWorkerError`, a call
-decimates in the calling process, with a warning).
+thread waits on a socket without the GIL. The worker is a fresh interpreter (``python -c``) that imports
+only numpy and the decimators (about 110 MB), not a forked copy of the parent (torch, ROS threads) nor a
+multiprocessing spawn (which would re-import the parent's main script: for the node, torch and rclpy, about
+380 MB). A worker that cannot start makes :meth:`ProcessDecimation.start` raise :class:`DecimationWorkerError`;
+a call then decimates in the calling process, with a warning.
 
 The worker never outlives the process that started it (its parent), however that process ends, SIGKILL
 included. On Linux the kernel kills it with SIGKILL the moment the parent ends (``PR_SET_PDEATHSIG``; the
 worker is started from a thread of this module that lives as long as the parent, since the kernel sends that
 signal when the *thread* that started the child ends). Independently of that, a thread in the worker ends it
-(``os._exit``) within about 0.5 s of the parent's end, seen on the parent's multiprocessing sentinel pipe (its
-write end is held only by the parent), a pidfd of the parent (Linux >= 5.3) or a change of ``os.getppid()``; that
-thread needs the worker's GIL, so a decimation running at that moment delays it by up to that decimation's
-duration. An idle worker also ends when its connection to the parent closes. multiprocessing's resource tracker
-process, which spawning starts once per parent, ends by itself as soon as the parent and every worker have
-ended (it waits for the end of a pipe that they hold). The worker ignores SIGINT (a Ctrl-C in a terminal
+(``os._exit``) within about 0.5 s of the parent's end, seen on a pidfd of the parent (Linux >= 5.3) or a change
+of ``os.getppid()``; that thread needs the worker's GIL, so a decimation running at that moment delays it by up to
+that decimation's duration. An idle worker also ends when its connection to the parent closes. The worker
+ignores SIGINT (a Ctrl-C in a terminal
 reaches the whole process group), so that it ends with its parent rather than before it.
 Pure Python, no ROS.
 """
@@ -34,6 +32,8 @@ import multiprocessing.connection
 import os
 import queue
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -132,6 +132,12 @@ def _serve(conn, parent_pid: int) -> None:
             conn.send(("error", RuntimeError(f"the decimation worker could not send its answer: {e!r}")))
 
 
+def _child_main() -> None:
+    """The worker process's entry (``python -c``): argv = [connection fd, parent pid]."""
+    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    _serve(multiprocessing.connection.Connection(fd), parent_pid)
+
+
 def _warm_up() -> int:
     """Import both decimators (by decimating a tetrahedron) -> this process's id."""
     quadric_decimation(*_TETRAHEDRON, 4)
@@ -148,18 +154,17 @@ _spawner: threading.Thread | None = None
 
 def _spawn_jobs(jobs: queue.SimpleQueue) -> None:
     while True:
-        proc, done = jobs.get()
+        start, done = jobs.get()
         try:
-            proc.start()
-            done.set_result(None)
+            done.set_result(start())
         except BaseException as e:
             done.set_exception(e)
 
 
-def _start_process(proc) -> None:
-    """``proc.start()`` from this module's spawner thread (started on first use, a daemon that waits for jobs
-    until the process ends), so that the worker's parent-death signal comes at the end of the process, not of
-    the calling thread."""
+def _start_process(start: Callable[[], "_Child"]) -> "_Child":
+    """``start()`` (which starts the worker process) on this module's spawner thread (started on first use, a
+    daemon that waits for jobs until the process ends), so that the worker's parent-death signal comes at the
+    end of the process, not of the calling thread."""
     global _spawner, _spawner_jobs
     with _spawner_lock:
         if _spawner is None or not _spawner.is_alive():
@@ -168,8 +173,8 @@ def _start_process(proc) -> None:
                                         daemon=True)
             _spawner.start()
         done: Future = Future()
-        _spawner_jobs.put((proc, done))
-    done.result()
+        _spawner_jobs.put((start, done))
+    return done.result()
 
 
 def _exit_text(code: int | None) -> str:
@@ -183,16 +188,45 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class _Child:
+    """The worker process: a fresh interpreter running :func:`_child_main` (``subprocess``, not
+    ``multiprocessing``: a spawned multiprocessing child re-imports the parent's main script, for the node
+    torch and rclpy, about 380 MB; this one imports numpy and the decimators, about 110 MB). ``pid``,
+    ``exitcode`` (None while running, -N after signal N), ``join``, ``kill``: as ``multiprocessing.Process``."""
+
+    def __init__(self, fd: int):
+        code = "from occnet_ros.perception.decimation_worker import _child_main; _child_main()"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the parent's imports
+        self._popen = subprocess.Popen([sys.executable, "-c", code, str(fd), str(os.getpid())], pass_fds=(fd,),
+                                       env=env, stdin=subprocess.DEVNULL)
+        self.pid = self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def join(self, timeout: float) -> None:
+        try:
+            self._popen.wait(max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+
 class _Worker:
-    """One worker process and the parent's end of its connection."""
+    """One worker process and the parent's end of its connection (a socket pair; the worker's end is closed
+    here once it has started, so the connection reads end-of-file as soon as the worker has died)."""
 
     def __init__(self, timeout_s: float):
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, there = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_serve, args=(there, os.getpid()), name="decimation_worker", daemon=True)
+        here, there = socket.socketpair()
+        self.conn = multiprocessing.connection.Connection(here.detach())
         try:
-            _start_process(self.proc)
+            self.proc = _start_process(lambda: _Child(there.fileno()))
         except Exception as e:
+            self.conn.close()
             raise _WorkerLost(f"the decimation worker process could not be started: {e!r}") from e
         finally:
             there.close()
@@ -220,7 +254,7 @@ class _Worker:
         return value
 
     def _receive(self, timeout_s: float, what: str):
-        ready = multiprocessing.connection.wait([self.conn, self.proc.sentinel], timeout_s)
+        ready = multiprocessing.connection.wait([self.conn], timeout_s)
         if self.conn in ready:
             try:
                 return self.conn.recv()
