@@ -133,6 +133,21 @@ def start_program(name: str, ros_args: list[str], domain_id: int, log_path: Path
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=node_env(domain_id), cwd=str(REPO))
 
 
+@contextlib.contextmanager
+def node_process(tmp_dir: Path, domain_id: int, node_args: list[str], checkpoint: Path | None = None):
+    """``reconstruction_node`` in its own process on ``domain_id`` with ``node_args`` (``-p name:=value`` ...)
+    and a random-weight checkpoint (TEST DOUBLE) written into ``tmp_dir`` unless ``checkpoint`` is given; its
+    output in ``tmp_dir/node.log`` (the Popen's ``log_path``). Stopped (SIGINT, then SIGKILL) on exit."""
+    ckpt = checkpoint if checkpoint is not None else write_random_checkpoint(tmp_dir / "random_test_double.pt")
+    log = tmp_dir / "node.log"
+    proc = start_program("reconstruction_node", list(node_args) + ["-p", f"checkpoint:={ckpt}"], domain_id, log)
+    proc.log_path = log
+    try:
+        yield proc
+    finally:
+        stop_program(proc)
+
+
 def stop_program(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     """SIGINT, then SIGKILL after ``timeout`` seconds; returns the exit code."""
     return stop_process(proc, timeout)

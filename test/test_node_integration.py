@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from ros_helpers import (BOX_LABEL, SPHERE_LABEL, VENV_BIN, node_env, random_domain_id, render_scene,
-                         start_program, stop_program, wait_until, write_random_checkpoint)
+from ros_helpers import (BOX_LABEL, SPHERE_LABEL, VENV_BIN, node_env, node_process, random_domain_id, render_scene,
+                         wait_until, write_random_checkpoint)
 
 rclpy = pytest.importorskip("rclpy")
 from visualization_msgs.msg import Marker  # noqa: E402
@@ -72,11 +72,8 @@ def domain_id():
 
 @pytest.fixture(scope="module")
 def node_proc(domain_id, checkpoint, tmp_path_factory):
-    log = tmp_path_factory.mktemp("node") / "node.log"
-    proc = start_program("reconstruction_node", NODE_ARGS + ["-p", f"checkpoint:={checkpoint}"], domain_id, log)
-    proc.log_path = log
-    yield proc
-    stop_program(proc)
+    with node_process(tmp_path_factory.mktemp("node"), domain_id, NODE_ARGS, checkpoint) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_helpers import (random_domain_id, render_scene, start_program, stop_program, wait_until,
-                         write_random_checkpoint)
+from ros_helpers import (node_process, random_domain_id, render_scene, wait_until)
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.context import Context  # noqa: E402
@@ -85,13 +84,8 @@ def domain_id():
 
 @pytest.fixture(scope="module")
 def node_proc(domain_id, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("query_concurrency")
-    ckpt = write_random_checkpoint(tmp / "random_test_double.pt")
-    log = tmp / "node.log"
-    proc = start_program("reconstruction_node", NODE_ARGS + ["-p", f"checkpoint:={ckpt}"], domain_id, log)
-    proc.log_path = log
-    yield proc
-    stop_program(proc)
+    with node_process(tmp_path_factory.mktemp("query_concurrency"), domain_id, NODE_ARGS) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

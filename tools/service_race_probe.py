@@ -52,6 +52,8 @@ import threading
 import time
 from pathlib import Path
 
+from occnet_ros.cli.processes import ros_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = "query_occupancy"
 NAMESPACE = f"/race_probe_{os.getpid()}"
@@ -63,12 +65,8 @@ READY_LINE = "PROBE_SERVER_READY"
 
 
 def _env(domain_id: int) -> dict:
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = ros_environment(domain_id)
     env["OMP_NUM_THREADS"] = "1"
-    env.pop("ROS_LOCALHOST_ONLY", None)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     # every rclpy RuntimeWarning ("failed to send response (timeout)") printed, not only the first one
     env["PYTHONWARNINGS"] = "always::RuntimeWarning"
     return env

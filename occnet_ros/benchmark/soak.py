@@ -32,7 +32,7 @@ import numpy as np
 from occnet_ros.benchmark.soak_client import NAMESPACE, QueryLoop, SoakClient
 from occnet_ros.benchmark.soak_report import (ProcessSampler, SoakRun, check_lines, machine_info, query_region,
                                               sample_row, status_line, table, write_all)
-from occnet_ros.cli.processes import stop_processes
+from occnet_ros.cli.processes import ros_environment, stop_processes
 
 REFERENCE_WIDTH, REFERENCE_FX = 640, 615.0
 """The shipped camera's width and focal length: the focal length scales with --width (same view)."""
@@ -114,16 +114,6 @@ def node_commands(args: argparse.Namespace, checkpoint: Path) -> dict[str, list[
             cmd += ["--log-level", f"{NAMESPACE.strip('/')}.{spec.name}:=debug"]
         out[spec.executable] = cmd
     return out
-
-
-def ros_environment(domain_id: int, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """``environ`` (default: ours) on ``domain_id``, discovery on this host only, Fast DDS's LARGE_DATA
-    transport unless set (as ``occnet_launch``), unbuffered Python output."""
-    env = dict(os.environ if environ is None else environ)
-    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
-    env.pop("ROS_LOCALHOST_ONLY", None)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    return env
 
 
 def _set_environ(values: dict[str, str | None]) -> None:

@@ -2,6 +2,7 @@
 imports): as Ctrl-C would (SIGINT), then SIGTERM and SIGKILL to whatever has not exited within the grace time."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -31,3 +32,13 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 10.0) -> list[i
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
     """:func:`stop_processes` for one process; its exit code."""
     return stop_processes([proc], grace)[0]
+
+
+def ros_environment(domain_id: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: ours) on ``domain_id``, discovery on this host only, Fast DDS's LARGE_DATA
+    transport unless set (as ``occnet_launch``), unbuffered Python output."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    return env
