@@ -407,7 +407,9 @@ def test_burst_of_frames_keeps_the_newest(client, node, scene):
     stamps = [float(next(STAMPS)) for _ in range(60)]
     for s in stamps:
         client.publish(client.scene_messages(scene, s))
-    wait_until(lambda: False, 3.0, spin=client.spin)
+    assert wait_until(lambda: any(client.objects_at(s) is not None for s in stamps[-10:]), 30.0, spin=client.spin), \
+        node.log.text()[-2000:]
+    wait_until(lambda: False, 1.0, spin=client.spin)  # whatever else the node publishes of the burst
     done = [s for s in stamps if client.objects_at(s) is not None]
     assert 0 < len(done) < len(stamps) and done[-1] >= stamps[-10], done
     assert client.feed_until_objects(scene, float(next(STAMPS)), timeout=20) is not None
