@@ -1,6 +1,7 @@
 # occnet_ros, pip route: everything installs into .venv/ at the repo root.
 #   make test    install what is missing, build the interfaces, run the whole test suite
-#   make demo    simulated RGB-D camera + reconstruction node, results in out/demo/
+#   make demo    simulated RGB-D camera + reconstruction node, results in out/demo/ (VIEWER=1: live view in a browser)
+#   make browser headless Chromium for the viewer's browser test (apt-get, as root)
 #   make bench   speed benchmarks, results in out/bench/
 #   make soak    the node under a steady load for 10 minutes (SOAK_MINUTES), results in out/soak/
 # Re-running is incremental: each step leaves a stamp in .venv/ and runs again only when its inputs change.
@@ -19,7 +20,7 @@ STAMP_IFACE   := $(VENV)/.stamp-interfaces
 STAMP_DEVELOP := $(VENV)/.stamp-develop
 INTERFACES    := $(wildcard msg/*.msg) $(wildcard srv/*.srv)
 
-.PHONY: all install test test-fast demo bench soak train eval figures colcon-build clean distclean
+.PHONY: all install test test-fast demo browser bench soak train eval figures colcon-build clean distclean
 
 all: install
 
@@ -57,8 +58,17 @@ test: install
 test-fast: install
 	$(PY) -m pytest test/ -m "not slow" $(PYTEST_ARGS)
 
+# VIEWER=1: also a live 3D view in a web browser (viewer_node; the address is printed)
 demo: install
-	$(VENV)/bin/occnet_demo --out out/demo
+	$(VENV)/bin/occnet_demo --out out/demo $(if $(VIEWER),--viewer)
+
+# Headless Chromium for the viewer's browser test (test/test_viewer_browser.py skips without it): Debian's
+# package, installed where apt-get exists and we are root.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make browser: needs apt-get and root; install Chromium with your package manager" >&2; exit 1; fi
 
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench

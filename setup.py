@@ -13,10 +13,13 @@ COMMANDS = {
     "occnet_train": "occnet_ros.cli.train:main",
     "occnet_eval": "occnet_ros.cli.evaluate:main",
     "occnet_heldout": "occnet_ros.cli.heldout:main",
+    "occnet_calibrate": "occnet_ros.cli.calibrate:main",
     "occnet_generate_data": "occnet_ros.cli.generate_data:main",
     "occnet_demo": "occnet_ros.cli.demo:main",
     "occnet_bench": "occnet_ros.cli.bench:main",
     "occnet_soak": "occnet_ros.benchmark.soak:main",
+    "viewer_node": "occnet_ros.ros.viewer_node:main",
+    "occnet_replay": "occnet_ros.cli.replay:main",
 }
 
 setup(

@@ -23,27 +23,34 @@ from occnet_ros.ros.node_params import NodeParams
 VENV_BIN = Path(sys.executable).parent
 
 
+def _row(res, n, total):
+    return {"resolution": res, "cloud_points": n, "stages": {"total": {"median_s": total}}}
+
+
 def _results(recon_s, ratio, iou, spread, inside, p50, map_fps=3.0):
-    return {"latency": {"sizes": [{"cloud_points": 1000, "reconstruct_median_s": 9.0},
-                                  {"cloud_points": 5000, "reconstruct_median_s": recon_s}]},
+    return {"latency": {"sizes": [_row(128, 1000, 9.0), _row(128, 5000, recon_s), _row(128, 20000, 9.0),
+                                  _row(64, 5000, recon_s / 4)]},
             "mise_vs_dense": {"eval_ratio_dense_over_mise": ratio, "mesh_iou": iou},
             "queries": {"sizes": [{"points": 100_000, "store_spread": {"points_per_s": spread},
                                    "object_exact_inside": {"points_per_s": inside}}]},
-            "ros": {"service_under_load": {"p50_s": p50, "frames_reconstructed_meanwhile": 1}},
+            "ros": {"service_under_load": {"p50_s": p50, "p99_s": 1.5 * p50, "max_s": 4 * p50,
+                                           "frames_reconstructed_meanwhile": 1}},
             "map": {"converged": {"frames_per_s": map_fps}}}
 
 
 def test_targets_pass_miss_and_not_measured():
     good = {t["name"]: t["status"] for t in report.check_targets(_results(0.4, 12.0, 0.995, 2e6, 3e5, 0.01))}
-    assert set(good.values()) == {"PASS"} and len(good) == 7
-    bad = {t["name"]: t["status"] for t in report.check_targets(_results(0.6, 8.0, 0.98, 5e5, 1e5, 0.03, 1.5))}
+    assert set(good.values()) == {"PASS"} and len(good) == 10
+    bad = {t["name"]: t["status"] for t in report.check_targets(_results(0.7, 8.0, 0.98, 5e5, 1e5, 0.03, 1.5))}
     assert set(bad.values()) == {"MISS"}
     partial = _results(0.4, float("nan"), 0.995, 2e6, 3e5, 0.01)
     del partial["ros"]
     rows = {t["name"]: t for t in report.check_targets(partial)}
     assert rows["mise_fewer_evaluations"]["status"] == "NOT MEASURED"
     assert rows["service_10k_p50_under_load_s"]["status"] == "NOT MEASURED"
-    assert rows["reconstruct_one_object_s"]["measured"] == 0.4  # the 5k row, not the first one
+    assert rows["service_10k_max_under_load_s"]["status"] == "NOT MEASURED"
+    assert rows["object_128_total_s"]["measured"] == 0.4  # the 5k row at the finest grid, not the first one
+    assert rows["object_64_total_s"]["measured"] == 0.1  # the row one MISE step coarser
     idle = _results(0.4, 12.0, 0.995, 2e6, 3e5, 0.01)
     idle["ros"]["service_under_load"]["frames_reconstructed_meanwhile"] = 0  # the calls overlapped no work
     rows = {t["name"]: t for t in report.check_targets(idle)}
@@ -61,18 +68,19 @@ def test_json_is_strict_and_markdown_lists_targets(tmp_path):
     assert "## Targets" in text and "NOT MEASURED" in text and "boom" in text
 
 
-def test_markdown_latency_table_has_simplify_and_serialize_stages():
+def test_markdown_latency_table_has_the_stages_in_processing_order():
     stage = {"median_s": 0.002, "min_s": 0.001, "max_s": 0.003, "runs": 2}
     row = {"cloud_points": 5000, "stages": {k: stage for k in latency.STAGES}, "mise_n_evals": 123,
            "faces_marching_cubes": 54321, "faces_published": 20000, "simplify_note": "", "message_bytes": 999,
            "floor": {"mise_s": 0.001}}
     text = report.markdown({"latency": {"resolution": 128, "max_faces": 20000, "node_params": "x.yaml",
                                         "messages_measured": True, "sizes": [row]}})
-    header = next(line for line in text.splitlines() if line.startswith("| points |"))
+    header = next(line for line in text.splitlines() if line.startswith("| grid | points |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
-    assert cols[cols.index("marching_cubes") + 1:cols.index("total")] == ["anchor", "simplify", "colour",
-                                                                            "message", "serialize"]
-    assert [c for c in cols if c in latency.STAGES] == list(latency.STAGES)  # every measured stage, in order
+    # simplification before the anchoring, as the reconstructor does it
+    assert cols[cols.index("marching_cubes") + 1:cols.index("total")] == ["simplify", "anchor", "colour", "message"]
+    assert [c for c in cols if c in latency.STAGES] == [k for k in latency.STAGES if k != "serialize"]
+    assert "| 128^3 | 5000 |" in text
     assert "54321 -> 20000" in text and "mesh.max_faces 20000" in text and "x.yaml" in text
 
 
@@ -117,12 +125,12 @@ def test_latency_section_simplifies_like_the_node(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert res["max_faces"] == 1000 and res["node_params"] == "given"
-    (r,) = res["sizes"]
+    r, coarse = res["sizes"]  # the benchmark's grid, then one MISE step coarser
+    assert (r["resolution"], coarse["resolution"]) == (32, 16) and coarse["cloud_points"] == 300
     assert set(r["stages"]) == set(latency.STAGES)
     _check_latency_row(r, res["messages_measured"])
     assert r["faces_marching_cubes"] > 1000
     assert r["simplified"] and r["faces_published"] <= 1000, r["simplify_note"]
-    assert r["vertices_published"] < r["vertices_marching_cubes"]
 
 
 def _check_latency_row(r, messages_measured):
@@ -202,13 +210,15 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert "## Targets" in (out / "results.md").read_text() and "## Targets" in proc.stdout
-    for key in ("floor", "mise_vs_dense", "latency", "queries", "ros", "map"):
+    for key in ("floor", "mise_vs_dense", "latency", "frame", "queries", "ros", "map"):
         assert key in res and "error" not in res[key], res.get(key)
     _check_floor(res["floor"])
     _check_mise(res["mise_vs_dense"])
     sizes = res["sizes"]
     lat = res["latency"]["sizes"]
-    assert [r["cloud_points"] for r in lat] == sizes["cloud_sizes"]
+    finest = sizes["resolution0"] * 2 ** sizes["upsampling_steps"]
+    assert [(r["resolution"], r["cloud_points"]) for r in lat] == \
+        [(finest, n) for n in sizes["cloud_sizes"]] + [(finest // 2, sizes["cloud_sizes"][len(sizes["cloud_sizes"]) // 2])]
     assert res["latency"]["max_faces"] == yaml.safe_load(default_params_file().read_text()
                                                          )["/**"]["ros__parameters"]["mesh"]["max_faces"]
     for r in lat:
@@ -222,7 +232,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert 0 <= r["store_spread"]["points_reaching_network"] < r["points"]
     assert 0.0 <= q["grid_vs_exact"]["max_abs_prob_diff"] <= 1.0
     statuses = {t["name"]: t["status"] for t in res["targets"]}
-    assert len(statuses) == 7 and set(statuses.values()) <= {"PASS", "MISS", "NOT MEASURED"}
+    assert len(statuses) == 10 and set(statuses.values()) <= {"PASS", "MISS", "NOT MEASURED"}
     ros = res["ros"]
     if unavailable_reason() is not None:
         assert ros["available"] is False
@@ -235,8 +245,15 @@ def test_quick_benchmark_end_to_end(tmp_path):
         for k in ("spread", "inside_one"):
             assert r[k]["points_per_s"] == pytest.approx(r["points"] / r[k]["time"]["median_s"])
     u = ros["service_under_load"]
-    assert u["calls"] >= sizes["latency_calls"] and 0 < u["p50_s"] <= u["p99_s"] <= u["max_s"]
-    assert u["frames_reconstructed_meanwhile"] >= 1  # the calls overlapped a reconstruction
+    assert len(u["runs"]) == 3 and u["calls"] == sum(r["calls"] for r in u["runs"])
+    for r in u["runs"]:
+        assert r["calls"] >= sizes["latency_calls"] and 0 < r["p50_s"] <= r["p99_s"] <= r["max_s"] <= u["max_s"]
+        assert r["frames_reconstructed_meanwhile"] >= 1  # the calls overlapped a reconstruction
+    fr = res["frame"]
+    assert fr["available"] and fr["frame"]["objects"] >= 3 and fr["one_object"]["objects"] == 1
+    assert sum(fr["frame"]["share"].values()) == pytest.approx(1.0 - fr["frame"]["unaccounted_s"]
+                                                              / fr["frame"]["stages"]["total"]["median_s"])
+    assert _positive(fr["frame"]["stages"]["encode"]["median_s"]) and _positive(fr["frame"]["floor"]["mise"])
     mp = res["map"]
     assert mp["available"] and mp["node_exit_code"] == 0 and mp["frame"]["objects"] >= 3
     assert mp["first_meshes"]["objects"] == mp["frame"]["objects"] and mp["first_meshes"]["seconds_from_first_frame"] > 0

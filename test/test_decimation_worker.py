@@ -163,3 +163,13 @@ def test_close_is_bounded_even_when_the_worker_hangs():
     assert time.monotonic() - t0 < 3.0 and _gone(pid)
     caller.join(5)
     assert not caller.is_alive() and len(raised) == 1 and "closed" in str(raised[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process nice values as Linux reads them")
+def test_the_worker_process_runs_at_the_lower_priority_it_was_given():
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with ProcessDecimation(nice=3) as worker:
+        pid = worker.start()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 3)
+    with pytest.raises(ValueError, match="0..19"):
+        ProcessDecimation(nice=20)

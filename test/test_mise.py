@@ -106,3 +106,31 @@ def test_corner_values_at_the_threshold_still_give_a_closed_mesh_after_vertex_we
     welded = trimesh.Trimesh(v, f, process=True)  # merges vertices closer than trimesh's 1e-8
     assert welded.is_watertight and welded.is_winding_consistent
     assert len(welded.vertices) == len(v)  # no vertex was close enough to another to be merged
+
+
+def test_mise_of_several_objects_level_by_level_equals_each_alone():
+    """mise_values_many (the levels of all objects evaluated together) gives every object the grid and counts
+    that mise_values gives it alone; each round hands over every unfinished object's points at once."""
+    from occnet_ros.reconstruction.mise import MiseGrid, mise_values_many
+
+    centres = [np.array([0.1, 0.0, -0.05]), np.array([-0.2, 0.15, 0.0]), np.array([0.0, 0.0, 0.0])]
+    radii = [0.25, 0.1, 0.02]  # the last is smaller than a coarse cell: MISE finds nothing and stops early
+
+    def field(c, r):
+        return lambda p: (r - np.linalg.norm(p - c, axis=1) + 0.5).astype(np.float32)
+
+    fields = [field(c, r) for c, r in zip(centres, radii)]
+    rounds = []
+
+    def eval_many(points):
+        rounds.append([p.shape[0] for p in points])
+        return [f(p) for f, p in zip(fields, points)]
+
+    grids = [MiseGrid(8, 2, 0.5) for _ in fields]
+    together = mise_values_many(eval_many, grids)
+    for f, (values, stats) in zip(fields, together):
+        alone, alone_stats = mise_values(f, 8, 2, 0.5)
+        np.testing.assert_array_equal(values, alone)
+        assert stats["evals_per_level"] == alone_stats["evals_per_level"]
+    assert len(rounds) == 3 and all(len(r) == 3 for r in rounds)  # one call per level, all objects in it
+    assert rounds[0] == [9 ** 3] * 3

@@ -179,3 +179,39 @@ def test_mirror_planes_samples_at_the_mirrored_point_what_the_planes_give_at_the
     assert torch.allclose(LocalDecoder.sample(p * flip, mirrored), LocalDecoder.sample(p, planes), atol=1e-6)
     assert torch.equal(mirrored[:, 1], planes[:, 1]) and torch.equal(mirror_planes(mirrored), planes)
     assert not torch.allclose(LocalDecoder.sample(p, mirrored), LocalDecoder.sample(p, planes), atol=1e-3)
+
+
+def test_fused_prepared_decode_equals_the_reference_forward():
+    """The inference form (the blocks' feature maps stacked into one matrix product) gives the logits of the
+    plain forward pass, for one code broadcast over a batch and for one code per batch row."""
+    torch.manual_seed(3)
+    net = OccupancyNetwork(dataclasses.replace(LOCAL, decoder_blocks=3)).eval()
+    randomize_like_trained(net)
+    with torch.inference_mode():
+        code = net.encode(_points(2, 64))
+        q = _points(2, 500, seed=5)
+        fused, plain = net.prepare(code), net.prepare(code, fuse=False)
+        assert fused.fc_c_weight is not None and plain.fc_c_weight is None
+        ref = net.decoder.forward(q, code)
+        torch.testing.assert_close(net.decode_prepared(q, fused), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.decode_prepared(q, plain), ref, rtol=0, atol=0)
+        one = net.prepare(code[:1])
+        torch.testing.assert_close(net.decode_prepared(q, one).reshape(2, 500),
+                                   net.decoder.forward(q.reshape(1, -1, 3), code[:1]).reshape(2, 500),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_unet_channels_last_inference_equals_training_layout():
+    """At inference on a CPU the U-Net runs channels-last; its output equals the default layout's (the
+    training mode path) up to float rounding, and comes back contiguous."""
+    torch.manual_seed(4)
+    unet = UNet2d(8, 8, 3)
+    x = torch.randn(5, 8, 16, 16)
+    unet.train()
+    with torch.no_grad():
+        ref = unet(x)
+    unet.eval()
+    with torch.inference_mode():
+        out = unet(x)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -46,7 +46,7 @@ def test_random_network_reconstruct_shapes_and_determinism():
     c = rec.reconstruct(pts)
     assert a.n_input_points == 499
     assert a.code.shape == (1, 16) and torch.equal(a.code, c.code)
-    assert set(a.timings) == {"normalize", "encode", "mise", "marching_cubes", "anchor", "total"}
+    assert set(a.timings) == {"normalize", "encode", "mise", "marching_cubes", "simplify", "anchor", "total"}
     assert a.mise_stats["evals_per_level"][0] == 9 ** 3
     q = _cloud(50, seed=1)
     assert np.array_equal(a.query(q), c.query(q))
@@ -328,7 +328,7 @@ def test_input_subsamples_are_disjoint_seeded_and_their_codes_averaged():
     obj = rec.reconstruct(pts, extract_mesh=False)
     with torch.inference_mode():
         codes = [net.encode(torch.from_numpy(obj.frame.to_canonical(s))[None]) for s in subs]
-    assert torch.allclose(obj.code, torch.stack(codes).mean(0), atol=1e-6)
+    assert torch.allclose(obj.code, torch.stack(codes).mean(0), atol=1e-5)  # float rounding of batched convs
     one = Reconstructor(net, device="cpu", config=replace(cfg, input_subsamples=1))
     assert one._subsample(pts).shape == (1, 100, 3)
     with pytest.raises(ValueError, match="input_subsamples"):

@@ -152,7 +152,7 @@ def test_config_files_load():
 
     root = Path(__file__).resolve().parents[1]
     for name in ("default.yaml", "smoke.yaml", "context.yaml", "context64.yaml", "global.yaml", "relabel.yaml",
-                 "walls.yaml", "hollow.yaml", "finetune.yaml"):
+                 "walls.yaml", "hollow.yaml", "finetune.yaml", "household.yaml"):
         cfg = load_config(TrainConfig, root / "config" / "train" / name)
         assert cfg.steps >= 1
 
@@ -170,7 +170,7 @@ def test_stage_configs_chain_from_scratch_and_finetune_starts_from_the_shipped_w
     run_of = {Path(c.out_dir): name for name, c in cfgs.items()}
     parent = {name: run_of.get(Path(c.init_from).parent) for name, c in cfgs.items() if c.init_from}
     assert parent == {"context": "default", "context64": "context", "relabel": "context", "walls": "relabel",
-                      "hollow": "walls", "finetune": None}
+                      "hollow": "walls", "finetune": None, "household": None}
     assert {Path(cfgs[n].init_from).name for n in ("relabel", "walls", "hollow")} == {"best.pt"}
     fine, stage5 = cfgs["finetune"], cfgs["hollow"]
     assert (root / fine.init_from).resolve() == DEFAULT_WEIGHTS.resolve()

@@ -47,7 +47,7 @@ class BenchSizes:
     decoder_points: int = 262144
     iou_points: int = 100_000
     node_seconds: float = 40.0
-    latency_calls: int = 200
+    latency_calls: int = 500
     dense_repeats: int = 3
     node_mise: tuple[int, int] | None = None
 

@@ -13,9 +13,10 @@ node's ``_process``:
 - known_empty: building the object's empty-space test (``known_empty.*``: the depth bound of the view
   the points came from and the table plane; the node builds it once per frame); testing the MISE
   points against it is part of ``mise``;
-- normalize, encode, mise, marching_cubes, anchor: :meth:`Reconstructor.reconstruct`'s own stages;
-- simplify: :func:`~occnet_ros.perception.mesh_ops.simplify_mesh` to ``mesh.max_faces`` (face counts before and
-  after are reported);
+- normalize, encode, mise, marching_cubes, simplify, anchor: :meth:`Reconstructor.reconstruct`'s own stages, with
+  the node's mesh reduction passed as its ``simplify`` (:attr:`FramePipeline.simplify
+  <occnet_ros.perception.frame_pipeline.FramePipeline.simplify>`: ``mesh.max_faces``, face counts before and after
+  are reported), so the anchoring works on the reduced mesh as in the node;
 - colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
 - message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (the node builds markers only
   while ``markers`` has subscribers; this measures that case), for a frame holding this one object: it
@@ -49,12 +50,12 @@ from occnet_ros.config_io import flatten
 from occnet_ros.perception.decimation_worker import ProcessDecimation
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
-from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, simplify_mesh
+from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
 
-RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "anchor")
-STAGES = ("crop", "clean", "known_empty", *RECONSTRUCT_STAGES, "simplify", "colour", "message", "serialize", "total")
+RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "simplify", "anchor")
+STAGES = ("crop", "clean", "known_empty", *RECONSTRUCT_STAGES, "colour", "message", "serialize", "total")
 """Keys of each size's ``stages`` (``total``: crop to serialize)."""
 
 
@@ -142,6 +143,11 @@ def node_messages(marker_alpha: float) -> NodeMessages | None:
                         lambda data: data)
 
 
+def _encodings(rec) -> int:
+    """Encoder passes per object: the input subsamples, twice with mirror averaging."""
+    return rec.config.input_subsamples * (2 if rec.config.mirror_average else 1)
+
+
 def published_colors(cleaned_points: np.ndarray, observed_rgb: np.ndarray, vertices: np.ndarray
                      ) -> np.ndarray | None:
     """The node's vertex colouring: per published vertex (V, 3) the colour of the nearest cleaned
@@ -159,27 +165,40 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     if params is None:
         params, source = node_params()
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
-    rec = reconstructor(ctx, mirror_average=params.reconstruction.mirror_average,
-                        input_subsamples=params.reconstruction.input_subsamples)
     max_faces = params.mesh.max_faces
     worker = ProcessDecimation() if max_faces > 0 and params.mesh.decimate_in_worker else None
     try:
         if worker is not None:
             worker.start()
-        return _run(ctx, params, source, view, rec, worker or fast_or_open3d_decimation)
+        decimate = worker or fast_or_open3d_decimation
+        out = None
+        # the benchmark's resolution for every cloud size, then one step coarser (the node's shipped 64^3 at
+        # full size) for the middle cloud size
+        for steps, sizes in ((s.upsampling_steps, s.cloud_sizes),
+                             (s.upsampling_steps - 1, s.cloud_sizes[len(s.cloud_sizes) // 2:][:1])):
+            if steps < 0:
+                continue
+            rec = reconstructor(ctx, mirror_average=params.reconstruction.mirror_average,
+                                input_subsamples=params.reconstruction.input_subsamples, upsampling_steps=steps)
+            res = _run(ctx, params, source, view, rec, decimate, sizes)
+            if out is None:
+                out = res
+            else:
+                out["sizes"] += res["sizes"]
+        return out
     finally:
         if worker is not None:
             worker.close()
 
 
-def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate) -> dict:
-    s = ctx.sizes
+def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate, cloud_sizes) -> dict:
+    resolution = rec.config.resolution0 * 2 ** rec.config.upsampling_steps
     pipeline = FramePipeline(rec, params, decimate=decimate)
     messages = node_messages(params.marker_alpha)
     max_faces = params.mesh.max_faces
     viewpoint = np.zeros(3)
     rows = []
-    for n in s.cloud_sizes:
+    for n in cloud_sizes:
         pts = resample(view.points, n, ctx.seed)
         xyz, mask = organized_frame(pts, ctx.seed)
         image = np.random.default_rng(ctx.seed).integers(0, 256, (*xyz.shape[:2], 3), dtype=np.uint8)
@@ -204,16 +223,14 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
                 empty = (KnownEmpty(params.known_empty, view.plane, [view.depth_view])
                          if params.known_empty.enabled else None)
                 t2e = time.perf_counter()
-                obj = rec.reconstruct(cleaned.points, up=view.up, viewpoint=viewpoint, known_empty=empty)
-                t3 = time.perf_counter()
-                simple = simplify_mesh(np.asarray(obj.mesh.vertices), np.asarray(obj.mesh.faces), max_faces,
-                                       decimate=decimate)
+                obj = rec.reconstruct(cleaned.points, up=view.up, viewpoint=viewpoint, known_empty=empty,
+                                      simplify=pipeline.simplify)
                 t4 = time.perf_counter()
+                verts, faces, note = pipeline.published_mesh(obj)
                 colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
-                                           simple.vertices) if params.color_from_image else None)
+                                           verts) if params.color_from_image else None)
                 t5 = time.perf_counter()
-                result = ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1,
-                                      simple.vertices, simple.faces)
+                result = ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1, verts, faces)
                 nbytes = (0, 0)
                 t6 = t7 = t5
                 if messages is not None:
@@ -229,32 +246,32 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
             times["known_empty"].append(t2e - t2)
             for k in RECONSTRUCT_STAGES:
                 times[k].append(obj.timings[k])
-            times["simplify"].append(t4 - t3)
             times["colour"].append(t5 - t4)
             times["message"].append(t6 - t5 if messages is not None else float("nan"))
             times["serialize"].append(t7 - t6 if messages is not None else float("nan"))
             times["total"].append(t7 - t0)
-            last = (obj, cleaned, simple, colors, nbytes)
-        obj, cleaned, simple, colors, nbytes = last
+            last = (obj, cleaned, (verts, faces, note), colors, nbytes)
+        obj, cleaned, (verts, faces, note), colors, nbytes = last
         n_evals = obj.mise_stats["n_evals"]
         stages = {k: summary(v) for k, v in times.items()}
         rows.append({
-            "cloud_points": n, "points_after_clean": int(cleaned.points.shape[0]),
+            "resolution": resolution, "cloud_points": n, "points_after_clean": int(cleaned.points.shape[0]),
             "stages": stages,
             "reconstruct_median_s": sum(stages[k]["median_s"] for k in ("known_empty", *RECONSTRUCT_STAGES)),
             "mise_n_evals": n_evals,
-            "faces_marching_cubes": int(len(obj.mesh.faces)), "faces_published": int(len(simple.faces)),
-            "vertices_marching_cubes": int(len(obj.mesh.vertices)),
-            "vertices_published": int(len(simple.vertices)),
-            "simplified": bool(simple.simplified), "simplify_note": simple.note,
+            "faces_marching_cubes": int(obj.mise_stats["faces_marching_cubes"]), "faces_published": int(len(faces)),
+            "vertices_published": int(len(verts)),
+            "simplified": len(faces) < obj.mise_stats["faces_marching_cubes"], "simplify_note": note,
             "longest_gil_hold_s": float(max(stalls)),
             "colored_vertices": 0 if colors is None else int(len(colors)),
             "message_bytes": int(sum(nbytes)), "message_bytes_objects": int(nbytes[0]),
             "message_bytes_markers": int(nbytes[1]),
-            "floor": {"encode_s": ctx.floor_s(ctx.costs["encoder_flops_per_input_point"] * ctx.n_input_points),
+            "floor": {"encode_s": ctx.floor_s(_encodings(rec) * (ctx.costs["encoder_flops_per_input_point"]
+                                                                 * ctx.n_input_points
+                                                                 + ctx.costs["prepare_flops_per_code"])),
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
-    return {"resolution": s.resolution, "messages_measured": messages is not None,
+    return {"resolution": resolution, "messages_measured": messages is not None,
             "decimation": "worker process" if isinstance(decimate, ProcessDecimation) else "in process",
             "node_params": source, "max_faces": max_faces, "marker_alpha": params.marker_alpha,
             "clean_config": vars(params.filter), "sizes": rows}

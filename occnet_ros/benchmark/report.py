@@ -41,8 +41,22 @@ def _size_row(rows: list | None, key: str, value: int) -> dict | None:
     return max(rows, key=lambda r: r.get(key, 0)) if rows else None
 
 
-def _latency_row(res: dict) -> dict | None:
-    return _size_row(_dig(res, "latency", "sizes"), "cloud_points", 5000)
+def _latency_row(res: dict, coarse: bool = False) -> dict | None:
+    """The 5k-point row (or the largest) at the latency section's finest resolution, or (``coarse``) at the
+    resolution one MISE step below it."""
+    rows = _dig(res, "latency", "sizes") or []
+    levels = sorted({r.get("resolution", 0) for r in rows}, reverse=True)
+    if len(levels) < 1 + coarse:
+        return None
+    return _size_row([r for r in rows if r.get("resolution", 0) == levels[int(coarse)]], "cloud_points", 5000)
+
+
+def _under_load(res: dict, key: str) -> float | None:
+    """``key`` of the service-under-load summary when every run overlapped a reconstruction, else None."""
+    u = _dig(res, "ros", "service_under_load")
+    if not isinstance(u, dict) or (u.get("frames_reconstructed_meanwhile") or 0) < 1:
+        return None
+    return u.get(key)
 
 
 def _query_row(res: dict) -> dict | None:
@@ -50,10 +64,14 @@ def _query_row(res: dict) -> dict | None:
 
 
 TARGETS = (
-    Target("reconstruct_one_object_s", "s", 0.5, False,
-           lambda r: _dig(_latency_row(r), "reconstruct_median_s"),
-           "median known-empty test+normalise+encode+MISE+marching cubes+anchoring, 5k-point cloud (or the "
-           "largest), final resolution"),
+    Target("object_128_total_s", "s", 0.5, False,
+           lambda r: _dig(_latency_row(r), "stages", "total", "median_s"),
+           "one object as the node processes it, everything from the mask crop to the serialized messages "
+           "(known-empty, encode, MISE, marching cubes, simplification to mesh.max_faces, anchoring, colours, "
+           "messages), median, 5k-point cloud, the benchmark's resolution (128^3 in a full run)"),
+    Target("object_64_total_s", "s", 0.15, False,
+           lambda r: _dig(_latency_row(r, coarse=True), "stages", "total", "median_s"),
+           "the same one MISE step coarser (64^3 in a full run: the node's shipped resolution)"),
     Target("mise_fewer_evaluations", "x", 10.0, True,
            lambda r: _dig(r, "mise_vs_dense", "eval_ratio_dense_over_mise"),
            "dense-grid / MISE network evaluations at the same final resolution"),
@@ -70,6 +88,13 @@ TARGETS = (
                       if (_dig(r, "ros", "service_under_load", "frames_reconstructed_meanwhile") or 0) >= 1 else None),
            "query_occupancy round trip from another process, 10k points, while frames are reconstructed (not "
            "measured unless a frame finished during the calls)"),
+    Target("service_10k_p99_under_load_s", "s", 0.020, False,
+           lambda r: _under_load(r, "p99_s"),
+           "the same calls: the worst p99 of the runs (each run at least latency_calls calls and overlapping a "
+           "frame; not measured otherwise)"),
+    Target("service_10k_max_under_load_s", "s", 0.100, False,
+           lambda r: _under_load(r, "max_s"),
+           "the same calls: the longest call of all runs"),
     Target("map_static_frames_per_s", "frames/s", 2.0, True,
            lambda r: _dig(r, "map", "converged", "frames_per_s"),
            "the node as an object mapper on a static 640x480 scene of 4 objects once every object has its mesh: "
@@ -108,6 +133,27 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def _ms(t: dict | None) -> str:
     return _fmt(_dig(t, "median_s"), "s")
+
+
+def _frame_lines(fr: Any) -> list[str]:
+    """The per-stage table of one node frame (section "frame")."""
+    if not isinstance(fr, dict):
+        return []
+    if not fr.get("available", False):
+        return ["", "## One node frame, stage by stage", "", f"- not measured: {fr.get('reason', fr.get('error'))}"]
+    full, one = fr["frame"], fr["one_object"]
+    lines = ["", "## One node frame, stage by stage", "",
+             f"- {fr['width']}x{fr['height']} tabletop, {full['objects']} objects (mask, image, camera_info), node "
+             f"parameters {fr['node_params']} (MISE {fr['resolution']}^3), decimation {fr['decimation']}; medians",
+             f"- frame {_ms(full['stages']['total'])} ({_fmt(full['objects_per_s'])} objects/s); the first object "
+             f"alone {_ms(one['stages']['total'])}: {full['objects']} objects cost {_fmt(fr['four_over_one'])}x one",
+             "", "| stage | frame | share | floor | one object alone |", "|---|---|---|---|---|"]
+    floors = full.get("floor", {})
+    for k, share in full["share"].items():
+        floor = _fmt(floors.get(k), "s") if k in floors else ""
+        lines.append(f"| {k} | {_ms(full['stages'][k])} | {share * 100:.1f} % | {floor} | {_ms(one['stages'][k])} |")
+    lines.append(f"| (not in a stage) | {_fmt(full['unaccounted_s'], 's')} | | | {_fmt(one['unaccounted_s'], 's')} |")
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -158,24 +204,24 @@ def markdown(results: dict) -> str:
                          f"({_fmt(rc['ratio_dense_over_mise'])}x fewer than dense)")
     lat = results.get("latency")
     if isinstance(lat, dict) and "sizes" in lat:
-        stages = ["crop", "clean", "known_empty", "normalize", "encode", "mise", "marching_cubes", "anchor",
-                  "simplify", "colour", "message",
-                  "serialize", "total"]
+        stages = ["crop", "clean", "known_empty", "normalize", "encode", "mise", "marching_cubes", "simplify",
+                  "anchor", "colour", "message", "total"]
         max_faces = lat.get("max_faces")
-        lines += ["", f"## Per-object latency (median), {lat['resolution']}^3", "",
+        lines += ["", "## Per-object latency (median)", "",
                   f"- node parameters: {lat.get('node_params')}; meshes simplified to mesh.max_faces "
                   f"{max_faces if max_faces else 'unlimited (0)'} (decimation {lat.get('decimation', 'in process')}); "
                   f"messages with markers"
                   + ("" if lat.get("messages_measured", True) else " (not measured: ROS packages missing)"), "",
-                  "| points | " + " | ".join(stages) + " | faces MC -> published | message bytes | MISE evals "
-                  "| MISE floor | longest GIL hold |", "|---" * (len(stages) + 6) + "|"]
+                  "| grid | points | " + " | ".join(stages) + " | faces MC -> published | message bytes | MISE evals "
+                  "| MISE floor | longest GIL hold |", "|---" * (len(stages) + 7) + "|"]
         for r in lat["sizes"]:
             faces = f"{r.get('faces_marching_cubes')} -> {r.get('faces_published')}"
             if r.get("simplify_note"):
                 faces += f" ({r['simplify_note']})"
-            lines.append(f"| {r['cloud_points']} | " + " | ".join(_ms(r['stages'].get(k)) for k in stages)
+            lines.append(f"| {r.get('resolution', lat.get('resolution'))}^3 | {r['cloud_points']} | " + " | ".join(_ms(r['stages'].get(k)) for k in stages)
                          + f" | {faces} | {r.get('message_bytes')} | {r['mise_n_evals']} "
                          f"| {_fmt(r['floor']['mise_s'], 's')} | {_fmt(r.get('longest_gil_hold_s'), 's')} |")
+    lines += _frame_lines(results.get("frame"))
     q = results.get("queries")
     if isinstance(q, dict) and "sizes" in q:
         lines += ["", "## Query throughput, Python API (points/s)", "",

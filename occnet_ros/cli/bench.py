@@ -2,7 +2,7 @@
 with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
 
     occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N]
-                 [--sections floor mise latency queries ros map]
+                 [--sections floor mise latency frame queries ros map]
 
 Timings are medians over ``--repeats`` runs on this machine; run it on an otherwise idle machine (the
 load average at start is recorded). ``--quick``: tiny sizes, for the smoke test; its numbers mean
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from occnet_ros.benchmark import floor, latency, map_throughput, mise_vs_dense, node_throughput, queries, report
+from occnet_ros.benchmark import (floor, frame_stages, latency, map_throughput, mise_vs_dense, node_throughput,
+                                  queries, report)
 from occnet_ros.benchmark.common import QUICK_SIZES, BenchSizes, machine_info, make_context
 
 SECTIONS = {"mise": ("mise_vs_dense", mise_vs_dense.run), "latency": ("latency", latency.run),
+            "frame": ("frame", frame_stages.run),
             "queries": ("queries", queries.run), "ros": ("ros", node_throughput.run),
             "map": ("map", map_throughput.run)}
 """Optional sections: name on the command line -> (key in results.json, function). The floor section

@@ -4,6 +4,7 @@
     occnet_heldout --variant new:weights=runs/walls/best.pt --variant shipped --views 1 4 --out out/heldout
     occnet_heldout --variant "t04:threshold=0.4" --variant "t05:threshold=0.5" --upsampling-steps 2
     occnet_heldout --variant shipped --objects 0 16 --shape-families hollow_box=1   # one family only
+    occnet_heldout --variant shipped --objects 0 0 --groups household --per-group 8  # per-family groups
 
 The held-out objects are the first ``--objects MESHES SHAPES`` (default 32 24) of the random_urdfs
 validation split of ``--data-config`` (scaled to 12 cm) and seeded procedural shapes, reconstructed as
@@ -12,6 +13,10 @@ variant is ``NAME`` or ``NAME:key=value,...`` with ``weights=PATH``, Reconstruct
 ``anchor.<field>`` (see :mod:`occnet_ros.evaluation.heldout`). Prints a markdown table; with ``--out``
 also writes ``heldout.json`` (per-object scores) and ``heldout.md``. Exit code 2 for a bad variant,
 config or weights file.
+
+``--groups FAMILY ...`` (``household``: all of them) adds the fixed held-out shapes of the household
+families (occnet_ros/data/shapes_household.py; never drawn by the training sampler), ``--per-group`` each,
+and prints a second table with each family's IoU / F-score.
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation meshes and procedural shapes (default 32 24)")
     p.add_argument("--shape-families", nargs="+", metavar="FAMILY=WEIGHT",
                    help="draw the procedural shapes from these families (default: the training weights)")
+    p.add_argument("--groups", nargs="+", metavar="FAMILY",
+                   help="named held-out groups: household families, or 'household' for all of them")
+    p.add_argument("--per-group", type=int, default=8, help="held-out objects per group (default 8)")
     p.add_argument("--data-config", default="config/data/multiview.yaml",
                    help="data config whose validation split gives the meshes (default config/data/multiview.yaml)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
@@ -61,17 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     from occnet_ros.config_io import ConfigError, load_config
     from occnet_ros.data.dataset import DataConfig, split_meshes
     from occnet_ros.evaluation.calibration import CalibrationConfig, calibration_objects
-    from occnet_ros.evaluation.heldout import compare_variants, markdown_table, parse_variant
+    from occnet_ros.evaluation.heldout import (compare_variants, group_table, household_objects, markdown_table,
+                                               parse_variant)
 
     try:
         variants = [parse_variant(v) for v in args.variant]
         data = load_config(DataConfig, args.data_config)
         cal = CalibrationConfig(n_meshes=args.objects[0], n_shapes=args.objects[1],
                                 shape_families=parse_families(args.shape_families or []))
-        cal.validate()
-        if any(v < 1 for v in args.views) or args.upsampling_steps < 0:
-            raise ValueError("--views must be >= 1 and --upsampling-steps >= 0")
-        objects = calibration_objects(cal, split_meshes(data, "val") if data.mesh_fraction > 0 and cal.n_meshes else [])
+        if any(v < 1 for v in args.views) or args.upsampling_steps < 0 or min(args.objects) < 0:
+            raise ValueError("--views must be >= 1, --upsampling-steps >= 0 and --objects >= 0")
+        groups = household_objects(args.groups, args.per_group, cal.shape_mesh_resolution) if args.groups else []
+        if sum(args.objects) > 0 or not groups:
+            cal.validate()
+            objects = calibration_objects(cal, split_meshes(data, "val") if data.mesh_fraction > 0 and cal.n_meshes
+                                          else [])
+        else:  # only the named groups: the config counts what is scored
+            cal.n_shapes = len(groups)
+            cal.validate()
+            objects = []
+        objects += groups
         results = []
         for views in args.views:
             cal.views = views
@@ -81,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"occnet_heldout: {e}", file=sys.stderr)
         return 2
     table = markdown_table(results)
+    groups_md = group_table(results)
     families = f" of {', '.join(args.shape_families)}" if args.shape_families else ""
-    print(f"{results[0]['n_objects']} held-out objects ({args.objects[0]} meshes, {args.objects[1]} shapes{families}); "
-          f"MISE 32 x 2^{args.upsampling_steps} unless a variant sets its own")
+    in_groups = f", {len(groups)} in named groups" if groups else ""
+    print(f"{results[0]['n_objects']} held-out objects ({args.objects[0]} meshes, {args.objects[1]} shapes{families}"
+          f"{in_groups}); MISE 32 x 2^{args.upsampling_steps} unless a variant sets its own")
     print(table, end="")
+    if groups_md:
+        print(groups_md, end="")
+        table += "\n" + groups_md
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,9 @@
 
 CLOUD: .ply / .pcd (open3d), .xyz / .txt (numpy, first 3 columns), .npy ((N, 3) array); points in the
 camera optical frame (or any frame given ``--up`` and ``--viewpoint``), metres.
+Gravity-up: ``--up`` as given (with a warning when the cloud's support plane disagrees with it by more than
+the segmentation accepts); without it, estimated from the support plane in the cloud (a table around the
+object), else a level camera's ``0 -1 0``; the choice is printed (:mod:`occnet_ros.perception.gravity`).
 MESH: .ply / .obj / .stl / .glb, written in the same frame and units.
 
 A cloud fused from several cameras: ``--point-viewpoints CENTRES.npy``, an (N, 3) array with the centre of
@@ -146,13 +149,35 @@ def known_empty_from_args(args, points: np.ndarray):
     return KnownEmpty(config, plane, views)
 
 
+def gravity_up(points: np.ndarray, up, viewpoint) -> np.ndarray:
+    """The up to reconstruct with, by the node's rules (:class:`~occnet_ros.perception.gravity.GravityTracker`
+    with the default ``gravity`` settings): ``--up`` as given (a warning when the cloud's support plane
+    disagrees), else estimated from the cloud's support plane, else a level camera's up. points: (N, 3) cloud
+    frame, metres; up: (3,) or None; viewpoint: (3,) camera centre, cloud frame. What was chosen is printed
+    (stdout; warnings to stderr). Returns (3,) float64 unit vector; InputError for an up of zero length."""
+    from occnet_ros.perception.gravity import GravityConfig, GravityTracker
+    from occnet_ros.perception.segmentation import SegmentationConfig
+
+    try:
+        tracker = GravityTracker(GravityConfig(), up, SegmentationConfig().plane_max_tilt_deg, up_name="--up",
+                                 node=False)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    decision = tracker.decide(points, viewpoint, np.random.default_rng(0))
+    if decision.message is not None:
+        stream = sys.stderr if decision.level == "warning" else sys.stdout
+        print(f"occnet_reconstruct: {decision.message}", file=stream)
+    return decision.up
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="occnet_reconstruct", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cloud", help="input point cloud (.ply .pcd .xyz .txt .npy)")
     p.add_argument("-o", "--output", required=True, help="output mesh (.ply .obj .stl .glb)")
-    p.add_argument("--up", type=float, nargs=3, default=(0.0, -1.0, 0.0), metavar=("X", "Y", "Z"),
-                   help="gravity-up in the cloud's frame (default: level optical frame 0 -1 0)")
+    p.add_argument("--up", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="gravity-up in the cloud's frame (default: estimated from the support plane in the cloud, "
+                        "else a level optical frame's 0 -1 0; what was used is printed)")
     p.add_argument("--viewpoint", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"),
                    help="camera centre in the cloud's frame, metres (default: origin)")
     p.add_argument("--weights", help="checkpoint/weights file (default: the shipped weights)")
@@ -190,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix.lower() not in MESH_EXTS:
             raise InputError(f"{out}: unknown mesh extension {out.suffix!r}; use one of {list(MESH_EXTS)}")
         points = read_cloud(args.cloud)
+        up = gravity_up(points, args.up, args.viewpoint)
         known_empty = known_empty_from_args(args, points)
         vps = read_point_viewpoints(args.point_viewpoints, len(points)) if args.point_viewpoints else None
         views = args.views if args.views is not None else (len(np.unique(vps, axis=0)) if vps is not None else 1)
@@ -203,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = Reconstructor.from_pretrained(
                 args.weights, device=args.device, resolution0=args.resolution0,
                 upsampling_steps=args.upsampling_steps, threshold=args.threshold)
-            obj = rec.reconstruct(points, up=args.up, viewpoint=args.viewpoint, known_empty=known_empty,
+            obj = rec.reconstruct(points, up=up, viewpoint=args.viewpoint, known_empty=known_empty,
                                   n_views=views, point_viewpoints=vps)
         except (CheckpointError, NormalizationError, FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e

@@ -24,10 +24,12 @@ from scipy.spatial.transform import Rotation
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.data.mesh_sources import data_root, load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
+from occnet_ros.data.shapes_household import HOUSEHOLD_FAMILIES
 from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
 from occnet_ros.reconstruction.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
-FAMILY_CODES = sorted(set(FAMILIES) - {"hollow_box"}) + ["random_urdf", "user_mesh", "hollow_box"]
+FAMILY_CODES = sorted(set(FAMILIES) - {"hollow_box"} - set(HOUSEHOLD_FAMILIES)) + ["random_urdf", "user_mesh",
+                                                                                  "hollow_box", *HOUSEHOLD_FAMILIES]
 """Index -> family name of the ``family`` array of a dataset ("random_urdf": a pybullet_data random_urdfs
 mesh; "user_mesh": a mesh from ``DataConfig.mesh_dirs``; new names are appended, so cached data keep
 their meaning)."""

@@ -19,6 +19,7 @@ from occnet_ros.data.shapes_sdf import (
     Box, Difference, Ellipsoid, Extrusion, Revolution, Shape, Sphere, Torus, Transformed, Union,
     rotation_x, rotation_z,
 )
+from occnet_ros.data.shapes_household import HOUSEHOLD_FAMILIES
 
 __all__ = ["FAMILIES", "FAMILY_WEIGHTS", "Shape", "check_family_weights", "sample_shape"]
 
@@ -307,6 +308,7 @@ FAMILIES = {
     "hollow_box": _hollow_box,
 }
 """family name -> builder(rng) -> Shape."""
+FAMILIES.update(HOUSEHOLD_FAMILIES)  # thin-walled containers, flat boxes, large objects (shapes_household.py)
 
 FAMILY_WEIGHTS = {
     "box": 1.5, "gable_carton": 0.5, "sphere": 0.5, "ellipsoid": 0.7, "cylinder": 1.0, "frustum": 0.7,
@@ -315,7 +317,8 @@ FAMILY_WEIGHTS = {
 }
 """Default relative sampling weights of :func:`sample_shape`. ``hollow_box`` is not among them, so a data
 config without ``family_weights`` generates the same objects (and cache keys) as if the family did not
-exist; a data config draws it with ``family_weights``."""
+exist; a data config draws it with ``family_weights``. Nor are the household families
+(:data:`~occnet_ros.data.shapes_household.HOUSEHOLD_FAMILIES`), for the same reason."""
 
 
 def check_family_weights(weights: dict[str, float]) -> None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-__all__ = ["MeshParts", "mesh_parts", "parity_vote", "random_directions", "solid_inside", "on_solid_boundary"]
+__all__ = ["MeshParts", "mesh_parts", "parity_vote", "random_directions", "signed_volume", "solid_inside",
+           "on_solid_boundary"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,15 @@ def _in_box(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return np.all((points >= lo) & (points <= hi), axis=1)
 
 
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume of a closed triangle mesh (V, 3), (F, 3): the sum of the signed tetrahedra spanned by
+    the origin and each face (negative for a part turned inside out; 0 for a flat one). Computed here
+    rather than by ``trimesh.Trimesh.volume``, which also derives the centre of mass by dividing by the
+    volume and so warns (divide by zero) for every flat closed part."""
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]
+    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
+
+
 def mesh_parts(mesh: trimesh.Trimesh) -> MeshParts:
     """Split ``mesh`` into its connected parts and give each its sign (see the module docstring)."""
     label, merged = _split_faces(mesh)
@@ -110,7 +120,7 @@ def mesh_parts(mesh: trimesh.Trimesh) -> MeshParts:
         faces.append(np.asarray(part.faces, dtype=np.int64))
         is_closed = bool(part.is_watertight)
         closed.append(is_closed)
-        volumes.append(float(part.volume) if is_closed else 0.0)
+        volumes.append(signed_volume(verts[-1], faces[-1]) if is_closed else 0.0)
     signs = np.ones(len(faces), dtype=np.int64)
     probe_dirs = random_directions(3, np.random.default_rng(12345))
     for i, vol in enumerate(volumes):

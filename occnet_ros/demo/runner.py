@@ -49,7 +49,8 @@ class DemoSettings:
     ``seed``: the scene; ``timeout_s``: give up after this many seconds; ``namespace``: ROS namespace
     of both nodes (keeps the demo's topics apart from others'); ``node_params``: extra
     ``name:=value`` parameters for reconstruction_node; ``log_dir``: the nodes' output; ``large_data``:
-    set ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (see the module docstring) when it is unset."""
+    set ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (see the module docstring) when it is unset; ``viewer``: run
+    ``viewer_node`` beside the nodes (live view in a browser, :func:`viewer_url`)."""
 
     weights: Path
     log_dir: Path
@@ -64,6 +65,7 @@ class DemoSettings:
     namespace: str = "occnet_demo"
     node_params: list[str] = field(default_factory=list)
     large_data: bool = True
+    viewer: bool = False
 
 
 def sim_camera_config(s: DemoSettings) -> SimCameraNodeConfig:
@@ -127,7 +129,31 @@ def commands(s: DemoSettings) -> dict[str, list[str]]:
             for p in s.node_params:
                 cmd += ["-p", p]
         out[spec.executable] = cmd
+    if s.viewer:
+        out["viewer_node"] = viewer_command(s)
     return out
+
+
+def viewer_command(s: DemoSettings) -> list[str]:
+    """``viewer_node`` in the demo's namespace (default ports, fixed frame from the first objects)."""
+    from occnet_ros.cli.launch import command
+    from occnet_ros.ros.launch_spec import LaunchSpecError, NodeSpec, normalize_namespace
+
+    spec = NodeSpec(package="occnet_ros", executable="viewer_node", name="viewer_node",
+                    namespace=normalize_namespace(s.namespace))
+    try:
+        return command(spec)
+    except LaunchSpecError:
+        return [sys.executable, "-m", "occnet_ros.ros.viewer_node"] + spec.ros_args()
+
+
+def viewer_url() -> str:
+    """The page address of the demo's viewer (the viewer's default host and ports)."""
+    from occnet_ros.viewer.config import ViewerConfig
+    from occnet_ros.viewer.rerun_sink import page_url
+
+    c = ViewerConfig()
+    return page_url(c.host, c.web_port, c.grpc_port)
 
 
 class _Processes:

@@ -119,7 +119,7 @@ def _network_methods(cfg: EvalConfig, names: list[str]) -> tuple[dict[str, Metho
         if not full:
             rcfg.anchor = replace(rcfg.anchor, radius=0.0)
         rec = Reconstructor(base.model, device=rcfg.device, config=rcfg, default_threshold=base.threshold,
-                            default_view_thresholds=base.view_thresholds)
+                            default_view_thresholds=base.view_thresholds, calibration_for=base.calibration_for)
 
         def run(obs: Observation, obj: EvalObject) -> tuple[trimesh.Trimesh, dict]:
             empty = KnownEmpty(cfg.known_empty, obs.support_plane, obs.depth_views) if full else None

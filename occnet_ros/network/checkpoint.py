@@ -6,7 +6,8 @@ A checkpoint is a ``.pt`` file holding only plain types (dicts, lists, str, numb
     {"format": "occnet_ros-checkpoint", "version": 1,
      "model_config": {...ModelConfig fields...},
      "state_dict": {...tensors...},
-     "meta": {"step", "data_config_hash", "threshold", "view_thresholds", "metrics", "wall_time_s", ...},
+     "meta": {"step", "data_config_hash", "threshold", "view_thresholds", "temperature", "logit_bias",
+              "view_temperatures", "view_logit_biases", "metrics", "wall_time_s", ...},
      "training": {...optimiser / RNG state...}  # optional, absent in exported weights}
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from occnet_ros.config_io import ConfigError, from_dict
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+from occnet_ros.network.probability_calibration import ProbabilityCalibration
 
 FORMAT = "occnet_ros-checkpoint"
 VERSION = 1
@@ -41,18 +43,65 @@ class CheckpointMeta:
     """Training metadata stored next to the weights. ``threshold``: occupancy probability of the
     surface (best on validation, or calibrated on held-out single views); ``view_thresholds``: {number of
     fused views (int >= 2): threshold calibrated with that many views} (see :func:`threshold_for_views`);
+    ``temperature``, ``logit_bias``: the probability calibration of one view, ``view_temperatures``,
+    ``view_logit_biases``: {fused views (int >= 2): value} for more
+    (:class:`~occnet_ros.network.probability_calibration.ProbabilityCalibration`, chosen like the thresholds:
+    :func:`calibration_for_views`; a checkpoint without them has temperature 1 and bias 0, the identity);
     ``metrics``: e.g. ``{"val_iou": 0.7}``; ``wall_time_s``: training wall time in seconds."""
 
     step: int = 0
     data_config_hash: str = ""
     threshold: float = DEFAULT_THRESHOLD
     view_thresholds: dict = field(default_factory=dict)
+    temperature: float = 1.0
+    logit_bias: float = 0.0
+    view_temperatures: dict = field(default_factory=dict)
+    view_logit_biases: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         check_view_thresholds(self.view_thresholds)
+        check_view_calibrations(self.temperature, self.logit_bias, self.view_temperatures, self.view_logit_biases)
+
+    def calibration_for(self, n_views: int) -> ProbabilityCalibration:
+        """The probability calibration for a cloud fused from ``n_views`` views (:func:`calibration_for_views`)."""
+        return calibration_for_views(n_views, self.temperature, self.logit_bias, self.view_temperatures,
+                                     self.view_logit_biases)
+
+
+def check_view_calibrations(temperature: float, logit_bias: float, view_temperatures: dict,
+                            view_logit_biases: dict) -> None:
+    """Raise ValueError unless the temperatures are finite and > 0, the biases finite, and both dicts map the
+    same ints >= 2 (numbers of fused views)."""
+    ProbabilityCalibration(temperature, logit_bias)  # validates
+    if set(view_temperatures) != set(view_logit_biases):
+        raise ValueError(f"view_temperatures {sorted(view_temperatures)} and view_logit_biases "
+                         f"{sorted(view_logit_biases)} must name the same view counts")
+    for n, t in view_temperatures.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            raise ValueError(f"view_temperatures: key {n!r} is not a number of fused views >= 2")
+        try:
+            ProbabilityCalibration(t, view_logit_biases[n])
+        except ValueError as e:
+            raise ValueError(f"view calibration for {n} views: {e}") from e
+
+
+def calibration_for_views(n_views: int, temperature: float = 1.0, logit_bias: float = 0.0,
+                          view_temperatures: dict | None = None,
+                          view_logit_biases: dict | None = None) -> ProbabilityCalibration:
+    """The probability calibration for a cloud fused from ``n_views`` views: the one fitted with the largest
+    view count <= ``n_views`` in ``view_temperatures`` / ``view_logit_biases``, else the one-view
+    ``temperature`` / ``logit_bias`` (the same rule as :func:`threshold_for_views`)."""
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    view_temperatures, view_logit_biases = view_temperatures or {}, view_logit_biases or {}
+    counts = [n for n in view_temperatures if n <= n_views]
+    if counts:
+        n = max(counts)
+        return ProbabilityCalibration(float(view_temperatures[n]), float(view_logit_biases[n]))
+    return ProbabilityCalibration(float(temperature), float(logit_bias))
 
 
 def check_view_thresholds(view_thresholds: dict) -> None:
@@ -176,6 +225,33 @@ def set_threshold(path: str | Path, threshold: float, calibration: dict, views: 
         key = f"calibration_{views}_views"
     payload["meta"].setdefault("metrics", {})[key] = _plain(calibration)
     return _save_payload(payload, path)
+
+
+def set_probability_calibration(path: str | Path, calibrations: dict, record: dict,
+                                dst: str | Path | None = None) -> Path:
+    """Write checkpoint ``path`` to ``dst`` (default: ``path`` itself; atomically) with the probability
+    calibrations ``{fused views (int >= 1): ProbabilityCalibration}`` (1: ``meta.temperature`` /
+    ``meta.logit_bias``; more: ``meta.view_temperatures`` / ``meta.view_logit_biases``; view counts not
+    given keep what the file has) and the ``record`` of the fit under ``meta.metrics["probability_calibration"]``.
+    Weights and thresholds are not changed."""
+    if not calibrations:
+        raise ValueError("no probability calibration to store")
+    payload = load_raw(path)
+    meta = payload["meta"]
+    for views, cal in sorted(calibrations.items()):
+        if not isinstance(views, int) or isinstance(views, bool) or views < 1:
+            raise ValueError(f"view count {views!r} must be an int >= 1")
+        if not isinstance(cal, ProbabilityCalibration):
+            raise TypeError(f"calibration for {views} views must be a ProbabilityCalibration, got {type(cal).__name__}")
+        if views == 1:
+            meta["temperature"], meta["logit_bias"] = float(cal.temperature), float(cal.bias)
+        else:
+            meta.setdefault("view_temperatures", {})[views] = float(cal.temperature)
+            meta.setdefault("view_logit_biases", {})[views] = float(cal.bias)
+    check_view_calibrations(meta.get("temperature", 1.0), meta.get("logit_bias", 0.0),
+                            meta.get("view_temperatures", {}), meta.get("view_logit_biases", {}))
+    meta.setdefault("metrics", {})["probability_calibration"] = _plain(record)
+    return _save_payload(payload, path if dst is None else dst)
 
 
 def _save_payload(payload: dict, dst: str | Path) -> Path:

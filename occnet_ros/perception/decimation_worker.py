@@ -133,8 +133,11 @@ def _serve(conn, parent_pid: int) -> None:
 
 
 def _child_main() -> None:
-    """The worker process's entry (``python -c``): argv = [connection fd, parent pid]."""
+    """The worker process's entry (``python -c``): argv = [connection fd, parent pid, nice increment]."""
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    nice = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)  # background work: the parent's latency-bound threads get a core first
     _serve(multiprocessing.connection.Connection(fd), parent_pid)
 
 
@@ -194,11 +197,11 @@ class _Child:
     torch and rclpy, about 380 MB; this one imports numpy and the decimators, about 110 MB). ``pid``,
     ``exitcode`` (None while running, -N after signal N), ``join``, ``kill``: as ``multiprocessing.Process``."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, nice: int = 0):
         code = "from occnet_ros.perception.decimation_worker import _child_main; _child_main()"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the parent's imports
-        self._popen = subprocess.Popen([sys.executable, "-c", code, str(fd), str(os.getpid())], pass_fds=(fd,),
-                                       env=env, stdin=subprocess.DEVNULL)
+        self._popen = subprocess.Popen([sys.executable, "-c", code, str(fd), str(os.getpid()), str(nice)],
+                                       pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL)
         self.pid = self._popen.pid
 
     @property
@@ -220,11 +223,11 @@ class _Worker:
     """One worker process and the parent's end of its connection (a socket pair; the worker's end is closed
     here once it has started, so the connection reads end-of-file as soon as the worker has died)."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, nice: int = 0):
         here, there = socket.socketpair()
         self.conn = multiprocessing.connection.Connection(here.detach())
         try:
-            self.proc = _start_process(lambda: _Child(there.fileno()))
+            self.proc = _start_process(lambda: _Child(there.fileno(), nice))
         except Exception as e:
             self.conn.close()
             raise _WorkerLost(f"the decimation worker process could not be started: {e!r}") from e
@@ -300,11 +303,15 @@ class ProcessDecimation:
     called with one sentence each time a new worker replaces a lost one and each time a mesh is decimated in
     the calling process; :attr:`restarts` counts the replacements. Thread-safe (one mesh at a time);
     :meth:`close` (or ``with``) stops the worker. See the module docstring for how the worker ends with its
-    parent process."""
+    parent process. ``nice``: added to the worker process's nice value (0..19; see
+    :mod:`occnet_ros.perception.priority`)."""
 
-    def __init__(self, timeout_s: float = 120.0, warn: Callable[[str], None] | None = None):
+    def __init__(self, timeout_s: float = 120.0, warn: Callable[[str], None] | None = None, nice: int = 0):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValueError(f"nice must be an integer in 0..19, got {nice!r}")
+        self.nice = nice
         self.timeout_s = float(timeout_s)
         self._warn = warn if warn is not None else logging.getLogger(__name__).warning
         self._worker: _Worker | None = None
@@ -322,7 +329,7 @@ class ProcessDecimation:
                     raise DecimationWorkerError("the decimation worker was closed")
                 try:
                     if self._worker is None:
-                        self._worker = _Worker(self.timeout_s)
+                        self._worker = _Worker(self.timeout_s, self.nice)
                         if self._closed:  # closed while it started
                             self._worker.stop(0.0)
                             self._worker = None

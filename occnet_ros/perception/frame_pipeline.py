@@ -49,6 +49,13 @@ class FrameInput:
     camera_to_cloud: RigidTransform | None = None
 
 
+RECONSTRUCTION_STAGES = ("normalize", "encode", "mise", "marching_cubes", "simplify", "anchor")
+"""The stages of :meth:`Reconstructor.reconstruct <occnet_ros.reconstruction.reconstructor.Reconstructor.reconstruct>`
+(keys of its ``timings``)."""
+FRAME_STAGES = ("segmentation", "clean", "known_empty", *RECONSTRUCTION_STAGES, "colour")
+"""Keys of :attr:`ProcessedFrame.stage_seconds`, in processing order."""
+
+
 @dataclass
 class ProcessedObject:
     """One reconstructed object: ``segment`` (id, label, observed points), ``obj`` (the
@@ -91,6 +98,10 @@ class ProcessedFrame:
     method: str
     warnings: list[str]
     cancelled: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage of :meth:`FramePipeline.process`, summed over the frame's objects: segmentation,
+    cleaning, known_empty (building the frame's empty-space tests), the reconstructor's own stages
+    (normalize, encode, mise, marching_cubes, simplify, anchor) and colour."""
 
 
 def stored_objects(result: ProcessedFrame) -> list[StoredObject]:
@@ -101,8 +112,8 @@ def stored_objects(result: ProcessedFrame) -> list[StoredObject]:
 class FramePipeline:
     """Segmentation + per-object reconstruction with the settings of a :class:`PerceptionConfig`.
 
-    reconstructor: a :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`, or anything with ``reconstruct(points, up=, viewpoint=, previous=, known_empty=) ->
-    ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
+    reconstructor: a :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`, or anything with ``reconstruct(points, up=,
+    viewpoint=, previous=, known_empty=, simplify=) -> ReconstructedObject`` (``previous``: the object's reconstruction of the last frame, or None; the
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
     ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in this process by default; the
@@ -113,6 +124,7 @@ class FramePipeline:
         self.reconstructor = reconstructor
         self.config = config
         self.decimate = decimate
+        self.simplify = self._simplify  # one object: published_mesh recognises meshes it already reduced
         self.tracker = ClusterTracker(config.segmentation.track_distance)
         self.rng = np.random.default_rng(config.seed)
         self._kept: dict[int, _Kept] = {}
@@ -122,14 +134,23 @@ class FramePipeline:
         """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
         return sorted(self._kept)
 
+    def _simplify(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """(V, 3), (F, 3) any frame -> the mesh reduced to ``mesh.max_faces`` by ``decimate`` (same frame), note.
+        Passed to the reconstructor as ``simplify``, so meshes are reduced before they are anchored."""
+        s = simplify_mesh(vertices, faces, self.config.mesh.max_faces, decimate=self.decimate)
+        return s.vertices, s.faces, s.note
+
     def published_mesh(self, obj: ReconstructedObject, kept: _Kept | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-        """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh,
-        else ``obj.mesh`` simplified to ``mesh.max_faces``."""
+        """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh; ``obj.mesh``
+        as is when the reconstructor already reduced it with :attr:`simplify`; else ``obj.mesh`` simplified to
+        ``mesh.max_faces``."""
         mesh = obj.mesh
         if mesh is None:
             return np.zeros((0, 3)), np.zeros((0, 3), np.int64), ""
         if kept is not None and kept.obj.mesh is mesh:
             return kept.vertices, kept.faces, ""
+        if obj.simplified_by is self.simplify:
+            return np.asarray(mesh.vertices), np.asarray(mesh.faces), obj.mesh_note
         s = simplify_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), self.config.mesh.max_faces,
                           decimate=self.decimate)
         return s.vertices, s.faces, s.note
@@ -237,40 +258,71 @@ class FramePipeline:
         """Segment ``frame`` and reconstruct every segment (cleaned first, passing the object's last
         reconstruction as ``previous``); simplify each mesh to publish; vertex colours from the nearest
         observed point's colour. A completed frame replaces what is kept for reuse by its own objects."""
+        t_start = time.perf_counter()
         segments, method, grid, plane = self.segment_with_plane(frame)
         results, warnings = [], []
+        stages = dict.fromkeys(FRAME_STAGES, 0.0)
+        stages["segmentation"] = time.perf_counter() - t_start
+        t_empty = time.perf_counter()
         known_empty = self._known_empty(frame, plane, warnings) if segments else (lambda points: None)
+        stages["known_empty"] += time.perf_counter() - t_empty
         if frame.image is not None and self.config.color_from_image and grid is not None \
                 and frame.image.shape[:2] != tuple(grid):
             warnings.append(f"image {frame.image.shape[1]}x{frame.image.shape[0]} does not match the "
                             f"{grid[1]}x{grid[0]} pixel grid of the cloud/mask: no colours from it")
         up, viewpoint = np.asarray(frame.up, np.float64), np.asarray(frame.viewpoint, np.float64)
+        todo = []  # (segment, cleaned points, kept, seconds so far, reconstruct's keyword arguments)
         for seg in segments:
             if should_stop():
-                return ProcessedFrame(results, method, warnings, cancelled=True)
+                return ProcessedFrame(results, method, warnings, cancelled=True, stage_seconds=stages)
             t0 = time.perf_counter()
             cleaned = clean_cloud(seg.points, self.config.filter, viewpoint)
+            t1 = time.perf_counter()
+            stages["clean"] += t1 - t0
             if cleaned.points.shape[0] < self.config.segmentation.min_points:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
             kept = self._kept.get(seg.id)
             empty = known_empty(cleaned.points)
-            extra = {"known_empty": empty} if empty is not None else {}
-            try:
-                obj = self.reconstructor.reconstruct(cleaned.points, up=up, viewpoint=viewpoint,
-                                                     previous=kept.obj if kept is not None else None, **extra)
-            except NormalizationError as e:
-                warnings.append(f"{seg.label} skipped: {e}")
+            stages["known_empty"] += time.perf_counter() - t1
+            request = dict(points=cleaned.points, up=up, viewpoint=viewpoint, simplify=self.simplify,
+                           previous=kept.obj if kept is not None else None)
+            if empty is not None:
+                request["known_empty"] = empty
+            todo.append((seg, cleaned, kept, time.perf_counter() - t0, request))
+        together = None
+        if len(todo) > 1 and getattr(self.reconstructor, "batch_objects", lambda: False)():
+            together = self.reconstructor.reconstruct_many([t[-1] for t in todo], return_errors=True)
+        for i, (seg, cleaned, kept, seconds, request) in enumerate(todo):
+            t0 = time.perf_counter()
+            if together is not None:
+                obj = together[i]
+            elif should_stop():
+                return ProcessedFrame(results, method, warnings, cancelled=True, stage_seconds=stages)
+            else:
+                try:
+                    obj = self.reconstructor.reconstruct(**request)
+                except NormalizationError as e:
+                    obj = e
+            if isinstance(obj, Exception):
+                warnings.append(f"{seg.label} skipped: {obj}")
                 continue
+            for k in RECONSTRUCTION_STAGES:
+                stages[k] += obj.timings.get(k, 0.0)
+            t_pub = time.perf_counter()
             verts, faces, note = self.published_mesh(obj, kept)
+            stages["simplify"] += time.perf_counter() - t_pub  # only where the reconstructor did not reduce it
             if note:
                 warnings.append(f"{seg.label}: {note}")
+            t_colour = time.perf_counter()
             colors = None
             observed = self.observed_colors(frame, seg, cleaned.index, grid)
             if observed is not None and len(verts):
                 _, nearest = cKDTree(cleaned.points).query(verts, k=1)
                 colors = observed[nearest]
+            stages["colour"] += time.perf_counter() - t_colour
+            own = obj.timings.get("total", 0.0) if together is not None else 0.0
             results.append(ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors,
-                                        time.perf_counter() - t0, verts, faces))
+                                        seconds + own + time.perf_counter() - t0, verts, faces))
         self._kept = {r.segment.id: _Kept(r.obj, r.vertices, r.faces) for r in results}
-        return ProcessedFrame(results, method, warnings)
+        return ProcessedFrame(results, method, warnings, stage_seconds=stages)

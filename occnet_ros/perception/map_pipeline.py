@@ -124,7 +124,7 @@ class MapPipeline:
         version = obj.version
         try:
             rec = self.reconstructor.reconstruct(**self.map.reconstruction_inputs(
-                obj.id, plane_tolerance_m=self.config.segmentation.plane_distance))
+                obj.id, plane_tolerance_m=self.config.segmentation.plane_distance), simplify=self.frames.simplify)
         except NormalizationError as e:
             warnings.append(f"object {obj.id} not reconstructed: {e}")
             return None

@@ -5,7 +5,9 @@ queries (the ROS service, planners) read one immutable snapshot, so they never s
 never wait for a reconstruction. A query first rejects every point outside the axis-aligned box that
 holds all queried objects' boxes (one vectorised test), then each remaining point meets each object's
 axis-aligned box, then that object's oriented padded box; only points inside it reach the object
-(the network through its cached code, or its cached probability grid: ``mode``).
+(the network through its cached code, or its cached probability grid: ``mode``). The probabilities are the
+objects' calibrated ones; :meth:`ObjectStore.query_with_sources` also says what each answer rests on (the
+``SOURCE_*`` codes of :mod:`occnet_ros.reconstruction.occupancy_field`).
 """
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
+from occnet_ros.reconstruction.occupancy_field import SOURCE_NONE
 from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES
 
 
 class QueryableObject(Protocol):
     """What the store needs of a reconstruction (e.g. :class:`occnet_ros.reconstruction.reconstructor.ReconstructedObject`):
     ``frame`` (canonical <-> store frame) and ``query_canonical(points (K, 3) canonical, mode) -> (K,)
-    float32`` with ``mode`` one of :data:`QUERY_MODES`."""
+    float32`` with ``mode`` one of :data:`QUERY_MODES`; for :meth:`ObjectStore.query_with_sources` also
+    ``sources_canonical(points (K, 3) canonical) -> (K,) uint8`` (the ``SOURCE_*`` codes)."""
 
     frame: CanonicalFrame
 
@@ -115,6 +119,17 @@ class ObjectStore:
         current ones). Raises :class:`UnknownObjectError` for ids not in the store, ``ValueError`` for a
         bad shape, non-finite points or an unknown mode.
         """
+        probs, ids, _ = self._query(points, object_ids, mode, snapshot, False)
+        return probs, ids
+
+    def query_with_sources(self, points: np.ndarray, object_ids: Iterable[int] | None = None, mode: str = "exact",
+                           snapshot: Snapshot | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`query` and, per point, what the answer rests on: ``(probs, ids, sources (M,) uint8)``,
+        the source of the object that gave the probability (``sources_canonical`` of that object), or
+        ``SOURCE_NONE`` (0) where no object's box holds the point."""
+        return self._query(points, object_ids, mode, snapshot, True)
+
+    def _query(self, points, object_ids, mode: str, snapshot: Snapshot | None, with_sources: bool):
         if mode not in QUERY_MODES:
             raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
         p = np.asarray(points, dtype=np.float32)
@@ -134,17 +149,19 @@ class ObjectStore:
         m = p.shape[0]
         probs = np.zeros(m, dtype=np.float32)
         ids = np.full(m, -1, dtype=np.int64)
+        sources = np.full(m, SOURCE_NONE, dtype=np.uint8)
         if not objs or m == 0:
-            return probs, ids
+            return probs, ids, sources
         lo = np.min([o.box_min for o in objs], axis=0)
         hi = np.max([o.box_max for o in objs], axis=0)
         candidates = np.flatnonzero(((p >= lo) & (p <= hi)).all(axis=1))
         if candidates.size == 0:
-            return probs, ids
+            return probs, ids, sources
         if candidates.size == m:
-            return query_objects(p, objs, mode)
-        probs[candidates], ids[candidates] = query_objects(p[candidates], objs, mode)
-        return probs, ids
+            return _per_object(p, objs, mode, with_sources)
+        probs[candidates], ids[candidates], sources[candidates] = _per_object(p[candidates], objs, mode,
+                                                                              with_sources)
+        return probs, ids, sources
 
 
 def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str = "exact"
@@ -152,11 +169,22 @@ def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str
     """The per-object part of :meth:`ObjectStore.query`, without the union-box rejection: points (M, 3)
     float32 finite, store frame, metres; ``objects`` with their boxes filled (as in a :class:`Snapshot`)
     -> (probs (M,) float32, ids (M,) int64), 0 and -1 where no object's padded box holds the point."""
+    probs, ids, _ = _per_object(points, objects, mode, False)
+    return probs, ids
+
+
+def _per_object(points: np.ndarray, objects: Iterable[StoredObject], mode: str, with_sources: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`query_objects` and (``with_sources``) each point's source from the object that answered it,
+    asked once per object for the points it won (SOURCE_NONE elsewhere and without ``with_sources``)."""
     p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     m = p.shape[0]
     best = np.full(m, -1.0, dtype=np.float32)
     ids = np.full(m, -1, dtype=np.int64)
-    for o in sorted(objects, key=lambda o: o.id):
+    sources = np.full(m, SOURCE_NONE, dtype=np.uint8)
+    canonical: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    objects = sorted(objects, key=lambda o: o.id)
+    for o in objects:
         idx = np.flatnonzero(((p >= o.box_min) & (p <= o.box_max)).all(axis=1))
         if idx.size == 0:
             continue
@@ -169,4 +197,14 @@ def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str
         better = prob > best[idx]
         best[idx[better]] = prob[better]
         ids[idx[better]] = o.id
-    return np.maximum(best, 0.0), ids
+        if with_sources:
+            canonical[o.id] = (idx, c)
+    if with_sources:
+        for o in objects:
+            if o.id not in canonical:
+                continue
+            idx, c = canonical[o.id]
+            won = ids[idx] == o.id
+            if won.any():
+                sources[idx[won]] = np.asarray(o.obj.sources_canonical(c[won]), dtype=np.uint8).reshape(-1)
+    return np.maximum(best, 0.0), ids, sources

@@ -1,6 +1,11 @@
 """The occupancy query behind the ``query_occupancy`` service, on plain arrays (no ROS types): request
 checks, frame change, store lookup. Every refusal is a :class:`QueryAnswer` with ``success=False`` and
-a message saying why."""
+a message saying why.
+
+The probabilities are the objects' calibrated occupancy probabilities (the checkpoint's temperature and bias
+for the cloud's number of views, :mod:`occnet_ros.network.probability_calibration`); with ``with_sources`` the
+answer also says, per point, whether it rests on the observation or on the network alone (the ``SOURCE_*``
+codes of :mod:`occnet_ros.reconstruction.occupancy_field`, the ``source`` field of ``query_occupancy``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,17 +20,19 @@ from occnet_ros.perception.object_store import ObjectStore, UnknownObjectError
 @dataclass
 class QueryAnswer:
     """``probabilities`` (M,) float32 and ``object_ids`` (M,) int64 (-1: no object) when ``success``; empty
-    otherwise."""
+    otherwise. ``sources``: (M,) uint8 ``SOURCE_*`` codes when asked for and ``success`` (empty when refused),
+    None when not asked for."""
 
     success: bool
     message: str
     probabilities: np.ndarray
     object_ids: np.ndarray
+    sources: np.ndarray | None = None
 
 
 def refused(message: str) -> QueryAnswer:
     """The answer to a request that cannot be answered: ``success`` false, ``message`` says why."""
-    return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int64))
+    return QueryAnswer(False, message, np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint8))
 
 
 def _bytes(values, dtype) -> memoryview:
@@ -38,10 +45,11 @@ def _bytes(values, dtype) -> memoryview:
 
 def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
                  transform: Callable[[str, str], RigidTransform], max_points: int,
-                 mode: str = "exact") -> QueryAnswer:
+                 mode: str = "exact", with_sources: bool = False) -> QueryAnswer:
     """Occupancy of ``flat_points`` (buffer of float32 x0, y0, z0, x1, ... metres, in ``frame_id``;
     empty = the objects' frame) over ``object_ids`` (buffer of uint32; empty = all objects). ``mode``:
-    "exact" or "grid" (see :meth:`ObjectStore.query`).
+    "exact" or "grid" (see :meth:`ObjectStore.query`). ``with_sources``: also each point's source
+    (:meth:`ObjectStore.query_with_sources`; the objects must answer ``sources_canonical``).
 
     transform(target, source) -> the :class:`~occnet_ros.geometry.RigidTransform` from the source to the
     target frame, raising :class:`~occnet_ros.geometry.TransformError` when unknown.
@@ -68,10 +76,14 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
         except TransformError as e:
             return refused(f"query frame '{frame_id}' differs from the objects' frame '{snap.frame_id}': {e}")
     try:
-        probs, oids = store.query(pts, ids.tolist() if ids.size else None, mode=mode, snapshot=snap)
+        wanted = ids.tolist() if ids.size else None
+        if with_sources:
+            probs, oids, sources = store.query_with_sources(pts, wanted, mode=mode, snapshot=snap)
+        else:
+            (probs, oids), sources = store.query(pts, wanted, mode=mode, snapshot=snap), None
     except UnknownObjectError as e:
         return refused(str(e))
     except ValueError as e:  # e.g. grid mode and an object without a cached grid
         return refused(f"cannot answer in mode '{mode}': {e}")
     where = f"{len(snap.objects)} object(s) in '{snap.frame_id}'" if snap.objects else "no objects yet"
-    return QueryAnswer(True, f"{n} points, {where}", probs, oids)
+    return QueryAnswer(True, f"{n} points, {where}", probs, oids, sources)

@@ -58,6 +58,11 @@ class ReconstructorConfig:
                                    "frames of up to max_view_frames - 1 of its other cameras and the "
                                    "probabilities averaged (one more encoding and decoding each); 1 = only the "
                                    "frame of its own viewpoint", range=(1, 64))
+    batch_objects: Literal["auto", "on", "off"] = setting(
+        "auto", doc="the objects of one frame share network calls: all their inputs encoded in one call and each "
+        "MISE level of all of them decoded together (on), or one object after the other (off); auto = on a GPU "
+        "only (on a CPU one object already keeps every core busy and the shared calls measured slower: make "
+        "bench, section frame)")
 
     def __post_init__(self):
         # None is the Python spelling of "the checkpoint's" for the two settings whose 0 means that
@@ -83,6 +88,8 @@ class ReconstructorConfig:
             raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
         if not 0.0 <= self.reuse_tolerance < 1.0:
             raise ValueError(f"reuse_tolerance must be in [0, 1), got {self.reuse_tolerance}")
+        if self.batch_objects not in ("auto", "on", "off"):
+            raise ValueError(f"batch_objects must be auto, on or off, got {self.batch_objects!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         dev = self.device

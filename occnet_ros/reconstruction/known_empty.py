@@ -191,6 +191,26 @@ class KnownEmpty:
                 out[idx[c[idx, 2] < limit[row[idx], col[idx]]]] = True  # NaN limit (no return) compares False
         return out
 
+    def on_depth_surface(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 3) source frame, metres -> (M,) bool: some view measured a surface at the point, i.e. it
+        projects onto a pixel with a return ``d`` (the pixel's own depth, not the flying-pixel bound) and its
+        optical depth lies within ``n_sigma * sigma(d)`` of ``d``. A flying pixel's mixed depth counts too."""
+        p = np.asarray(points, np.float64).reshape(-1, 3)
+        out = np.zeros(p.shape[0], bool)
+        a, b = self.config.n_sigma * self.config.sigma_a, self.config.n_sigma * self.config.sigma_b
+        for view, limit, to_cam in self._views:
+            c = to_cam.apply(p)
+            row, col, ok = view.camera.pixels(c)
+            r0, c0 = view.roi_origin
+            h, w = limit.shape
+            row, col = row - r0, col - c0
+            ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            idx = np.flatnonzero(ok)
+            d = np.asarray(view.depth, np.float64)[row[idx], col[idx]]
+            with np.errstate(invalid="ignore"):  # NaN depth (no return) compares False
+                out[idx[(d > 0) & (np.abs(c[idx, 2] - d) <= a + b * d * d)]] = True
+        return out
+
     def mask(self, points: np.ndarray) -> np.ndarray:
         """points (M, 3) source frame, metres -> (M,) bool: known to be empty (below the plane or in
         free space). Non-finite points are never marked."""

@@ -85,6 +85,86 @@ def _interpolate_level(values: np.ndarray, stride: int) -> None:
     v[:, :, 1::2] = 0.5 * (v[:, :, 0:-1:2] + v[:, :, 2::2])
 
 
+class MiseGrid:
+    """MISE on one corner grid, one level at a time, so that the levels of several objects can be evaluated
+    together (:func:`mise_values_many`); :func:`mise_values` drives one.
+
+    ``pending()`` -> (M, 3) float32 canonical points of the current level (C order of the grid), None when
+    done; ``feed(values)`` gives their (M,) values and moves to the next level; ``finish()`` -> (values
+    (R+1)^3 float32 all filled, stats) as :func:`mise_values` returns them."""
+
+    def __init__(self, resolution0: int = 32, upsampling_steps: int = 2, threshold: float = 0.5,
+                 box_half: float = BOX_HALF):
+        if resolution0 < 1 or upsampling_steps < 0:
+            raise ValueError("need resolution0 >= 1, upsampling_steps >= 0")
+        self.t0 = time.perf_counter()
+        self.steps, self.threshold, self.box_half = upsampling_steps, threshold, box_half
+        self.res = resolution0 * 2 ** upsampling_steps
+        n = self.n = self.res + 1
+        self.values = np.zeros((n, n, n), dtype=np.float32)
+        self.evaluated = np.zeros((n, n, n), dtype=bool)
+        self.per_level: list[tuple[np.ndarray, np.ndarray]] = []
+        self.level = 0
+        self.time_eval = 0.0
+        self.calls = 0
+        self._new = self._level_corners()
+
+    def _level_corners(self) -> np.ndarray | None:
+        """Flat indices of the current level's new corners (None past the last level)."""
+        n, level = self.n, self.level
+        if level > self.steps:
+            return None
+        s = 2 ** (self.steps - level)
+        if level == 0:
+            a = np.arange(0, n, s)
+            return (a[:, None, None] * (n * n) + a[None, :, None] * n + a[None, None, :]).reshape(-1)
+        cells = _active_cells(self.values, self.evaluated, 2 * s, self.threshold)
+        offsets = np.array([(di * n * n + dj * n + dk) * s for di in range(3) for dj in range(3) for dk in range(3)])
+        mark = np.zeros(n ** 3, dtype=bool)
+        mark[(cells[:, None] + offsets[None, :]).reshape(-1)] = True
+        for done, _ in self.per_level:
+            mark[done] = False
+        return np.flatnonzero(mark)
+
+    def pending(self) -> np.ndarray | None:
+        """The current level's points (M, 3) float32 canonical (M may be 0), or None when every level is done."""
+        if self._new is None:
+            return None
+        return grid_coords(_flat_to_index(self._new, self.n), self.res, self.box_half)
+
+    def feed(self, values: np.ndarray, seconds: float = 0.0, calls: int = 0) -> None:
+        """The values (M,) of :meth:`pending`'s points; ``seconds``/``calls``: what evaluating them cost (stats)."""
+        if self._new is None:
+            raise RuntimeError("MISE is done: nothing to feed")
+        vals = np.asarray(values, dtype=np.float32).reshape(-1)
+        if vals.shape[0] != self._new.shape[0]:
+            raise ValueError(f"got {vals.shape[0]} values for {self._new.shape[0]} points")
+        self.values.reshape(-1)[self._new] = vals
+        self.evaluated.reshape(-1)[self._new] = True
+        self.per_level.append((self._new, vals))
+        self.time_eval += seconds
+        self.calls += calls
+        self.level += 1
+        self._new = self._level_corners()
+
+    def finish(self) -> tuple[np.ndarray, dict]:
+        """Fill never-evaluated values coarse to fine -> (values, stats); see :func:`mise_values`."""
+        if self._new is not None:
+            raise RuntimeError(f"MISE level {self.level} of {self.steps} not evaluated yet")
+        values, flat = self.values, self.values.reshape(-1)
+        # interpolate the whole level, then put back the network values of the corners evaluated at that level
+        # (corners of coarser levels are never overwritten)
+        for level in range(1, self.steps + 1):
+            _interpolate_level(values, 2 ** (self.steps - level))
+            done, vals = self.per_level[level]
+            flat[done] = vals
+        evals = [int(d.size) for d, _ in self.per_level]
+        stats = {"resolution": self.res, "evals_per_level": evals, "n_evals": int(sum(evals)),
+                 "n_dense": int(self.n ** 3), "eval_calls": self.calls, "time_eval_s": self.time_eval,
+                 "time_total_s": time.perf_counter() - self.t0}
+        return values, stats
+
+
 def mise_values(eval_fn: EvalFn, resolution0: int = 32, upsampling_steps: int = 2,
                 threshold: float = 0.5, box_half: float = BOX_HALF, batch_size: int = 100_000
                 ) -> tuple[np.ndarray, dict]:
@@ -96,56 +176,33 @@ def mise_values(eval_fn: EvalFn, resolution0: int = 32, upsampling_steps: int = 
 
     stats: ``evals_per_level`` (list of int), ``eval_calls``, ``n_evals``, ``n_dense`` ((R+1)^3),
     ``time_eval_s``, ``time_total_s``, ``resolution``."""
-    if resolution0 < 1 or upsampling_steps < 0 or batch_size < 1:
+    if batch_size < 1:
         raise ValueError("need resolution0 >= 1, upsampling_steps >= 0, batch_size >= 1")
-    t0 = time.perf_counter()
-    res = resolution0 * 2 ** upsampling_steps
-    n = res + 1
-    values = np.zeros((n, n, n), dtype=np.float32)
-    evaluated = np.zeros((n, n, n), dtype=bool)
-    flat_values, flat_evaluated = values.reshape(-1), evaluated.reshape(-1)
-    evals, calls, t_eval, per_level = [], 0, 0.0, []
-    for level in range(upsampling_steps + 1):
-        s = 2 ** (upsampling_steps - level)
-        if level == 0:
-            a = np.arange(0, n, s)
-            new = (a[:, None, None] * (n * n) + a[None, :, None] * n + a[None, None, :]).reshape(-1)
-        else:
-            cells = _active_cells(values, evaluated, 2 * s, threshold)
-            offsets = np.array([(di * n * n + dj * n + dk) * s
-                                for di in range(3) for dj in range(3) for dk in range(3)])
-            mark = np.zeros(n ** 3, dtype=bool)
-            mark[(cells[:, None] + offsets[None, :]).reshape(-1)] = True
-            for done, _ in per_level:
-                mark[done] = False
-            new = np.flatnonzero(mark)
-        if new.size:
-            te = time.perf_counter()
-            vals, c = _evaluate(eval_fn, grid_coords(_flat_to_index(new, n), res, box_half), batch_size)
-            t_eval += time.perf_counter() - te
-            calls += c
-            flat_values[new] = vals
-            flat_evaluated[new] = True
-        else:
-            vals = np.zeros(0, np.float32)
-        per_level.append((new, vals))
-        evals.append(int(new.size))
-    # fill never-evaluated values coarse to fine: interpolate the whole level, then put back the network
-    # values of the corners evaluated at that level (corners of coarser levels are never overwritten)
-    for level in range(1, upsampling_steps + 1):
-        _interpolate_level(values, 2 ** (upsampling_steps - level))
-        done, vals = per_level[level]
-        flat_values[done] = vals
-    stats = {
-        "resolution": res,
-        "evals_per_level": evals,
-        "n_evals": int(sum(evals)),
-        "n_dense": int(n ** 3),
-        "eval_calls": calls,
-        "time_eval_s": t_eval,
-        "time_total_s": time.perf_counter() - t0,
-    }
-    return values, stats
+    grid = MiseGrid(resolution0, upsampling_steps, threshold, box_half)
+    while (points := grid.pending()) is not None:
+        te = time.perf_counter()
+        vals, c = _evaluate(eval_fn, points, batch_size) if points.shape[0] else (np.zeros(0, np.float32), 0)
+        grid.feed(vals, time.perf_counter() - te, c)
+    return grid.finish()
+
+
+def mise_values_many(eval_many: Callable[[list[np.ndarray]], list[np.ndarray]], grids: list[MiseGrid]
+                     ) -> list[tuple[np.ndarray, dict]]:
+    """MISE of several objects, level by level: each round, the pending points of every object that is not
+    done go to ``eval_many`` together (a list of (M_i, 3) arrays -> a list of (M_i,) values, e.g. one batched
+    network pass over all objects). Each object's result is what :func:`mise_values` gives for it alone;
+    the evaluation time of a round is split between its objects in proportion to their points."""
+    while True:
+        active = [(g, p) for g in grids if (p := g.pending()) is not None]
+        if not active:
+            break
+        te = time.perf_counter()
+        values = eval_many([p for _, p in active])
+        dt = time.perf_counter() - te
+        total = max(1, sum(p.shape[0] for _, p in active))
+        for (g, p), v in zip(active, values):
+            g.feed(v, dt * p.shape[0] / total, 1)
+    return [g.finish() for g in grids]
 
 
 def dense_values(eval_fn: EvalFn, resolution: int, box_half: float = BOX_HALF,

@@ -5,7 +5,12 @@ An :class:`OccupancyField` holds the codes of one observation in one or more can
 (:class:`FrameCode`; the first is the object's own frame, the others those of the other cameras of a
 cloud fused from several views) and the observation's known-empty test. A probability is the mean over
 the frames whose padded box holds the point; points the sensor shows empty get 0 without reaching the
-network. :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` makes fields;
+network. Queries (:meth:`OccupancyField.query_canonical`) answer the *calibrated* probability
+(:class:`~occnet_ros.network.probability_calibration.ProbabilityCalibration` of the checkpoint, for the cloud's
+number of views); :meth:`OccupancyField.probabilities` stays the network's own, which the mesh is extracted
+from at the checkpoint's threshold, so a calibration never changes a mesh. :meth:`OccupancyField.sources`
+says, per point, whether the answer rests on the observation or on the network alone
+(:data:`SOURCE_INFERRED`, :data:`SOURCE_OBSERVED_EMPTY`, :data:`SOURCE_OBSERVED_SURFACE`). :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` makes fields;
 :class:`~occnet_ros.reconstruction.reconstructed_object.ReconstructedObject` carries one.
 """
 from __future__ import annotations
@@ -16,10 +21,26 @@ import numpy as np
 import torch
 
 from occnet_ros.network.model import OccupancyNetwork, PreparedCode, PreparedPlanes
+from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
 
-__all__ = ["OccupancyField", "FrameCode", "MIRROR", "AUTO_BATCH", "inside_box"]
+__all__ = ["OccupancyField", "FrameCode", "MIRROR", "AUTO_BATCH", "inside_box", "SOURCE_NONE", "SOURCE_INFERRED",
+           "SOURCE_OBSERVED_EMPTY", "SOURCE_OBSERVED_SURFACE"]
+
+SOURCE_NONE = 0
+"""No object covers the point (outside every queried object's padded box): probability 0, nothing known."""
+SOURCE_INFERRED = 1
+"""The probability is the network's alone: the sensor neither showed the point empty nor measured a surface at
+it (hidden behind the object or another surface, outside every view, or no depth image to test against)."""
+SOURCE_OBSERVED_EMPTY = 2
+"""The sensor shows the point empty (below the support plane, or in front of a measured depth by more than the
+noise margin; :mod:`occnet_ros.reconstruction.known_empty`): probability 0 without the network."""
+SOURCE_OBSERVED_SURFACE = 3
+"""A depth pixel measured a surface at the point, within ``known_empty.n_sigma`` sensor sigmas along its ray
+(:meth:`~occnet_ros.reconstruction.known_empty.KnownEmpty.on_depth_surface`); the probability is the network's,
+which near an observed surface is the most reliable part of its answer. The surface may be another one inside
+the object's padded box (the support plane under it, a neighbour touching it)."""
 
 MIRROR = torch.tensor([1.0, -1.0, 1.0])
 """Multiplier of canonical coordinates that mirrors them across the x-z plane (see ``mirror_average``)."""
@@ -59,11 +80,13 @@ class OccupancyField:
 
     model: the network (eval mode, on the codes' device); codes: one :class:`FrameCode` per canonical
     frame, the object's own first; batch_size: points per network call; known_empty: the observation's
-    empty-space test (source frame) or None. Read-only after construction, so several threads may query
-    it at once."""
+    empty-space test (source frame) or None; calibration: the probability calibration of answered
+    queries (None = the identity; the checkpoint's for this cloud's number of views,
+    :meth:`~occnet_ros.network.checkpoint.CheckpointMeta.calibration_for`). Read-only after construction, so
+    several threads may query it at once."""
 
     def __init__(self, model: OccupancyNetwork, codes: list[FrameCode] | tuple[FrameCode, ...], batch_size: int,
-                 known_empty: KnownEmpty | None = None):
+                 known_empty: KnownEmpty | None = None, calibration: ProbabilityCalibration | None = None):
         if not codes:
             raise ValueError("an occupancy field needs the code of at least one frame")
         if batch_size < 1:
@@ -72,6 +95,18 @@ class OccupancyField:
         self.codes = tuple(codes)
         self.batch_size = int(batch_size)
         self.known_empty = known_empty if known_empty is not None and known_empty.active else None
+        if calibration is not None and not isinstance(calibration, ProbabilityCalibration):
+            raise TypeError(f"calibration must be a ProbabilityCalibration or None, got {type(calibration).__name__}")
+        self.calibration = calibration if calibration is not None else IDENTITY
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """(M,) network probabilities (of :meth:`probabilities`, or a grid interpolating them) -> (M,) float32
+        calibrated probabilities (:attr:`calibration`; 0 stays 0)."""
+        return self.calibration.apply(probabilities)
+
+    def calibrated_threshold(self, threshold: float) -> float:
+        """A surface threshold of the network's probabilities -> the same surface's calibrated level."""
+        return self.calibration.threshold(threshold)
 
     @property
     def frame(self) -> CanonicalFrame:
@@ -133,11 +168,30 @@ class OccupancyField:
         return out
 
     def query_canonical(self, points: np.ndarray) -> np.ndarray:
-        """points (M, 3) canonical -> (M,) float32 probabilities; 0 outside the padded box or not finite,
-        without touching the network."""
+        """points (M, 3) canonical -> (M,) float32 calibrated probabilities (:meth:`calibrate` of
+        :meth:`probabilities`); 0 outside the padded box or not finite, without touching the network."""
         p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
         out = np.zeros(p.shape[0], dtype=np.float32)
         idx = np.flatnonzero(inside_box(p))
         if idx.size:
-            out[idx] = self.probabilities(p[idx])
+            out[idx] = self.calibrate(self.probabilities(p[idx]))
+        return out
+
+    def sources(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 3) canonical -> (M,) uint8, what the answer at each point rests on:
+        :data:`SOURCE_OBSERVED_EMPTY` where the known-empty test marks it (the probability is 0 there),
+        else :data:`SOURCE_OBSERVED_SURFACE` where a depth view measured a surface at it within the noise
+        band, else :data:`SOURCE_INFERRED`; :data:`SOURCE_NONE` outside the padded box or not finite.
+        Without a known-empty test every point in the box is inferred. No network call."""
+        p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        out = np.zeros(p.shape[0], dtype=np.uint8)
+        idx = np.flatnonzero(inside_box(p))
+        out[idx] = SOURCE_INFERRED
+        if idx.size == 0 or self.known_empty is None:
+            return out
+        src = self.frame.from_canonical(p[idx])
+        empty = self.known_empty.mask(src)
+        surface = ~empty & self.known_empty.on_depth_surface(src)
+        out[idx[empty]] = SOURCE_OBSERVED_EMPTY
+        out[idx[surface]] = SOURCE_OBSERVED_SURFACE
         return out

@@ -35,10 +35,13 @@ class ReconstructedObject:
     answers exact queries (:class:`~occnet_ros.reconstruction.occupancy_field.OccupancyField`; its first
     frame is ``frame``). ``n_input_points``: finite observed points. ``threshold``: the surface
     probability the mesh was extracted at. ``timings``: seconds per stage (normalize, encode, mise,
-    marching_cubes, anchor, total). ``mise_stats``: see :func:`occnet_ros.reconstruction.mise.mise_values`.
+    marching_cubes, simplify, anchor, total). ``mise_stats``: see :func:`occnet_ros.reconstruction.mise.mise_values`.
     ``n_anchored``: mesh vertices moved onto the observation. ``grid``: the MISE probability grid
     (None without a mesh or with ``keep_grid`` off). ``reused``: True when this is the previous
-    reconstruction of the object returned unchanged (see ``reuse_tolerance``)."""
+    reconstruction of the object returned unchanged (see ``reuse_tolerance``). ``simplified_by``: the
+    simplification the mesh went through inside :meth:`~occnet_ros.reconstruction.reconstructor.Reconstructor.reconstruct`
+    (the ``simplify`` argument; None = the marching-cubes mesh as is); ``mesh_note``: what it said (empty
+    when the mesh was simplified as asked)."""
 
     mesh: trimesh.Trimesh | None
     frame: CanonicalFrame
@@ -50,6 +53,8 @@ class ReconstructedObject:
     n_anchored: int = 0
     grid: OccupancyGrid | None = field(default=None, repr=False)
     reused: bool = False
+    simplified_by: object | None = field(default=None, repr=False)
+    mesh_note: str = ""
 
     @property
     def code(self) -> torch.Tensor:
@@ -72,16 +77,21 @@ class ReconstructedObject:
         return self.occupancy.known_empty
 
     def query_canonical(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
-        """points (M, 3) canonical -> (M,) float32 probabilities; outside the padded box (or not finite)
-        -> 0. ``mode``: one of :data:`QUERY_MODES`."""
+        """points (M, 3) canonical -> (M,) float32 calibrated probabilities (the field's calibration, also of
+        the grid's values); outside the padded box (or not finite) -> 0. ``mode``: one of :data:`QUERY_MODES`."""
         if mode == "grid":
             if self.grid is None:
                 raise ValueError("grid queries need the MISE grid: reconstruct with extract_mesh=True "
                                  "and keep_grid=True")
-            return self.grid.interpolate(points)
+            return self.occupancy.calibrate(self.grid.interpolate(points))
         if mode != "exact":
             raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
         return self.occupancy.query_canonical(points)
+
+    def sources_canonical(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 3) canonical -> (M,) uint8: what each answer rests on
+        (:meth:`~occnet_ros.reconstruction.occupancy_field.OccupancyField.sources`; the same in both modes)."""
+        return self.occupancy.sources(points)
 
     def query(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
         """points (M, 3) source frame, metres -> (M,) float32 occupancy probabilities. Points outside
@@ -92,8 +102,9 @@ class ReconstructedObject:
         return self.query_canonical(self.frame.to_canonical(p), mode)
 
     def occupied(self, points: np.ndarray) -> np.ndarray:
-        """points (M, 3) source frame, metres -> (M,) bool, probability >= ``threshold``."""
-        return self.query(points) >= self.threshold
+        """points (M, 3) source frame, metres -> (M,) bool, calibrated probability >= the calibrated
+        ``threshold`` (the mesh's surface)."""
+        return self.query(points) >= self.occupancy.calibrated_threshold(self.threshold)
 
     def box_corners(self) -> np.ndarray:
         """(8, 3) float32 corners of the padded canonical box in the source frame, metres."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from occnet_ros.config_io import ConfigError, SettingInfo, describe, flatten, from_dict, setting, unflatten
 from occnet_ros.perception.config import PerceptionConfig
+from occnet_ros.perception.gravity import GravityConfig
 from occnet_ros.perception.map_config import ObjectMapConfig
 
 NODE_NAME = "reconstruction_node"
@@ -46,9 +47,13 @@ class NodeParams(PerceptionConfig):
     own settings below (each field's ``doc``)."""
 
     checkpoint: str = setting("", doc="model checkpoint file (.pt); empty = the shipped default weights")
-    up: list[float] = setting(default_factory=lambda: [0.0, -1.0, 0.0],
+    up: list[float] = setting(default_factory=lambda: [0.0, 0.0, 0.0],
                               doc="gravity-up direction [x, y, z] in the cloud frame (a level camera's optical "
-                              "frame: [0, -1, 0]); unused when world_frame is set")
+                              "frame: [0, -1, 0]). [0, 0, 0] = not set: estimated each frame from the support "
+                              "plane in view (the gravity.* settings; [0, -1, 0] until a plane is found), and "
+                              "logged. A set up is checked against the support plane in view and a warning names "
+                              "the value to set when they differ by more than segmentation.plane_max_tilt_deg. "
+                              "Unused when world_frame is set (its +z is up)")
     world_frame: str = setting("", doc="if set: a fixed z-up frame whose +z is gravity-up; the node keeps a map of "
                                "objects in it, fused over every view (the map.* settings), publishes objects and "
                                "markers in it and answers queries in it; each cloud's pose in it comes from "
@@ -76,12 +81,23 @@ class NodeParams(PerceptionConfig):
         "surface, interpolated elsewhere; needs reconstruction.keep_grid)")
     log_throttle_sec: float = setting(5.0, doc="smallest interval between repeated warnings about dropped "
                                       "messages or refused queries, s", range=(0.0, 3600.0))
+    worker_nice: int = setting(10, doc="added to the nice value of the reconstruction worker thread (and the torch "
+                               "threads it starts) and of the decimation worker process, so the query service and "
+                               "the subscriptions get a CPU core first when the network keeps every core busy "
+                               "(Linux; 0 = the same priority as the rest of the node)", range=(0, 19))
     sync: SyncParams = field(default_factory=SyncParams)
     map: ObjectMapConfig = field(default_factory=ObjectMapConfig)
+    gravity: GravityConfig = field(default_factory=GravityConfig)
+
+    def explicit_up(self) -> list[float] | None:
+        """``up`` as set, or None when it is [0, 0, 0] (not set: estimated from the support plane)."""
+        return None if all(v == 0 for v in self.up) else [float(v) for v in self.up]
 
     def validate(self) -> None:
-        if len(self.up) != 3 or not all(math.isfinite(v) for v in self.up) or sum(v * v for v in self.up) < 1e-12:
-            raise ValueError(f"up must be 3 finite numbers, not all zero, got {self.up}")
+        if len(self.up) != 3 or not all(math.isfinite(v) for v in self.up) or (
+                0 < sum(v * v for v in self.up) < 1e-12):
+            raise ValueError(f"up must be 3 finite numbers, [0, 0, 0] (not set: estimated) or of non-zero length, "
+                             f"got {self.up}")
         if self.world_frame.startswith("/"):
             raise ValueError(f"world_frame must not start with '/', got {self.world_frame!r}")
         if self.query_mode == "grid" and not self.reconstruction.keep_grid:

@@ -48,17 +48,19 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
+from occnet_ros.perception.priority import lower_thread_priority
 from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.perception.pointcloud2 import CloudFormatError
-from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
-                                        pointcloud2_to_cloud, stamp_to_sec)
+from occnet_ros.ros.conversions import MessageError, stamp_to_sec
+from occnet_ros.ros.frame_input import decode_frame_messages
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
+from occnet_ros.ros.query_points_pub import QueryPointsPublisher
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
+from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.query import answer_query, refused
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
@@ -111,7 +113,7 @@ class ReconstructionNode(Node):
         self.reconstructor = load_reconstructor(p)
         self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
         if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
-            self.decimation = ProcessDecimation(warn=lambda m: self.get_logger().warning(m))
+            self.decimation = ProcessDecimation(warn=lambda m: self.get_logger().warning(m), nice=p.worker_nice)
             try:
                 self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
             except DecimationWorkerError as e:
@@ -123,6 +125,11 @@ class ReconstructionNode(Node):
         self.pipeline = (MapPipeline(self.reconstructor, p, p.map, decimate) if self.pose_source
                          else FramePipeline(self.reconstructor, p, decimate=decimate))
         self.latest_pose = LatestPose(p.world_frame)
+        from occnet_ros.perception.gravity import GravityTracker  # gravity-up of each frame: _up_and_camera
+
+        self.gravity = GravityTracker(p.gravity, p.explicit_up(), p.segmentation.plane_max_tilt_deg,
+                                      p.log_throttle_sec)
+        self._gravity_rng = np.random.default_rng(p.seed)  # its own stream: segmentation's RANSAC is unchanged
         self.store = ObjectStore()
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
@@ -151,6 +158,8 @@ class ReconstructionNode(Node):
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
+        # recent queries for viewers, published after the answer and only while someone listens
+        self.query_points = QueryPointsPublisher(self, lambda: self.store.snapshot().frame_id)
         # one request queue for all clients: the default keep-last 10 silently drops requests of many concurrent
         # clients (20 fresh clients x 10 calls lost 5 of 200 requests before they reached the callback)
         self.create_service(QueryOccupancy, "query_occupancy", self._on_query, qos_profile=SERVICE_QOS,
@@ -160,12 +169,14 @@ class ReconstructionNode(Node):
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
         empty = " + ".join(name for name, on in tests if on) or "off"
         r = p.reconstruction
+        up_text = (f"{p.world_frame} +z" if p.world_frame else str([round(v, 3) for v in p.up]) if p.explicit_up()
+                   else "estimated from the support plane")
         self.get_logger().info(
             f"ready: device {self.reconstructor.device}, segmentation {p.segmentation.mode}, "
             f"mesh {r.resolution0}x2^{r.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
             f"queries {p.query_mode}, known-empty space {empty}, "
-            f"up {p.world_frame + ' +z' if p.world_frame else [round(v, 3) for v in p.up]}, "
+            f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
@@ -198,7 +209,7 @@ class ReconstructionNode(Node):
         try:
             ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
                                self._query_transform, self.params.query_max_points,
-                               self.params.query_mode)
+                               self.params.query_mode, with_sources=True)
         except Exception as e:  # a bug must cost one answer, never the service
             ans = refused(f"internal error: {type(e).__name__}: {e}")
             self.get_logger().error(f"query_occupancy request {n} failed: {type(e).__name__}: {e}",
@@ -206,6 +217,9 @@ class ReconstructionNode(Node):
         response.success, response.message = ans.success, ans.message
         response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
         response.object_ids = array.array("q", ans.object_ids.astype(np.int64).tobytes())
+        response.source = array.array("B", ans.sources.astype(np.uint8).tobytes())
+        if ans.success:  # no copy, no message built here: that happens in the publisher's own callback
+            self.query_points.offer(request.points, ans.probabilities, request.header.frame_id)
         if not ans.success:
             self.get_logger().warning(f"query_occupancy refused: {ans.message}",
                                       throttle_duration_sec=self.params.log_throttle_sec)
@@ -268,6 +282,9 @@ class ReconstructionNode(Node):
             f"sync.tolerance {self.params.sync.tolerance} s): {effect}; check the publishers' clocks and stamps")
 
     def _work(self) -> None:
+        # before the first network call: torch's pool threads for this thread inherit the priority
+        if lower_thread_priority(self.params.worker_nice) is None and self.params.worker_nice:
+            self.get_logger().info("worker_nice not applied: no per-thread priorities here")
         version = self.sync.version
         while not self._stop.is_set():
             version = self.sync.wait(version, 0.05)
@@ -298,65 +315,47 @@ class ReconstructionNode(Node):
                                f"cloud's stamp (object map in '{self.params.world_frame}')")
         return pose_stamped_to_transform(msg, self.params.world_frame)
 
-    def _up_and_camera(self, header, info: CameraInfo | None, cloud_to_world: RigidTransform | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
-        """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame."""
-        up = np.asarray(self.params.up, np.float64)
-        if cloud_to_world is not None:  # the object map: world_frame's +z
-            up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
+    def _up_and_camera(self, header, info: CameraInfo | None, cloud_to_world: RigidTransform | None = None,
+                       xyz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
+        """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame.
+
+        Up (:class:`~occnet_ros.perception.gravity.GravityTracker`, which also says what to log): world_frame's
+        +z with the object map; else parameter 'up' when set (checked against the support plane of ``xyz``);
+        else estimated from the support plane of ``xyz`` ((H, W, 3) or (N, 3), the frame's points in the cloud
+        frame, metres, NaN = no return). Without ``xyz`` nothing is estimated: the estimate in use stands."""
+        viewpoint, pose = np.zeros(3), None
         cam = info.header.frame_id if info is not None else ""
         if cam == header.frame_id:
-            return up, np.zeros(3), RigidTransform()
-        if cam:
+            pose = RigidTransform()
+        elif cam:
             try:
                 pose = self.tf.transform(header.frame_id, cam, header.stamp)
-                return up, pose.translation, pose
+                viewpoint = pose.translation
             except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
                 self.get_logger().warning(f"camera centre unknown, using the cloud frame's origin: {e}",
                                           throttle_duration_sec=self.params.log_throttle_sec)
-        return up, np.zeros(3), None
+        world_up = None
+        if cloud_to_world is not None:  # the object map: world_frame's +z
+            world_up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
+        decision = (self.gravity.without_points(world_up) if xyz is None
+                    else self.gravity.decide(xyz, viewpoint, self._gravity_rng, world_up))
+        if decision.message is not None:  # rate-limited by the tracker itself
+            log = self.get_logger()
+            (log.warning if decision.level == "warning" else log.info)(decision.message)
+        return decision.up, viewpoint, pose
 
     def _process(self, frame: SyncedFrame) -> None:
         t0 = time.perf_counter()
-        cloud = frame.items["points"]
-        header = cloud.header
-        if not header.frame_id:
-            raise MessageError("PointCloud2 has an empty header.frame_id")
-        decoded = pointcloud2_to_cloud(cloud)
-        xyz, cloud_rgb = decoded.xyz, decoded.rgb
-        problems = [f"no colour from the cloud: {decoded.rgb_problem}"] if decoded.rgb_problem else []
-        mask = image = intrinsics = None
-        if "mask" in frame.items:
-            try:
-                mask = image_to_mask(frame.items["mask"])
-            except MessageError as e:
-                if self.params.segmentation.mode == "mask":
-                    raise MessageError(f"mask: {e}") from e
-                problems.append(f"mask unusable ({e}): segmented geometrically")
-        if "image" in frame.items:
-            try:
-                image = image_to_rgb(frame.items["image"])
-            except MessageError as e:
-                problems.append(f"image unusable ({e}): no colour from it")
         with self._info_lock:
             info = self._camera_info
-        if info is not None:
-            try:
-                intrinsics = camera_info_to_intrinsics(info)
-            except MessageError as e:
-                problems.append(f"camera_info unusable ({e}): no free-space carving, no mask projection")
-        if problems:
-            self.get_logger().warning(f"frame {frame.stamp:.3f}: " + "; ".join(problems),
-                                      throttle_duration_sec=self.params.log_throttle_sec)
-        if intrinsics is not None and mask is not None and xyz.ndim == 2:
-            if info.header.frame_id and info.header.frame_id != header.frame_id:
-                raise SegmentationError(
-                    f"unorganized cloud in '{header.frame_id}' cannot be projected into the mask of camera "
-                    f"frame '{info.header.frame_id}'; publish the cloud in the camera frame")
+        decoded = decode_frame_messages(
+            frame.items, info, self.params,
+            warn=lambda problems: self.get_logger().warning(f"frame {frame.stamp:.3f}: {problems}",
+                                                            throttle_duration_sec=self.params.log_throttle_sec))
+        header = decoded.header
         cloud_to_world = self._cloud_to_world(frame, header)
-        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info, cloud_to_world)
-        inp = FrameInput(xyz=xyz, stamp=frame.stamp, cloud_rgb=cloud_rgb, mask=mask, image=image,
-                         intrinsics=intrinsics, up=up, viewpoint=viewpoint, camera_to_cloud=camera_to_cloud)
+        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info, cloud_to_world, xyz=decoded.xyz)
+        inp = decoded.frame_input(frame.stamp, up, viewpoint, camera_to_cloud)
         if cloud_to_world is None:
             result = self.pipeline.process(inp, should_stop=self._stop.is_set)
         else:

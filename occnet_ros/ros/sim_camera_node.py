@@ -12,6 +12,10 @@ frame: x right, y down, z forward):
 * ``camera_pose`` (geometry_msgs/PoseStamped): the pose of ``frame_id`` in ``world_frame`` (z up) at the
   frame's stamp, for reconstruction_node's object map (``world_frame``, ``pose_source`` topic).
 
+With ``record_bag`` set, every published message is also written (serialized as published, bag time = its
+stamp) into a new rosbag2 MCAP bag (:mod:`occnet_ros.ros.bag_recorder`), closed when the node stops; replay it
+with ``occnet_replay``.
+
 The scene (PyBullet, DIRECT mode) and all parameters are described in
 :mod:`occnet_ros.sim.node_config` and ``config/sim_camera.yaml``; parameters are read once at start.
 Rendering runs on a worker thread, so the executor stays free (parameter services, shutdown).
@@ -85,6 +89,15 @@ class SimCameraNode(Node):
         self.pub_mask = self.create_publisher(Image, "mask", qos)
         self.pub_info = self.create_publisher(CameraInfo, "camera_info", qos)
         self.pub_pose = self.create_publisher(PoseStamped, "camera_pose", qos)
+        self.recorder = None
+        if cfg.record_bag:  # after the publishers: a bad path stops the node at start
+            from occnet_ros.bag.reader import BagError
+            from occnet_ros.ros.bag_recorder import MessageRecorder
+
+            try:
+                self.recorder = MessageRecorder(cfg.record_bag)
+            except BagError as e:
+                raise ValueError(f"parameter 'record_bag': {e}") from e
         self.frames_published = 0
         self.error: Exception | None = None
         self.finished = threading.Event()
@@ -94,7 +107,8 @@ class SimCameraNode(Node):
         self.get_logger().info(
             f"simulated {cfg.camera.width}x{cfg.camera.height} RGB-D camera at {cfg.rate_hz} Hz in frame "
             f"'{cfg.frame_id}'; objects (mask id=name): {names}"
-            + (f"; ground truth -> {cfg.ground_truth_dir}" if cfg.ground_truth_dir else ""))
+            + (f"; ground truth -> {cfg.ground_truth_dir}" if cfg.ground_truth_dir else "")
+            + (f"; recording -> {cfg.record_bag}" if cfg.record_bag else ""))
         self.worker = threading.Thread(target=self._run, name="sim_camera_render", daemon=True)
         self.worker.start()
 
@@ -119,6 +133,8 @@ class SimCameraNode(Node):
         for pub, msg in ((self.pub_info, info), (self.pub_pose, pose), (self.pub_image, image),
                          (self.pub_mask, mask), (self.pub_points, cloud)):
             pub.publish(msg)
+            if self.recorder is not None:  # bag time = the frame's stamp, as a recorder on this clock sees it
+                self.recorder.record(pub.topic_name, msg, now.nanoseconds)
         return render_s
 
     def _run(self) -> None:
@@ -152,6 +168,8 @@ class SimCameraNode(Node):
         self._stop.set()
         if self.worker.is_alive() and threading.current_thread() is not self.worker:
             self.worker.join(timeout=10.0)
+        if self.recorder is not None and not self.worker.is_alive():
+            self.recorder.close()  # metadata.yaml and the MCAP summary: the bag is complete from here on
         self.scene.close()
 
 

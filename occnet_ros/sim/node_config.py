@@ -27,6 +27,7 @@ class SimCameraNodeConfig:
     max_frames: int = 0
     reliable: bool = True
     ground_truth_dir: str = ""
+    record_bag: str = ""
     scene: SceneConfig = field(default_factory=SceneConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
 
@@ -51,6 +52,8 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "reliable": "publish with RELIABLE QoS (matches every subscriber) instead of BEST_EFFORT",
     "ground_truth_dir": "if not empty: write <id>_<name>.ply (object frame) and poses.json (camera and "
                         "object poses, updated every frame) into this directory",
+    "record_bag": "if not empty: also record every published message into a new rosbag2 bag (MCAP) at this "
+                  "path (a directory that must not exist yet), for occnet_replay",
     "scene.seed": "seed of the object choice, placement and sensor noise",
     "scene.objects": "evaluation objects on the table, in mask-id order (empty = num_objects drawn from seed)",
     "scene.num_objects": "number of objects drawn when scene.objects is empty",
