@@ -58,9 +58,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest test/ -m "not slow" $(PYTEST_ARGS)
 
-# VIEWER=1: also a live 3D view in a web browser (viewer_node; the address is printed)
+# VIEWER=1: also a live 3D view in a web browser (viewer_node; the address is printed). RECORD=DIR: the camera also
+# records what it publishes into that new rosbag2 (MCAP) folder, for occnet_replay.
 demo: install
-	$(VENV)/bin/occnet_demo --out out/demo $(if $(VIEWER),--viewer)
+	$(VENV)/bin/occnet_demo --out out/demo $(if $(VIEWER),--viewer) $(if $(RECORD),--record $(RECORD))
 
 # Headless Chromium for the viewer's browser test (test/test_viewer_browser.py skips without it): Debian's
 # package, installed where apt-get exists and we are root.

@@ -203,3 +203,20 @@ def test_render_meshes_draws_where_the_mesh_projects():
     t = -(rays @ o) / np.sum(rays * rays, -1)
     dist = np.linalg.norm(o + t[..., None] * rays, axis=-1)
     assert drawn[dist < 0.095].all() and not drawn[dist > 0.105].any()
+
+
+def test_record_option_reaches_the_first_camera_only(tmp_path):
+    """``occnet_demo --record BAG``: the static camera of the first part records into BAG (its record_bag
+    parameter); the map part's camera does not (it would write into the same folder)."""
+    from occnet_ros.cli.demo import parse_args
+    from occnet_ros.demo.map_demo import map_commands, settings_for
+    from occnet_ros.demo.runner import DemoSettings, commands
+
+    args = parse_args(["--record", str(tmp_path / "bag")])
+    assert args.record == tmp_path / "bag"
+    s = DemoSettings(weights=tmp_path / "w.pt", log_dir=tmp_path / "logs", ground_truth_dir=tmp_path / "gt",
+                     record_bag=str(tmp_path / "bag"))
+    assert f"record_bag:={tmp_path / 'bag'}" in commands(s)["sim_camera"]
+    assert not any("record_bag" in a for a in map_commands(settings_for(s))["sim_camera"])
+    plain = DemoSettings(weights=tmp_path / "w.pt", log_dir=tmp_path / "logs", ground_truth_dir=tmp_path / "gt")
+    assert not any("record_bag" in a for a in commands(plain)["sim_camera"])

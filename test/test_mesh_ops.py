@@ -223,7 +223,7 @@ def test_concurrent_fast_decimations_match_sequential_ones(sphere, torus):
 
 
 def test_default_falls_back_to_open3d_only_when_fast_opens_a_closed_mesh(sphere, torus, monkeypatch):
-    def opens(v, f, target):  # TEST DOUBLE of a fast decimation that leaves a hole
+    def opens(v, f, target, first_agg=3.0):  # TEST DOUBLE of a fast decimation that leaves a hole
         return v, f[1:target + 1]
 
     monkeypatch.setattr(mesh_ops, "fast_quadric_decimation", opens)
@@ -264,3 +264,74 @@ def test_bad_input_is_named(kwargs, words, decimate):
     with pytest.raises(ValueError) as e:
         simplify_mesh(args["vertices"], args["faces"], args["max_faces"], decimate=decimate)
     assert words in str(e.value)
+
+
+def test_a_second_fast_pass_at_another_aggressiveness_comes_before_open3d(sphere, monkeypatch):
+    """Where the first fast pass opens the closed mesh and the next (FAST_RETRIES) keeps it closed, that one is
+    the answer and Open3D never runs."""
+    tried = []
+
+    def fast(v, f, target, first_agg=3.0):  # TEST DOUBLE: opens the mesh at the first aggressiveness only
+        tried.append(first_agg)
+        return (v, f[1:target + 1]) if first_agg == mesh_ops.FAST_RETRIES[0][0] else quadric_decimation(v, f, target)
+
+    def open3d(*args):
+        raise AssertionError("Open3D must not run when a fast pass keeps the mesh closed")
+
+    monkeypatch.setattr(mesh_ops, "fast_quadric_decimation", fast)
+    monkeypatch.setattr(mesh_ops, "quadric_decimation", open3d)
+    v, f = fast_or_open3d_decimation(sphere.vertices, sphere.faces, 500)
+    assert tried == [a for a, _ in mesh_ops.FAST_RETRIES[:2]] and len(f) <= 500 and is_closed_surface(f)
+
+
+def test_fast_decimation_first_aggressiveness_is_used(sphere, monkeypatch):
+    import fast_simplification
+
+    seen = []
+    real = fast_simplification.simplify
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["agg"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_simplification, "simplify", spy)
+    fast_quadric_decimation(sphere.vertices, sphere.faces, 500, first_agg=5.0)
+    assert seen[0] == 5.0 and all(a > 5.0 for a in seen[1:])
+
+
+def test_the_retries_keep_a_pinched_network_mesh_closed_without_open3d(monkeypatch):
+    """test/data/pinched_network_mesh_64.npz: a marching-cubes mesh of the shipped network (64^3, 49k faces, the
+    benchmark's 5k-point mug) that the first fast pass (agg 3, 20000 faces) pinches: one edge with four faces. The
+    default decimation gives it back closed and within the budget (the pinch split), without Open3D."""
+    from pathlib import Path
+
+    data = np.load(Path(__file__).parent / "data" / "pinched_network_mesh_64.npz")
+    v, f = data["vertices"].astype(np.float64), data["faces"].astype(np.int64)
+    assert is_closed_surface(f)
+    _, first = fast_quadric_decimation(v, f, 20000, mesh_ops.FAST_RETRIES[0][0])
+    assert not is_closed_surface(first)  # the case the retries are for
+    monkeypatch.setattr(mesh_ops, "quadric_decimation", lambda *a: pytest.fail("Open3D ran"))
+    sv, sf = fast_or_open3d_decimation(v, f, 20000)
+    assert len(sf) <= 20000 and is_closed_surface(sf)
+
+
+def _tetra(i0, i1, i2, i3):
+    """Outward faces of a tetrahedron whose corner i3 lies on the positive side of triangle (i0, i1, i2)."""
+    return [[i0, i2, i1], [i0, i1, i3], [i1, i2, i3], [i2, i0, i3]]
+
+
+def test_split_pinched_edges_separates_two_sheets_on_one_edge():
+    """Two closed tetrahedra sharing the edge (0, 1): that edge has four faces. Splitting gives each its own copy
+    of vertices 0 and 1 at the same places; both are closed, and nothing else changes."""
+    v = np.array([[0, 0, 0], [1, 0, 0], [0.5, 1, 0], [0.5, 0.5, 1], [0.5, -1, 0], [0.5, -0.5, 1]], float)
+    f = np.array(_tetra(0, 1, 2, 3) + _tetra(1, 0, 4, 5))
+    # check the fixture: the second tetrahedron's apex 5 is on its positive side
+    assert not is_closed_surface(f) and is_closed_surface(f[:4]) and is_closed_surface(np.array(_tetra(1, 0, 4, 5)))
+    sv, sf = mesh_ops.split_pinched_edges(v, f)
+    assert is_closed_surface(sf) and len(sv) == 8
+    np.testing.assert_array_equal(sv[6:], v[[0, 1]])  # copies at the same places
+    np.testing.assert_array_equal(sv[sf], v[f])       # every face keeps its corners' positions
+    assert len(set(sf[:4].ravel()) & set(sf[4:].ravel())) == 0  # the two tetrahedra share no vertex any more
+    same_v, same_f = mesh_ops.split_pinched_edges(v[:4], f[:4])  # nothing pinched: unchanged
+    np.testing.assert_array_equal(same_f, f[:4])
+    assert mesh_ops.split_pinched_edges(v, f[:-1]) is None  # an edge with 3 faces (and open edges): not a pinch

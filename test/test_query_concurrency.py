@@ -271,9 +271,12 @@ def test_bad_requests_refused_and_do_not_delay_a_valid_client(objects_ready, dom
         assert len(refusals) == 15 and len(latencies) >= 5
         assert max(latencies) < 2.0, f"valid calls delayed: max {max(latencies):.2f} s, {sorted(latencies)[-5:]}"
         # the service still answers after the refusals
-        probs, ids = good.occ.query(pts, deadline_s=DEADLINE_S)
+        probs, ids, sources = good.occ.query(pts, deadline_s=DEADLINE_S, with_sources=True)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=1e-6)
+        # what each answer rests on: nothing outside every object, something (1-3) wherever an object answered
+        assert sources.dtype == np.uint8 and sources.shape == ids.shape
+        assert np.all((sources == 0) == (ids == -1)) and set(np.unique(sources)) <= {0, 1, 2, 3}
     finally:
         good.close()
         bad.close()

@@ -16,7 +16,9 @@ The node's parameters are the shipped ones (``config/reconstruct.yaml``: MISE 64
 grid smaller. Each stage's median, its share of the median frame, and the floor where one exists (encode:
 encoder FLOPs; mise: the decoder FLOPs of the points MISE evaluated) at the measured matmul rate. The same
 is measured for a frame that holds only the first object (its mask alone), so ``four_over_one`` says what
-4 objects cost against 1. ``objects_per_s``: objects reconstructed per second of frame time.
+4 objects cost against 1. ``objects_per_s``: objects reconstructed per second of frame time. ``unaccounted_s``:
+the median frame minus the sum of the stages' medians (medians of parts need not add up to the median whole, so it
+can be a few milliseconds either way).
 
 rclpy is imported only when this section runs; without it the section says why.
 """

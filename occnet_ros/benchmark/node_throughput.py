@@ -124,7 +124,10 @@ class _Client:
                      "mask": conversions.array_to_image(frame.mask, "mono16", header),
                      "camera_info": conversions.camera_info(frame.intrinsics, header)}
         self.received: list[tuple[float, float, int]] = []  # (arrival wall time, stamp, objects)
-        self.objects_sub = self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects, 10)
+        # raw: rclpy would build a Python object per mesh vertex of every objects message (hundreds of ms for 4
+        # objects of 20k faces) inside this executor, and so inside the measured service round trips
+        self.objects_sub = self.node.create_subscription(ReconstructedObjectArray, "objects", self._on_objects_raw,
+                                                         10, raw=True)
         self.client = self.node.create_client(QueryOccupancy, "query_occupancy")
         self.published = 0
         self._next_pub = 0.0
@@ -132,6 +135,12 @@ class _Client:
     def _on_objects(self, msg) -> None:
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         self.received.append((time.time(), stamp, len(msg.objects)))
+
+    def _on_objects_raw(self, data: bytes) -> None:
+        from occnet_ros.viewer.objects_cdr import decode_object_array  # numpy views of the CDR bytes
+
+        view = decode_object_array(data)
+        self.received.append((time.time(), view.stamp, len(view.objects)))
 
     def publish_frame(self) -> None:
         """All four messages with one fresh stamp (wall clock)."""

@@ -152,7 +152,8 @@ def _frame_lines(fr: Any) -> list[str]:
     for k, share in full["share"].items():
         floor = _fmt(floors.get(k), "s") if k in floors else ""
         lines.append(f"| {k} | {_ms(full['stages'][k])} | {share * 100:.1f} % | {floor} | {_ms(one['stages'][k])} |")
-    lines.append(f"| (not in a stage) | {_fmt(full['unaccounted_s'], 's')} | | | {_fmt(one['unaccounted_s'], 's')} |")
+    lines.append(f"| median frame minus the stages' medians | {_fmt(full['unaccounted_s'], 's')} | | | "
+                 f"{_fmt(one['unaccounted_s'], 's')} |")
     return lines
 
 
@@ -161,6 +162,7 @@ def markdown(results: dict) -> str:
     m = results.get("machine", {})
     w = results.get("weights", {})
     lines = [f"# occnet_ros benchmark ({'quick' if results.get('quick') else 'full'} run)", "",
+             *([f"- note: {results['note']}"] if results.get("note") else []),
              f"- machine: {m.get('cpu_model')}, {m.get('usable_cores')} usable cores, torch threads "
              f"{m.get('torch_threads')}, load average at start {m.get('loadavg_1_5_15')}",
              f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
@@ -256,9 +258,13 @@ def markdown(results: dict) -> str:
                              f"({_ms(r['spread']['time'])}), inside one object {_fmt(r['inside_one']['points_per_s'])} "
                              f"pts/s ({_ms(r['inside_one']['time'])})")
             u = ros["service_under_load"]
-            lines.append(f"- under load ({u['frames_reconstructed_meanwhile']} frames reconstructed during "
-                         f"{u['calls']} calls in {_fmt(u.get('window_s'), 's')}): "
-                         f"{u['points']} points p50 {_fmt(u['p50_s'], 's')}, p99 {_fmt(u['p99_s'], 's')}")
+            lines.append(f"- under load, {u['points']} points, frames from a camera process: worst run p50 "
+                         f"{_fmt(u['p50_s'], 's')}, p99 {_fmt(u['p99_s'], 's')}, max {_fmt(u.get('max_s'), 's')}")
+            for i, r in enumerate(u.get("runs", []), 1):
+                lines.append(f"  - run {i}: {r['calls']} calls in {_fmt(r['window_s'], 's')} "
+                             f"({r['frames_reconstructed_meanwhile']} frames reconstructed meanwhile): p50 "
+                             f"{_fmt(r['p50_s'], 's')}, p99 {_fmt(r['p99_s'], 's')}, max {_fmt(r['max_s'], 's')}, "
+                             f"{r['over_20ms']} over 20 ms")
     mp = results.get("map")
     if isinstance(mp, dict):
         lines += ["", "## Object map (the node with world_frame, separate process, static scene)", ""]

@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orbit", type=float, default=20.0, help="object-map part: camera orbit speed, deg/s")
     p.add_argument("--iou-points", type=int, default=100_000, help="points for the volumetric IoU")
     p.add_argument("--surface-points", type=int, default=30_000, help="surface samples for Chamfer/F-score")
+    p.add_argument("--record", type=Path, default=None, metavar="BAG",
+                   help="the simulated camera also records what it publishes into this new rosbag2 (MCAP) folder, "
+                        "for occnet_replay (the first part of the demo: the static camera)")
     p.add_argument("--viewer", action="store_true",
                    help="also run viewer_node: a live 3D view of the cloud, meshes and queries in a web browser")
     args = p.parse_args(argv)
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                             ground_truth_dir=out / "ground_truth", frames=args.frames, width=args.width,
                             height=args.height, rate_hz=args.rate, objects=list(args.objects), seed=args.seed,
                             timeout_s=args.timeout, namespace=args.namespace, node_params=list(args.node_param),
-                            viewer=args.viewer)
+                            viewer=args.viewer, record_bag=str(args.record.resolve()) if args.record else "")
     if args.viewer:
         from occnet_ros.demo.runner import viewer_url
 

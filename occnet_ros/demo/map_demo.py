@@ -210,5 +210,5 @@ def _markdown(report: dict) -> str:
 def settings_for(demo: DemoSettings, **kw) -> MapDemoSettings:
     """Map-demo settings from the single-frame demo's (its own logs and ground truth folders)."""
     d = replace(demo, log_dir=demo.log_dir.parent / "map_logs", ground_truth_dir=demo.ground_truth_dir.parent / "map_gt",
-                namespace=demo.namespace + "_map")
+                namespace=demo.namespace + "_map", record_bag="")  # the recording is the first part's
     return MapDemoSettings(d, **kw)

@@ -50,7 +50,9 @@ class DemoSettings:
     of both nodes (keeps the demo's topics apart from others'); ``node_params``: extra
     ``name:=value`` parameters for reconstruction_node; ``log_dir``: the nodes' output; ``large_data``:
     set ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (see the module docstring) when it is unset; ``viewer``: run
-    ``viewer_node`` beside the nodes (live view in a browser, :func:`viewer_url`)."""
+    ``viewer_node`` beside the nodes (live view in a browser, :func:`viewer_url`); ``record_bag``: the camera
+    also records what it publishes into this new rosbag2 (MCAP) folder ("" = no recording), which
+    ``occnet_replay`` replays."""
 
     weights: Path
     log_dir: Path
@@ -66,6 +68,7 @@ class DemoSettings:
     node_params: list[str] = field(default_factory=list)
     large_data: bool = True
     viewer: bool = False
+    record_bag: str = ""
 
 
 def sim_camera_config(s: DemoSettings) -> SimCameraNodeConfig:
@@ -116,7 +119,7 @@ def commands(s: DemoSettings) -> dict[str, list[str]]:
                        ("max_frames", 0), ("scene.objects", cam.scene.objects), ("scene.seed", cam.scene.seed),
                        ("camera.width", cam.camera.width), ("camera.height", cam.camera.height),
                        ("camera.fx", cam.camera.fx), ("camera.fy", cam.camera.fy),
-                       ("camera.orbit_deg_per_s", 0.0)],
+                       ("camera.orbit_deg_per_s", 0.0)] + ([("record_bag", s.record_bag)] if s.record_bag else []),
         "reconstruction_node": [("checkpoint", str(s.weights)), ("up", up_in_camera(cam)), ("reconstruction.device", "cpu"),
                                 ("segmentation.mode", "mask")],
     }

@@ -121,7 +121,8 @@ class OccupancyQueryClient:
         return True
 
     def query(self, points, frame_id: str = "", object_ids=(), deadline_s: float = 2.0,
-              attempt_timeout_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+              attempt_timeout_s: float = 0.5, with_sources: bool = False
+              ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Occupancy of ``points`` from the reconstructed objects.
 
         ``points``: (M, 3) array-like, metres, in ``frame_id`` (empty: the frame the objects are published
@@ -133,7 +134,9 @@ class OccupancyQueryClient:
         busy node): an early re-send only costs the server a duplicate answer.
 
         Returns ``(probabilities, object_ids)``: (M,) float32 occupancy probabilities in [0, 1] (0 where
-        no object covers the point) and (M,) int64 ids of the object that gave each (-1 where none).
+        no object covers the point) and (M,) int64 ids of the object that gave each (-1 where none); with
+        ``with_sources`` also (M,) uint8 what each answer rests on (``QueryOccupancy.Response.SOURCE_*``: 0 no
+        object, 1 the network alone, 2 observed empty, 3 observed surface).
         Raises :class:`QueryRefused` (the server's reason), :class:`QueryTimeout`, :class:`QueryError` (an
         answer of the wrong length), ``ValueError`` (``points`` not (M, 3), bad ids or times).
         """
@@ -175,7 +178,12 @@ class OccupancyQueryClient:
         oids = np.array(response.object_ids, dtype=np.int64)
         if len(probs) != len(pts) or len(oids) != len(pts):
             raise QueryError(f"answer has {len(probs)} probabilities and {len(oids)} ids for {len(pts)} points")
-        return probs, oids
+        if not with_sources:
+            return probs, oids
+        sources = np.frombuffer(bytes(response.source), dtype=np.uint8).copy()
+        if len(sources) != len(pts):
+            raise QueryError(f"answer has {len(sources)} sources for {len(pts)} points")
+        return probs, oids, sources
 
     def _private_executor(self) -> SingleThreadedExecutor:
         if self._executor is None:
