@@ -65,6 +65,12 @@ def arrays_to_pointcloud2(xyz: np.ndarray, rgb: np.ndarray | None = None,
     """xyz (H, W, 3) organized or (N, 3), metres, NaN = no return; rgb same shape uint8 or None ->
     PointCloud2 (FLOAT32 x, y, z and a packed FLOAT32 ``rgb`` field, little endian)."""
     layout, data = build_cloud(xyz, rgb, is_bigendian=False)
+    return cloud_message(layout, data, header, bool(np.isfinite(np.asarray(xyz)).all()))
+
+
+def cloud_message(layout, data, header: Header | None = None, is_dense: bool = True) -> PointCloud2:
+    """A :class:`~occnet_ros.perception.pointcloud2.CloudLayout` and its bytes (as ``build_cloud`` or
+    ``query_cloud`` make them) -> PointCloud2 with ``header`` (None = an empty one)."""
     msg = PointCloud2()
     msg.header = header if header is not None else Header()
     msg.height, msg.width = layout.height, layout.width
@@ -73,7 +79,7 @@ def arrays_to_pointcloud2(xyz: np.ndarray, rgb: np.ndarray | None = None,
     msg.is_bigendian = layout.is_bigendian
     msg.point_step, msg.row_step = layout.point_step, layout.row_step
     msg.data = array.array("B", data)
-    msg.is_dense = bool(np.isfinite(np.asarray(xyz)).all())
+    msg.is_dense = is_dense
     return msg
 
 

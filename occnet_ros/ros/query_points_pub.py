@@ -8,14 +8,14 @@ Requests that arrive while one waits replace it (the newest is published). Nothi
 """
 from __future__ import annotations
 
-import array
 import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
+from occnet_ros.ros.conversions import cloud_message
 from occnet_ros.viewer.query_points import MAX_QUERY_POINTS, query_cloud
 
 TOPIC = "query_points"
@@ -57,15 +57,6 @@ class QueryPointsPublisher:
         except ValueError as e:  # the service answered a request whose sizes disagree: a bug, reported
             self.node.get_logger().error(f"query_points not published: {e}", throttle_duration_sec=5.0)
             return
-        msg = PointCloud2()
-        msg.header = Header(frame_id=frame_id or self._frame_of_objects())
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.height, msg.width = layout.height, layout.width
-        msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-                      for f in layout.fields]
-        msg.is_bigendian = layout.is_bigendian
-        msg.point_step, msg.row_step = layout.point_step, layout.row_step
-        msg.data = array.array("B", data)
-        msg.is_dense = True
-        self.publisher.publish(msg)
+        header = Header(frame_id=frame_id or self._frame_of_objects(), stamp=self.node.get_clock().now().to_msg())
+        self.publisher.publish(cloud_message(layout, data, header))
         self.published += 1
