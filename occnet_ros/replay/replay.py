@@ -31,7 +31,7 @@ from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.ros.conversions import MessageError
-from occnet_ros.ros.frame_input import UpAndCameraWithoutTf, cloud_pose_from_topic, decode_frame_messages
+from occnet_ros.ros.frame_input import UpAndCamera, cloud_pose_from_topic, decode_frame_messages
 from occnet_ros.ros.node_params import NodeParams, ParamError
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages, mesh_arrays
 
@@ -167,7 +167,7 @@ class _Run:
         self.marker_ids: set[int] = set()
         self.objects_topic, self.markers_topic = f"{out_ns}/objects", f"{out_ns}/markers"
         self.camera_info = None
-        self.up_and_camera = UpAndCameraWithoutTf(p, lambda level, text: notes.add(text))
+        self.up_and_camera = UpAndCamera(p, lambda level, text: notes.add(text))
         self.frames: list[FrameRecord] = []
 
     def process(self, a: AssembledFrame) -> FrameRecord:

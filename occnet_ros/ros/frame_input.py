@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from occnet_ros.geometry import PinholeCamera, RigidTransform
+from occnet_ros.geometry import PinholeCamera, RigidTransform, TransformError
 from occnet_ros.perception.frame_pipeline import FrameInput
+from occnet_ros.perception.gravity import GravityTracker
 from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.ros.conversions import (MessageError, camera_info_to_intrinsics, image_to_mask, image_to_rgb,
                                         pointcloud2_to_cloud)
@@ -100,35 +101,45 @@ def cloud_pose_from_topic(items: Mapping[str, Any], world_frame: str, tolerance:
     return pose_stamped_to_transform(msg, world_frame)
 
 
-class UpAndCameraWithoutTf:
-    """Gravity-up and the camera's place in the cloud frame, as ``reconstruction_node._up_and_camera`` finds them
-    where tf2 is not at hand (the replay): up from the node's
-    :class:`~occnet_ros.perception.gravity.GravityTracker` (world_frame's +z with the object map; else parameter
-    ``up`` when set, checked against the support plane; else estimated from the support plane), with its own
-    random stream seeded by ``seed`` as in the node; the camera is the cloud frame's origin when camera_info
-    names the cloud's frame, else unknown (centre at the origin, pose None). ``log(level, text)`` gets the
-    tracker's messages ("info" / "warning")."""
+class UpAndCamera:
+    """Gravity-up and the camera's place in the cloud frame, the one way ``reconstruction_node`` and the replay
+    find them. Up from the node's :class:`~occnet_ros.perception.gravity.GravityTracker` (world_frame's +z with the
+    object map; else parameter ``up`` when set, checked against the support plane; else estimated from the support
+    plane), with its own random stream seeded by ``seed``, so the segmentation's RANSAC stream is unchanged. The
+    camera: the cloud frame's origin when camera_info names the cloud's frame; else its pose from
+    ``lookup(cloud_frame, camera_frame, stamp) -> RigidTransform`` (tf2 in the node; None where there is none, as in
+    the replay), unknown (centre at the origin, pose None) when that fails or is absent. ``log(level, text)`` gets
+    the tracker's messages and the failed lookups ("info" / "warning")."""
 
-    def __init__(self, params: NodeParams, log: Callable[[str, str], None] = lambda level, text: None):
-        from occnet_ros.perception.gravity import GravityTracker
-
+    def __init__(self, params: NodeParams, log: Callable[[str, str], None] = lambda level, text: None,
+                 lookup: Callable[[str, str, Any], RigidTransform] | None = None):
         self.gravity = GravityTracker(params.gravity, params.explicit_up(), params.segmentation.plane_max_tilt_deg,
                                       params.log_throttle_sec)
         self.rng = np.random.default_rng(params.seed)
         self.log = log
+        self.lookup = lookup
 
     def __call__(self, cloud_frame: str, camera_info, cloud_to_world: RigidTransform | None = None,
-                 xyz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
+                 xyz: np.ndarray | None = None, stamp: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
         """(up (3,), camera centre (3,) metres, camera pose or None) in the cloud frame; ``xyz``: the frame's
-        points (cloud frame, metres, NaN = no return) for the support plane, None = the estimate in use."""
+        points (cloud frame, metres, NaN = no return) for the support plane, None = the estimate in use;
+        ``stamp``: the cloud's stamp, for ``lookup``."""
         cam = camera_info.header.frame_id if camera_info is not None else ""
-        pose = RigidTransform() if cam == cloud_frame else None
-        viewpoint = np.zeros(3)
+        viewpoint, pose = np.zeros(3), None
+        if cam == cloud_frame:
+            pose = RigidTransform()
+        elif cam and self.lookup is not None:
+            try:
+                pose = self.lookup(cloud_frame, cam, stamp)
+                viewpoint = pose.translation
+            except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
+                self.log("warning", f"camera centre unknown, using the cloud frame's origin: {e}")
         world_up = None
-        if cloud_to_world is not None:
+        if cloud_to_world is not None:  # the object map: world_frame's +z
             world_up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
         decision = (self.gravity.without_points(world_up) if xyz is None
                     else self.gravity.decide(xyz, viewpoint, self.rng, world_up))
-        if decision.message is not None:
+        if decision.message is not None:  # rate-limited by the tracker itself
             self.log(decision.level, decision.message)
         return decision.up, viewpoint, pose

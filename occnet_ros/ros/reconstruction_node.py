@@ -56,7 +56,7 @@ from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import MessageError, stamp_to_sec
-from occnet_ros.ros.frame_input import decode_frame_messages
+from occnet_ros.ros.frame_input import UpAndCamera, cloud_pose_from_topic, decode_frame_messages
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.query_points_pub import QueryPointsPublisher
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
@@ -64,7 +64,7 @@ from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.query import answer_query, refused
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
-from occnet_ros.ros.world_pose import LatestPose, pose_stamped_to_transform, resolve_pose_source
+from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
 from occnet_ros.srv import QueryOccupancy
 
@@ -125,11 +125,9 @@ class ReconstructionNode(Node):
         self.pipeline = (MapPipeline(self.reconstructor, p, p.map, decimate) if self.pose_source
                          else FramePipeline(self.reconstructor, p, decimate=decimate))
         self.latest_pose = LatestPose(p.world_frame)
-        from occnet_ros.perception.gravity import GravityTracker  # gravity-up of each frame: _up_and_camera
-
-        self.gravity = GravityTracker(p.gravity, p.explicit_up(), p.segmentation.plane_max_tilt_deg,
-                                      p.log_throttle_sec)
-        self._gravity_rng = np.random.default_rng(p.seed)  # its own stream: segmentation's RANSAC is unchanged
+        # gravity-up and the camera's pose in the cloud frame of each frame, as the replay finds them
+        self.up_and_camera = UpAndCamera(p, self._log, lookup=self.tf.transform)
+        self.gravity = self.up_and_camera.gravity
         self.store = ObjectStore()
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
@@ -309,40 +307,14 @@ class ReconstructionNode(Node):
             return None
         if self.pose_source == "tf":
             return self.tf.transform(self.params.world_frame, header.frame_id, header.stamp)
-        msg = frame.items.get("pose")
-        if msg is None:
-            raise MessageError(f"no camera_pose within sync.tolerance = {self.params.sync.tolerance} s of the "
-                               f"cloud's stamp (object map in '{self.params.world_frame}')")
-        return pose_stamped_to_transform(msg, self.params.world_frame)
+        return cloud_pose_from_topic(frame.items, self.params.world_frame, self.params.sync.tolerance)
 
-    def _up_and_camera(self, header, info: CameraInfo | None, cloud_to_world: RigidTransform | None = None,
-                       xyz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, RigidTransform | None]:
-        """Gravity-up, camera centre and the camera's pose (None if unknown) in the cloud frame.
-
-        Up (:class:`~occnet_ros.perception.gravity.GravityTracker`, which also says what to log): world_frame's
-        +z with the object map; else parameter 'up' when set (checked against the support plane of ``xyz``);
-        else estimated from the support plane of ``xyz`` ((H, W, 3) or (N, 3), the frame's points in the cloud
-        frame, metres, NaN = no return). Without ``xyz`` nothing is estimated: the estimate in use stands."""
-        viewpoint, pose = np.zeros(3), None
-        cam = info.header.frame_id if info is not None else ""
-        if cam == header.frame_id:
-            pose = RigidTransform()
-        elif cam:
-            try:
-                pose = self.tf.transform(header.frame_id, cam, header.stamp)
-                viewpoint = pose.translation
-            except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
-                self.get_logger().warning(f"camera centre unknown, using the cloud frame's origin: {e}",
-                                          throttle_duration_sec=self.params.log_throttle_sec)
-        world_up = None
-        if cloud_to_world is not None:  # the object map: world_frame's +z
-            world_up = cloud_to_world.inverse().apply_direction(np.array([0.0, 0.0, 1.0]))
-        decision = (self.gravity.without_points(world_up) if xyz is None
-                    else self.gravity.decide(xyz, viewpoint, self._gravity_rng, world_up))
-        if decision.message is not None:  # rate-limited by the tracker itself
-            log = self.get_logger()
-            (log.warning if decision.level == "warning" else log.info)(decision.message)
-        return decision.up, viewpoint, pose
+    def _log(self, level: str, text: str) -> None:
+        """``level`` "info" or "warning"; warnings rate-limited by log_throttle_sec."""
+        if level == "warning":
+            self.get_logger().warning(text, throttle_duration_sec=self.params.log_throttle_sec)
+        else:
+            self.get_logger().info(text)
 
     def _process(self, frame: SyncedFrame) -> None:
         t0 = time.perf_counter()
@@ -354,7 +326,8 @@ class ReconstructionNode(Node):
                                                             throttle_duration_sec=self.params.log_throttle_sec))
         header = decoded.header
         cloud_to_world = self._cloud_to_world(frame, header)
-        up, viewpoint, camera_to_cloud = self._up_and_camera(header, info, cloud_to_world, xyz=decoded.xyz)
+        up, viewpoint, camera_to_cloud = self.up_and_camera(header.frame_id, info, cloud_to_world, xyz=decoded.xyz,
+                                                            stamp=header.stamp)
         inp = decoded.frame_input(frame.stamp, up, viewpoint, camera_to_cloud)
         if cloud_to_world is None:
             result = self.pipeline.process(inp, should_stop=self._stop.is_set)
