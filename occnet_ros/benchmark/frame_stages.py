@@ -18,7 +18,9 @@ encoder FLOPs; mise: the decoder FLOPs of the points MISE evaluated) at the meas
 is measured for a frame that holds only the first object (its mask alone), so ``four_over_one`` says what
 4 objects cost against 1. ``objects_per_s``: objects reconstructed per second of frame time. ``unaccounted_s``:
 the median frame minus the sum of the stages' medians (medians of parts need not add up to the median whole, so it
-can be a few milliseconds either way).
+can be a few milliseconds either way). ``batched``: the same 4-object frame with ``reconstruction.batch_objects: on``
+(the objects' network work in shared calls, the GPU default), and ``batched_over_one_by_one`` its frame time over
+the default's on this device (the benchmark runs on the CPU).
 
 rclpy is imported only when this section runs; without it the section says why.
 """
@@ -148,9 +150,11 @@ def run(ctx: BenchContext) -> dict:
         if worker is not None:
             worker.start()
         rows = {}
-        for name, only in (("all", None), ("one", labels[0])):
-            pipeline = FramePipeline(rec, params, decimate=worker) if worker is not None \
-                else FramePipeline(rec, params)
+        batched = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
+                                mirror_average=params.reconstruction.mirror_average,
+                                input_subsamples=params.reconstruction.input_subsamples, batch_objects="on")
+        for name, only, r in (("all", None, rec), ("one", labels[0], rec), ("batched", None, batched)):
+            pipeline = FramePipeline(r, params, decimate=worker) if worker is not None else FramePipeline(r, params)
             rows[name] = _measure(ctx, pipeline, params, _messages(frame, only), pubs, np.asarray(frame.up))
     finally:
         if worker is not None:
@@ -168,5 +172,6 @@ def run(ctx: BenchContext) -> dict:
     return {"available": True, "node_params": source, "resolution": node_res0 * 2 ** node_steps,
             "width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
             "decimation": "worker process" if worker is not None else "in process",
-            "frame": full, "one_object": rows["one"],
+            "frame": full, "one_object": rows["one"], "batched": rows["batched"],
+            "batched_over_one_by_one": rows["batched"]["stages"]["total"]["median_s"] / full["stages"]["total"]["median_s"],
             "four_over_one": full["stages"]["total"]["median_s"] / rows["one"]["stages"]["total"]["median_s"]}

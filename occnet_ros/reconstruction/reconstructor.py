@@ -221,8 +221,8 @@ class Reconstructor:
 
     def batch_objects(self) -> bool:
         """Whether :meth:`reconstruct_many` batches the network work of several objects by default
-        (``batch_objects``: auto = on a GPU only; on a CPU one object's work already fills the cores, and
-        the batched forms measured slower there: ``make bench``, section frame)."""
+        (``batch_objects``: auto = on a GPU only; on a CPU one object's work already fills the cores, and a
+        batched 4-object frame took 1.05-1.09x as long there: ``make bench``, section frame)."""
         mode = self.config.batch_objects
         return mode == "on" or (mode == "auto" and self.device.type != "cpu")
 
@@ -259,8 +259,12 @@ class Reconstructor:
             c = self.config
             grids = [MiseGrid(c.resolution0, c.upsampling_steps, p.threshold, BOX_HALF) for p in meshing]
             fields = [p.occupancy for p in meshing]
+            t1 = time.perf_counter()
             results = mise_values_many(lambda pts: probabilities_many(fields, pts), grids)
+            wall = time.perf_counter() - t1
+            total = max(1, sum(stats["n_evals"] for _, stats in results))
             for p, (values, stats) in zip(meshing, results):
+                stats["time_total_s"] = wall * stats["n_evals"] / total  # its share: the objects' levels overlap
                 p.values, p.stats = values, stats
         else:
             for p in todo:
