@@ -97,8 +97,15 @@ train: install
 	$(VENV)/bin/occnet_train --config config/train/finetune.yaml --max-minutes $(TRAIN_MINUTES) \
 	  $$(test -f runs/finetune/last.pt && echo --resume)
 
+# make eval: the evaluation objects against the baselines (out/eval/), the held-out shapes of every household family
+# and the held-out meshes and shapes at 1 and 4 views (out/eval/heldout/), and the probability calibration
+# (out/eval/calibration/); each writes markdown, JSON and PNGs. EVAL_WEIGHTS picks another weights file.
+EVAL_WEIGHTS ?= occnet_ros/weights/occnet_default.pt
 eval: install
-	$(VENV)/bin/occnet_eval --out out/eval
+	$(VENV)/bin/occnet_eval --weights $(EVAL_WEIGHTS) --out out/eval
+	$(VENV)/bin/occnet_heldout --variant weights:weights=$(EVAL_WEIGHTS) --objects 32 24 --groups household \
+	  --per-group 8 --views 1 4 --out out/eval/heldout
+	$(VENV)/bin/occnet_calibrate $(EVAL_WEIGHTS) --report-only --out out/eval/calibration
 
 # Regenerates the pictures committed for the README.
 figures: install

@@ -65,6 +65,10 @@ def test_cli_prints_and_writes_the_table(tmp_path, capsys):
     assert "| 1 | x | 0.50 |" in text and "| 1 | y | 0.30 |" in text
     saved = json.loads((out / "heldout.json").read_text())
     assert set(saved["results"][0]["variants"]) == {"x", "y"} and (out / "heldout.md").read_text() in text
+    from PIL import Image
+
+    with Image.open(out / "heldout_groups.png") as im:  # the per-group chart: drawn, not blank
+        assert im.size[0] >= 600 and np.asarray(im.convert("L")).std() > 10
     assert main(["--variant", "z:colour=red", "--objects", "0", "1", "--no-progress"]) == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
     assert main(["--variant", f"w:weights={tmp_path / 'missing.pt'}", "--objects", "0", "1", "--no-progress"]) == 2
@@ -90,3 +94,22 @@ def test_shape_families_choose_the_held_out_shapes(tmp_path, capsys):
     assert main(["--variant", f"x:weights={ckpt}", "--objects", "0", "1", "--shape-families", "crate=1",
                  "--no-progress"]) == 2
     assert "unknown shape family ['crate']" in capsys.readouterr().err
+
+
+def test_group_scores_and_plot(tmp_path):
+    from occnet_ros.evaluation.heldout_plot import group_scores, plot_groups
+
+    def variant(iou_plate, iou_meshes):
+        return {"groups": {"plate": {"iou": iou_plate, "n": 2}}, "mean_meshes": {"iou": iou_meshes},
+                "mean_shapes": None}
+
+    res = {"views": 1, "variants": {"a": variant(0.5, 0.8), "b": variant(0.7, 0.75)}}
+    assert group_scores(res) == {"a": {"plate": 0.5, "meshes": 0.8}, "b": {"plate": 0.7, "meshes": 0.75}}
+    png = plot_groups([res, {**res, "views": 4}], tmp_path / "g.png")
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[1] > 600  # two panels
+    with pytest.raises(ValueError, match="no held-out groups"):
+        plot_groups([{"views": 1, "variants": {"a": {"groups": {}, "mean_meshes": None, "mean_shapes": None}}}],
+                    tmp_path / "none.png")

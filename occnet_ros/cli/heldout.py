@@ -11,7 +11,8 @@ validation split of ``--data-config`` (scaled to 12 cm) and seeded procedural sh
 ``occnet_eval``'s ``ours`` does, every variant on the same observations; never the evaluation set. A
 variant is ``NAME`` or ``NAME:key=value,...`` with ``weights=PATH``, ReconstructorConfig fields and
 ``anchor.<field>`` (see :mod:`occnet_ros.evaluation.heldout`). Prints a markdown table; with ``--out``
-also writes ``heldout.json`` (per-object scores) and ``heldout.md``. Exit code 2 for a bad variant,
+also writes ``heldout.json`` (per-object scores), ``heldout.md`` and ``heldout_groups.png`` (IoU per group and
+variant, one panel per view setting). Exit code 2 for a bad variant,
 config or weights file.
 
 ``--groups FAMILY ...`` (``household``: all of them) adds the fixed held-out shapes of the household
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-config", default="config/data/multiview.yaml",
                    help="data config whose validation split gives the meshes (default config/data/multiview.yaml)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
-    p.add_argument("--out", help="folder for heldout.json and heldout.md")
+    p.add_argument("--out", help="folder for heldout.json, heldout.md and heldout_groups.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "heldout.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
         (out / "heldout.md").write_text(table)
-        print(f"wrote {out / 'heldout.json'} and {out / 'heldout.md'}")
+        from occnet_ros.evaluation.heldout_plot import plot_groups
+
+        png = plot_groups(results, out / "heldout_groups.png")
+        print(f"wrote {out / 'heldout.json'}, {out / 'heldout.md'} and {png}")
     return 0
 
 
