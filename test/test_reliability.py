@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from occnet_ros.evaluation.reliability import (N_BINS, expected_calibration_error, fit_calibration,
-                                               reliability_bins, reliability_diagram)
+from occnet_ros.evaluation.reliability import (MAP_MIN_STEP, N_BINS, expected_calibration_error, fit_calibration,
+                                               fit_logit_map, reliability_bins, reliability_diagram)
 from occnet_ros.network.checkpoint import (CheckpointMeta, calibration_for_views, load_checkpoint, save_checkpoint,
                                            set_probability_calibration)
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork
@@ -83,9 +83,68 @@ def test_calibration_map_is_monotone_keeps_ends_and_maps_threshold():
     strictly = np.abs(p - t) > 1e-6
     assert np.array_equal((q >= ct)[strictly], (p >= t)[strictly])
     assert IDENTITY.apply(p) is not None and np.array_equal(IDENTITY.apply(p), p)
-    for bad in ({"temperature": 0.0}, {"temperature": float("nan")}, {"bias": float("inf")}):
+    for bad in ({"temperature": 0.0}, {"temperature": float("nan")}, {"bias": float("inf")},
+                {"knots_in": (0.0,), "knots_out": (0.0,)}, {"knots_in": (0.0, 1.0), "knots_out": (0.0,)},
+                {"knots_in": (1.0, 0.0), "knots_out": (0.0, 1.0)}, {"knots_in": (0.0, 1.0), "knots_out": (1.0, 1.0)},
+                {"knots_in": (0.0, float("inf")), "knots_out": (0.0, 1.0)}):
         with pytest.raises(ValueError):
             ProbabilityCalibration(**bad)
+    knotted = ProbabilityCalibration(1.2, 0.1, (-3.0, 0.0, 2.0), (-1.0, -0.2, 0.5))
+    q = knotted.apply(p)
+    assert q[0] == 0.0 and q[-1] == 1.0 and np.all(np.diff(q) >= 0)
+    ct = knotted.threshold(t)
+    assert np.array_equal((q >= ct)[strictly], (p >= t)[strictly])
+    z = np.array([-10.0, -3.0, -1.5, 0.0, 2.0, 5.0])
+    assert np.allclose(knotted.apply_logits(z * 1.2 - 0.12), [-8.0, -1.0, -0.6, -0.2, 0.5, 3.5])  # slope 1 outside
+
+
+def slow_logit_map(p, y, n_bins):
+    """Reference: equal-count bins by sorted logit (of p clipped to [1e-7, 1 - 1e-7]), then
+    pool-adjacent-violators one block at a time."""
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    z = np.log(p) - np.log1p(-p)
+    order = np.argsort(z, kind="stable")
+    z, y = z[order], y[order].astype(float)
+    starts = sorted(set(int(v) for v in np.linspace(0, len(z), n_bins + 1)[:-1]))
+    bins = [(z[a:b], y[a:b]) for a, b in zip(starts, starts[1:] + [len(z)])]
+    blocks = []  # [sum y, count, number of bins]
+    for _, yb in bins:
+        blocks.append([yb.sum(), len(yb), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s2, n2, k2 = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + s2, blocks[-1][1] + n2, blocks[-1][2] + k2]
+    fitted = [b[0] / b[1] for b in blocks for _ in range(b[2])]
+    xs, ys, prev = [], [], -np.inf
+    for k, ((zb, yb), f) in enumerate(zip(bins, fitted)):
+        lo = 0.5 / len(yb)
+        q = min(max(f, lo), 1 - lo)
+        out = max(np.log(q / (1 - q)), prev + MAP_MIN_STEP)
+        xs.append(zb.mean())
+        ys.append(out)
+        prev = out
+    return np.array(xs), np.array(ys)
+
+
+def test_logit_map_matches_slow_reference_and_fixes_what_a_temperature_cannot():
+    rng = np.random.default_rng(5)
+
+    def draw(n):  # over-confident in the middle, honest far out: no single temperature fits
+        z = rng.normal(0, 4, n)
+        truth = 1 / (1 + np.exp(-(z / 3 + 0.4 * np.sin(z))))
+        return 1 / (1 + np.exp(-z)), rng.random(n) < truth
+
+    p, y = draw(60_000)
+    cal = fit_logit_map(p, y, n_bins=50)
+    xs, ys = slow_logit_map(p, y, 50)
+    assert np.allclose(cal.knots_in, xs, atol=1e-9) and np.allclose(cal.knots_out, ys, atol=1e-9)
+    assert cal.temperature == 1.0 and cal.bias == 0.0
+    p2, y2 = draw(200_000)  # fresh points
+    temp = fit_calibration(p, y)
+    assert expected_calibration_error(cal.apply(p2), y2) < 0.01 < expected_calibration_error(temp.apply(p2), y2)
+    with pytest.raises(ValueError, match="cannot fit"):
+        fit_logit_map([0.2, 0.3], [1, 1])
+    with pytest.raises(ValueError, match="same probability"):
+        fit_logit_map([0.3, 0.3, 0.3], [0, 1, 1])
 
 
 def test_reliability_diagram_png(tmp_path):
@@ -125,6 +184,18 @@ def test_checkpoint_stores_calibrations_and_old_files_load_as_identity(tmp_path)
     _, unchanged, _ = load_checkpoint(old)
     assert unchanged.calibration_for(1) == IDENTITY
     assert calibration_for_views(3, 1.0, 0.0, {2: 2.0}, {2: 0.5}) == ProbabilityCalibration(2.0, 0.5)
+    mapped = {1: ProbabilityCalibration(1.0, 0.0, (-2.0, 0.0, 3.0), (-1.0, 0.1, 1.0)),
+              4: ProbabilityCalibration(1.0, 0.0, (-1.0, 1.0), (-0.5, 0.5))}
+    _, meta3, _ = load_checkpoint(set_probability_calibration(new, mapped, {}, dst=tmp_path / "mapped.pt"))
+    assert meta3.calibration_for(1) == mapped[1] and meta3.calibration_for(5) == mapped[4]
+    assert meta3.calibration_for(2) == mapped[1]
+    _, meta4, _ = load_checkpoint(set_probability_calibration(tmp_path / "mapped.pt", {4: ProbabilityCalibration(1.1, 0.0)},
+                                                              {}, dst=tmp_path / "unmapped4.pt"))
+    assert meta4.calibration_for(4) == ProbabilityCalibration(1.1, 0.0) and meta4.calibration_for(1) == mapped[1]
+    with pytest.raises(ValueError, match="without a temperature"):
+        CheckpointMeta(view_logit_maps={3: [[0.0, 1.0], [0.0, 1.0]]}).validate()
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CheckpointMeta(logit_map=[[0.0, 1.0], [1.0, 0.0]]).validate()
     with pytest.raises(ValueError, match="same view counts"):
         CheckpointMeta(view_temperatures={2: 1.5}).validate()
     with pytest.raises(ValueError, match="temperature"):
@@ -179,3 +250,38 @@ def test_held_out_samples_are_disjoint_and_labelled(tmp_path):
     assert len(near["p"]) == 1000 and 0.25 < near["y"].mean() < 0.75
     assert samples["box"]["y"].mean() < 0.6
     assert ((samples["box"]["p"] >= 0) & (samples["box"]["p"] <= 1)).all()
+
+
+@pytest.mark.slow
+def test_calibrate_cli_fits_a_map_writes_it_and_reuses_samples(tmp_path, monkeypatch, capsys):
+    """occnet_calibrate on the octahedron TEST DOUBLE network, two procedural shapes per split: the map is
+    written into a copy, and runs on the same network (another method, the calibrated copy) read the cached
+    samples instead of reconstructing again."""
+    import occnet_ros.evaluation.probability_samples as ps
+    from occnet_ros.cli.calibrate import main
+    from fixtures_geometry import octahedron_checkpoint
+
+    ckpt = octahedron_checkpoint(tmp_path / "oct.pt")
+    common = ["--fit-views", "1", "--report-views", "1", "--fit-objects", "0", "2", "--report-objects", "0", "2",
+              "--points", "400", "400", "--samples-dir", str(tmp_path / "samples"), "--no-progress"]
+    out = tmp_path / "cal.pt"
+    assert main([str(ckpt), "--write", str(out), "--out", str(tmp_path / "r1"), *common]) == 0
+    assert "logit map with" in capsys.readouterr().out
+    assert len(list((tmp_path / "samples").glob("samples_*.npz"))) == 2  # fit and report
+    _, meta, _ = load_checkpoint(out)
+    cal = meta.calibration_for(1)
+    assert len(cal.knots_in) >= 2 and meta.metrics["probability_calibration"]["fit"][1]["method"] == "map"
+
+    def no_reconstruction(*a, **k):
+        raise AssertionError("samples should come from the cache")
+
+    monkeypatch.setattr(ps, "collect_samples", no_reconstruction)
+    assert main([str(ckpt), "--method", "temperature", *common]) == 0
+    assert "temperature" in capsys.readouterr().out
+    assert main([str(out), "--report-only", "--out", str(tmp_path / "r2"), *common]) == 0
+    import json
+    first = json.loads((tmp_path / "r1" / "calibration.json").read_text())["record"]["ece"]
+    again = json.loads((tmp_path / "r2" / "calibration.json").read_text())["record"]["ece"]
+    # the calibrated copy, measured on the cached report samples, scores what the fit run reported as "after"
+    for region in first["1"]:
+        assert again["1"][region]["before"] == pytest.approx(first["1"][region]["after"], abs=1e-12)

@@ -4,16 +4,20 @@ probabilities are calibrated before and after, on held-out objects.
     occnet_calibrate occnet_ros/weights/occnet_default.pt --write out/calibration/occnet_calibrated.pt --out out/calibration
     occnet_calibrate out/calibration/occnet_calibrated.pt --report-only --out out/calibration/check
 
-For each of ``--fit-views`` (default 1 2 4) a temperature and bias on the logit
-(:class:`~occnet_ros.network.probability_calibration.ProbabilityCalibration`) is fitted by minimum cross-entropy on
+For each of ``--fit-views`` (default 1 2 4) a calibration
+(:class:`~occnet_ros.network.probability_calibration.ProbabilityCalibration`) is fitted on
 the *fit* split of held-out objects (:mod:`occnet_ros.evaluation.probability_samples`: random_urdfs validation
 meshes and seeded procedural shapes, never the evaluation objects), on points uniform in the padded box and
-within 1 % of the object size of the true surface together. The ECE (15 equal-width bins,
+within 1 % of the object size of the true surface together: ``--method map`` (the default) a monotone
+piecewise-linear map of the logit by isotonic regression, ``--method temperature`` a temperature and bias by
+minimum cross-entropy (:mod:`occnet_ros.evaluation.reliability`). The ECE (15 equal-width bins,
 :mod:`occnet_ros.evaluation.reliability`) is then measured on the disjoint *report* split at ``--report-views``
 (default 1 4), in the box and near the surface, with the file's own calibration ("before") and the fitted one
 ("after"), and reliability diagrams are drawn (``--out``: ``reliability_<views>v_<region>.png``,
 ``calibration.json``, ``calibration.md``). ``--write PATH`` stores the fitted calibrations in a copy of the
 weights (weights and surface thresholds unchanged). ``--report-only`` measures the file's own calibration.
+``--samples-dir DIR`` keeps the sampled probabilities there, so a second run on the same network (another
+``--method``, a calibrated copy's ``--report-only``) does not reconstruct the objects again.
 Exit code 2 for a bad argument or weights file.
 """
 from __future__ import annotations
@@ -38,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-objects", nargs=2, type=int, default=[24, 16], metavar=("MESHES", "SHAPES"))
     p.add_argument("--points", nargs=2, type=int, default=[20000, 20000], metavar=("BOX", "NEAR"),
                    help="points per object uniform in the box and near the surface (default 20000 20000)")
-    p.add_argument("--no-bias", action="store_true", help="fit the temperature alone (bias 0)")
+    p.add_argument("--method", choices=["map", "temperature"], default="map",
+                   help="map: monotone logit map (isotonic regression); temperature: temperature and bias")
+    p.add_argument("--no-bias", action="store_true", help="--method temperature: fit the temperature alone (bias 0)")
+    p.add_argument("--samples-dir", metavar="DIR", help="cache of the sampled probabilities (reused by later runs)")
     p.add_argument("--data-config", default="config/data/multiview.yaml",
                    help="data config whose validation split gives the meshes")
     p.add_argument("--no-progress", action="store_true")
@@ -64,8 +71,8 @@ def markdown(report: dict, fitted: dict, fit_only: bool) -> str:
             lines.append(f"| {views} | {region} | {r['n']} | {r['before']:.4f} | "
                          f"{'-' if fit_only else format(r['after'], '.4f')} |")
     if fitted:
-        lines += ["", "| views | temperature | bias |", "|---|---|---|"]
-        lines += [f"| {v} | {c.temperature:.4f} | {c.bias:.4f} |" for v, c in sorted(fitted.items())]
+        lines += ["", "| views | temperature | bias | logit-map knots |", "|---|---|---|---|"]
+        lines += [f"| {v} | {c.temperature:.4f} | {c.bias:.4f} | {len(c.knots_in)} |" for v, c in sorted(fitted.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from occnet_ros.config_io import ConfigError, load_config
     from occnet_ros.data.dataset import DataConfig, split_meshes
-    from occnet_ros.evaluation.probability_samples import SampleConfig, collect_samples, split_objects
-    from occnet_ros.evaluation.reliability import fit_calibration, reliability_diagram
+    from occnet_ros.evaluation.probability_samples import SampleConfig, cached_samples, split_objects, weights_digest
+    from occnet_ros.evaluation.reliability import fit_calibration, fit_logit_map, reliability_diagram
     from occnet_ros.network.checkpoint import CheckpointError, load_checkpoint, set_probability_calibration
     from occnet_ros.reconstruction.reconstructor import Reconstructor
 
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validate()
         data = load_config(DataConfig, args.data_config)
         paths = split_meshes(data, "val") if data.mesh_fraction > 0 else []
-        _, meta, _ = load_checkpoint(args.weights)
+        model, meta, _ = load_checkpoint(args.weights)
+        digest = weights_digest(model.state_dict())
         rec = Reconstructor.from_pretrained(args.weights, device="cpu")
         report_objs = split_objects(cfg, paths, "report")
         fit_objs = [] if args.report_only else split_objects(cfg, paths, "fit")
@@ -103,17 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     fitted, fit_record = {}, {}
     for views in sorted(set(args.fit_views)) if not args.report_only else []:
-        samples, skipped = collect_samples(rec, fit_objs, views, cfg, progress)
+        samples, skipped = cached_samples(rec, fit_objs, views, cfg, "fit", args.samples_dir, digest, progress)
         p = np.concatenate([s["p"] for s in samples.values()])
         y = np.concatenate([s["y"] for s in samples.values()])
-        fitted[views] = fit_calibration(p, y, with_bias=not args.no_bias)
-        fit_record[views] = {"temperature": fitted[views].temperature, "bias": fitted[views].bias,
-                             "n_points": int(len(p)), "skipped": skipped}
-        print(f"{views} view(s): temperature {fitted[views].temperature:.4f}, bias {fitted[views].bias:.4f} "
-              f"({len(p)} points, {len(fit_objs) - len(skipped)} objects)")
+        fitted[views] = (fit_logit_map(p, y) if args.method == "map"
+                         else fit_calibration(p, y, with_bias=not args.no_bias))
+        fit_record[views] = {"method": args.method, **fitted[views].to_record(), "n_points": int(len(p)),
+                             "skipped": skipped}
+        what = (f"logit map with {len(fitted[views].knots_in)} knots" if args.method == "map" else
+                f"temperature {fitted[views].temperature:.4f}, bias {fitted[views].bias:.4f}")
+        print(f"{views} view(s): {what} ({len(p)} points, {len(fit_objs) - len(skipped)} objects)")
     report = {}
     for views in sorted(set(args.report_views)):
-        samples, _ = collect_samples(rec, report_objs, views, cfg, progress)
+        samples, _ = cached_samples(rec, report_objs, views, cfg, "report", args.samples_dir, digest, progress)
         before = meta.calibration_for(views)
         after = fitted_for(fitted, views) if fitted else before
         report[views] = _ece_rows(samples, before, after)

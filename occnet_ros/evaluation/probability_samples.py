@@ -22,6 +22,7 @@ canonical box, 0 where the sensor shows the space empty), *before* any probabili
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,8 @@ from occnet_ros.geometry import RigidTransform
 from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
 from occnet_ros.reconstruction.occupancy_field import inside_box
 
-__all__ = ["SampleConfig", "REGIONS", "split_objects", "collect_samples", "network_probabilities"]
+__all__ = ["SampleConfig", "REGIONS", "split_objects", "collect_samples", "cached_samples", "network_probabilities",
+           "weights_digest"]
 
 REGIONS = ("box", "near")
 """Where the points are drawn: uniform in the padded box, within ``near_band`` of the true surface."""
@@ -147,4 +149,46 @@ def collect_samples(reconstructor, objects: list[EvalObject], views: int, config
         if parts_:
             out[region] = {"p": np.concatenate([r[0] for r in parts_]), "y": np.concatenate([r[1] for r in parts_]),
                            "object": np.concatenate([r[2] for r in parts_])}
+    return out, skipped
+
+
+def weights_digest(state_dict: dict) -> str:
+    """16 hex digits of SHA-256 over a model's tensors (names and bytes, sorted by name): the same network gives
+    the same digest whatever calibration or thresholds its file stores."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_samples(reconstructor, objects: list[EvalObject], views: int, config: SampleConfig, split: str,
+                   cache_dir: str | Path | None, network_digest: str, progress: bool = False):
+    """:func:`collect_samples`, stored in (and, on a later call with the same network, objects, views and
+    config, read back from) ``cache_dir/samples_<key>.npz``; no cache when ``cache_dir`` is None. The key covers
+    ``network_digest`` (:func:`weights_digest`), ``split``, ``views``, the object names and every field of
+    ``config``: the samples are the network's probabilities before any calibration, so a calibrated copy of
+    the same network reuses them."""
+    import dataclasses
+    import hashlib
+    import json
+
+    if cache_dir is None:
+        return collect_samples(reconstructor, objects, views, config, progress)
+    ident = {"network": network_digest, "split": split, "views": views, "objects": [o.name for o in objects],
+             "config": dataclasses.asdict(config)}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"samples_{split}_{views}v_{key}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            out = {r: {k: f[f"{r}_{k}"] for k in ("p", "y", "object")} for r in REGIONS if f"{r}_p" in f.files}
+            return out, [str(v) for v in f["skipped"]]
+    out, skipped = collect_samples(reconstructor, objects, views, config, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{r}_{k}": v for r, d in out.items() for k, v in d.items()}
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, skipped=np.array(skipped, dtype=str), **arrays)
+    tmp.replace(path)
     return out, skipped

@@ -10,8 +10,13 @@ calibrated predictor has ECE 0 up to sampling error (about ``sqrt(p (1 - p) / n_
 says 0.9 for an event of frequency 0.6 has ECE 0.3.
 
 :func:`fit_calibration` minimises the binary cross-entropy of ``sigmoid(logit(p) / T + b)`` over ``T > 0``
-and ``b`` (or ``T`` alone); probabilities of exactly 0 or 1 (space the sensor shows empty, a saturated
-float32 sigmoid) are left out of the fit, as the calibration keeps them where they are.
+and ``b`` (or ``T`` alone). :func:`fit_logit_map` fits a monotone map of the logit instead: the points are
+sorted by logit into equal-count bins, the occupied fraction of the bins is made non-decreasing by isotonic
+regression (``scipy.optimize.isotonic_regression``, weighted by the bins' counts), and each bin's mean logit is
+mapped to the logit of its fitted fraction. Unlike one temperature, such a map can soften the middle of the
+range (where the surface is) and keep far points confident. In both fits, probabilities of exactly 0 or 1
+(space the sensor shows empty, a saturated float32 sigmoid) are left out, as the calibration keeps them where
+they are.
 :mod:`occnet_ros.evaluation.probability_samples` draws the held-out points these functions are given.
 """
 from __future__ import annotations
@@ -25,12 +30,16 @@ from scipy.optimize import minimize
 from occnet_ros.network.probability_calibration import ProbabilityCalibration
 
 __all__ = ["N_BINS", "ReliabilityBins", "reliability_bins", "expected_calibration_error", "fit_calibration",
-           "reliability_diagram"]
+           "fit_logit_map", "reliability_diagram"]
 
 N_BINS = 15
 """Equal-width bins of the ECE and the reliability diagrams."""
 LOGIT_CLIP = 1e-7
 """Probabilities are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit in the fit."""
+MAP_BINS = 200
+"""Equal-count logit bins of :func:`fit_logit_map` (knots of the fitted map)."""
+MAP_MIN_STEP = 1e-3
+"""Smallest rise between consecutive knots of a fitted logit map (keeps the map strictly increasing)."""
 
 
 def _check(probabilities, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -95,14 +104,7 @@ def fit_calibration(probabilities, labels, with_bias: bool = True) -> Probabilit
     """The temperature (and with ``with_bias`` the bias) that minimise the mean binary cross-entropy of the
     calibrated probabilities of the points whose probability lies strictly between 0 and 1. ValueError when
     fewer than 2 such points or only one class among them."""
-    p, y = _check(probabilities, labels)
-    keep = (p > 0) & (p < 1)
-    p, y = p[keep], y[keep]
-    if p.size < 2 or y.all() or not y.any():
-        raise ValueError(f"cannot fit a calibration: {p.size} points strictly inside (0, 1), "
-                         f"{int(y.sum())} of them occupied")
-    q = np.clip(p, LOGIT_CLIP, 1 - LOGIT_CLIP)
-    z = np.log(q) - np.log1p(-q)
+    z, y = _fit_points(probabilities, labels)
     sign = np.where(y, -1.0, 1.0)  # loss = softplus(sign * calibrated logit)
 
     def loss(x):
@@ -118,6 +120,49 @@ def fit_calibration(probabilities, labels, with_bias: bool = True) -> Probabilit
     if not np.isfinite(res.fun):
         raise ValueError(f"calibration fit did not converge: {res.message}")
     return ProbabilityCalibration(float(np.exp(res.x[0])), float(res.x[1]) if with_bias else 0.0)
+
+
+def _fit_points(probabilities, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of the points strictly inside (0, 1); ValueError without both classes among them."""
+    p, y = _check(probabilities, labels)
+    keep = (p > 0) & (p < 1)
+    p, y = p[keep], y[keep]
+    if p.size < 2 or y.all() or not y.any():
+        raise ValueError(f"cannot fit a calibration: {p.size} points strictly inside (0, 1), "
+                         f"{int(y.sum())} of them occupied")
+    q = np.clip(p, LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(q) - np.log1p(-q), y
+
+
+def fit_logit_map(probabilities, labels, n_bins: int = MAP_BINS) -> ProbabilityCalibration:
+    """A monotone logit map (module docstring) fitted to probabilities (N,) and labels (N,): a
+    :class:`ProbabilityCalibration` with temperature 1, bias 0 and at most ``n_bins`` knots. A bin's fitted
+    fraction is kept within [1 / (2 n_b), 1 - 1 / (2 n_b)] of its ``n_b`` points, and consecutive knots rise
+    by at least :data:`MAP_MIN_STEP`. ValueError as :func:`fit_calibration`."""
+    from scipy.optimize import isotonic_regression
+
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+    z, y = _fit_points(probabilities, labels)
+    order = np.argsort(z, kind="stable")
+    z, y = z[order], y[order].astype(np.float64)
+    starts = np.unique(np.linspace(0, z.size, n_bins + 1).astype(np.int64)[:-1])
+    count = np.diff(np.append(starts, z.size)).astype(np.float64)
+    mean_z = np.add.reduceat(z, starts) / count
+    freq = np.add.reduceat(y, starts) / count
+    # bins whose mean logits coincide (many equal logits) are merged into one knot
+    mean_z, inverse = np.unique(mean_z, return_inverse=True)
+    count_u = np.bincount(inverse, weights=count)
+    freq = np.bincount(inverse, weights=freq * count) / count_u
+    fitted = isotonic_regression(freq, weights=count_u, increasing=True).x
+    lo = 0.5 / count_u
+    q = np.clip(fitted, lo, 1.0 - lo)
+    out = np.log(q) - np.log1p(-q)
+    steps = MAP_MIN_STEP * np.arange(out.size)
+    out = np.maximum.accumulate(out - steps) + steps  # strictly increasing, rising >= MAP_MIN_STEP
+    if mean_z.size < 2:
+        raise ValueError("cannot fit a logit map: every point has the same probability")
+    return ProbabilityCalibration(1.0, 0.0, tuple(float(v) for v in mean_z), tuple(float(v) for v in out))
 
 
 def reliability_diagram(curves: dict[str, ReliabilityBins], path: str | Path, title: str = "") -> Path:

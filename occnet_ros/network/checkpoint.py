@@ -43,8 +43,9 @@ class CheckpointMeta:
     """Training metadata stored next to the weights. ``threshold``: occupancy probability of the
     surface (best on validation, or calibrated on held-out single views); ``view_thresholds``: {number of
     fused views (int >= 2): threshold calibrated with that many views} (see :func:`threshold_for_views`);
-    ``temperature``, ``logit_bias``: the probability calibration of one view, ``view_temperatures``,
-    ``view_logit_biases``: {fused views (int >= 2): value} for more
+    ``temperature``, ``logit_bias``, ``logit_map`` (``[knots_in, knots_out]`` or empty): the probability
+    calibration of one view, ``view_temperatures``, ``view_logit_biases``, ``view_logit_maps``: {fused views
+    (int >= 2): value} for more
     (:class:`~occnet_ros.network.probability_calibration.ProbabilityCalibration`, chosen like the thresholds:
     :func:`calibration_for_views`; a checkpoint without them has temperature 1 and bias 0, the identity);
     ``metrics``: e.g. ``{"val_iou": 0.7}``; ``wall_time_s``: training wall time in seconds."""
@@ -57,51 +58,69 @@ class CheckpointMeta:
     logit_bias: float = 0.0
     view_temperatures: dict = field(default_factory=dict)
     view_logit_biases: dict = field(default_factory=dict)
+    logit_map: list = field(default_factory=list)
+    view_logit_maps: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         check_view_thresholds(self.view_thresholds)
-        check_view_calibrations(self.temperature, self.logit_bias, self.view_temperatures, self.view_logit_biases)
+        check_view_calibrations(self.temperature, self.logit_bias, self.view_temperatures, self.view_logit_biases,
+                                self.logit_map, self.view_logit_maps)
 
     def calibration_for(self, n_views: int) -> ProbabilityCalibration:
         """The probability calibration for a cloud fused from ``n_views`` views (:func:`calibration_for_views`)."""
         return calibration_for_views(n_views, self.temperature, self.logit_bias, self.view_temperatures,
-                                     self.view_logit_biases)
+                                     self.view_logit_biases, self.logit_map, self.view_logit_maps)
+
+
+def _calibration(temperature, bias, logit_map) -> ProbabilityCalibration:
+    """ProbabilityCalibration from the stored form; ``logit_map``: [] or [knots_in, knots_out]."""
+    if logit_map and len(logit_map) != 2:
+        raise ValueError(f"a logit map is [knots_in, knots_out], got {len(logit_map)} lists")
+    ki, ko = (tuple(float(v) for v in logit_map[0]), tuple(float(v) for v in logit_map[1])) if logit_map else ((), ())
+    return ProbabilityCalibration(float(temperature), float(bias), ki, ko)
 
 
 def check_view_calibrations(temperature: float, logit_bias: float, view_temperatures: dict,
-                            view_logit_biases: dict) -> None:
-    """Raise ValueError unless the temperatures are finite and > 0, the biases finite, and both dicts map the
-    same ints >= 2 (numbers of fused views)."""
-    ProbabilityCalibration(temperature, logit_bias)  # validates
+                            view_logit_biases: dict, logit_map: list | None = None,
+                            view_logit_maps: dict | None = None) -> None:
+    """Raise ValueError unless the temperatures are finite and > 0, the biases finite, the logit maps valid
+    (:class:`ProbabilityCalibration`), ``view_temperatures`` and ``view_logit_biases`` map the same ints >= 2
+    (numbers of fused views) and ``view_logit_maps`` names none other."""
+    view_logit_maps = view_logit_maps or {}
+    _calibration(temperature, logit_bias, logit_map or [])  # validates
     if set(view_temperatures) != set(view_logit_biases):
         raise ValueError(f"view_temperatures {sorted(view_temperatures)} and view_logit_biases "
                          f"{sorted(view_logit_biases)} must name the same view counts")
+    if not set(view_logit_maps) <= set(view_temperatures):
+        raise ValueError(f"view_logit_maps {sorted(view_logit_maps)} names view counts without a temperature "
+                         f"({sorted(view_temperatures)})")
     for n, t in view_temperatures.items():
         if not isinstance(n, int) or isinstance(n, bool) or n < 2:
             raise ValueError(f"view_temperatures: key {n!r} is not a number of fused views >= 2")
         try:
-            ProbabilityCalibration(t, view_logit_biases[n])
+            _calibration(t, view_logit_biases[n], view_logit_maps.get(n, []))
         except ValueError as e:
             raise ValueError(f"view calibration for {n} views: {e}") from e
 
 
 def calibration_for_views(n_views: int, temperature: float = 1.0, logit_bias: float = 0.0,
-                          view_temperatures: dict | None = None,
-                          view_logit_biases: dict | None = None) -> ProbabilityCalibration:
+                          view_temperatures: dict | None = None, view_logit_biases: dict | None = None,
+                          logit_map: list | None = None,
+                          view_logit_maps: dict | None = None) -> ProbabilityCalibration:
     """The probability calibration for a cloud fused from ``n_views`` views: the one fitted with the largest
-    view count <= ``n_views`` in ``view_temperatures`` / ``view_logit_biases``, else the one-view
-    ``temperature`` / ``logit_bias`` (the same rule as :func:`threshold_for_views`)."""
+    view count <= ``n_views`` in ``view_temperatures`` / ``view_logit_biases`` / ``view_logit_maps``, else the
+    one-view ``temperature`` / ``logit_bias`` / ``logit_map`` (the same rule as :func:`threshold_for_views`)."""
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     view_temperatures, view_logit_biases = view_temperatures or {}, view_logit_biases or {}
     counts = [n for n in view_temperatures if n <= n_views]
     if counts:
         n = max(counts)
-        return ProbabilityCalibration(float(view_temperatures[n]), float(view_logit_biases[n]))
-    return ProbabilityCalibration(float(temperature), float(logit_bias))
+        return _calibration(view_temperatures[n], view_logit_biases[n], (view_logit_maps or {}).get(n, []))
+    return _calibration(temperature, logit_bias, logit_map or [])
 
 
 def check_view_thresholds(view_thresholds: dict) -> None:
@@ -231,7 +250,8 @@ def set_probability_calibration(path: str | Path, calibrations: dict, record: di
                                 dst: str | Path | None = None) -> Path:
     """Write checkpoint ``path`` to ``dst`` (default: ``path`` itself; atomically) with the probability
     calibrations ``{fused views (int >= 1): ProbabilityCalibration}`` (1: ``meta.temperature`` /
-    ``meta.logit_bias``; more: ``meta.view_temperatures`` / ``meta.view_logit_biases``; view counts not
+    ``meta.logit_bias`` / ``meta.logit_map``; more: ``meta.view_temperatures`` / ``meta.view_logit_biases`` /
+    ``meta.view_logit_maps``; view counts not
     given keep what the file has) and the ``record`` of the fit under ``meta.metrics["probability_calibration"]``.
     Weights and thresholds are not changed."""
     if not calibrations:
@@ -243,13 +263,21 @@ def set_probability_calibration(path: str | Path, calibrations: dict, record: di
             raise ValueError(f"view count {views!r} must be an int >= 1")
         if not isinstance(cal, ProbabilityCalibration):
             raise TypeError(f"calibration for {views} views must be a ProbabilityCalibration, got {type(cal).__name__}")
+        logit_map = [[float(v) for v in cal.knots_in], [float(v) for v in cal.knots_out]] if cal.knots_in else []
         if views == 1:
             meta["temperature"], meta["logit_bias"] = float(cal.temperature), float(cal.bias)
+            meta["logit_map"] = logit_map
         else:
             meta.setdefault("view_temperatures", {})[views] = float(cal.temperature)
             meta.setdefault("view_logit_biases", {})[views] = float(cal.bias)
+            maps = meta.setdefault("view_logit_maps", {})
+            if logit_map:
+                maps[views] = logit_map
+            else:
+                maps.pop(views, None)
     check_view_calibrations(meta.get("temperature", 1.0), meta.get("logit_bias", 0.0),
-                            meta.get("view_temperatures", {}), meta.get("view_logit_biases", {}))
+                            meta.get("view_temperatures", {}), meta.get("view_logit_biases", {}),
+                            meta.get("logit_map", []), meta.get("view_logit_maps", {}))
     meta.setdefault("metrics", {})["probability_calibration"] = _plain(record)
     return _save_payload(payload, path if dst is None else dst)
 
