@@ -69,6 +69,12 @@ def test_cli_prints_and_writes_the_table(tmp_path, capsys):
 
     with Image.open(out / "heldout_groups.png") as im:  # the per-group chart: drawn, not blank
         assert im.size[0] >= 600 and np.asarray(im.convert("L")).std() > 10
+    assert main(["--variant", f"x:weights={ckpt}", "--views", "1", "--objects", "0", "2", "--upsampling-steps", "0",
+                 "--out", str(out), "--render", "--no-progress"]) == 0
+    with Image.open(out / "heldout_renders_1v.png") as im:  # one row: the first shape (input, x, ground truth)
+        assert im.size[0] > 2 * im.size[1] and np.asarray(im.convert("L")).std() > 10
+    assert main(["--variant", f"x:weights={ckpt}", "--objects", "0", "1", "--render", "--no-progress"]) == 2
+    assert "--render needs --out" in capsys.readouterr().err
     assert main(["--variant", "z:colour=red", "--objects", "0", "1", "--no-progress"]) == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
     assert main(["--variant", f"w:weights={tmp_path / 'missing.pt'}", "--objects", "0", "1", "--no-progress"]) == 2
@@ -97,7 +103,13 @@ def test_shape_families_choose_the_held_out_shapes(tmp_path, capsys):
 
 
 def test_group_scores_and_plot(tmp_path):
-    from occnet_ros.evaluation.heldout_plot import group_scores, plot_groups
+    from types import SimpleNamespace
+
+    from occnet_ros.evaluation.heldout_plot import group_scores, plot_groups, representatives
+
+    names = ["mesh_00_a", "mesh_01_b", "shape_00_box", "group_plate_0", "group_plate_1", "group_pan_0"]
+    assert representatives([SimpleNamespace(name=n) for n in names]) == [
+        "mesh_00_a", "shape_00_box", "group_plate_0", "group_pan_0"]
 
     def variant(iou_plate, iou_meshes):
         return {"groups": {"plate": {"iou": iou_plate, "n": 2}}, "mean_meshes": {"iou": iou_meshes},

@@ -12,7 +12,8 @@ validation split of ``--data-config`` (scaled to 12 cm) and seeded procedural sh
 variant is ``NAME`` or ``NAME:key=value,...`` with ``weights=PATH``, ReconstructorConfig fields and
 ``anchor.<field>`` (see :mod:`occnet_ros.evaluation.heldout`). Prints a markdown table; with ``--out``
 also writes ``heldout.json`` (per-object scores), ``heldout.md`` and ``heldout_groups.png`` (IoU per group and
-variant, one panel per view setting). Exit code 2 for a bad variant,
+variant, one panel per view setting); ``--render`` adds ``heldout_renders_<views>v.png``: the input, each variant's
+mesh and the ground truth of the first object of each group, the first mesh and the first shape. Exit code 2 for a bad variant,
 config or weights file.
 
 ``--groups FAMILY ...`` (``household``: all of them) adds the fixed held-out shapes of the household
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data config whose validation split gives the meshes (default config/data/multiview.yaml)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--out", help="folder for heldout.json, heldout.md and heldout_groups.png")
+    p.add_argument("--render", action="store_true", help="with --out: also draw the first object of each group, "
+                   "the first mesh and the first shape (heldout_renders_<views>v.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from occnet_ros.evaluation.calibration import CalibrationConfig, calibration_objects
     from occnet_ros.evaluation.heldout import (compare_variants, group_table, household_objects, markdown_table,
                                                parse_variant)
+    from occnet_ros.evaluation.heldout_plot import representatives
 
     try:
         variants = [parse_variant(v) for v in args.variant]
@@ -90,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             cal.validate()
             objects = []
         objects += groups
+        if args.render and not args.out:
+            raise ValueError("--render needs --out")
+        render = set(representatives(objects)) if args.render else None
         results = []
         for views in args.views:
             cal.views = views
             results.append(compare_variants(variants, objects, cal, args.device, args.upsampling_steps,
-                                            progress=not args.no_progress))
+                                            progress=not args.no_progress, render=render))
     except (ValueError, ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"occnet_heldout: {e}", file=sys.stderr)
         return 2
@@ -111,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        from occnet_ros.evaluation.heldout_plot import plot_groups, render_panels
+
+        for png in render_panels(results, out):
+            print(f"wrote {png}")
+        for res in results:
+            res.pop("panels", None)  # drawing data, not results
         (out / "heldout.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
         (out / "heldout.md").write_text(table)
-        from occnet_ros.evaluation.heldout_plot import plot_groups
-
         png = plot_groups(results, out / "heldout_groups.png")
         print(f"wrote {out / 'heldout.json'}, {out / 'heldout.md'} and {png}")
     return 0

@@ -82,10 +82,13 @@ def calibration_objects(config: CalibrationConfig, mesh_paths: list) -> list[Eva
 
 
 def score_objects(reconstructors: dict, objects: list[EvalObject], config: CalibrationConfig,
-                  progress: bool = False, desc: str = "held-out") -> tuple[dict[str, list[dict]], list[str]]:
+                  progress: bool = False, desc: str = "held-out",
+                  on_object=None) -> tuple[dict[str, list[dict]], list[str]]:
     """Every reconstructor of ``reconstructors`` ({name: Reconstructor}) on every object, as ``occnet_eval``'s
     ``ours`` runs (``config.views`` fused views, the known-empty space, its own anchoring and threshold).
-    Each object is observed once and its ground truth prepared once, for all of them.
+    Each object is observed once and its ground truth prepared once, for all of them. ``on_object(obj, obs,
+    meshes, rows)``, if given, is called after each observed object with {name: world-frame mesh or None} and
+    {name: score row} (e.g. to draw it).
 
     -> ({name: [{"object", "iou", "fscore", "chamfer_l1" (None for an empty mesh)}, ...]}, names of the
     objects whose view failed)."""
@@ -104,13 +107,18 @@ def score_objects(reconstructors: dict, objects: list[EvalObject], config: Calib
             continue
         gts = prepare_ground_truth(obj.mesh, config.metrics)
         empty = KnownEmpty(config.known_empty, obs.support_plane, obs.depth_views)
+        meshes, rows = {}, {}
         for name, rec in reconstructors.items():
             r = rec.reconstruct(obs.points, obs.up, obs.viewpoint, point_viewpoints=obs.point_viewpoints,
                                 known_empty=empty, n_views=obs.n_views)
             mesh = obs.mesh_to_world(r.mesh) if r.mesh is not None and len(r.mesh.faces) else None
             m = evaluate_mesh(mesh, gts)
-            scores[name].append({"object": obj.name, "iou": float(m.iou), "fscore": float(m.fscore),
-                                 "chamfer_l1": None if m.chamfer_l1 is None else float(m.chamfer_l1)})
+            rows[name] = {"object": obj.name, "iou": float(m.iou), "fscore": float(m.fscore),
+                          "chamfer_l1": None if m.chamfer_l1 is None else float(m.chamfer_l1)}
+            scores[name].append(rows[name])
+            meshes[name] = mesh
+        if on_object is not None:
+            on_object(obj, obs, meshes, rows)
     if not any(scores.values()):
         raise ValueError("no held-out object could be observed")
     return scores, skipped

@@ -115,17 +115,27 @@ def build_reconstructor(variant: Variant, device: str = "cpu", upsampling_steps:
 
 
 def compare_variants(variants: list[Variant], objects: list, config: CalibrationConfig, device: str = "cpu",
-                     upsampling_steps: int = 1, progress: bool = False) -> dict:
+                     upsampling_steps: int = 1, progress: bool = False, render: set | None = None) -> dict:
     """Every variant on the same observations of ``objects`` (``config.views`` fused views).
 
     -> {"views", "n_objects", "skipped", "variants": {name: {"mean": {iou, fscore, chamfer_l1},
     "mean_meshes", "mean_shapes" (None without such objects), "groups": {family: mean} of the named
-    held-out groups (:func:`household_objects`), "objects": per-object rows}}}."""
+    held-out groups (:func:`household_objects`), "objects": per-object rows}}, "panels": drawing data
+    (:func:`occnet_ros.evaluation.heldout_plot.variant_panel`) of the objects named in ``render``, in order}."""
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must differ, got {names}")
     recs = {v.name: build_reconstructor(v, device, upsampling_steps) for v in variants}
-    scores, skipped = score_objects(recs, objects, config, progress, desc=f"held-out {config.views}v")
+    panels = []
+
+    def keep_panel(obj, obs, meshes, rows):
+        if render and obj.name in render:
+            from occnet_ros.evaluation.heldout_plot import variant_panel
+
+            panels.append(variant_panel(obj, obs, meshes, rows))
+
+    scores, skipped = score_objects(recs, objects, config, progress, desc=f"held-out {config.views}v",
+                                    on_object=keep_panel)
     out = {}
     for name, rows in scores.items():
         meshes = [r for r in rows if r["object"].startswith("mesh_")]
@@ -138,7 +148,8 @@ def compare_variants(variants: list[Variant], objects: list, config: Calibration
                      "mean_shapes": mean_scores(shapes) if shapes else None, "objects": rows,
                      "groups": {g: {**mean_scores(v), "n": len(v)} for g, v in groups.items()},
                      "threshold": recs[name].threshold_for(config.views)}
-    return {"views": config.views, "n_objects": len(objects) - len(skipped), "skipped": skipped, "variants": out}
+    return {"views": config.views, "n_objects": len(objects) - len(skipped), "skipped": skipped, "variants": out,
+            "panels": panels}
 
 
 def markdown_table(results: list[dict]) -> str:
