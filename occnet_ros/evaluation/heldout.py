@@ -94,7 +94,8 @@ def household_objects(families: list[str], n_per_family: int, mesh_resolution: i
             for family in names for k, shape in enumerate(heldout_shapes(family, n_per_family))]
 
 
-def _group_of(name: str) -> str | None:
+def group_of(name: str) -> str | None:
+    """The named held-out group (household family) of a held-out object's name, None for other objects."""
     return name[len(GROUP_PREFIX):].rsplit("_", 1)[0] if name.startswith(GROUP_PREFIX) else None
 
 
@@ -142,8 +143,8 @@ def compare_variants(variants: list[Variant], objects: list, config: Calibration
         shapes = [r for r in rows if r["object"].startswith("shape_")]
         groups: dict[str, list[dict]] = {}
         for r in rows:
-            if _group_of(r["object"]) is not None:
-                groups.setdefault(_group_of(r["object"]), []).append(r)
+            if group_of(r["object"]) is not None:
+                groups.setdefault(group_of(r["object"]), []).append(r)
         out[name] = {"mean": mean_scores(rows), "mean_meshes": mean_scores(meshes) if meshes else None,
                      "mean_shapes": mean_scores(shapes) if shapes else None, "objects": rows,
                      "groups": {g: {**mean_scores(v), "n": len(v)} for g, v in groups.items()},

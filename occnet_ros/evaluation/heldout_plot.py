@@ -16,11 +16,11 @@ import numpy as np  # noqa: E402
 def representatives(objects: list) -> list[str]:
     """Names of the objects to draw: the first of each named held-out group, the first validation mesh and the
     first procedural shape (held-out object names: ``mesh_*``, ``shape_*``, ``<group>_*``)."""
-    from occnet_ros.evaluation.heldout import _group_of
+    from occnet_ros.evaluation.heldout import group_of
 
     seen, out = set(), []
     for obj in objects:
-        group = _group_of(obj.name) or obj.name.split("_", 1)[0]
+        group = group_of(obj.name) or obj.name.split("_", 1)[0]
         if group not in seen:
             seen.add(group)
             out.append(obj.name)

@@ -152,6 +152,8 @@ def fit_logit_map(probabilities, labels, n_bins: int = MAP_BINS) -> ProbabilityC
     freq = np.add.reduceat(y, starts) / count
     # bins whose mean logits coincide (many equal logits) are merged into one knot
     mean_z, inverse = np.unique(mean_z, return_inverse=True)
+    if mean_z.size < 2:
+        raise ValueError("cannot fit a logit map: every point has the same probability")
     count_u = np.bincount(inverse, weights=count)
     freq = np.bincount(inverse, weights=freq * count) / count_u
     fitted = isotonic_regression(freq, weights=count_u, increasing=True).x
@@ -160,8 +162,6 @@ def fit_logit_map(probabilities, labels, n_bins: int = MAP_BINS) -> ProbabilityC
     out = np.log(q) - np.log1p(-q)
     steps = MAP_MIN_STEP * np.arange(out.size)
     out = np.maximum.accumulate(out - steps) + steps  # strictly increasing, rising >= MAP_MIN_STEP
-    if mean_z.size < 2:
-        raise ValueError("cannot fit a logit map: every point has the same probability")
     return ProbabilityCalibration(1.0, 0.0, tuple(float(v) for v in mean_z), tuple(float(v) for v in out))
 
 
