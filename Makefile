@@ -104,7 +104,7 @@ EVAL_WEIGHTS ?= occnet_ros/weights/occnet_default.pt
 eval: install
 	$(VENV)/bin/occnet_eval --weights $(EVAL_WEIGHTS) --out out/eval
 	$(VENV)/bin/occnet_heldout --variant weights:weights=$(EVAL_WEIGHTS) --objects 32 24 --groups household \
-	  --per-group 8 --views 1 4 --out out/eval/heldout
+	  --per-group 8 --views 1 4 --render --out out/eval/heldout
 	$(VENV)/bin/occnet_calibrate $(EVAL_WEIGHTS) --report-only --out out/eval/calibration
 
 # Regenerates the pictures committed for the README.
