@@ -87,6 +87,12 @@ class DataConfig:
     family_weights: dict[str, float] = field(default_factory=dict)
     """procedural family name -> relative weight (e.g. ``{hollow_box: 1.0}``); empty: the default weights
     of ``occnet_ros.data.shapes.FAMILY_WEIGHTS``, which leave out ``hollow_box``"""
+    thin_wall_dilation: float = 0.0
+    """fraction of an object's largest extent by which each side of a thin wall is labelled occupied (0:
+    exact labels); see :mod:`occnet_ros.data.thin_walls`"""
+    thin_wall_max_thickness: float = 0.02
+    """walls thinner than this fraction of the largest extent count as thin (used when
+    ``thin_wall_dilation`` > 0)"""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -114,6 +120,9 @@ class DataConfig:
             raise ValueError("table_leak_prob must be in [0, 1]")
         if self.fused_samples_per_object < 0:
             raise ValueError(f"fused_samples_per_object must be >= 0, got {self.fused_samples_per_object}")
+        if self.thin_wall_dilation < 0 or self.thin_wall_max_thickness <= 0:
+            raise ValueError("thin_wall_dilation must be >= 0 and thin_wall_max_thickness > 0, got "
+                             f"{self.thin_wall_dilation}, {self.thin_wall_max_thickness}")
         if self.fused_max_views < 2:
             raise ValueError(f"fused_max_views must be >= 2, got {self.fused_max_views}")
         if self.family_weights:
@@ -141,11 +150,14 @@ class DataConfig:
 
     def identity(self) -> dict:
         """The fields that define the data, as a plain dict for hashing: an empty ``family_weights`` (the
-        default weights) is left out, so configs written before the field keep their cache and
-        checkpoint hashes."""
+        default weights) is left out, and so are the thin-wall fields while ``thin_wall_dilation`` is 0,
+        so configs written before those fields keep their cache and checkpoint hashes."""
         d = dataclasses.asdict(self)
         if not d["family_weights"]:
             d.pop("family_weights")
+        if not d["thin_wall_dilation"]:
+            d.pop("thin_wall_dilation")
+            d.pop("thin_wall_max_thickness")
         return d
 
     def cache_key(self, split: str) -> str:

@@ -10,7 +10,8 @@ them; see :func:`_fused_samples`). Each sample:
   :func:`occnet_ros.reconstruction.normalization.canonical_frame_from_observation` (the ONE normalisation);
 * ``queries``: (n_query_uniform + n_query_near_surface, 3) canonical units: first uniform in the box
   ``[-BOX_HALF, BOX_HALF]^3``, then near the full true surface (Gaussian offsets, sigma in canonical units);
-* ``occupancies``: (n_queries,) bool, exact inside labels of the float16-rounded query coordinates.
+* ``occupancies``: (n_queries,) bool, exact inside labels of the float16-rounded query coordinates (with
+  thin walls thickened when ``thin_wall_dilation`` > 0: :mod:`occnet_ros.data.thin_walls`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.data.mesh_sources import data_root, load_training_mesh, make_watertight, mesh_contains
 from occnet_ros.data.shapes import FAMILIES, sample_shape
 from occnet_ros.data.shapes_household import HOUSEHOLD_FAMILIES
+from occnet_ros.data.thin_walls import thin_wall_labels
 from occnet_ros.data.virtual_camera import ObjectScene, in_reference_camera, observe, sample_tabletop_pose
 from occnet_ros.reconstruction.normalization import BOX_HALF, NormalizationError, canonical_frame_from_observation
 
@@ -214,6 +216,11 @@ def generate_object(cfg, rng: np.random.Generator, mesh_paths: list) -> ObjectSa
     if not inputs:
         return ObjectSamples(np.zeros((0, cfg.n_input_points, 3), np.float16), np.zeros((0, n_q, 3), np.float16),
                              np.zeros((0, n_q), bool), np.zeros(0, np.float32), family, stats)
-    occ = contains(np.concatenate(world_queries)).reshape(len(inputs), n_q)
+    q_world = np.concatenate(world_queries)
+    occ = contains(q_world)
+    if cfg.thin_wall_dilation > 0:
+        occ = thin_wall_labels(q_world, occ, mesh, contains, cfg.thin_wall_dilation,
+                               cfg.thin_wall_max_thickness)
+    occ = occ.reshape(len(inputs), n_q)
     return ObjectSamples(np.stack(inputs), np.stack(queries), occ, np.asarray(scales, np.float32),
                          family, stats)
