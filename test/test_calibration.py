@@ -56,12 +56,15 @@ def test_cli_writes_the_chosen_threshold(tmp_path, capsys):
     cal = meta["metrics"]["calibration"]
     assert meta["threshold"] == cal["best_threshold"] and len(cal["table"]) == 5 and cal["n_objects"] == 1
     assert f"wrote threshold {cal['best_threshold']}" in out and "IoU" in out
-    # several fused views: their own threshold and record; the single-view threshold stays
-    assert main(["--calibrate", str(ckpt), "--calibration-objects", "0", "1", "--calibration-views", "2",
+    # several fused view counts in one call: each its own threshold and record; the single-view one stays
+    assert main(["--calibrate", str(ckpt), "--calibration-objects", "0", "1", "--calibration-views", "2", "4",
                  "--no-progress"]) == 0
     meta2 = load_raw(ckpt)["meta"]
     cal2 = meta2["metrics"]["calibration_2_views"]
-    assert cal2["views"] == 2 and meta2["view_thresholds"] == {2: cal2["best_threshold"]}
+    assert cal2["views"] == 2 and set(meta2["view_thresholds"]) == {2, 4}
+    for v in (2, 4):
+        assert meta2["view_thresholds"][v] == meta2["metrics"][f"calibration_{v}_views"]["best_threshold"]
     assert meta2["threshold"] == meta["threshold"] and meta2["metrics"]["calibration"] == cal
     assert Reconstructor.from_pretrained(ckpt, device="cpu").threshold_for(3) == cal2["best_threshold"]
+    assert main(["--calibrate", str(ckpt), "--calibration-views", "2", "0", "--no-progress"]) == 2
     assert main(["--calibrate", str(tmp_path / "missing.pt"), "--no-progress"]) == 2

@@ -5,6 +5,7 @@
     occnet_train --export RUN_DIR/best.pt OUT.pt     # strip optimiser state -> small weights file
     occnet_train --calibrate OUT.pt [--config ...]   # choose OUT.pt's surface threshold on held-out objects
     occnet_train --calibrate OUT.pt --calibration-views 4   # ... the threshold for clouds of 4 fused views
+    occnet_train --calibrate OUT.pt --calibration-views 1 2 4   # ... each of them, one after the other
 
 A config's ``init_from`` starts a new run from the weights of another checkpoint (the run folder of the
 previous training stage, or exported weights such as the shipped ones) with a fresh step counter, optimiser
@@ -14,7 +15,8 @@ and schedule; ``--resume`` continues ``OUT_DIR/last.pt`` instead and ignores ``i
 config's data, and procedural shapes with their own seed; never the evaluation objects) with the
 evaluation protocol at several thresholds (occnet_ros/evaluation/calibration.py), prints the table
 and writes the threshold of the best mean IoU into the file: the single-view threshold, or with
-``--calibration-views N`` the one used for clouds fused from N or more views (up to the next calibrated count).
+``--calibration-views N`` the one used for clouds fused from N or more views (up to the next calibrated count);
+several counts are calibrated one after the other, each written into the file as soon as it is chosen.
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only export CHECKPOINT (e.g. best.pt) to a small WEIGHTS file and exit")
     p.add_argument("--calibrate", metavar="WEIGHTS",
                    help="only choose the surface threshold of WEIGHTS (see above), write it into WEIGHTS and exit")
-    p.add_argument("--calibration-views", type=int, default=1, metavar="N",
+    p.add_argument("--calibration-views", type=int, nargs="+", default=[1], metavar="N",
                    help="with --calibrate: fuse N views per object and write the threshold for clouds of N views "
-                        "(default 1: the single-view threshold)")
+                        "(default 1: the single-view threshold); several counts: each in turn")
     p.add_argument("--calibration-objects", nargs=2, type=int, metavar=("MESHES", "SHAPES"),
                    help="with --calibrate: how many validation meshes and procedural shapes (default 32 24)")
     return p
@@ -57,23 +59,27 @@ def calibrate(args, cfg) -> int:
     from occnet_ros.reconstruction.reconstructor import Reconstructor
 
     data = load_config(DataConfig, cfg.data_file) if cfg.data_file else cfg.data
-    cal = CalibrationConfig()
-    if args.calibration_objects:
-        cal.n_meshes, cal.n_shapes = args.calibration_objects
-    cal.views = args.calibration_views
-    cal.validate()
-    rec = Reconstructor.from_pretrained(args.calibrate, device=cfg.device)
-    objects = calibration_objects(cal, split_meshes(data, "val") if data.mesh_fraction > 0 else [])
-    result = calibrate_threshold(rec, objects, cal, progress=not args.no_progress)
-    print(f"{args.calibrate}: {result['n_objects']} held-out objects, {cal.views} view(s); was threshold "
-          f"{rec.threshold_for(cal.views)}")
-    for row in result["table"]:
-        print(f"  threshold {row['threshold']:.2f}: IoU {row['iou']:.4f}  F-score {row['fscore']:.4f}  "
-              f"Chamfer-L1 {row['chamfer_l1']:.4f}")
-    set_threshold(args.calibrate, result["best_threshold"], {**result, "n_meshes": cal.n_meshes,
-                                                              "n_shapes": cal.n_shapes, "views": cal.views},
-                  views=cal.views)
-    print(f"wrote threshold {result['best_threshold']} for {cal.views} view(s) into {args.calibrate}")
+    cals = []
+    for views in args.calibration_views:
+        cal = CalibrationConfig()
+        if args.calibration_objects:
+            cal.n_meshes, cal.n_shapes = args.calibration_objects
+        cal.views = views
+        cal.validate()
+        cals.append(cal)
+    meshes = split_meshes(data, "val") if data.mesh_fraction > 0 else []
+    for cal in cals:
+        rec = Reconstructor.from_pretrained(args.calibrate, device=cfg.device)
+        result = calibrate_threshold(rec, calibration_objects(cal, meshes), cal, progress=not args.no_progress)
+        print(f"{args.calibrate}: {result['n_objects']} held-out objects, {cal.views} view(s); was threshold "
+              f"{rec.threshold_for(cal.views)}")
+        for row in result["table"]:
+            print(f"  threshold {row['threshold']:.2f}: IoU {row['iou']:.4f}  F-score {row['fscore']:.4f}  "
+                  f"Chamfer-L1 {row['chamfer_l1']:.4f}")
+        set_threshold(args.calibrate, result["best_threshold"], {**result, "n_meshes": cal.n_meshes,
+                                                                  "n_shapes": cal.n_shapes, "views": cal.views},
+                      views=cal.views)
+        print(f"wrote threshold {result['best_threshold']} for {cal.views} view(s) into {args.calibrate}")
     return 0
 
 
