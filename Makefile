@@ -81,17 +81,15 @@ soak: install
 	$(VENV)/bin/occnet_soak --minutes $(SOAK_MINUTES) --out out/soak
 
 # Fine-tunes the shipped network: config/train/finetune.yaml starts from occnet_ros/weights/occnet_default.pt with
-# stage 5's data and schedule (config/train/hollow.yaml; lr 1e-4, cosine) and a fresh optimiser, into runs/finetune.
-# The first run generates the training data into data_cache/ unless it is there (about 25 minutes). TRAIN_MINUTES is the
+# stage 6's data and schedule (config/train/household.yaml; lr 1e-4, cosine) and a fresh optimiser, into runs/finetune.
+# The first run generates the training data into data_cache/ unless it is there (about 50 minutes on 2 cores). TRAIN_MINUTES is the
 # total wall-time budget, counted across resumes: `make train` again resumes runs/finetune (delete the folder to
 # start over), and the cosine schedule follows the budget, so a larger budget on a resume raises the learning rate
 # again. Regenerating the shipped weights from scratch instead: occnet_ros/weights/README.md.
 # Export, calibrate (1 view, then 2 and 4 fused views), compare with the shipped file on held-out objects:
 #   .venv/bin/occnet_train --export runs/finetune/best.pt runs/finetune/occnet_finetune.pt
-#   .venv/bin/occnet_train --config config/train/finetune.yaml --calibrate runs/finetune/occnet_finetune.pt
-#   .venv/bin/occnet_train --config config/train/finetune.yaml --calibrate runs/finetune/occnet_finetune.pt --calibration-views 2
-#   .venv/bin/occnet_train --config config/train/finetune.yaml --calibrate runs/finetune/occnet_finetune.pt --calibration-views 4
-#   .venv/bin/occnet_heldout --variant shipped --variant new:weights=runs/finetune/occnet_finetune.pt --views 1 4
+#   .venv/bin/occnet_train --config config/train/finetune.yaml --calibrate runs/finetune/occnet_finetune.pt --calibration-views 1 2 4
+#   .venv/bin/occnet_heldout --variant shipped --variant new:weights=runs/finetune/occnet_finetune.pt --views 1 4 --groups household
 TRAIN_MINUTES ?= 70
 train: install
 	$(VENV)/bin/occnet_train --config config/train/finetune.yaml --max-minutes $(TRAIN_MINUTES) \

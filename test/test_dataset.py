@@ -270,9 +270,10 @@ def test_family_codes_keep_their_meaning():
 
 def test_family_weights_config_and_cache_key(tmp_path):
     base = small_config(mesh_fraction=0.0)
-    # an empty family_weights leaves the cache key as it was before the field existed
+    # an empty family_weights (and thin walls off) leaves the cache key as it was before the fields existed
     old = dataclasses.asdict(base)
-    old.pop("family_weights")
+    for name in ("family_weights", "thin_wall_dilation", "thin_wall_max_thickness"):
+        old.pop(name)
     assert base.identity() == old
     hollow = dataclasses.replace(base, family_weights={"hollow_box": 1.0})
     assert hollow.cache_key("train") != base.cache_key("train")

@@ -159,8 +159,9 @@ def test_config_files_load():
 
 def test_stage_configs_chain_from_scratch_and_finetune_starts_from_the_shipped_weights():
     """The stage configs need nothing but each other's run folders: every init_from names the run folder of
-    another config in config/train (default -> context -> relabel -> walls -> hollow), except finetune.yaml
-    (make train), which starts from the shipped weights, with the model, data and optimiser of stage 5."""
+    another config in config/train (default -> context -> relabel -> walls -> hollow -> household), except
+    finetune.yaml (make train), which starts from the shipped weights, with the model, data and optimiser of
+    stage 6 (household)."""
     from occnet_ros.config_io import load_config
     from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS
     from occnet_ros.network.model import OccupancyNetwork
@@ -170,13 +171,13 @@ def test_stage_configs_chain_from_scratch_and_finetune_starts_from_the_shipped_w
     run_of = {Path(c.out_dir): name for name, c in cfgs.items()}
     parent = {name: run_of.get(Path(c.init_from).parent) for name, c in cfgs.items() if c.init_from}
     assert parent == {"context": "default", "context64": "context", "relabel": "context", "walls": "relabel",
-                      "hollow": "walls", "finetune": None, "household": None}
-    assert {Path(cfgs[n].init_from).name for n in ("relabel", "walls", "hollow")} == {"best.pt"}
-    fine, stage5 = cfgs["finetune"], cfgs["hollow"]
+                      "hollow": "walls", "finetune": None, "household": "hollow"}
+    assert {Path(cfgs[n].init_from).name for n in ("relabel", "walls", "hollow", "household")} == {"best.pt"}
+    fine, stage6 = cfgs["finetune"], cfgs["household"]
     assert (root / fine.init_from).resolve() == DEFAULT_WEIGHTS.resolve()
     assert fine.out_dir not in {c.out_dir for n, c in cfgs.items() if n != "finetune"}
     assert replace(fine, init_from="", out_dir="", seed=0, max_minutes=0) == \
-        replace(stage5, init_from="", out_dir="", seed=0, max_minutes=0)
+        replace(stage6, init_from="", out_dir="", seed=0, max_minutes=0)
     state = load_raw(DEFAULT_WEIGHTS)["state_dict"]
     own = OccupancyNetwork(fine.model).state_dict()
     assert state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own)
@@ -187,7 +188,8 @@ def test_extra_data_files_add_their_samples_and_key_the_checkpoint(tmp_path, mon
     concatenated val splits); the checkpoint's data hash covers both configs, so a resume with other
     data is refused. The hashes of the committed data configs are pinned: that of stages 1-4 (multiview.yaml
     alone) was recorded before the hollow_box family and extra_data_files existed, and adding them must not
-    change it; that of stage 5 (with hollow_boxes.yaml) is the one the shipped weights carry."""
+    change it; that of stage 5 (with hollow_boxes.yaml) is the one stage 5 carried, and that of stage 6 (with the
+    household data as well) the one the shipped weights carry."""
     import yaml
 
     from occnet_ros.config_io import load_config
@@ -222,3 +224,8 @@ def test_extra_data_files_add_their_samples_and_key_the_checkpoint(tmp_path, mon
     multiview, hollow = (load_config(DataConfig, root / f) for f in ("multiview.yaml", "hollow_boxes.yaml"))
     assert trainer_mod.data_hash(multiview) == "2bf096fb3e032504"
     assert trainer_mod.data_hash(multiview, (hollow,)) == "fe5e229673b967fa"
+    from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS
+
+    household, large = (load_config(DataConfig, root / f) for f in ("household.yaml", "household_large.yaml"))
+    assert trainer_mod.data_hash(multiview, (hollow, household, large)) == "81ffd9118ff5d837" == \
+        load_raw(DEFAULT_WEIGHTS)["meta"]["data_config_hash"]
