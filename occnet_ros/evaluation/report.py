@@ -235,7 +235,7 @@ def render_object_png(name: str, panels: list[dict], path: Path, size: float = 2
     for row, panel in zip(axs, panels):
         _draw_row(row, panel)
     fig.suptitle(name, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))  # keep the title's strip free
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
