@@ -8,7 +8,9 @@ at 64^3 and its 128^3 variant) from a cloud sampled on the camera-facing half of
 
 Each mesh is reduced to 20000 and 5000 faces by :func:`quadric_decimation` (``open3d``),
 :func:`fast_quadric_decimation` (``fast``, fast-simplification) and :func:`fast_or_open3d_decimation`
-(``default``: fast, Open3D where fast opens a closed mesh). Per case: time (median of ``--repeats`` calls),
+(``default``: fast, Open3D where fast opens a closed mesh) and
+:func:`~occnet_ros.perception.mesh_parts.parted_decimation` (``slabs``: two slabs decimated with their cut kept,
+here one after the other; the node's worker processes decimate them at once). Per case: time (median of ``--repeats`` calls),
 faces, surface error against the undecimated mesh, whether the result is a closed surface
 (:func:`is_closed_surface`) and whether :func:`simplify_mesh` (keep_closed) would reject it.
 
@@ -48,6 +50,7 @@ if str(ROOT) not in sys.path:
 from occnet_ros.perception.mesh_ops import (FAST_AGGRESSIVENESS, fast_or_open3d_decimation,  # noqa: E402
                                             fast_quadric_decimation, is_closed_surface, quadric_decimation,
                                             simplify_mesh)
+from occnet_ros.perception.mesh_parts import parted_decimation  # noqa: E402
 
 UNIT_M = 0.2  # metres per canonical unit (an object about 20 cm across)
 OFFSET_M = np.array([0.05, 0.02, 0.8])  # object centre in the camera optical frame, metres
@@ -55,7 +58,7 @@ UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # canonical
 BOX_HALF = 0.55  # canonical grid half edge (the network's box)
 TARGETS = (20000, 5000)
 METHODS: dict[str, Callable] = {"open3d": quadric_decimation, "fast": fast_quadric_decimation,
-                                "default": fast_or_open3d_decimation}
+                                "default": fast_or_open3d_decimation, "slabs": parted_decimation}
 
 
 # ------------------------------------------------------------------ shapes (canonical units, negative inside)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import yaml
 
+from occnet_ros.reconstruction.compute_pool import usable_cores
 from occnet_ros.network.checkpoint import DEFAULT_WEIGHTS, CheckpointMeta, load_checkpoint, save_checkpoint
 from occnet_ros.config_io import from_dict
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork, cost_report
@@ -154,10 +155,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"cpu_count": os.cpu_count(), "usable_cores": usable, "cpu_model": cpu,
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,

@@ -129,7 +129,7 @@ def run(ctx: BenchContext) -> dict:
     if reason is not None:
         return {"available": False, "reason": reason}
     from occnet_ros.benchmark.mise_vs_dense import reconstructor
-    from occnet_ros.perception.decimation_worker import ProcessDecimation
+    from occnet_ros.perception.decimation_worker import ParallelDecimation
 
     params, source = node_params()
     s = ctx.sizes
@@ -143,7 +143,7 @@ def run(ctx: BenchContext) -> dict:
     domain_id = random.SystemRandom().randint(20, 99)
     saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    worker = ProcessDecimation() if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None
+    worker = ParallelDecimation(params.mesh.decimation_workers) if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None
     rclpy = nodes = contexts = None
     try:
         rclpy, nodes, pubs, contexts = _ros_side(domain_id)

@@ -47,7 +47,7 @@ from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_o
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.config_io import flatten
-from occnet_ros.perception.decimation_worker import ProcessDecimation
+from occnet_ros.perception.decimation_worker import ParallelDecimation
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
@@ -166,7 +166,7 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
         params, source = node_params()
     view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
     max_faces = params.mesh.max_faces
-    worker = ProcessDecimation() if max_faces > 0 and params.mesh.decimate_in_worker else None
+    worker = ParallelDecimation(params.mesh.decimation_workers) if max_faces > 0 and params.mesh.decimate_in_worker else None
     try:
         if worker is not None:
             worker.start()
@@ -272,6 +272,6 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
     return {"resolution": resolution, "messages_measured": messages is not None,
-            "decimation": "worker process" if isinstance(decimate, ProcessDecimation) else "in process",
+            "decimation": "worker process" if isinstance(decimate, ParallelDecimation) else "in process",
             "node_params": source, "max_faces": max_faces, "marker_alpha": params.marker_alpha,
             "clean_config": vars(params.filter), "sizes": rows}

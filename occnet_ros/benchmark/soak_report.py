@@ -15,7 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 import numpy as np
+
+from occnet_ros.reconstruction.compute_pool import usable_cores
 
 RSS_GROWTH_LIMIT_PCT = 5.0
 FD_GROWTH_LIMIT = 2
@@ -130,7 +133,7 @@ def machine_info() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cores()
     return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
             "memory_gb": psutil.virtual_memory().total / 2**30,
             "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()}

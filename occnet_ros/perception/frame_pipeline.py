@@ -117,7 +117,7 @@ class FramePipeline:
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
     ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in this process by default; the
-    node passes a :class:`~occnet_ros.perception.decimation_worker.ProcessDecimation`).
+    node passes a :class:`~occnet_ros.perception.decimation_worker.ParallelDecimation`).
     """
 
     def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = fast_or_open3d_decimation):

@@ -1,8 +1,9 @@
 """CPU scheduling priority of the node's background work (pure Python, no ROS).
 
 On Linux each thread has its own nice value, and threads and processes it creates inherit it. The node's
-reconstruction worker lowers its own priority before it first runs the network, so the thread pool torch
-creates for it runs at that priority too, and so does the decimation worker process; the executor's threads
+reconstruction worker lowers its own priority before it first runs the network, so the threads it then starts
+(the reconstructor's compute threads, torch's own) run at that priority too, and so do the decimation worker
+processes; the executor's threads
 (the query service, the subscriptions) keep theirs, so on a machine with fewer free cores than busy threads
 the kernel gives them a core first. Elsewhere (no per-thread nice), nothing changes and the caller is told.
 """

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from occnet_ros.network.model_local import PreparedPlanes
+from occnet_ros.reconstruction.compute_pool import ComputePool, split_range
 from occnet_ros.reconstruction.normalization import BOX_HALF
 from occnet_ros.reconstruction.occupancy_field import OccupancyField
 
@@ -36,14 +37,16 @@ def _batchable(fields: Sequence[OccupancyField]) -> bool:
                for f in fields for c in f.codes)
 
 
-def decode_jobs(fields: Sequence[OccupancyField], jobs: list[tuple[int, int, np.ndarray]]) -> list[np.ndarray]:
+def decode_jobs(fields: Sequence[OccupancyField], jobs: list[tuple[int, int, np.ndarray]],
+                pool: ComputePool | None = None) -> list[np.ndarray]:
     """Network probabilities of several jobs: (field index, code index within that field, points (M, 3) float32
     canonical in that code's frame) -> one (M,) float32 array per job, as the field's own decoding gives them
-    (up to float rounding)."""
+    (up to float rounding). pool: threads that decode parts of the rows at once (CPU; None = the calling
+    thread)."""
     if not jobs:
         return []
     if not _batchable(fields):
-        return [fields[i]._decode(p, fields[i].codes[c].prepared, fields[i].codes[c].mirror_prepared)
+        return [fields[i]._decode(p, fields[i].codes[c].prepared, fields[i].codes[c].mirror_prepared, pool)
                 for i, c, p in jobs]
     model = fields[0].model
     first = fields[0].codes[0].prepared
@@ -66,13 +69,23 @@ def decode_jobs(fields: Sequence[OccupancyField], jobs: list[tuple[int, int, np.
         per_call = max(1, fields[0].batch_size // ROW)
         src = torch.from_numpy(np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)).to(dev)
         index = torch.tensor(row_code, device=dev)
-        with torch.inference_mode():
-            dst = torch.empty(len(row_code), ROW, dtype=torch.float32, device=dev)
-            for s in range(0, len(row_code), per_call):
-                prep = PreparedPlanes(code=planes.index_select(0, index[s:s + per_call]), dtype=first.dtype,
-                                      fc_c_weight=first.fc_c_weight, fc_c_bias=first.fc_c_bias)
-                dst[s:s + per_call] = model.decode_prepared(src[s:s + per_call], prep).sigmoid_()
-            out_rows[:] = dst.cpu().numpy() if dev.type != "cpu" else dst.numpy()
+        dst = torch.empty(len(row_code), ROW, dtype=torch.float32, device=dev)
+
+        def decode_rows(a: int, b: int) -> None:
+            with torch.inference_mode():
+                for s in range(a, b, per_call):
+                    e = min(b, s + per_call)
+                    prep = PreparedPlanes(code=planes.index_select(0, index[s:e]), dtype=first.dtype,
+                                          fc_c_weight=first.fc_c_weight, fc_c_bias=first.fc_c_bias)
+                    dst[s:e] = model.decode_prepared(src[s:e], prep).sigmoid_()
+
+        threads = pool.threads if pool is not None and dev.type == "cpu" else 1
+        parts = split_range(len(row_code), threads, per_call)
+        if threads > 1:
+            pool.run([lambda a=a, b=b: decode_rows(a, b) for a, b in parts])
+        else:
+            decode_rows(0, len(row_code))
+        out_rows[:] = dst.cpu().numpy() if dev.type != "cpu" else dst.numpy()
     out, at = [], 0
     flat = out_rows.reshape(-1)
     for m in sizes:
@@ -85,9 +98,11 @@ def decode_jobs(fields: Sequence[OccupancyField], jobs: list[tuple[int, int, np.
     return out
 
 
-def probabilities_many(fields: Sequence[OccupancyField], points: Sequence[np.ndarray]) -> list[np.ndarray]:
+def probabilities_many(fields: Sequence[OccupancyField], points: Sequence[np.ndarray],
+                       pool: ComputePool | None = None) -> list[np.ndarray]:
     """``fields[i].probabilities(points[i])`` for every i (points (M_i, 3) canonical of that field's own frame)
-    -> list of (M_i,) float32, with the network calls of all fields made together (:func:`decode_jobs`)."""
+    -> list of (M_i,) float32, with the network calls of all fields made together (:func:`decode_jobs`, on
+    ``pool``'s threads)."""
     if len(fields) != len(points):
         raise ValueError(f"{len(fields)} fields but {len(points)} point sets")
     plans = []
@@ -108,7 +123,7 @@ def probabilities_many(fields: Sequence[OccupancyField], points: Sequence[np.nda
                     parts.append((len(jobs), inside))
                     jobs.append((i, c, r[inside]))
         plans.append((p.shape[0], keep, parts))
-    decoded = decode_jobs(fields, jobs)
+    decoded = decode_jobs(fields, jobs, pool)
     out = []
     for n, keep, parts in plans:
         total = np.zeros(keep.shape[0], np.float64)

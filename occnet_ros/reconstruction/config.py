@@ -58,6 +58,11 @@ class ReconstructorConfig:
                                    "frames of up to max_view_frames - 1 of its other cameras and the "
                                    "probabilities averaged (one more encoding and decoding each); 1 = only the "
                                    "frame of its own viewpoint", range=(1, 64))
+    compute_threads: int = setting(0, doc="threads that run the network on parts of one object's batch at once, each "
+                                   "with one torch thread, so that no OpenMP team of torch's waits on a core another "
+                                   "thread holds (the node's queries: p50 6-8 ms against 10-12 ms under load on 2 "
+                                   "cores, make bench section ros); 0 = one per usable CPU core on a CPU, 1 on a GPU; "
+                                   "1 = the calling thread with torch's own threads", range=(0, 256))
     batch_objects: Literal["auto", "on", "off"] = setting(
         "auto", doc="the objects of one frame share network calls: all their inputs encoded in one call and each "
         "MISE level of all of them decoded together (on), or one object after the other (off); auto = on a GPU "
@@ -88,6 +93,9 @@ class ReconstructorConfig:
             raise ValueError(f"query_batch_size must be >= 0 (0 = auto), got {self.query_batch_size}")
         if not 0.0 <= self.reuse_tolerance < 1.0:
             raise ValueError(f"reuse_tolerance must be in [0, 1), got {self.reuse_tolerance}")
+        if isinstance(self.compute_threads, bool) or not isinstance(self.compute_threads, int) \
+                or not 0 <= self.compute_threads <= 256:
+            raise ValueError(f"compute_threads must be an integer in [0, 256] (0 = auto), got {self.compute_threads!r}")
         if self.batch_objects not in ("auto", "on", "off"):
             raise ValueError(f"batch_objects must be auto, on or off, got {self.batch_objects!r}")
         if self.precision not in PRECISIONS:

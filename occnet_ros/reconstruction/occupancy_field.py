@@ -22,6 +22,7 @@ import torch
 
 from occnet_ros.network.model import OccupancyNetwork, PreparedCode, PreparedPlanes
 from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
+from occnet_ros.reconstruction.compute_pool import ComputePool, split_range
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
 
@@ -113,26 +114,27 @@ class OccupancyField:
         """The object's own canonical frame (the one :meth:`probabilities` takes points in)."""
         return self.codes[0].frame
 
-    def probabilities(self, points: np.ndarray) -> np.ndarray:
+    def probabilities(self, points: np.ndarray, pool: ComputePool | None = None) -> np.ndarray:
         """points (M, 3) canonical (of :attr:`frame`), no box test -> (M,) float32 probabilities: 0 where
         the known-empty test marks the point (tested first, so those points never reach the network), else
-        :meth:`network_probabilities`."""
+        :meth:`network_probabilities`. pool: threads that decode parts of the points at once (None = the
+        calling thread)."""
         p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
         if self.known_empty is None:
-            return self.network_probabilities(p)
+            return self.network_probabilities(p, pool)
         out = np.zeros(p.shape[0], dtype=np.float32)
         keep = ~self.known_empty.mask(self.frame.from_canonical(p))
         if keep.any():
-            out[keep] = self.network_probabilities(p[keep])
+            out[keep] = self.network_probabilities(p[keep], pool)
         return out
 
-    def network_probabilities(self, points: np.ndarray) -> np.ndarray:
+    def network_probabilities(self, points: np.ndarray, pool: ComputePool | None = None) -> np.ndarray:
         """The network alone: points (M, 3) float32 canonical -> (M,) float32, the mean probability over
         the frames whose padded box holds the point (the object's own frame always counts). Chunks of
-        :attr:`batch_size` points; no per-point Python."""
+        :attr:`batch_size` points; no per-point Python. pool: as in :meth:`probabilities`."""
         p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
         first = self.codes[0]
-        out = self._decode(p, first.prepared, first.mirror_prepared)
+        out = self._decode(p, first.prepared, first.mirror_prepared, pool)
         if len(self.codes) == 1 or p.shape[0] == 0:
             return out
         total, count = out.astype(np.float64), np.ones(p.shape[0])
@@ -141,15 +143,25 @@ class OccupancyField:
             q = fc.frame.to_canonical(source).astype(np.float32)
             inside = np.flatnonzero((np.abs(q) <= BOX_HALF).all(axis=1))
             if inside.size:
-                total[inside] += self._decode(q[inside], fc.prepared, fc.mirror_prepared)
+                total[inside] += self._decode(q[inside], fc.prepared, fc.mirror_prepared, pool)
                 count[inside] += 1.0
         return (total / count).astype(np.float32)
 
-    def _decode(self, p: np.ndarray, prepared, mirror) -> np.ndarray:
+    def _decode(self, p: np.ndarray, prepared, mirror, pool: ComputePool | None = None) -> np.ndarray:
         """(M, 3) float32 canonical points of the frame ``prepared`` belongs to -> (M,) float32
         probabilities of that code alone. On a GPU: one transfer each way per call (no synchronisation
-        per chunk)."""
-        out = np.empty(p.shape[0], dtype=np.float32)
+        per chunk). On a CPU with a ``pool`` of several threads: each thread decodes one contiguous part,
+        in the same chunks of :attr:`batch_size` points as the calling thread would."""
+        dev = self.codes[0].code.device
+        if pool is not None and pool.threads > 1 and dev.type == "cpu" and p.shape[0] > self.batch_size:
+            out = np.empty(p.shape[0], dtype=np.float32)
+            pool.run([lambda a=a, b=b: self._decode_into(p[a:b], prepared, mirror, out[a:b])
+                      for a, b in split_range(p.shape[0], pool.threads, self.batch_size)])
+            return out
+        return self._decode_into(p, prepared, mirror, np.empty(p.shape[0], dtype=np.float32))
+
+    def _decode_into(self, p: np.ndarray, prepared, mirror, out: np.ndarray) -> np.ndarray:
+        """:meth:`_decode` of ``p`` in the calling thread, written into ``out`` (M,) float32 -> ``out``."""
         dev = self.codes[0].code.device
         bs = self.batch_size
         with torch.inference_mode():

@@ -21,6 +21,7 @@ from occnet_ros.network.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, c
                                           threshold_for_views)
 from occnet_ros.network.model import OccupancyNetwork, resolve_device
 from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
+from occnet_ros.reconstruction.compute_pool import ComputePool, split_range, usable_cores
 from occnet_ros.reconstruction.config import DEFAULT_INPUT_POINTS, ReconstructorConfig
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.reconstruction.batched import probabilities_many
@@ -91,6 +92,15 @@ class Reconstructor:
         self.view_thresholds = {} if explicit else dict(default_view_thresholds or {})
         self.batch_size = self.config.query_batch_size or AUTO_BATCH.get(self.device.type, AUTO_BATCH["cuda"])
         self.calibration_for = calibration_for or (lambda n_views: IDENTITY)
+        threads = self.config.compute_threads or (usable_cores() if self.device.type == "cpu" else 1)
+        self.pool = ComputePool(threads)
+        """The threads that encode and decode parts of one batch at once (:mod:`~occnet_ros.reconstruction.compute_pool`;
+        ``compute_threads``). Queries of the returned objects' fields run in the caller's thread."""
+
+    def close(self) -> None:
+        """End :attr:`pool`'s threads; the reconstructor then works in the calling thread only."""
+        self.pool.close()
+        self.pool = ComputePool(1)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
@@ -142,8 +152,15 @@ class Reconstructor:
     def encode(self, points_canonical: np.ndarray) -> torch.Tensor:
         """(N, 3) or (B, N, 3) canonical points -> (1 or B, *model.code_shape) codes on the model device."""
         x = torch.from_numpy(np.ascontiguousarray(points_canonical, dtype=np.float32))
-        with torch.inference_mode():
-            return self.model.encode(x.to(self.device).reshape(-1, *x.shape[-2:]))
+        x = x.to(self.device).reshape(-1, *x.shape[-2:])
+
+        def encode_part(a: int, b: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return self.model.encode(x[a:b])
+
+        parts = split_range(x.shape[0], self.pool.threads) if self.device.type == "cpu" else [(0, x.shape[0])]
+        codes = self.pool.run([lambda a=a, b=b: encode_part(a, b) for a, b in parts])
+        return codes[0] if len(codes) == 1 else torch.cat(codes)
 
     def _encoder_inputs(self, frame: CanonicalFrame, sub: np.ndarray) -> np.ndarray:
         """(K, n, 3) source-frame subsamples -> the encoder's inputs in ``frame``: (K, n, 3) canonical, and with
@@ -260,7 +277,7 @@ class Reconstructor:
             grids = [MiseGrid(c.resolution0, c.upsampling_steps, p.threshold, BOX_HALF) for p in meshing]
             fields = [p.occupancy for p in meshing]
             t1 = time.perf_counter()
-            results = mise_values_many(lambda pts: probabilities_many(fields, pts), grids)
+            results = mise_values_many(lambda pts: probabilities_many(fields, pts, self.pool), grids)
             wall = time.perf_counter() - t1
             total = max(1, sum(stats["n_evals"] for _, stats in results))
             for p, (values, stats) in zip(meshing, results):
@@ -276,8 +293,9 @@ class Reconstructor:
                     c = self.config
                     n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
                     # every level's new corners in one call; the field chunks them for the device
-                    p.values, p.stats = mise_values(p.occupancy.probabilities, c.resolution0, c.upsampling_steps,
-                                                    p.threshold, BOX_HALF, batch_size=n_dense)
+                    occ = p.occupancy
+                    p.values, p.stats = mise_values(lambda pts: occ.probabilities(pts, self.pool), c.resolution0,
+                                                    c.upsampling_steps, p.threshold, BOX_HALF, batch_size=n_dense)
         return [self._finish(p) if isinstance(p, _Plan) else p for p in plans]
 
     def _plan(self, points: np.ndarray, up=(0.0, -1.0, 0.0), viewpoint=(0.0, 0.0, 0.0), extract_mesh: bool = True,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -49,7 +50,7 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.priority import lower_thread_priority
-from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+from occnet_ros.perception.decimation_worker import DecimationWorkerError, ParallelDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.msg import ReconstructedObjectArray
@@ -113,7 +114,8 @@ class ReconstructionNode(Node):
         self.reconstructor = load_reconstructor(p)
         self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
         if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
-            self.decimation = ProcessDecimation(warn=lambda m: self.get_logger().warning(m), nice=p.worker_nice)
+            self.decimation = ParallelDecimation(p.mesh.decimation_workers, warn=lambda m: self.get_logger().warning(m),
+                                                 nice=p.worker_nice)
             try:
                 self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
             except DecimationWorkerError as e:
@@ -280,7 +282,8 @@ class ReconstructionNode(Node):
             f"sync.tolerance {self.params.sync.tolerance} s): {effect}; check the publishers' clocks and stamps")
 
     def _work(self) -> None:
-        # before the first network call: torch's pool threads for this thread inherit the priority
+        # before the first network call: the reconstructor's compute threads (and torch's), started by this thread on
+        # its first call, inherit the priority
         if lower_thread_priority(self.params.worker_nice) is None and self.params.worker_nice:
             self.get_logger().info("worker_nice not applied: no per-thread priorities here")
         version = self.sync.version
@@ -388,6 +391,11 @@ def main(args=None) -> int:
         print(f"{NODE_NAME}: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    if node.reconstructor.pool.threads > 1:
+        # the network's parallel work runs on the reconstructor's pool, one torch thread per pool thread; the
+        # executor's threads (queries) then use one torch thread each too, so no OpenMP team of theirs waits on a
+        # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
+        torch.set_num_threads(1)
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring
