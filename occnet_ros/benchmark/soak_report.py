@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 
 from occnet_ros.reconstruction.compute_pool import usable_cores
