@@ -95,7 +95,8 @@ def test_markers_only_with_subscribers(node):
 
 
 def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
-    from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+    from occnet_ros.perception.decimation_worker import (DecimationWorkerError, ParallelDecimation,
+                                                          ProcessDecimation)
     from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.ros.node_params import ParamError
     from occnet_ros.ros.reconstruction_node import ReconstructionNode
@@ -107,8 +108,9 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
             Parameter("mesh.max_faces", value=100)]
     try:
         n = ReconstructionNode(context=ctx, parameter_overrides=base)
-        assert isinstance(n.decimation, ProcessDecimation) and n.pipeline.decimate is n.decimation
-        assert n.stop() and n.decimation._closed  # the worker process ends with the node
+        assert isinstance(n.decimation, ParallelDecimation) and n.pipeline.decimate is n.decimation
+        assert len(n.decimation.slots) == 2  # mesh.decimation_workers
+        assert n.stop() and all(s._closed for s in n.decimation.slots)  # the worker processes end with the node
         n.destroy_node()
 
         def cannot_start(self):
