@@ -7,7 +7,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from occnet_ros.perception import mesh_parts
-from occnet_ros.perception.decimation_worker import ParallelDecimation
+from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.perception.mesh_ops import drop_fins, fast_quadric_decimation, is_closed_surface, simplify_mesh
 from occnet_ros.perception.mesh_parts import (MIN_PART_FACES, decimate_parts, join_parts, parted_decimation,
                                               split_into_slabs)
@@ -144,3 +144,90 @@ def test_slabs_decimated_keep_their_cut_vertices_bit_for_bit(big_closed):
         border = np.unique(np.concatenate([keys[counts == 1] // len(jv), keys[counts == 1] % len(jv)]))
         kept = {tuple(p) for p in dv}
         assert border.size > 0 and all(tuple(p) in kept for p in jv[border])
+
+
+def bumpy_grid(resolution: int = 128) -> np.ndarray:
+    """A MISE-like (R+1)^3 probability grid over the canonical box of a bumpy ball (about 65k faces at 128^3)."""
+    x = np.linspace(-0.55, 0.55, resolution + 1)
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    sd = 0.35 - np.sqrt(X ** 2 + Y ** 2 + Z ** 2) + 0.03 * np.sin(20 * X) * np.cos(15 * Y)
+    return (1.0 / (1.0 + np.exp(-60.0 * sd))).astype(np.float32)
+
+
+def test_grid_slabs_mesh_exactly_the_whole_grid_before_decimation():
+    from occnet_ros.reconstruction.mise import mesh_from_values
+
+    values = bumpy_grid()
+    wv, wf = mesh_from_values(values.copy(), 0.5)
+    jobs = mesh_parts.grid_slab_jobs(values.copy(), 0.5, 0.55, 3, 20000)
+    assert jobs is not None and len(jobs) == 3
+    centre, scale = jobs[0][5], jobs[0][6]
+    big = [job[:7] + (10 ** 9,) for job in jobs]  # budgets above the face counts: marching cubes only
+    done = mesh_parts.mesh_and_decimate_slabs(big)
+    assert sum(n for _, _, n in done) == len(wf) == sum(len(f) for _, f, _ in done)
+    jv, jf = join_parts([(v, f) for v, f, _ in done])
+    assert len(jf) == len(wf) and len(jv) == len(wv) and is_closed_surface(jf)
+    back = jv * scale + centre
+    order_a, order_b = np.lexsort(np.round(back, 6).T), np.lexsort(np.round(wv.astype(np.float64), 6).T)
+    assert np.allclose(back[order_a], wv[order_b], atol=1e-6)  # the same vertices as the whole grid's
+
+
+def test_grid_slabs_reduced_in_workers_equal_the_in_process_result_and_stay_closed():
+    values = bumpy_grid()
+    ref = mesh_parts.parted_grid_decimation(values.copy(), 0.5, 0.55, 20000, parts=2)
+    assert ref is not None
+    v, f, n_mc = ref
+    assert len(f) <= 20000 and is_closed_surface(f) and n_mc > 60000
+    from occnet_ros.reconstruction.mise import mesh_from_values
+    wv, wf = mesh_from_values(values.copy(), 0.5)
+    assert surface_distance((wv, wf), (v, f)) < 0.002  # canonical units; a cell is 0.0086
+    with ParallelDecimation(2) as workers:
+        got = workers.mesh_grid(values.copy(), 0.5, 0.55, 20000)
+    assert got is not None and np.array_equal(got[0], v) and np.array_equal(got[1], f) and got[2] == n_mc
+    # too little surface to cut, or no need to decimate: None, the caller meshes the grid whole
+    assert mesh_parts.parted_grid_decimation(bumpy_grid(32), 0.5, 0.55, 20000) is None
+    assert mesh_parts.parted_grid_decimation(values.copy(), 0.5, 0.55, 10 ** 6) is None
+    assert mesh_parts.parted_grid_decimation(np.zeros_like(values), 0.5, 0.55, 20000) is None
+    assert mesh_parts.parted_grid_decimation(values.copy(), 0.5, 0.55, 20000, run_slabs=lambda jobs: None) is None
+
+
+def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
+    import torch
+
+    from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+    from occnet_ros.perception.frame_pipeline import MeshReduction
+    from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
+    from occnet_ros.reconstruction.config import ReconstructorConfig
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
+
+    class Reduction:
+        def __init__(self, answer):
+            self.answer, self.grids, self.meshes = answer, [], []
+
+        def __call__(self, v, f):
+            self.meshes.append(len(f))
+            return v, f, "whole"
+
+        def from_grid(self, values, threshold, box_half):
+            self.grids.append((values.shape, threshold, box_half))
+            return self.answer
+
+    torch.manual_seed(0)
+    model = OccupancyNetwork(ModelConfig(kind="local", c_dim=8, encoder_hidden=8, decoder_hidden=8,
+                                         plane_resolution=8, unet_base=4, unet_levels=2)).eval()
+    rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(
+        device="cpu", n_input_points=128, input_subsamples=1, resolution0=8, upsampling_steps=1, threshold=0.5))
+    pts = np.random.default_rng(0).normal(size=(500, 3)) * 0.05 + [0.0, 0.0, 0.6]
+    tv, tf = trimesh.creation.box().vertices * 0.1, trimesh.creation.box().faces
+    taken = Reduction((np.asarray(tv), np.asarray(tf, np.int64), "", 12345))
+    obj = rec.reconstruct(pts, simplify=taken)
+    assert taken.grids == [((17, 17, 17), 0.5, pytest.approx(0.55))] and taken.meshes == []
+    assert len(obj.mesh.faces) == 12 and obj.mise_stats["faces_marching_cubes"] == 12345
+    assert obj.mise_stats["marching_cubes_in_slabs"] and obj.timings["marching_cubes"] == 0.0
+    declined = Reduction(None)
+    obj = rec.reconstruct(pts, simplify=declined)
+    assert len(declined.grids) == 1 and declined.meshes == [obj.mise_stats["faces_marching_cubes"]]
+    assert not obj.mise_stats["marching_cubes_in_slabs"] and obj.mesh_note == "whole"
+    # the pipeline's reduction offers grids only to a decimation that meshes them
+    assert MeshReduction(20000, fast_or_open3d_decimation).from_grid(bumpy_grid(), 0.5, 0.55) is None
+    assert MeshReduction(0, ParallelDecimation(1)).from_grid(bumpy_grid(), 0.5, 0.55) is None

@@ -95,8 +95,8 @@ def test_markers_only_with_subscribers(node):
 
 
 def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
-    from occnet_ros.perception.decimation_worker import (DecimationWorkerError, ParallelDecimation,
-                                                          ProcessDecimation)
+    from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+    from occnet_ros.perception.parallel_decimation import ParallelDecimation
     from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.ros.node_params import ParamError
     from occnet_ros.ros.reconstruction_node import ReconstructionNode

@@ -129,7 +129,7 @@ def run(ctx: BenchContext) -> dict:
     if reason is not None:
         return {"available": False, "reason": reason}
     from occnet_ros.benchmark.mise_vs_dense import reconstructor
-    from occnet_ros.perception.decimation_worker import ParallelDecimation
+    from occnet_ros.perception.parallel_decimation import ParallelDecimation
 
     params, source = node_params()
     s = ctx.sizes

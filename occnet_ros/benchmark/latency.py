@@ -47,7 +47,7 @@ from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_o
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.config_io import flatten
-from occnet_ros.perception.decimation_worker import ParallelDecimation
+from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation

@@ -37,11 +37,11 @@ class MeshOutputConfig:
                                        "fast one would open, 1.7 s: tools/compare_decimators.py), which would "
                                        "stall query_occupancy meanwhile; each worker costs about 110 MB of "
                                        "memory; false = in the node's own process")
-    decimation_workers: int = setting(2, doc="worker processes (with decimate_in_worker) that decimate the slabs of a "
-                                      "large mesh at once: a mesh of at least 40000 faces is cut into slabs whose cut "
-                                      "edges are kept, decimated slab by slab and joined (a 213k-face 128^3 mesh: "
-                                      "about 0.2 s with 2 workers against 0.3 s whole on 2 cores; "
-                                      "tools/compare_decimators.py); 1 = one worker, slab after slab",
+    decimation_workers: int = setting(2, doc="worker processes (with decimate_in_worker) that mesh and decimate the "
+                                      "slabs of a large surface at once: the MISE grid of a surface of at least 20000 "
+                                      "cells is cut into slabs, each meshed by marching cubes and decimated with its "
+                                      "cut edges kept in a worker, and the slabs are joined (so the node itself never "
+                                      "runs marching cubes on such a grid); 1 = one worker, slab after slab",
                                       range=(1, 16))
 
     def validate(self) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, fast_quadric_decimation, quadric_decimation
 
-__all__ = ["ProcessDecimation", "ParallelDecimation", "DecimationWorkerError"]
+__all__ = ["ProcessDecimation", "DecimationWorkerError"]
 
 _TETRAHEDRON = (np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
                 np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], dtype=np.int64))
@@ -391,76 +391,3 @@ class ProcessDecimation:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-class ParallelDecimation:
-    """``decimate(vertices, faces, target_faces) -> (vertices, faces)`` of a large mesh in slabs decimated by
-    ``workers`` worker processes at once (:func:`~occnet_ros.perception.mesh_parts.parted_decimation`); a mesh too
-    small to cut, or whose joined slabs fail its checks, is decimated whole by the first worker as
-    :class:`ProcessDecimation` does. Each worker is a :class:`ProcessDecimation` (about 110 MB each) with its recovery:
-    where a worker is lost while decimating a slab, its :class:`ProcessDecimation` warns and the mesh is decimated
-    whole instead. ``workers`` 1: one worker that decimates the slabs one after the other (still faster than the
-    whole mesh at once). ``timeout_s``, ``warn``, ``nice``: as for :class:`ProcessDecimation`. Thread-safe (one
-    mesh at a time)."""
-
-    def __init__(self, workers: int = 2, timeout_s: float = 120.0, warn: Callable[[str], None] | None = None,
-                 nice: int = 0):
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 16:
-            raise ValueError(f"workers must be an integer in 1..16, got {workers!r}")
-        self._warn = warn if warn is not None else logging.getLogger(__name__).warning
-        self.slots = [ProcessDecimation(timeout_s, self._warn, nice) for _ in range(workers)]
-        self._lock = threading.Lock()
-
-    @property
-    def restarts(self) -> int:
-        """Workers started in place of lost ones, over all slots."""
-        return sum(s.restarts for s in self.slots)
-
-    def start(self) -> list[int]:
-        """Start every worker (:meth:`ProcessDecimation.start`) -> their process ids."""
-        return [s.start() for s in self.slots]
-
-    def _run_parts(self, jobs):
-        """Slab jobs spread over the workers, all asked at once -> results in order, or None (warned) when a
-        worker was lost on its share."""
-        from occnet_ros.perception.mesh_parts import decimate_parts
-
-        shares = [list(range(i, len(jobs), len(self.slots))) for i in range(len(self.slots))]
-        results: list = [None] * len(jobs)
-        failed: list[str] = []
-
-        def ask(slot: ProcessDecimation, idx: list[int]) -> None:
-            try:
-                for k, r in zip(idx, slot._ask(decimate_parts, ([jobs[k] for k in idx],))):
-                    results[k] = r
-            except (_WorkerLost, DecimationWorkerError) as e:
-                failed.append(str(e))
-
-        threads = [threading.Thread(target=ask, args=(slot, idx), name="occnet_decimation_part")
-                   for slot, idx in zip(self.slots, shares) if idx]
-        for t in threads[1:]:
-            t.start()
-        ask(self.slots[0], shares[0])  # the first share in this thread
-        for t in threads[1:]:
-            t.join()
-        if failed:
-            self._warn(f"{failed[0]}; this mesh is decimated whole instead")
-            return None
-        return results
-
-    def __call__(self, vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
-        from occnet_ros.perception.mesh_parts import parted_decimation
-
-        with self._lock:
-            return parted_decimation(vertices, faces, target_faces, max(2, len(self.slots)), self._run_parts,
-                                     whole=self.slots[0])
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop every worker (:meth:`ProcessDecimation.close`, each within ``timeout_s``)."""
-        for s in self.slots:
-            s.close(timeout_s)
-
-    def __enter__(self) -> "ParallelDecimation":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -109,6 +109,35 @@ def stored_objects(result: ProcessedFrame) -> list[StoredObject]:
     return [StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects]
 
 
+class MeshReduction:
+    """The pipeline's mesh reduction to ``max_faces`` by ``decimate``, passed to the reconstructor as its ``simplify``
+    (:data:`~occnet_ros.reconstruction.reconstructor.MeshSimplify`), so meshes are reduced before they are anchored.
+
+    Called with (vertices (V, 3), faces (F, 3)), any frame: :func:`~occnet_ros.perception.mesh_ops.simplify_mesh`
+    -> (vertices, faces, note). :meth:`from_grid`: where ``decimate`` can also mesh a MISE grid in slabs
+    (:meth:`ParallelDecimation.mesh_grid <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_grid>`),
+    the reconstructor hands it the grid instead of a marching-cubes mesh."""
+
+    def __init__(self, max_faces: int, decimate: Decimation):
+        self.max_faces = int(max_faces)
+        self.decimate = decimate
+
+    def __call__(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        s = simplify_mesh(vertices, faces, self.max_faces, decimate=self.decimate)
+        return s.vertices, s.faces, s.note
+
+    def from_grid(self, values: np.ndarray, threshold: float, box_half: float
+                  ) -> tuple[np.ndarray, np.ndarray, str, int] | None:
+        """A MISE corner grid (R+1)^3 -> (vertices (V, 3) canonical, faces (F, 3), note "", faces marching cubes
+        made), meshed and reduced in slabs by ``decimate``; None where it cannot (no ``mesh_grid``, reduction off,
+        a surface too small to cut, or a slab result that failed its checks): then mesh the grid and call this."""
+        mesh_grid = getattr(self.decimate, "mesh_grid", None)
+        if mesh_grid is None or self.max_faces == 0:
+            return None
+        done = mesh_grid(values, threshold, box_half, self.max_faces)
+        return None if done is None else (done[0], done[1], "", done[2])
+
+
 class FramePipeline:
     """Segmentation + per-object reconstruction with the settings of a :class:`PerceptionConfig`.
 
@@ -124,7 +153,8 @@ class FramePipeline:
         self.reconstructor = reconstructor
         self.config = config
         self.decimate = decimate
-        self.simplify = self._simplify  # one object: published_mesh recognises meshes it already reduced
+        self.simplify = MeshReduction(config.mesh.max_faces, decimate)  # one object: published_mesh recognises
+        # the meshes it already reduced
         self.tracker = ClusterTracker(config.segmentation.track_distance)
         self.rng = np.random.default_rng(config.seed)
         self._kept: dict[int, _Kept] = {}
@@ -133,12 +163,6 @@ class FramePipeline:
     def kept_ids(self) -> list[int]:
         """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
         return sorted(self._kept)
-
-    def _simplify(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """(V, 3), (F, 3) any frame -> the mesh reduced to ``mesh.max_faces`` by ``decimate`` (same frame), note.
-        Passed to the reconstructor as ``simplify``, so meshes are reduced before they are anchored."""
-        s = simplify_mesh(vertices, faces, self.config.mesh.max_faces, decimate=self.decimate)
-        return s.vertices, s.faces, s.note
 
     def published_mesh(self, obj: ReconstructedObject, kept: _Kept | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh; ``obj.mesh``

@@ -1,5 +1,9 @@
 """Decimation of a large mesh in parts (pure Python, no ROS): the mesh is cut into slabs, each slab is
-decimated on its own with its cut edges kept exactly, and the slabs are joined again at those edges.
+decimated on its own with its cut edges kept exactly, and the slabs are joined again at those edges. The same for
+a MISE grid (:func:`parted_grid_decimation`): the grid is cut into blocks that share their cut planes, and
+marching cubes runs per block too, so a worker process can mesh and decimate its block on its own; marching cubes
+gives bit-identical vertices on a shared plane (:func:`~occnet_ros.reconstruction.mise.marching_cubes_at`), so the
+blocks' meshes join there exactly, into the mesh of the whole grid.
 
 Why: fast-simplification's time grows faster than the face count (a 213k-face 128^3 network mesh of a mug to
 20000 faces: 271 ms whole, 194 ms as two slabs one after the other, 159 ms as three), and slabs can be decimated
@@ -156,3 +160,106 @@ def parted_decimation(vertices: np.ndarray, faces: np.ndarray, target_faces: int
         if repaired is not None and is_closed_surface(repaired[1]):
             return repaired[0] * scale + centre, repaired[1]
     return whole(v, f, target)
+
+
+# ------------------------------------------------------------------ marching cubes and decimation per slab of the grid
+
+GridJob = tuple[np.ndarray, np.ndarray, float, int, float, np.ndarray, float, int]
+"""One slab of the corner grid: (block float32, start (3,) int, threshold, resolution, box_half, centre (3,),
+scale, face budget); see :func:`grid_slab_jobs`."""
+
+
+def grid_slab_jobs(values: np.ndarray, threshold: float, box_half: float, parts: int, target_faces: int
+                   ) -> list[GridJob] | None:
+    """The MISE corner grid ``values`` (R+1)^3 cut into up to ``parts`` blocks along its first axis that share their
+    cut planes, each with about the same number of surface cells (cells whose corners lie on both sides of
+    ``threshold``) and that share of ``target_faces`` -> jobs for :func:`mesh_and_decimate_slabs`, or None when
+    there is no surface or too little of it to cut (fewer than :data:`MIN_PART_FACES` / 2 surface cells per
+    block: marching cubes gives about two faces per surface cell), or too little to need decimating (at most
+    ``target_faces`` / 2 surface cells). All jobs carry the same normalisation
+    (``centre``, ``scale``: the occupied corners' box, its longest edge to 1), so their vertices on a shared plane
+    stay bit-identical through it."""
+    from occnet_ros.reconstruction.mise import padded_subgrid
+
+    padded = padded_subgrid(values, threshold)
+    if padded is None:
+        return None
+    sub, start = padded
+    inside = sub >= threshold
+    any_in = inside[:-1] | inside[1:]
+    all_in = inside[:-1] & inside[1:]
+    any_in = any_in[:, :-1] | any_in[:, 1:]
+    all_in = all_in[:, :-1] & all_in[:, 1:]
+    any_in = any_in[:, :, :-1] | any_in[:, :, 1:]
+    all_in = all_in[:, :, :-1] & all_in[:, :, 1:]
+    per_layer = (any_in & ~all_in).sum(axis=(1, 2))  # surface cells between corner planes i and i + 1
+    total = int(per_layer.sum())
+    n = min(int(parts), total // (MIN_PART_FACES // 2))
+    if n < 2 or target_faces < 4 * n or 2 * total <= target_faces:
+        return None
+    resolution = values.shape[0] - 1
+    cell = 2.0 * box_half / resolution
+    lo = (start + 1) * cell - box_half
+    hi = (start + np.asarray(sub.shape) - 2) * cell - box_half
+    centre = 0.5 * (lo + hi)
+    scale = float(np.max(hi - lo)) or 1.0
+    cum = np.cumsum(per_layer)
+    cuts = [0] + [int(np.searchsorted(cum, total * k / n)) + 1 for k in range(1, n)] + [sub.shape[0] - 1]
+    jobs = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b <= a:
+            continue
+        cells = int(cum[b - 1] - (cum[a - 1] if a else 0))
+        budget = max(4, int(target_faces * cells / total))
+        jobs.append((np.ascontiguousarray(sub[a:b + 1]), start + np.array([a, 0, 0]), float(threshold), resolution,
+                     float(box_half), centre, scale, budget))
+    return jobs
+
+
+def mesh_and_decimate_slabs(jobs: Sequence[GridJob], first_agg: float = FAST_RETRIES[0][0]
+                            ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Marching cubes of each grid slab (:func:`~occnet_ros.reconstruction.mise.marching_cubes_at`), its vertices
+    normalised by the job's centre and scale, then decimated to its budget with its open edges kept (as
+    :func:`decimate_parts`) -> [(vertices (V, 3) float64 normalised, faces (F, 3) int64, marching-cubes faces)].
+    Runs in the calling process and holds its GIL (the worker processes call it)."""
+    from occnet_ros.reconstruction.mise import marching_cubes_at
+
+    meshes, parts = [], []
+    for block, start, threshold, resolution, box_half, centre, scale, budget in jobs:
+        v, f = marching_cubes_at(block, start, threshold, resolution, box_half)
+        meshes.append(len(f))
+        parts.append(((v.astype(np.float64) - centre) / scale, f, budget))
+    return [(v, f, n) for (v, f), n in zip(decimate_parts(parts, first_agg), meshes)]
+
+
+def parted_grid_decimation(values: np.ndarray, threshold: float, box_half: float, target_faces: int,
+                           parts: int = 2, run_slabs: Callable[[Sequence[GridJob]], list | None] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The mesh of a MISE corner grid reduced to at most ``target_faces`` faces, with marching cubes and decimation
+    done slab by slab (:func:`grid_slab_jobs`, :func:`mesh_and_decimate_slabs`, possibly in other processes:
+    ``run_slabs``, None = here) and the slabs joined at their shared planes -> (vertices (V, 3) float64 canonical,
+    faces (F, 3) int64, the faces marching cubes made), or None where this does not apply or fails (too little
+    surface to cut, ``run_slabs`` failed, more than ``target_faces`` faces, or not a closed surface after
+    :func:`~occnet_ros.perception.mesh_ops.drop_fins` and
+    :func:`~occnet_ros.perception.mesh_ops.split_pinched_edges`): the caller then meshes the grid whole."""
+    jobs = grid_slab_jobs(values, threshold, box_half, parts, int(target_faces))
+    if jobs is None:
+        return None
+    done = (run_slabs or mesh_and_decimate_slabs)(jobs)
+    if done is None or len(done) != len(jobs):
+        return None
+    n_mc = int(sum(n for _, _, n in done))
+    if n_mc <= target_faces:
+        return None  # small enough whole: nothing to decimate, the whole mesh is the answer
+    jv, jf = join_parts([(v, f) for v, f, _ in done])
+    if jf.shape[0] > target_faces:
+        return None
+    centre, scale = jobs[0][5], jobs[0][6]
+    if not is_closed_surface(jf):
+        jf = drop_fins(jf)
+        if not (jf.shape[0] and is_closed_surface(jf)):
+            repaired = split_pinched_edges(jv, jf) if jf.shape[0] else None
+            if repaired is None or not is_closed_surface(repaired[1]):
+                return None
+            jv, jf = repaired
+    return jv * scale + centre, jf, n_mc

@@ -246,20 +246,40 @@ def mesh_from_values(values: np.ndarray, threshold: float = 0.5, box_half: float
     layer): every cell outside it has all corners outside, so the mesh is the same as on the full grid.
     Values within :data:`CORNER_MARGIN` of the threshold are moved to that margin on their own side, so
     vertices stay distinct after welding (a change of at most 1e-3 in probability)."""
+    padded = padded_subgrid(values, threshold)
+    if padded is None:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    sub, start = padded
+    return marching_cubes_at(sub, start, threshold, values.shape[0] - 1, box_half)
+
+
+def padded_subgrid(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The corner grid around its inside corners, one outside layer added on every side (grid indices lo-1 ..
+    hi+1; indices -1 and R+1 hold :data:`PAD_VALUE`), values moved off the threshold (:func:`keep_off_threshold`)
+    -> (sub-grid float32, start (3,) int: the grid index of its first corner), None when no corner is inside.
+    Marching cubes on it gives the mesh of the whole grid (:func:`mesh_from_values`)."""
     res = values.shape[0] - 1
     bounds = occupied_bounds(values, threshold)
     if bounds is None:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+        return None
     lo, hi = bounds
-    # the sub-grid of grid indices lo-1 .. hi+1; indices -1 and R+1 are the outside padding layer
     start = lo - 1
     sub = np.full(tuple(hi - lo + 3), PAD_VALUE, dtype=np.float32)
     a0, a1 = np.maximum(start, 0), np.minimum(hi + 1, res)
     sub[tuple(slice(a0[i] - start[i], a1[i] - start[i] + 1) for i in range(3))] = \
         values[tuple(slice(a0[i], a1[i] + 1) for i in range(3))]
     keep_off_threshold(sub, threshold)
+    return sub, start
+
+
+def marching_cubes_at(sub: np.ndarray, start: np.ndarray, threshold: float, resolution: int, box_half: float = BOX_HALF
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of a block of the corner grid whose first corner has grid index ``start`` (3,) int ->
+    (vertices (V, 3) float32 canonical, faces (F, 3) int64), faces oriented outward (inside = ``>= threshold``).
+    Two blocks that share a plane of corners give bit-identical vertices on it (the same two corner values per
+    edge, an integer offset added in float64), so their meshes join there exactly. Holds the GIL while it runs."""
     verts, faces, _, _ = marching_cubes(sub, level=threshold, gradient_direction="ascent")
-    verts = ((verts + start) * (2.0 * box_half / res) - box_half).astype(np.float32)
+    verts = ((verts + np.asarray(start)) * (2.0 * box_half / resolution) - box_half).astype(np.float32)
     return verts, faces.astype(np.int64)
 
 

@@ -41,7 +41,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MeshSimplify = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, str]]
 """(vertices (V, 3), faces (F, 3) int64) -> (vertices, faces, note): a mesh reduction that keeps the frame and the
 units (the note says why a mesh was left as it was; empty when it was reduced as asked), e.g. the node's
-decimation to ``mesh.max_faces``."""
+decimation to ``mesh.max_faces``. One that also has ``from_grid(values, threshold, box_half) -> (vertices, faces,
+note, marching-cubes faces) | None`` is first offered the MISE grid itself
+(:class:`~occnet_ros.perception.frame_pipeline.MeshReduction`: marching cubes and decimation in slabs, in worker
+processes); the object's ``timings`` then count marching cubes in ``simplify`` and ``mise_stats`` say
+``marching_cubes_in_slabs``."""
 
 
 def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool:
@@ -340,11 +344,19 @@ class Reconstructor:
         if plan.extract_mesh:
             c = self.config
             t3 = time.perf_counter()
-            verts, faces = mesh_from_values(plan.values, plan.threshold, BOX_HALF)
-            t4 = time.perf_counter()
-            stats["faces_marching_cubes"] = int(len(faces))
-            if plan.simplify is not None:
-                verts, faces, note = plan.simplify(verts, faces)
+            from_grid = getattr(plan.simplify, "from_grid", None)
+            slabs = from_grid(plan.values, plan.threshold, BOX_HALF) if from_grid is not None else None
+            if slabs is not None:  # meshed and reduced in slabs: marching cubes is inside "simplify"
+                verts, faces, note, n_mc = slabs
+                t4 = t3
+                stats["faces_marching_cubes"] = int(n_mc)
+            else:
+                verts, faces = mesh_from_values(plan.values, plan.threshold, BOX_HALF)
+                t4 = time.perf_counter()
+                stats["faces_marching_cubes"] = int(len(faces))
+                if plan.simplify is not None:
+                    verts, faces, note = plan.simplify(verts, faces)
+            stats["marching_cubes_in_slabs"] = slabs is not None
             t5 = time.perf_counter()
             timings["simplify"] = t5 - t4
             if c.anchor.enabled:

@@ -50,7 +50,8 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.priority import lower_thread_priority
-from occnet_ros.perception.decimation_worker import DecimationWorkerError, ParallelDecimation
+from occnet_ros.perception.decimation_worker import DecimationWorkerError
+from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.msg import ReconstructedObjectArray
