@@ -16,7 +16,10 @@ node's ``_process``:
 - normalize, encode, mise, marching_cubes, simplify, anchor: :meth:`Reconstructor.reconstruct`'s own stages, with
   the node's mesh reduction passed as its ``simplify`` (:attr:`FramePipeline.simplify
   <occnet_ros.perception.frame_pipeline.FramePipeline.simplify>`: ``mesh.max_faces``, face counts before and after
-  are reported), so the anchoring works on the reduced mesh as in the node;
+  are reported), so the anchoring works on the reduced mesh as in the node; where the decimation workers mesh the MISE
+  grid in slabs (:meth:`ParallelDecimation.mesh_grid <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_grid>`,
+  the node's default for a large surface), marching cubes runs there and its time is part of simplify
+  (marching_cubes 0);
 - colour: each published vertex takes the colour of the nearest observed point (``color_from_image``);
 - message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (the node builds markers only
   while ``markers`` has subscribers; this measures that case), for a frame holding this one object: it
