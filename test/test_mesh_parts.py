@@ -231,3 +231,18 @@ def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
     # the pipeline's reduction offers grids only to a decimation that meshes them
     assert MeshReduction(20000, fast_or_open3d_decimation).from_grid(bumpy_grid(), 0.5, 0.55) is None
     assert MeshReduction(0, ParallelDecimation(1)).from_grid(bumpy_grid(), 0.5, 0.55) is None
+
+
+def test_a_killed_slab_worker_is_replaced_and_the_mesh_comes_out_the_same(big_closed):
+    import os
+    import signal
+
+    v, f = big_closed
+    ref_v, ref_f = parted_decimation(v, f, 8000, parts=2)
+    warnings = []
+    with ParallelDecimation(2, warn=warnings.append) as workers:
+        pids = workers.start()
+        os.kill(pids[1], signal.SIGKILL)
+        out_v, out_f = workers(v, f, 8000)
+        assert workers.restarts == 1 and len(warnings) == 1 and "started a new one" in warnings[0]
+        assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f)

@@ -154,6 +154,40 @@ def drop_fins(faces: np.ndarray) -> np.ndarray:
     return f[~drop]
 
 
+def closed_after_repairs(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A decimated mesh as a closed surface: as it is when it is one, else after :func:`drop_fins`, else after
+    :func:`split_pinched_edges` of that -> (vertices, faces), or None when it is still open."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if is_closed_surface(f):
+        return vertices, f
+    f = drop_fins(f)
+    if f.shape[0] == 0:
+        return None
+    if is_closed_surface(f):
+        return vertices, f
+    repaired = split_pinched_edges(vertices, f)
+    return repaired if repaired is not None and is_closed_surface(repaired[1]) else None
+
+
+def unit_frame(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    """A box's corners (3,) -> (centre (3,), scale): the frame ``(p - centre) / scale`` in which the box is centred
+    and its longest edge is 1 (scale 1 for an empty or degenerate box)."""
+    centre = 0.5 * (np.asarray(lo, np.float64) + np.asarray(hi, np.float64))
+    scale = float(np.max(np.asarray(hi, np.float64) - np.asarray(lo, np.float64)))
+    return centre, (scale if np.isfinite(scale) and scale > 0.0 else 1.0)
+
+
+def decimation_input(vertices, faces, target_faces) -> tuple[np.ndarray, np.ndarray, int]:
+    """A decimation's arguments as (V, 3) float64, (F, 3) int64 contiguous arrays and an int budget; ValueError
+    for a negative budget."""
+    v = np.ascontiguousarray(vertices, dtype=np.float64).reshape(-1, 3)
+    f = np.ascontiguousarray(faces, dtype=np.int64).reshape(-1, 3)
+    target = int(target_faces)
+    if target < 0:
+        raise ValueError(f"target_faces must be >= 0, got {target_faces}")
+    return v, f, target
+
+
 def _drop_unreferenced(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     used, inverse = np.unique(f.reshape(-1), return_inverse=True)
     return np.ascontiguousarray(v[used]), inverse.reshape(-1, 3).astype(np.int64)
@@ -210,18 +244,10 @@ def fast_quadric_decimation(vertices: np.ndarray, faces: np.ndarray, target_face
     module globals). ValueError for a negative ``target_faces``."""
     import fast_simplification  # only when a mesh needs it
 
-    v = np.ascontiguousarray(vertices, dtype=np.float64).reshape(-1, 3)
-    f = np.ascontiguousarray(faces, dtype=np.int64).reshape(-1, 3)
-    target = int(target_faces)
-    if target < 0:
-        raise ValueError(f"target_faces must be >= 0, got {target_faces}")
+    v, f, target = decimation_input(vertices, faces, target_faces)
     if f.shape[0] <= target or v.shape[0] == 0:
         return v, f
-    lo, hi = v.min(axis=0), v.max(axis=0)
-    center = 0.5 * (lo + hi)
-    scale = float(np.max(hi - lo))
-    if not np.isfinite(scale) or scale <= 0.0:
-        scale = 1.0
+    center, scale = unit_frame(v.min(axis=0), v.max(axis=0))
     sv, sf = (v - center) / scale, f
     with _FAST_LOCK:
         for agg in (first_agg, *(a for a in FAST_AGGRESSIVENESS if a > first_agg)):
@@ -262,11 +288,8 @@ def fast_or_open3d_decimation(vertices: np.ndarray, faces: np.ndarray, target_fa
         if sf.shape[0] <= int(target_faces) and not closed:
             return sv, sf
         if sf.shape[0] <= int(target_faces):  # fins and pinches: remove the fins, give each pinched sheet its own
-            unfinned = drop_fins(sf)
-            if unfinned.shape[0] and is_closed_surface(unfinned):
-                return sv, unfinned
-            repaired = split_pinched_edges(sv, unfinned) if unfinned.shape[0] else None
-            if repaired is not None and is_closed_surface(repaired[1]):
+            repaired = closed_after_repairs(sv, sf)
+            if repaired is not None:
                 return repaired
     return quadric_decimation(vertices, faces, target_faces)
 

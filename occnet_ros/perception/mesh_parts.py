@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from occnet_ros.perception.mesh_ops import (FAST_RETRIES, Decimation, drop_fins, fast_or_open3d_decimation,
-                                            is_closed_surface, split_pinched_edges)
+from occnet_ros.perception.mesh_ops import (FAST_RETRIES, Decimation, closed_after_repairs, decimation_input,
+                                            fast_or_open3d_decimation, unit_frame)
 
 __all__ = ["PartJob", "split_into_slabs", "decimate_parts", "join_parts", "parted_decimation", "MIN_PART_FACES"]
 
@@ -55,10 +55,7 @@ def split_into_slabs(vertices: np.ndarray, faces: np.ndarray, parts: int, target
     v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     lo, hi = v.min(axis=0), v.max(axis=0)
-    centre = 0.5 * (lo + hi)
-    scale = float(np.max(hi - lo))
-    if not np.isfinite(scale) or scale <= 0.0:
-        scale = 1.0
+    centre, scale = unit_frame(lo, hi)
     vn = (v - centre) / scale
     axis = int(np.argmax(hi - lo))
     centroid = vn[f, axis].mean(axis=1)
@@ -135,11 +132,7 @@ def parted_decimation(vertices: np.ndarray, faces: np.ndarray, target_faces: int
     when ``run_parts`` fails, or when the joined result has more than ``target_faces`` faces or is not a closed
     surface after the repairs (an open input mesh therefore always goes to ``whole``, which keeps its own
     contract for it). Same contract as ``whole``."""
-    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    target = int(target_faces)
-    if target < 0:
-        raise ValueError(f"target_faces must be >= 0, got {target_faces}")
+    v, f, target = decimation_input(vertices, faces, target_faces)
     if f.shape[0] <= target or v.shape[0] == 0:
         return v, f
     n = min(int(parts), f.shape[0] // MIN_PART_FACES)
@@ -150,15 +143,9 @@ def parted_decimation(vertices: np.ndarray, faces: np.ndarray, target_faces: int
     if done is None or len(done) != len(jobs):
         return whole(v, f, target)
     jv, jf = join_parts(done)
-    if jf.shape[0] <= target:
-        if is_closed_surface(jf):
-            return jv * scale + centre, jf
-        unfinned = drop_fins(jf)
-        if unfinned.shape[0] and is_closed_surface(unfinned):
-            return jv * scale + centre, unfinned
-        repaired = split_pinched_edges(jv, unfinned) if unfinned.shape[0] else None
-        if repaired is not None and is_closed_surface(repaired[1]):
-            return repaired[0] * scale + centre, repaired[1]
+    closed = closed_after_repairs(jv, jf) if jf.shape[0] <= target else None
+    if closed is not None:
+        return closed[0] * scale + centre, closed[1]
     return whole(v, f, target)
 
 
@@ -199,10 +186,7 @@ def grid_slab_jobs(values: np.ndarray, threshold: float, box_half: float, parts:
         return None
     resolution = values.shape[0] - 1
     cell = 2.0 * box_half / resolution
-    lo = (start + 1) * cell - box_half
-    hi = (start + np.asarray(sub.shape) - 2) * cell - box_half
-    centre = 0.5 * (lo + hi)
-    scale = float(np.max(hi - lo)) or 1.0
+    centre, scale = unit_frame((start + 1) * cell - box_half, (start + np.asarray(sub.shape) - 2) * cell - box_half)
     cum = np.cumsum(per_layer)
     cuts = [0] + [int(np.searchsorted(cum, total * k / n)) + 1 for k in range(1, n)] + [sub.shape[0] - 1]
     jobs = []
@@ -255,11 +239,5 @@ def parted_grid_decimation(values: np.ndarray, threshold: float, box_half: float
     if jf.shape[0] > target_faces:
         return None
     centre, scale = jobs[0][5], jobs[0][6]
-    if not is_closed_surface(jf):
-        jf = drop_fins(jf)
-        if not (jf.shape[0] and is_closed_surface(jf)):
-            repaired = split_pinched_edges(jv, jf) if jf.shape[0] else None
-            if repaired is None or not is_closed_surface(repaired[1]):
-                return None
-            jv, jf = repaired
-    return jv * scale + centre, jf, n_mc
+    closed = closed_after_repairs(jv, jf)
+    return None if closed is None else (closed[0] * scale + centre, closed[1], n_mc)
