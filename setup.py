@@ -6,7 +6,7 @@ by the Makefile's pip route (`pip install -e .`), with the interfaces generated 
 from setuptools import find_packages, setup
 
 COMMANDS = {
-    "reconstruction_node": "occnet_ros.ros.reconstruction_node:main",
+    "reconstruction_node": "occnet_ros.ros.node_entry:main",
     "sim_camera": "occnet_ros.ros.sim_camera_node:main",
     "occnet_launch": "occnet_ros.cli.launch:main",
     "occnet_reconstruct": "occnet_ros.cli.reconstruct:main",

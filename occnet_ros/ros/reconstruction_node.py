@@ -19,7 +19,10 @@ cubes, still delay a query by their duration). Mesh decimation, which holds the 
 a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
 A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
 after start-up the node holds about 280k of them (torch, the model, rclpy), and one collection took 0.2-0.25 s on a
-2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built.
+2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built. The ``reconstruction_node`` command
+(:mod:`occnet_ros.ros.node_entry`) limits glibc's malloc to two arenas before torch and rclpy are imported, so
+memory the threads free is reused rather than kept per thread (:mod:`occnet_ros.process_memory`); ``main`` sets the
+same limit where it is called otherwise.
 
 Per frame: objects are always published; markers only while ``markers`` has subscribers. Without
 ``world_frame`` every frame is reconstructed on its own and its messages are built per frame; with it the
@@ -50,6 +53,7 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.priority import lower_thread_priority
+from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
@@ -376,6 +380,7 @@ class ReconstructionNode(Node):
 
 def main(args=None) -> int:
     """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
+    arenas = limit_malloc_arenas(NODE_MALLOC_ARENAS)  # the console command did it before the imports already
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
     # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
     # first call racing discovery) as a RuntimeWarning, which Python would print only once
@@ -397,6 +402,7 @@ def main(args=None) -> int:
         # executor's threads (queries) then use one torch thread each too, so no OpenMP team of theirs waits on a
         # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
         torch.set_num_threads(1)
+    node.get_logger().info(arenas)
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring

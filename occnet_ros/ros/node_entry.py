@@ -1,0 +1,13 @@
+"""The ``reconstruction_node`` console command: the process is set up before the node's heavy imports (torch,
+rclpy) start threads that allocate, then :func:`occnet_ros.ros.reconstruction_node.main` runs."""
+from __future__ import annotations
+
+from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
+
+
+def main(args=None) -> int:
+    """glibc's malloc limited to :data:`~occnet_ros.process_memory.NODE_MALLOC_ARENAS` arenas, then the node."""
+    limit_malloc_arenas(NODE_MALLOC_ARENAS)
+    from occnet_ros.ros.reconstruction_node import main as node_main
+
+    return node_main(args)
