@@ -118,7 +118,10 @@ def test_parted_decimation_falls_back_to_the_whole_mesh(big_closed):
     assert len(f) // MIN_PART_FACES >= 2  # the fixture is large enough to be cut in two
 
 
-def test_worker_processes_give_the_in_process_result(big_closed):
+def test_worker_processes_give_the_in_process_result_and_a_killed_one_is_replaced(big_closed):
+    import os
+    import signal
+
     v, f = big_closed
     ref_v, ref_f = parted_decimation(v, f, 8000, parts=2)
     warnings = []
@@ -127,7 +130,11 @@ def test_worker_processes_give_the_in_process_result(big_closed):
         assert len(set(pids)) == 2
         out_v, out_f = workers(v, f, 8000)
         res = simplify_mesh(v, f, 8000, decimate=workers)
-    assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f) and warnings == []
+        assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f) and warnings == []
+        os.kill(pids[1], signal.SIGKILL)  # a dead slab worker: replaced, with one warning, the same mesh
+        again_v, again_f = workers(v, f, 8000)
+        assert workers.restarts == 1 and len(warnings) == 1 and "started a new one" in warnings[0]
+        assert np.array_equal(again_v, ref_v) and np.array_equal(again_f, ref_f)
     assert res.simplified and is_closed_surface(res.faces)
     with pytest.raises(ValueError, match="workers"):
         ParallelDecimation(0)
@@ -232,17 +239,3 @@ def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
     assert MeshReduction(20000, fast_or_open3d_decimation).from_grid(bumpy_grid(), 0.5, 0.55) is None
     assert MeshReduction(0, ParallelDecimation(1)).from_grid(bumpy_grid(), 0.5, 0.55) is None
 
-
-def test_a_killed_slab_worker_is_replaced_and_the_mesh_comes_out_the_same(big_closed):
-    import os
-    import signal
-
-    v, f = big_closed
-    ref_v, ref_f = parted_decimation(v, f, 8000, parts=2)
-    warnings = []
-    with ParallelDecimation(2, warn=warnings.append) as workers:
-        pids = workers.start()
-        os.kill(pids[1], signal.SIGKILL)
-        out_v, out_f = workers(v, f, 8000)
-        assert workers.restarts == 1 and len(warnings) == 1 and "started a new one" in warnings[0]
-        assert np.array_equal(out_v, ref_v) and np.array_equal(out_f, ref_f)
