@@ -172,7 +172,7 @@ def run(ctx: BenchContext) -> dict:
     full = rows["all"]
     return {"available": True, "node_params": source, "resolution": node_res0 * 2 ** node_steps,
             "width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
-            "decimation": "worker process" if worker is not None else "in process",
+            "decimation": "worker processes" if worker is not None else "in process",
             "frame": full, "one_object": rows["one"], "batched": rows["batched"],
             "batched_over_one_by_one": rows["batched"]["stages"]["total"]["median_s"] / full["stages"]["total"]["median_s"],
             "four_over_one": full["stages"]["total"]["median_s"] / rows["one"]["stages"]["total"]["median_s"]}

@@ -275,6 +275,6 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
     return {"resolution": resolution, "messages_measured": messages is not None,
-            "decimation": "worker process" if isinstance(decimate, ParallelDecimation) else "in process",
+            "decimation": "worker processes" if isinstance(decimate, ParallelDecimation) else "in process",
             "node_params": source, "max_faces": max_faces, "marker_alpha": params.marker_alpha,
             "clean_config": vars(params.filter), "sizes": rows}

@@ -130,7 +130,8 @@ class MeshReduction:
                   ) -> tuple[np.ndarray, np.ndarray, str, int] | None:
         """A MISE corner grid (R+1)^3 -> (vertices (V, 3) canonical, faces (F, 3), note "", faces marching cubes
         made), meshed and reduced in slabs by ``decimate``; None where it cannot (no ``mesh_grid``, reduction off,
-        a surface too small to cut, or a slab result that failed its checks): then mesh the grid and call this."""
+        a surface too small to cut, or a slab result that failed its checks): the caller then runs marching cubes
+        on the whole grid and reduces that mesh by calling this object."""
         mesh_grid = getattr(self.decimate, "mesh_grid", None)
         if mesh_grid is None or self.max_faces == 0:
             return None
@@ -146,7 +147,7 @@ class FramePipeline:
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
     ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in this process by default; the
-    node passes a :class:`~occnet_ros.perception.decimation_worker.ParallelDecimation`).
+    node passes a :class:`~occnet_ros.perception.parallel_decimation.ParallelDecimation`).
     """
 
     def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = fast_or_open3d_decimation):
