@@ -238,6 +238,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert ros["available"] is False
         pytest.skip(f"ROS part not runnable here: {ros['reason']}")
     assert ros["available"] and ros["node_exit_code"] == 0
+    assert ros["fastdds_builtin_transports"] == os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     assert ros["node_throughput"]["frames"] >= 1 and ros["frame"]["objects"] >= 3
     assert ros["frame"]["width"] == 640 and ros["frame"]["height"] == 480
     assert _positive(ros["node_memory"]["peak_rss_mb"])
@@ -279,3 +280,21 @@ def test_gil_stall_meter_sees_a_call_that_holds_the_gil_and_not_a_sleep():
         time.sleep(hold)
     assert hold > 0.1 and held.max_s > 0.5 * hold
     assert slept.max_s < 0.25 * hold
+
+
+def test_ros_sections_share_one_transport_setting_and_restore_the_environment(monkeypatch):
+    from occnet_ros.benchmark.node_throughput import section_environment
+
+    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    with section_environment() as transports:
+        assert transports == "LARGE_DATA" == os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+        assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ
+    assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # a user's choice is kept, and kept afterwards
+    with pytest.raises(RuntimeError):
+        with section_environment() as transports:
+            assert transports == "UDPv4"
+            raise RuntimeError("a failing section still restores the environment")
+    assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4" and os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"

@@ -15,7 +15,6 @@ rclpy is imported only when this section runs.
 """
 from __future__ import annotations
 
-import os
 import random
 import struct
 import time
@@ -23,7 +22,7 @@ import time
 from occnet_ros.benchmark.common import BenchContext
 from occnet_ros.benchmark.node_throughput import (MIN_FRAMES, MIN_FRAMES_MAX_S, START_TIMEOUT_S, _Client, _frame_stats,
                                                   _start_node, _stop_node, node_mise, peak_rss_mb, render_scene,
-                                                  unavailable_reason)
+                                                  section_environment, unavailable_reason)
 
 WORLD_FRAME = "world"
 CONVERGE_TIMEOUT_S = 300.0
@@ -89,11 +88,11 @@ def run(ctx: BenchContext) -> dict:
     n_objects = int(len(set(frame.mask.reshape(-1).tolist()) - {0}))
     domain_id = random.SystemRandom().randint(20, 99)
     log_path = ctx.out / "reconstruction_node_map.log"
-    saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
-    saved_transports = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # node (inherits) and client alike
-    transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+    with section_environment() as transports:
+        return _run_section(ctx, frame, n_objects, domain_id, log_path, transports)
+
+
+def _run_section(ctx: BenchContext, frame, n_objects: int, domain_id: int, log_path, transports: str) -> dict:
     t_start = time.time()
     proc = _start_node(ctx, frame, domain_id, log_path,
                        extra=["-p", f"world_frame:={WORLD_FRAME}", "-p", "pose_source:=topic",
@@ -141,11 +140,6 @@ def run(ctx: BenchContext) -> dict:
         if client is not None:
             client.close()
         code = _stop_node(proc)
-        for name, saved in (("ROS_AUTOMATIC_DISCOVERY_RANGE", saved_env), ("FASTDDS_BUILTIN_TRANSPORTS", saved_transports)):
-            if saved is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = saved
     return {"available": True, "domain_id": domain_id, "fastdds_builtin_transports": transports,
             "first_meshes": first, "converged": converged,
             "frame": {"width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
