@@ -169,7 +169,8 @@ def test_mise_levels_are_batched_and_grid_matches_network_at_evaluated_corners()
     model = CountingSphereModel()
     rec = Reconstructor(model, device="cpu", config=ReconstructorConfig(resolution0=8, upsampling_steps=2,
                                                                         query_batch_size=1000,
-                                                                        mirror_average=False, keep_grid=True))
+                                                                        mirror_average=False, keep_grid=True,
+                                                                        compute_threads=1))  # calls in order
     obj = rec.reconstruct(sphere_cloud())
     levels = obj.mise_stats["evals_per_level"]
     # each level's new corners in one pass, cut only into chunks of query_batch_size
@@ -229,6 +230,7 @@ def test_precision_option():
     p = f32.frame.from_canonical(np.random.default_rng(3).uniform(-0.5, 0.5, (300, 3)))
     d = np.abs(f32.query(p) - bf.query(p))
     assert 0 < d.max() < 0.1
+    assert f32.code.dtype == bf.code.dtype == torch.float32  # the code stays float32 in either precision
 
 
 def test_mise_values_unchanged_by_one_pass_batching():

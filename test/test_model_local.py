@@ -168,6 +168,25 @@ def test_reduced_precision_decode_stays_close():
     assert 0 < (low - ref).abs().max() < 0.05  # bfloat16 really ran, and stays close
 
 
+def test_reduced_precision_unet_keeps_float32_codes_close_to_the_float32_encoder():
+    m = randomize_like_trained(OccupancyNetwork(LOCAL), 1, scale=0.2).eval()
+    x = _points(3, 80)
+    with torch.inference_mode():
+        ref = m.encode(x)
+        assert torch.equal(m.encode(x, dtype=torch.float32), ref)  # float32 asked: the same computation
+        low = m.encode(x, dtype=torch.bfloat16)
+        # the U-Net's input (points' MLP and pooling) is float32 either way: the same planes before the U-Net
+        seen = {}
+        hook = m.encoder.unet.register_forward_hook(lambda mod, args, out: seen.setdefault(len(seen), args[0]))
+        m.encode(x)
+        m.encode(x, dtype=torch.bfloat16)
+        hook.remove()
+    assert seen[0].dtype == seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    err = (low - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.02  # bfloat16 really ran (8 mantissa bits), and stays within 2 % of the planes' range
+
+
 def test_mirror_planes_samples_at_the_mirrored_point_what_the_planes_give_at_the_point():
     from occnet_ros.network.model_local import LocalDecoder, mirror_planes
 
@@ -215,3 +234,17 @@ def test_unet_channels_last_inference_equals_training_layout():
         out = unet(x)
     assert out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_reconstructor_precision_reaches_the_feature_plane_encoder():
+    from occnet_ros.reconstruction.config import ReconstructorConfig
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
+
+    m = randomize_like_trained(OccupancyNetwork(LOCAL), 1, scale=0.2).eval()
+    cfg = dict(n_input_points=80, input_subsamples=2, compute_threads=1)
+    x = _points(1, 80).numpy()[0]
+    f32 = Reconstructor(m, device="cpu", config=ReconstructorConfig(**cfg)).encode(x)
+    bf = Reconstructor(m, device="cpu", config=ReconstructorConfig(precision="bfloat16", **cfg)).encode(x)
+    with torch.inference_mode():
+        expected = m.encode(torch.from_numpy(x)[None], dtype=torch.bfloat16)
+    assert bf.dtype == torch.float32 and torch.equal(bf, expected) and not torch.equal(bf, f32)

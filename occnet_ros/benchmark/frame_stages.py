@@ -35,7 +35,7 @@ import numpy as np
 
 from occnet_ros.benchmark.common import BenchContext, summary
 from occnet_ros.geometry import RigidTransform
-from occnet_ros.benchmark.latency import node_params
+from occnet_ros.benchmark.latency import node_params, node_reconstruction
 from occnet_ros.benchmark.node_throughput import render_scene, unavailable_reason
 from occnet_ros.perception.frame_pipeline import FRAME_STAGES, FramePipeline
 
@@ -136,9 +136,7 @@ def run(ctx: BenchContext) -> dict:
     s = ctx.sizes
     node_steps = params.reconstruction.upsampling_steps if s.node_mise is None else s.node_mise[1]
     node_res0 = params.reconstruction.resolution0 if s.node_mise is None else s.node_mise[0]
-    rec = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
-                        mirror_average=params.reconstruction.mirror_average,
-                        input_subsamples=params.reconstruction.input_subsamples)
+    rec = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps, **node_reconstruction(params))
     frame = render_scene(ctx)
     labels = sorted(int(v) for v in np.unique(frame.mask) if v > 0)
     domain_id = random.SystemRandom().randint(20, 99)
@@ -152,8 +150,7 @@ def run(ctx: BenchContext) -> dict:
             worker.start()
         rows = {}
         batched = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
-                                mirror_average=params.reconstruction.mirror_average,
-                                input_subsamples=params.reconstruction.input_subsamples, batch_objects="on")
+                                **{**node_reconstruction(params), "batch_objects": "on"})
         for name, only, r in (("all", None, rec), ("one", labels[0], rec), ("batched", None, batched)):
             pipeline = FramePipeline(r, params, decimate=worker) if worker is not None else FramePipeline(r, params)
             rows[name] = _measure(ctx, pipeline, params, _messages(frame, only), pubs, np.asarray(frame.up))

@@ -146,6 +146,14 @@ def node_messages(marker_alpha: float) -> NodeMessages | None:
                         lambda data: data)
 
 
+def node_reconstruction(params: NodeParams) -> dict[str, Any]:
+    """The node's ``reconstruction.*`` settings that shape a reconstruction's work and speed, as
+    :func:`~occnet_ros.benchmark.mise_vs_dense.reconstructor` keywords (the grid and the network stay the benchmark's)."""
+    r = params.reconstruction
+    return {"mirror_average": r.mirror_average, "input_subsamples": r.input_subsamples, "precision": r.precision,
+            "compute_threads": r.compute_threads}
+
+
 def _encodings(rec) -> int:
     """Encoder passes per object: the input subsamples, twice with mirror averaging."""
     return rec.config.input_subsamples * (2 if rec.config.mirror_average else 1)
@@ -181,8 +189,7 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
                              (s.upsampling_steps - 1, s.cloud_sizes[len(s.cloud_sizes) // 2:][:1])):
             if steps < 0:
                 continue
-            rec = reconstructor(ctx, mirror_average=params.reconstruction.mirror_average,
-                                input_subsamples=params.reconstruction.input_subsamples, upsampling_steps=steps)
+            rec = reconstructor(ctx, upsampling_steps=steps, **node_reconstruction(params))
             res = _run(ctx, params, source, view, rec, decimate, sizes)
             if out is None:
                 out = res

@@ -103,11 +103,15 @@ class OccupancyNetwork(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, points: torch.Tensor) -> torch.Tensor:
-        """points (B, N, 3) float32, canonical frame -> code (B, *code_shape): (B, c_dim) global,
-        (B, 3, c_dim, R, R) feature planes local."""
+    def encode(self, points: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """points (B, N, 3) float32, canonical frame -> code (B, *code_shape) float32: (B, c_dim) global,
+        (B, 3, c_dim, R, R) feature planes local. ``dtype`` (None = float32): local, bfloat16 or float16 runs the
+        planes' U-Net in that precision (:class:`~occnet_ros.network.model_local.LocalPoolPointNet`); global
+        encoders have no U-Net and stay float32."""
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+        if self.config.kind == "local":
+            return self.encoder(points, unet_dtype=dtype)
         return self.encoder(points)
 
     def mirror_code(self, code: torch.Tensor) -> torch.Tensor | None:

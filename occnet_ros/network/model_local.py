@@ -145,7 +145,10 @@ class LocalPoolPointNet(nn.Module):
             nn.init.zeros_(self.fc_global.bias)
         self.unet = UNet2d(c_dim, unet_base, unet_levels)
 
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
+    def forward(self, p: torch.Tensor, unet_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """p (B, N, 3) canonical -> planes (B, 3, c_dim, R, R) float32. ``unet_dtype``: bfloat16 or float16 runs the
+        U-Net (most of the encoder's work) under ``torch.autocast`` in that precision, the points' MLP, the pooling
+        and the returned planes stay float32; None or float32 = float32 throughout."""
         index = cell_index(plane_grid(p), self.resolution)
         net = self.blocks[0](self.fc_pos(p))
         for block in self.blocks[1:]:
@@ -156,7 +159,12 @@ class LocalPoolPointNet(nn.Module):
         if self.fc_global is not None:
             planes = planes + self.fc_global(net.max(dim=1)[0])[:, None, :, None, None]
         b, _, c, r, _ = planes.shape
-        return self.unet(planes.reshape(b * 3, c, r, r)).reshape(b, 3, c, r, r)
+        flat = planes.reshape(b * 3, c, r, r)
+        if unet_dtype is None or unet_dtype == torch.float32:
+            return self.unet(flat).reshape(b, 3, c, r, r)
+        with torch.autocast(device_type=p.device.type, dtype=unet_dtype):
+            out = self.unet(flat)
+        return out.float().reshape(b, 3, c, r, r)
 
 
 @dataclass

@@ -63,5 +63,7 @@ class PerceptionConfig:
     filter: CleanConfig = field(default_factory=lambda: CleanConfig(min_range=0.1, max_range=5.0))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     known_empty: KnownEmptyConfig = field(default_factory=KnownEmptyConfig)
-    reconstruction: ReconstructorConfig = field(default_factory=ReconstructorConfig)
+    reconstruction: ReconstructorConfig = field(default_factory=lambda: ReconstructorConfig(precision="auto"))
+    """The library's defaults except ``precision``: auto in the node, for its speed (bfloat16 where the CPU has it
+    natively); the library, the evaluations and the tests keep float32, the reference, unless asked."""
     mesh: MeshOutputConfig = field(default_factory=MeshOutputConfig)

@@ -14,7 +14,7 @@ from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 
 __all__ = ["ReconstructorConfig", "DEFAULT_INPUT_POINTS", "PRECISIONS"]
 
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_INPUT_POINTS = 300
 """Network input size of a Reconstructor whose model carries no training record of its own."""
 
@@ -38,8 +38,12 @@ class ReconstructorConfig:
                                     "in the L2 caches), 65536 on a GPU", range=(0, 100000000))
     seed: int = setting(0, doc="seed of the input subsampling", range=(0, 2**31 - 1))
     device: str = setting("auto", doc="torch device: auto (cuda when available), cpu, cuda or cuda:N")
-    precision: Literal["float32", "bfloat16", "float16"] = setting(
-        "float32", doc="decoder precision of its fast path (the code and the encoder stay float32)")
+    precision: Literal["float32", "bfloat16", "float16", "auto"] = setting(
+        "float32", doc="precision of the decoder's MLP and of the feature-plane encoder's U-Net (the points' MLP, the "
+        "pooling and the code stay float32): float32, bfloat16, float16, or auto = bfloat16 on a CPU with native "
+        "bfloat16 instructions (AVX512-BF16, AMX), float32 elsewhere. On 56 held-out objects bfloat16 scored IoU "
+        "0.8106 / 0.8959 against float32's 0.8108 / 0.8959 (1 / 4 views; occnet_heldout --variant f32 --variant "
+        "bf16:precision=bfloat16 --views 1 4)")
     keep_grid: bool = setting(False, doc="keep each object's MISE probability grid for grid-mode queries "
                               "(4 * (R+1)^3 bytes per object: 1.1 MB at 64^3, 8.6 MB at 128^3)")
     reuse_tolerance: float = setting(0.0, doc="0 = off; > 0: an object whose new observation gives a canonical "

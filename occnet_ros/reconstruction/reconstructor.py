@@ -38,6 +38,25 @@ __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAU
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matrix products in hardware that the precision ``auto`` uses: a CPU with
+    AVX512-BF16 or AMX tiles (oneDNN's bfloat16 kernels; elsewhere torch emulates bfloat16, slower than float32).
+    GPUs: False (bfloat16 is not measured there; float32 stays)."""
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """A ``precision`` setting -> the dtype of the decoder's MLP and the encoder's U-Net on ``device``: ``auto`` =
+    bfloat16 where :func:`native_bfloat16`, else float32."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    return DTYPES[precision]
+
 MeshSimplify = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, str]]
 """(vertices (V, 3), faces (F, 3) int64) -> (vertices, faces, note): a mesh reduction that keeps the frame and the
 units (the note says why a mesh was left as it was; empty when it was reduced as asked), e.g. the node's
@@ -97,6 +116,8 @@ class Reconstructor:
         self.batch_size = self.config.query_batch_size or AUTO_BATCH.get(self.device.type, AUTO_BATCH["cuda"])
         self.calibration_for = calibration_for or (lambda n_views: IDENTITY)
         threads = self.config.compute_threads or (usable_cores() if self.device.type == "cpu" else 1)
+        self.dtype = resolve_precision(self.config.precision, self.device)
+        """The precision the network runs in beyond float32's parts (``precision``, ``auto`` resolved)."""
         self.pool = ComputePool(threads)
         """The threads that encode and decode parts of one batch at once (:mod:`~occnet_ros.reconstruction.compute_pool`;
         ``compute_threads``). Queries of the returned objects' fields run in the caller's thread."""
@@ -158,9 +179,11 @@ class Reconstructor:
         x = torch.from_numpy(np.ascontiguousarray(points_canonical, dtype=np.float32))
         x = x.to(self.device).reshape(-1, *x.shape[-2:])
 
+        dtype = self.dtype
+
         def encode_part(a: int, b: int) -> torch.Tensor:
             with torch.inference_mode():
-                return self.model.encode(x[a:b])
+                return self.model.encode(x[a:b], dtype=dtype)
 
         parts = split_range(x.shape[0], self.pool.threads) if self.device.type == "cpu" else [(0, x.shape[0])]
         codes = self.pool.run([lambda a=a, b=b: encode_part(a, b) for a, b in parts])
@@ -175,7 +198,7 @@ class Reconstructor:
     def _frame_code(self, frame: CanonicalFrame, codes: torch.Tensor) -> FrameCode:
         """The codes of :meth:`_encoder_inputs` -> the :class:`FrameCode` of ``frame``: the mean code of the K
         subsamples (with ``mirror_average``, and of their mirror images)."""
-        dtype = DTYPES[self.config.precision]
+        dtype = self.dtype
         mirror_code, mirror_prepared = None, None
         with torch.inference_mode():
             if self.config.mirror_average:
