@@ -332,3 +332,18 @@ def test_reuse_previous_reconstruction_only_when_the_frame_is_unchanged():
     assert not rec.reconstruct(cloud, previous=no_mesh).reused  # a mesh is asked for
     with pytest.raises(ValueError, match="reuse_tolerance"):
         ReconstructorConfig(reuse_tolerance=-0.1).validate()
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch):
+    from occnet_ros.reconstruction.reconstructor import native_bfloat16, resolve_precision
+
+    cpu = torch.device("cpu")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not native_bfloat16(cpu) and resolve_precision("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bfloat16(cpu) and resolve_precision("auto", cpu) == torch.bfloat16
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float32  # not measured on GPUs: float32 stays
+    assert resolve_precision("float16", cpu) == torch.float16 and resolve_precision("float32", cpu) == torch.float32
+    net = trained_like(OccupancyNetwork(SMALL), seed=6)
+    assert Reconstructor(net, device="cpu", config=ReconstructorConfig(precision="auto")).dtype == torch.bfloat16
