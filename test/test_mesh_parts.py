@@ -63,6 +63,8 @@ def test_drop_fins_matches_the_reference_and_closes_a_finned_mesh():
         soup = rng.integers(0, 6, size=(40, 3))
         soup = soup[(soup[:, 0] != soup[:, 1]) & (soup[:, 1] != soup[:, 2]) & (soup[:, 0] != soup[:, 2])]
         assert np.array_equal(drop_fins(soup), drop_fins_reference(soup))
+        big = soup + 2 ** 21  # indices past the packed key's range: the row-wise path, the same answer
+        assert np.array_equal(drop_fins(big), drop_fins_reference(soup) + 2 ** 21)
 
 
 def test_slabs_partition_the_faces_and_join_back_to_the_same_mesh(big_closed):
