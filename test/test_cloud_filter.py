@@ -103,3 +103,17 @@ def test_voxel_downsample_huge_extent_falls_back_to_row_keys():
     rc, ri = ref_voxel(p, 0.001)
     np.testing.assert_allclose(cents, rc, rtol=1e-6)
     np.testing.assert_array_equal(inv, ri)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nearest_colours_matches_brute_force(seed):
+    from occnet_ros.perception.cloud_filter import nearest_colours
+
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-1, 1, (300, 3)).astype(np.float32)
+    colours = rng.integers(0, 256, (300, 3), dtype=np.uint8)
+    vertices = rng.uniform(-1.5, 1.5, (500, 3))  # some far outside the cloud
+    nearest = np.argmin(((vertices[:, None, :] - points[None].astype(np.float64)) ** 2).sum(-1), axis=1)
+    out = nearest_colours(vertices, points, colours)
+    assert out.dtype == np.uint8 and np.array_equal(out, colours[nearest])
+    assert nearest_colours(np.zeros((0, 3)), points, colours).shape == (0, 3)

@@ -44,11 +44,10 @@ from typing import Any, Callable
 
 import numpy as np
 import yaml
-from scipy.spatial import cKDTree
 
 from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_object, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
-from occnet_ros.perception.cloud_filter import clean_cloud
+from occnet_ros.perception.cloud_filter import clean_cloud, nearest_colours
 from occnet_ros.config_io import flatten
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.reconstruction.known_empty import KnownEmpty
@@ -159,16 +158,6 @@ def _encodings(rec) -> int:
     return rec.config.input_subsamples * (2 if rec.config.mirror_average else 1)
 
 
-def published_colors(cleaned_points: np.ndarray, observed_rgb: np.ndarray, vertices: np.ndarray
-                     ) -> np.ndarray | None:
-    """The node's vertex colouring: per published vertex (V, 3) the colour of the nearest cleaned
-    observed point (K, 3) (same frame) -> (V, 3) uint8, None when there are no vertices."""
-    if len(vertices) == 0:
-        return None
-    _, nearest = cKDTree(cleaned_points).query(np.asarray(vertices), k=1)
-    return observed_rgb[nearest]
-
-
 def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     """The section. params: the node's parameters (None = :func:`node_params`, the shipped file)."""
     s = ctx.sizes
@@ -237,8 +226,8 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
                                       simplify=pipeline.simplify)
                 t4 = time.perf_counter()
                 verts, faces, note = pipeline.published_mesh(obj)
-                colors = (published_colors(cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]],
-                                           verts) if params.color_from_image else None)
+                colors = (nearest_colours(verts, cleaned.points, image.reshape(-1, 3)[seg.pixels[cleaned.index]])
+                          if params.color_from_image and len(verts) else None)
                 t5 = time.perf_counter()
                 result = ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors, t5 - t1, verts, faces)
                 nbytes = (0, 0)

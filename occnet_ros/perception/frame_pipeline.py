@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from occnet_ros.perception.cloud_filter import clean_cloud
+from occnet_ros.perception.cloud_filter import clean_cloud, nearest_colours
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, stands_on
 from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation, simplify_mesh
@@ -343,8 +342,7 @@ class FramePipeline:
             colors = None
             observed = self.observed_colors(frame, seg, cleaned.index, grid)
             if observed is not None and len(verts):
-                _, nearest = cKDTree(cleaned.points).query(verts, k=1)
-                colors = observed[nearest]
+                colors = nearest_colours(verts, cleaned.points, observed)
             stages["colour"] += time.perf_counter() - t_colour
             own = obj.timings.get("total", 0.0) if together is not None else 0.0
             results.append(ProcessedObject(seg, obj, int(cleaned.points.shape[0]), colors,
