@@ -335,7 +335,7 @@ def test_reuse_previous_reconstruction_only_when_the_frame_is_unchanged():
 
 
 def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch):
-    from occnet_ros.reconstruction.reconstructor import native_bfloat16, resolve_precision
+    from occnet_ros.reconstruction.precision import native_bfloat16, resolve_precision
 
     cpu = torch.device("cpu")
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):

@@ -30,32 +30,13 @@ from occnet_ros.reconstruction.normalization import (BOX_HALF, CanonicalFrame, N
                                                     canonical_frame_from_observation)
 from occnet_ros.reconstruction.occupancy_field import AUTO_BATCH, MIRROR, FrameCode, OccupancyField
 from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
+from occnet_ros.reconstruction.precision import resolve_precision
 from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES, ReconstructedObject
 from occnet_ros.reconstruction.surface_anchor import anchor_to_observation
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
            "frames_close", "can_reuse"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matrix products in hardware that the precision ``auto`` uses: a CPU with
-    AVX512-BF16 or AMX tiles (oneDNN's bfloat16 kernels; elsewhere torch emulates bfloat16, slower than float32).
-    GPUs: False (bfloat16 is not measured there; float32 stays)."""
-    if device.type != "cpu":
-        return False
-    cpu = getattr(torch, "cpu", None)
-    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
-    return any(bool(check()) for check in checks if check is not None)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """A ``precision`` setting -> the dtype of the decoder's MLP and the encoder's U-Net on ``device``: ``auto`` =
-    bfloat16 where :func:`native_bfloat16`, else float32."""
-    if precision == "auto":
-        return torch.bfloat16 if native_bfloat16(device) else torch.float32
-    return DTYPES[precision]
 
 MeshSimplify = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, str]]
 """(vertices (V, 3), faces (F, 3) int64) -> (vertices, faces, note): a mesh reduction that keeps the frame and the
