@@ -136,8 +136,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+def _group_default(f: dataclasses.Field) -> Any:
+    """The default of a field that holds a settings group (a dataclass instance), else None."""
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        value = f.default
+    return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`. Keys that
+    ``data`` leaves out take ``base``'s values (None = the defaults of ``cls``); a group given in part starts from
+    its field's default (which may differ from its own class's defaults, as :func:`describe` reports it)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -145,9 +156,15 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
-    kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        group = getattr(base, name) if base is not None else _group_default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and group is not None:
+            kwargs[name] = from_dict(hints[name], value, f"{where}.{name}", group)
+        else:
+            kwargs[name] = _convert(value, hints[name], f"{where}.{name}")
     try:
-        obj = cls(**kwargs)
+        obj = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from e
     validate = getattr(obj, "validate", None)

@@ -80,3 +80,30 @@ def test_flatten_nested_mapping_like_a_ros_parameter_file():
 
     section = {"device": "cpu", "mesh": {"resolution0": 32, "levels": (1, 2)}, "up": [0, 0, 1]}
     assert flatten(section) == {"device": "cpu", "mesh.resolution0": 32, "mesh.levels": [1, 2], "up": [0, 0, 1]}
+
+
+@dataclass
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass
+class _Outer:
+    plain: _Inner = field(default_factory=_Inner)
+    tuned: _Inner = field(default_factory=lambda: _Inner(a=10, b=20))  # a group default unlike its class's
+
+
+def test_a_group_given_in_part_keeps_its_field_defaults_not_its_class_defaults():
+    cfg = from_dict(_Outer, {"plain": {"b": 5}, "tuned": {"b": 7}})
+    assert cfg.plain == _Inner(a=1, b=5) and cfg.tuned == _Inner(a=10, b=7)
+    assert from_dict(_Outer, {}).tuned == _Inner(10, 20)
+    with pytest.raises(ConfigError, match="tuned"):
+        from_dict(_Outer, {"tuned": {"c": 1}})
+    # the node's groups: a parameter file that sets one key of a group keeps the node's defaults of the others
+    from occnet_ros.perception.config import PerceptionConfig
+
+    node = from_dict(PerceptionConfig, {"reconstruction": {"device": "cpu"}, "filter": {"outlier_neighbors": 8}})
+    assert node.reconstruction.precision == PerceptionConfig().reconstruction.precision == "auto"
+    assert (node.filter.min_range, node.filter.max_range) == (PerceptionConfig().filter.min_range,
+                                                              PerceptionConfig().filter.max_range) == (0.1, 5.0)
