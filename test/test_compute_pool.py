@@ -94,3 +94,19 @@ def test_compute_threads_is_validated():
         ReconstructorConfig(compute_threads=-1).validate()
     with pytest.raises(ValueError, match="compute_threads"):
         ReconstructorConfig(compute_threads=True).validate()
+
+
+def test_pooled_known_empty_test_equals_the_single_thread_one(pair):
+    from occnet_ros.geometry import Plane
+    from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
+
+    pooled, single = pair
+    # a support plane through the cloud's centre, normal up (-y in the optical frame): half the box is below it
+    empty = KnownEmpty(KnownEmptyConfig(), Plane(np.array([0.0, -1.0, 0.0]), 0.0), [])
+    a = pooled.reconstruct(cloud(2), known_empty=empty)
+    b = single.reconstruct(cloud(2), known_empty=empty)
+    pts = np.random.default_rng(6).uniform(-0.5, 0.5, (9001, 3)).astype(np.float32)
+    split, whole = a.occupancy._known_empty_mask(pts, pooled.pool), a.occupancy._known_empty_mask(pts, None)
+    assert np.array_equal(split, whole) and 0.2 < whole.mean() < 0.8  # the test marks a real share of points
+    assert np.allclose(a.occupancy.probabilities(pts, pooled.pool), b.occupancy.probabilities(pts), atol=1e-6)
+    assert np.all(a.occupancy.probabilities(pts, pooled.pool)[whole] == 0.0)
