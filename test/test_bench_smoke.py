@@ -253,6 +253,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     fr = res["frame"]
     assert fr["available"] and fr["frame"]["objects"] >= 3 and fr["one_object"]["objects"] == 1
     assert fr["batched"]["objects"] == fr["frame"]["objects"] and _positive(fr["batched_over_one_by_one"])
+    assert isinstance(fr["node_batches"], bool)
     assert sum(fr["frame"]["share"].values()) == pytest.approx(1.0 - fr["frame"]["unaccounted_s"]
                                                               / fr["frame"]["stages"]["total"]["median_s"])
     assert _positive(fr["frame"]["stages"]["encode"]["median_s"]) and _positive(fr["frame"]["floor"]["mise"])

@@ -19,9 +19,10 @@ encoder FLOPs; mise: the decoder FLOPs of the points MISE evaluated) at the meas
 is measured for a frame that holds only the first object (its mask alone), so ``four_over_one`` says what
 4 objects cost against 1. ``objects_per_s``: objects reconstructed per second of frame time. ``unaccounted_s``:
 the median frame minus the sum of the stages' medians (medians of parts need not add up to the median whole, so it
-can be a few milliseconds either way). ``batched``: the same 4-object frame with ``reconstruction.batch_objects: on``
-(the objects' network work in shared calls, the GPU default), and ``batched_over_one_by_one`` its frame time over
-the default's on this device (the benchmark runs on the CPU).
+can be a few milliseconds either way). ``frame`` and ``one_object`` run the objects one after the other
+(``reconstruction.batch_objects: off``); ``batched``: the same 4-object frame with ``batch_objects: on`` (the objects'
+network work in shared calls), ``batched_over_one_by_one`` its frame time over ``frame``'s, and ``node_batches``
+whether the node's setting (auto) batches on this device (the benchmark runs on the CPU).
 
 rclpy is imported only when this section runs; without it the section says why.
 """
@@ -136,7 +137,11 @@ def run(ctx: BenchContext) -> dict:
     s = ctx.sizes
     node_steps = params.reconstruction.upsampling_steps if s.node_mise is None else s.node_mise[1]
     node_res0 = params.reconstruction.resolution0 if s.node_mise is None else s.node_mise[0]
-    rec = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps, **node_reconstruction(params))
+    rec = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
+                        **{**node_reconstruction(params), "batch_objects": "off"})
+    node_batches = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
+                                 **{**node_reconstruction(params), "batch_objects": params.reconstruction.batch_objects,
+                                    "compute_threads": 1}).batch_objects()
     frame = render_scene(ctx)
     labels = sorted(int(v) for v in np.unique(frame.mask) if v > 0)
     domain_id = random.SystemRandom().randint(20, 99)
@@ -170,6 +175,6 @@ def run(ctx: BenchContext) -> dict:
     return {"available": True, "node_params": source, "resolution": node_res0 * 2 ** node_steps,
             "width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
             "decimation": "worker processes" if worker is not None else "in process",
-            "frame": full, "one_object": rows["one"], "batched": rows["batched"],
+            "frame": full, "one_object": rows["one"], "batched": rows["batched"], "node_batches": bool(node_batches),
             "batched_over_one_by_one": rows["batched"]["stages"]["total"]["median_s"] / full["stages"]["total"]["median_s"],
             "four_over_one": full["stages"]["total"]["median_s"] / rows["one"]["stages"]["total"]["median_s"]}

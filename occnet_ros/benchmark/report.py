@@ -145,11 +145,13 @@ def _frame_lines(fr: Any) -> list[str]:
     lines = ["", "## One node frame, stage by stage", "",
              f"- {fr['width']}x{fr['height']} tabletop, {full['objects']} objects (mask, image, camera_info), node "
              f"parameters {fr['node_params']} (MISE {fr['resolution']}^3), decimation {fr['decimation']}; medians",
-             f"- frame {_ms(full['stages']['total'])} ({_fmt(full['objects_per_s'])} objects/s); the first object "
+             f"- frame, one object after the other {_ms(full['stages']['total'])} ({_fmt(full['objects_per_s'])} "
+             f"objects/s); the first object "
              f"alone {_ms(one['stages']['total'])}: {full['objects']} objects cost {_fmt(fr['four_over_one'])}x one",
              *([f"- the same frame with reconstruction.batch_objects on (shared network calls): "
                 f"{_ms(fr['batched']['stages']['total'])}, {_fmt(fr['batched_over_one_by_one'])}x one object after the "
-                f"other (encode {_ms(fr['batched']['stages']['encode'])}, MISE {_ms(fr['batched']['stages']['mise'])})"]
+                f"other (encode {_ms(fr['batched']['stages']['encode'])}, MISE {_ms(fr['batched']['stages']['mise'])}); "
+                f"the node's batch_objects {'batches' if fr.get('node_batches') else 'does not batch'} here"]
                if "batched" in fr else []),
              "", "| stage | frame | share | floor | one object alone |", "|---|---|---|---|---|"]
     floors = full.get("floor", {})

@@ -246,8 +246,8 @@ class Reconstructor:
 
     def batch_objects(self) -> bool:
         """Whether :meth:`reconstruct_many` batches the network work of several objects by default
-        (``batch_objects``: auto = on a GPU only; on a CPU one object's work already fills the cores, and a
-        batched 4-object frame took 1.05-1.09x as long there: ``make bench``, section frame)."""
+        (``batch_objects``: auto = on a GPU only; on a CPU one object's work already fills the cores: see the
+        setting's measurements)."""
         mode = self.config.batch_objects
         return mode == "on" or (mode == "auto" and self.device.type != "cpu")
 
