@@ -20,7 +20,7 @@ STAMP_IFACE   := $(VENV)/.stamp-interfaces
 STAMP_DEVELOP := $(VENV)/.stamp-develop
 INTERFACES    := $(wildcard msg/*.msg) $(wildcard srv/*.srv)
 
-.PHONY: all install test test-fast demo browser bench soak train eval figures colcon-build clean distclean
+.PHONY: all install test test-fast demo browser bench gpu-check soak train eval figures colcon-build clean distclean
 
 all: install
 
@@ -73,6 +73,12 @@ browser:
 
 bench: install
 	$(VENV)/bin/occnet_bench --out out/bench
+
+# On a machine with an NVIDIA GPU, in one go: the CUDA tests (same answers as the CPU), then the benchmark with the
+# network on the GPU; results in out/bench_cuda/ (a machine without CUDA: the tests skip, the bench exits 2).
+gpu-check: install
+	$(VENV)/bin/python -m pytest test/test_cuda_path.py -v -rs -p no:cacheprovider
+	$(VENV)/bin/occnet_bench --device cuda --out out/bench_cuda
 
 # Soak test: sim_camera + reconstruction_node (shipped weights) under a steady load for SOAK_MINUTES, node memory,
 # fds, threads, frames and query latencies per minute, PASS/MISS lines; results in out/soak/.

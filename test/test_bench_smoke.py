@@ -163,6 +163,7 @@ def test_floor_and_mise_sections_in_process(tmp_path):
     assert set(res) >= {"floor", "mise_vs_dense", "targets", "machine", "weights"}
     assert "latency" not in res and "ros" not in res
     _check_floor(res["floor"])
+    assert res["machine"]["device"] == "cpu" and res["floor"]["device"] == "cpu"
     _check_mise(res["mise_vs_dense"])
     assert res["weights"]["kind"] in ("random", "trained")
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
@@ -299,3 +300,11 @@ def test_ros_sections_share_one_transport_setting_and_restore_the_environment(mo
             assert transports == "UDPv4"
             raise RuntimeError("a failing section still restores the environment")
     assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4" and os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: test_cuda_path runs the GPU bench")
+def test_bench_on_cuda_without_cuda_stops_at_start_naming_the_reason(tmp_path):
+    proc = subprocess.run([str(VENV_BIN / "occnet_bench"), "--device", "cuda", "--out", str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--device cuda" in proc.stderr and "CUDA" in proc.stderr
+    assert not (tmp_path / "b").exists()  # nothing measured, nothing written

@@ -54,3 +54,20 @@ def test_a_frame_batched_on_cuda_matches_one_after_the_other_on_the_cpu():
     for a, b in zip(alone, together):
         torch.testing.assert_close(b.code.cpu(), a.code, rtol=1e-4, atol=1e-4)
         assert abs(len(b.mesh.faces) - len(a.mesh.faces)) <= 0.02 * len(a.mesh.faces)
+
+
+def test_the_benchmark_runs_the_network_on_the_gpu(tmp_path):
+    """``occnet_bench --device cuda`` (``make gpu-check``), quick sizes, the in-process sections: measured numbers."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "occnet_bench"
+    proc = subprocess.run([str(exe), "--quick", "--repeats", "1", "--device", "cuda", "--sections", "mise", "latency",
+                           "--out", str(tmp_path / "bench")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert res["machine"]["device"].startswith("cuda (") and res["floor"]["device"] == "cuda"
+    assert res["floor"]["matmul_float32"]["gflops"] > 0 and "error" not in res["latency"]
+    assert all(r["stages"]["total"]["median_s"] > 0 for r in res["latency"]["sizes"])

@@ -67,7 +67,8 @@ QUICK_SIZES = BenchSizes(resolution0=8, upsampling_steps=2, cloud_sizes=(300, 10
 class BenchContext:
     """What every section gets: ``sizes``, ``repeats`` (medians over this many runs), ``out`` folder,
     the network (``model``, ``threshold``, ``weights`` description), ``rate_gflops`` (measured float32
-    matmul rate of the decoder's size; set by the floor section), ``seed``."""
+    matmul rate of the decoder's size; set by the floor section), ``seed``, ``device`` (the torch device the
+    network runs on in every section: ``cpu``, or ``cuda`` on a machine with an NVIDIA GPU)."""
 
     sizes: BenchSizes
     repeats: int
@@ -79,6 +80,12 @@ class BenchContext:
     seed: int = 0
     rate_gflops: float = float("nan")
     costs: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (CUDA runs asynchronously; a no-op on the CPU), so timings hold it."""
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def floor_s(self, flops: float) -> float:
         """Seconds the given FLOPs take at the measured matmul rate (the FLOPs-based floor)."""
@@ -197,17 +204,17 @@ def write_random_weights(path: Path, seed: int = 0) -> Path:
 
 
 def make_context(weights: str | Path | None, out: Path, sizes: BenchSizes, repeats: int,
-                 seed: int = 0) -> BenchContext:
-    """Load the network to benchmark (CPU; the benchmark measures this machine)."""
+                 seed: int = 0, device: str = "cpu") -> BenchContext:
+    """Load the network to benchmark onto ``device`` (``cpu`` or ``cuda``; the benchmark measures this machine)."""
     path, kind = resolve_weights(weights, out, seed)
-    model, meta, _ = load_checkpoint(path, device="cpu")
+    model, meta, _ = load_checkpoint(path, device=device)
     n_in = meta.extra.get("train_config", {}).get("n_input_points")
     n_in = int(n_in) if isinstance(n_in, int) else 300
     info = {"path": str(path), "kind": kind, "threshold": meta.threshold, "step": meta.step,
             "model_config": dataclasses.asdict(model.config),
             "n_input_points": n_in}
     return BenchContext(sizes=sizes, repeats=repeats, out=out, model=model, threshold=meta.threshold,
-                        weights=info, n_input_points=n_in, seed=seed, costs=cost_report(model.config))
+                        weights=info, n_input_points=n_in, seed=seed, costs=cost_report(model.config), device=device)
 
 
 @dataclass

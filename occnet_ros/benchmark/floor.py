@@ -10,15 +10,19 @@ import torch
 from occnet_ros.benchmark.common import BenchContext, timed
 
 
-def matmul_rate(hidden: int, rows: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
-    """GFLOP/s of ``(rows, hidden) @ (hidden, hidden)`` (2 FLOPs per multiply-add): ``gflops`` from the
-    fastest of at least 5 runs (the floor is what the machine can do), ``gflops_median`` as well."""
+def matmul_rate(hidden: int, rows: int, repeats: int, dtype: torch.dtype = torch.float32,
+                ctx: BenchContext | None = None) -> dict:
+    """GFLOP/s of ``(rows, hidden) @ (hidden, hidden)`` (2 FLOPs per multiply-add) on ``ctx.device`` (None: the
+    CPU): ``gflops`` from the fastest of at least 5 runs (the floor is what the machine can do), ``gflops_median``
+    as well."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(rows, hidden, generator=g).to(dtype)
-    w = torch.randn(hidden, hidden, generator=g).to(dtype)
-    out = torch.empty(rows, hidden, dtype=dtype)
+    device = ctx.device if ctx is not None else "cpu"
+    a = torch.randn(rows, hidden, generator=g).to(device=device, dtype=dtype)
+    w = torch.randn(hidden, hidden, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(rows, hidden, dtype=dtype, device=device)
+    sync = ctx.sync if ctx is not None else (lambda: None)
     with torch.inference_mode():
-        t, _ = timed(lambda: torch.mm(a, w, out=out), max(5, repeats), warmup=2)
+        t, _ = timed(lambda: (torch.mm(a, w, out=out), sync()), max(5, repeats), warmup=2)
     flops = 2.0 * rows * hidden * hidden
     return {"rows": rows, "hidden": hidden, "dtype": str(dtype).replace("torch.", ""),
             "gflops": flops / t["min_s"] / 1e9, "gflops_median": flops / t["median_s"] / 1e9, "time": t}
@@ -29,14 +33,15 @@ def decoder_rate(ctx: BenchContext, chunk: int, n_points: int, dtype: torch.dtyp
     """Points/s of the prepared decoder on ``n_points`` canonical points in chunks of ``chunk``."""
     model = ctx.model
     g = torch.Generator().manual_seed(1)
-    pts = (torch.rand(n_points, 3, generator=g) - 0.5) * 1.1
+    pts = ((torch.rand(n_points, 3, generator=g) - 0.5) * 1.1).to(ctx.device)
     with torch.inference_mode():
-        code = model.encode(torch.rand(1, ctx.n_input_points, 3, generator=g) - 0.5)
+        code = model.encode((torch.rand(1, ctx.n_input_points, 3, generator=g) - 0.5).to(ctx.device))
         prep = model.prepare(code, dtype=dtype, fuse=fuse)
 
         def run():
             for s in range(0, n_points, chunk):
                 model.decode_prepared(pts[s:s + chunk].unsqueeze(0), prep)
+            ctx.sync()
 
         t, _ = timed(run, ctx.repeats)
     pps = n_points / t["median_s"]
@@ -48,9 +53,9 @@ def precision_error(ctx: BenchContext, dtype: torch.dtype, n_points: int = 65536
     """Largest and mean |probability difference| of the ``dtype`` fast path against float32."""
     model = ctx.model
     g = torch.Generator().manual_seed(2)
-    pts = ((torch.rand(1, n_points, 3, generator=g) - 0.5) * 1.1)
+    pts = ((torch.rand(1, n_points, 3, generator=g) - 0.5) * 1.1).to(ctx.device)
     with torch.inference_mode():
-        code = model.encode(torch.rand(1, ctx.n_input_points, 3, generator=g) - 0.5)
+        code = model.encode((torch.rand(1, ctx.n_input_points, 3, generator=g) - 0.5).to(ctx.device))
         ref = torch.sigmoid(model.decode_prepared(pts, model.prepare(code)))
         low = torch.sigmoid(model.decode_prepared(pts, model.prepare(code, dtype=dtype)))
         d = (ref - low).abs()
@@ -63,9 +68,9 @@ def run(ctx: BenchContext) -> dict:
     """Measure the rates; sets ``ctx.rate_gflops`` (float32 matmul at the decoder's size)."""
     s = ctx.sizes
     h = ctx.model.config.decoder_hidden
-    f32 = matmul_rate(h, s.matmul_batch, ctx.repeats)
+    f32 = matmul_rate(h, s.matmul_batch, ctx.repeats, ctx=ctx)
     ctx.rate_gflops = f32["gflops"]
-    bf16 = matmul_rate(h, s.matmul_batch, ctx.repeats, torch.bfloat16)
+    bf16 = matmul_rate(h, s.matmul_batch, ctx.repeats, torch.bfloat16, ctx=ctx)
     chunks = [decoder_rate(ctx, c, s.decoder_points) for c in s.chunk_sizes]
     best = max(chunks, key=lambda r: r["points_per_s"])
     # the unfused CBN path exists only for the global kind (the local decoder has no folded form)
@@ -73,6 +78,7 @@ def run(ctx: BenchContext) -> dict:
                  if ctx.model.config.kind == "global" else None)
     low = decoder_rate(ctx, best["chunk"], s.decoder_points, dtype=torch.bfloat16)
     return {
+        "device": ctx.device,
         "matmul_float32": f32,
         "matmul_bfloat16": bf16,
         "decoder_flops_per_query": ctx.costs["decoder_flops_per_query"],

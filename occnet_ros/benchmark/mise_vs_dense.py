@@ -19,12 +19,12 @@ from occnet_ros.reconstruction.reconstructor import Reconstructor, Reconstructor
 
 
 def reconstructor(ctx: BenchContext, model: OccupancyNetwork | None = None, **overrides) -> Reconstructor:
-    """A CPU reconstructor of ``ctx``'s network (or ``model``) at the benchmark's MISE resolution."""
+    """A reconstructor of ``ctx``'s network (or ``model``) on ``ctx.device`` at the benchmark's MISE resolution."""
     s = ctx.sizes
     settings = {"resolution0": s.resolution0, "upsampling_steps": s.upsampling_steps, **overrides}
     cfg = ReconstructorConfig(threshold=ctx.threshold, n_input_points=ctx.n_input_points, seed=ctx.seed,
-                              device="cpu", **settings)
-    return Reconstructor(model if model is not None else ctx.model, device="cpu", config=cfg,
+                              device=ctx.device, **settings)
+    return Reconstructor(model if model is not None else ctx.model, device=ctx.device, config=cfg,
                          default_threshold=ctx.threshold)
 
 

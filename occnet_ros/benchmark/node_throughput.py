@@ -281,11 +281,11 @@ def node_mise(ctx: BenchContext) -> tuple[int, int]:
 
 
 def _start_node(ctx: BenchContext, frame, domain_id: int, log_path: Path, extra: list[str] = ()) -> subprocess.Popen:
-    """The node on the shipped parameters, CPU, the benchmark's network and MISE grid, the frame's up, and
+    """The node on the shipped parameters, the benchmark's device, network and MISE grid, the frame's up, and
     ``extra`` ``-p`` arguments."""
     r0, steps = node_mise(ctx)
     up = ",".join(f"{v:.6f}" for v in frame.up)
-    args = ["-p", "reconstruction.device:=cpu", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
+    args = ["-p", f"reconstruction.device:={ctx.device}", "-p", f"checkpoint:={ctx.weights['path']}", "-p", f"up:=[{up}]",
             "-p", f"reconstruction.resolution0:={r0}", "-p", f"reconstruction.upsampling_steps:={steps}", *extra]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1",
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

@@ -170,10 +170,11 @@ def markdown(results: dict) -> str:
     lines = [f"# occnet_ros benchmark ({'quick' if results.get('quick') else 'full'} run)", "",
              *([f"- note: {results['note']}"] if results.get("note") else []),
              f"- machine: {m.get('cpu_model')}, {m.get('usable_cores')} usable cores, torch threads "
-             f"{m.get('torch_threads')}, load average at start {m.get('loadavg_1_5_15')}",
+             f"{m.get('torch_threads')}, load average at start {m.get('loadavg_1_5_15')}; network on "
+             f"{m.get('device', 'cpu')}",
              f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
              f"- medians over {results.get('repeats')} runs; floors = network FLOPs / measured float32 matmul "
-             f"rate {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s", ""]
+             f"rate on that device {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s", ""]
     lines += ["## Targets", "", "| target | limit | measured | status | what |", "|---|---|---|---|---|"]
     for t in results.get("targets", []):
         unit = t["unit"] if t["unit"] != "s" else ""

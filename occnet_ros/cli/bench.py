@@ -1,13 +1,16 @@
 """``occnet_bench``: the speed benchmark (``make bench``). Prints the tables and the targets
 with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
 
-    occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N]
+    occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N] [--device cpu|cuda]
                  [--sections floor mise latency frame queries ros map]
 
 Timings are medians over ``--repeats`` runs on this machine; run it on an otherwise idle machine (the
 load average at start is recorded). ``--quick``: tiny sizes, for the smoke test; its numbers mean
 nothing. Without ``--weights`` the shipped weights are used, or, when there are none yet, a randomly
 initialised network of the default architecture (a stand-in: MISE's work depends on the surface).
+``--device cuda`` runs the network on the GPU in every section (the floor's rates, the in-process sections and the
+node of the ros and map sections; ``make gpu-check`` runs it after the CUDA tests); the rest of the pipeline stays on
+the CPU as in the node. Exit code 2 when CUDA is asked for and not available.
 """
 from __future__ import annotations
 
@@ -42,7 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sections", nargs="+", choices=["floor", *SECTIONS], default=None,
                     help="sections to run (default all; floor always runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the network runs (default cpu; cuda: the first NVIDIA GPU)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     if args.repeats is not None and args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads < 0:
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> dict:
     info = machine_info()
     torch.set_num_threads(args.threads or info["usable_cores"])
     info["torch_threads"] = torch.get_num_threads()
-    ctx = make_context(args.weights, out, sizes, repeats, args.seed)
+    info["device"] = args.device if args.device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})"
+    ctx = make_context(args.weights, out, sizes, repeats, args.seed, device=args.device)
     results: dict = {"quick": bool(args.quick), "repeats": repeats, "machine": info, "weights": ctx.weights,
                      "sizes": vars(sizes) | {"resolution": sizes.resolution},
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
