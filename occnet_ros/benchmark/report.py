@@ -174,7 +174,9 @@ def markdown(results: dict) -> str:
              f"{m.get('device', 'cpu')}",
              f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
              f"- medians over {results.get('repeats')} runs; floors = network FLOPs / measured float32 matmul "
-             f"rate on that device {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s", ""]
+             f"rate on that device {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s "
+             f"(float32 floors: parts that run in bfloat16, the node's precision auto on a CPU with native bfloat16, "
+             f"can take less)", ""]
     lines += ["## Targets", "", "| target | limit | measured | status | what |", "|---|---|---|---|---|"]
     for t in results.get("targets", []):
         unit = t["unit"] if t["unit"] != "s" else ""
