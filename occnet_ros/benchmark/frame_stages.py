@@ -28,7 +28,6 @@ rclpy is imported only when this section runs; without it the section says why.
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 
@@ -37,7 +36,7 @@ import numpy as np
 from occnet_ros.benchmark.common import BenchContext, summary
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.benchmark.latency import node_params, node_reconstruction
-from occnet_ros.benchmark.node_throughput import render_scene, unavailable_reason
+from occnet_ros.benchmark.node_throughput import render_scene, section_environment, unavailable_reason
 from occnet_ros.perception.frame_pipeline import FRAME_STAGES, FramePipeline
 
 STAGES = ("parse", *FRAME_STAGES, "message", "publish")
@@ -145,32 +144,27 @@ def run(ctx: BenchContext) -> dict:
     frame = render_scene(ctx)
     labels = sorted(int(v) for v in np.unique(frame.mask) if v > 0)
     domain_id = random.SystemRandom().randint(20, 99)
-    saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    worker = ParallelDecimation(params.mesh.decimation_workers) if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None
-    rclpy = nodes = contexts = None
-    try:
-        rclpy, nodes, pubs, contexts = _ros_side(domain_id)
-        if worker is not None:
-            worker.start()
-        rows = {}
-        batched = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
-                                **{**node_reconstruction(params), "batch_objects": "on"})
-        for name, only, r in (("all", None, rec), ("one", labels[0], rec), ("batched", None, batched)):
-            pipeline = FramePipeline(r, params, decimate=worker) if worker is not None else FramePipeline(r, params)
-            rows[name] = _measure(ctx, pipeline, params, _messages(frame, only), pubs, np.asarray(frame.up))
-    finally:
-        if worker is not None:
-            worker.close()
-        if nodes is not None:
-            for n in nodes:
-                n.destroy_node()
-            for c in contexts:
-                rclpy.try_shutdown(context=c)
-        if saved_env is None:
-            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-        else:
-            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = saved_env
+    with section_environment():  # the in-process nodes on this host, Fast DDS transports as the node runs
+        worker = ParallelDecimation(params.mesh.decimation_workers) if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None
+        rclpy = nodes = contexts = None
+        try:
+            rclpy, nodes, pubs, contexts = _ros_side(domain_id)
+            if worker is not None:
+                worker.start()
+            rows = {}
+            batched = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
+                                    **{**node_reconstruction(params), "batch_objects": "on"})
+            for name, only, r in (("all", None, rec), ("one", labels[0], rec), ("batched", None, batched)):
+                pipeline = FramePipeline(r, params, decimate=worker) if worker is not None else FramePipeline(r, params)
+                rows[name] = _measure(ctx, pipeline, params, _messages(frame, only), pubs, np.asarray(frame.up))
+        finally:
+            if worker is not None:
+                worker.close()
+            if nodes is not None:
+                for n in nodes:
+                    n.destroy_node()
+                for c in contexts:
+                    rclpy.try_shutdown(context=c)
     full = rows["all"]
     return {"available": True, "node_params": source, "resolution": node_res0 * 2 ** node_steps,
             "width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
