@@ -81,6 +81,23 @@ def test_slabs_partition_the_faces_and_join_back_to_the_same_mesh(big_closed):
     assert original == joined
 
 
+
+def test_join_parts_drops_unused_vertices_and_keeps_their_order(big_closed):
+    """Lone vertices in the slabs (a decimation can leave some) are dropped, the others keep their order: the
+    renumbering np.unique gives, on slabs with every third vertex unused."""
+    v, f = big_closed
+    jobs, _, _ = split_into_slabs(v, f, 2, 20000)
+    parts, refs = [], []
+    for jv, jf, _ in jobs:
+        extra = len(jv) // 3  # lone vertices spliced in at the front, far from the cut
+        pad = np.concatenate([np.full((extra, 3), 7.0) + np.arange(extra)[:, None], jv])
+        parts.append((pad, jf + extra))
+    got_v, got_f = join_parts(parts)
+    ref_v, ref_f = join_parts([(j[0], j[1]) for j in jobs])
+    np.testing.assert_array_equal(got_v, ref_v)
+    np.testing.assert_array_equal(got_f, ref_f)
+    assert got_f.dtype == np.int64 and got_f.max() == len(got_v) - 1
+
 def surface_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], n: int = 20000) -> float:
     """Mean distance from points sampled on mesh a to the nearest of points sampled densely on mesh b."""
     ma, mb = (trimesh.Trimesh(*x, process=False) for x in (a, b))

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from occnet_ros.reconstruction.surface_anchor import AnchorConfig, anchor_to_observation, fit_planes, vertex_normals
+from scipy.spatial import cKDTree
+
+from occnet_ros.reconstruction.surface_anchor import (AnchorConfig, _ring_average, anchor_to_observation, fit_planes,
+                                                      vertex_normals)
 
 
 def _hemisphere_points(n, radius, noise, seed):
@@ -61,6 +64,49 @@ def test_vectorised_anchor_matches_per_vertex_loop():
     np.testing.assert_allclose(got.vertices, ref, atol=1e-5)
     assert got.n_moved == moved.sum()
 
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_one_camera_for_all_points_matches_the_per_vertex_loop(offset):
+    """A single viewpoint (3,) is the same as one per point; far from the origin (1 km) the planes keep
+    their precision (moments are summed relative to each anchor point)."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.05)
+    v, f = np.asarray(sphere.vertices) + offset, np.asarray(sphere.faces)
+    p = _hemisphere_points(3000, 1.0, 0.01, seed=7) + offset
+    camera = np.array([-5.0, 0.5, 0.0]) + offset
+    cfg = AnchorConfig(radius=0.15, smooth_iterations=0, max_curvature=0.2)
+    got = anchor_to_observation(v, f, p, camera, cfg)
+    ref = _reference_anchor(v, f, p, np.tile(camera, (len(p), 1)), cfg)
+    assert 50 < got.n_moved < len(v)
+    np.testing.assert_allclose(got.vertices, ref, atol=1e-5 if offset == 0 else 1e-3)
+    assert got.n_moved == (np.linalg.norm(ref - v, axis=1) > 0).sum()
+    many = anchor_to_observation(v, f, p, np.tile(camera, (len(p), 1)), cfg)
+    np.testing.assert_array_equal(got.vertices, many.vertices)
+    with pytest.raises(ValueError, match="viewpoints"):
+        anchor_to_observation(v, f, p, np.zeros((2, 3)), cfg)
+
+
+def test_fit_planes_with_the_callers_tree_is_the_same():
+    p = _hemisphere_points(2000, 1.0, 0.01, seed=8)
+    q = p[::7]
+    cfg = AnchorConfig(radius=0.2)
+    a = fit_planes(q, p, (-5.0, 0.0, 0.0), cfg)
+    b = fit_planes(q, p, (-5.0, 0.0, 0.0), cfg, cKDTree(p))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert a[0].mean() > 0.9
+
+
+def test_ring_average_is_the_mean_over_each_vertex_and_its_neighbours():
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    f = np.asarray(mesh.faces)
+    n = len(mesh.vertices)
+    dense = _ring_average(n, f).toarray()
+    ref = np.eye(n)
+    for a, b in mesh.edges_unique:
+        ref[a, b] = ref[b, a] = 1.0
+    ref /= ref.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(dense, ref, atol=1e-15)
 
 def test_sphere_seen_from_one_side_moves_onto_the_observed_radius_only_there():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.05)

@@ -118,8 +118,10 @@ def join_parts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarr
         _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
         index[border] = border[first][inverse.reshape(-1)]
     f = index[f]
-    used, inverse = np.unique(f.reshape(-1), return_inverse=True)
-    return v[used], inverse.reshape(-1, 3).astype(np.int64)
+    used = np.zeros(at, bool)  # the vertices still in use, renumbered in order (np.unique's answer, without a sort)
+    used[f.reshape(-1)] = True
+    renumber = np.cumsum(used) - 1
+    return v[used], renumber[f].astype(np.int64)
 
 
 def parted_decimation(vertices: np.ndarray, faces: np.ndarray, target_faces: int, parts: int = 2,

@@ -107,19 +107,24 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
 
 
-def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, config: AnchorConfig
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, config: AnchorConfig,
+               tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local planes of ``points`` around each query point.
 
-    query (Q, 3), points (N, 3), viewpoints (N, 3): camera centre that saw each point; one frame.
+    query (Q, 3), points (N, 3), viewpoints (N, 3): camera centre that saw each point, or (3,) / (1, 3):
+    one camera for all; one frame. ``tree``: a :class:`cKDTree` of ``points`` if the caller has one.
     -> (ok (Q,) bool: a flat neighbourhood of at least ``min_neighbors`` points within ``radius``;
     centroid (Q, 3); normal (Q, 3) unit, towards the cameras; nearest (Q,) distance to the nearest
-    point, inf if none within ``radius``). Rows where ``ok`` is False hold zeros."""
+    point, inf if none within ``radius``). Rows where ``ok`` is False hold zeros.
+
+    The weighted moments are summed in coordinates relative to each query point (at most ``radius``
+    away, so the covariance keeps float64's precision wherever the object sits)."""
     c = config
     q = np.asarray(query, dtype=np.float64).reshape(-1, 3)
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    vps = np.asarray(viewpoints, dtype=np.float64).reshape(-1, 3)
     k = min(c.k, p.shape[0])
-    dist, idx = cKDTree(p).query(q, k=k, distance_upper_bound=c.radius, workers=-1)
+    dist, idx = (tree or cKDTree(p)).query(q, k=k, distance_upper_bound=c.radius, workers=-1)
     dist, idx = dist.reshape(len(q), k), idx.reshape(len(q), k)
     valid = np.isfinite(dist)
     ok = valid.sum(axis=1) >= c.min_neighbors
@@ -128,20 +133,24 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
     nearest = dist[:, 0].copy()
     if not ok.any():
         return ok, centroid, normal, nearest
-    d, i, m = dist[ok], np.where(valid[ok], idx[ok], 0), valid[ok]
-    w = np.where(m, np.exp(-(d / (0.5 * c.radius)) ** 2), 0.0)
+    rows = np.flatnonzero(ok)
+    d, i, m = dist[rows], np.where(valid[rows], idx[rows], 0), valid[rows]
+    w = np.where(m, np.exp(-(np.where(m, d, 0.0) / (0.5 * c.radius)) ** 2), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    nb = p[i]                                                    # (O, k, 3)
-    wt = w[:, None, :]                                           # (O, 1, k): batched matmuls below
-    cen = (wt @ nb)[:, 0]
-    dev = nb - cen[:, None, :]
-    cov = (dev.transpose(0, 2, 1) * wt) @ dev                    # (O, 3, 3) weighted covariance
+    # neighbours relative to their query point, (O, 3, k): one gather per coordinate, then batched matmuls
+    local = np.stack([pc[i] - qc[:, None] for pc, qc in zip(p.T, q[rows].T)], axis=1)
+    wl = local * w[:, None, :]
+    mean = wl.sum(axis=2)                                        # (O, 3) weighted centroid, local
+    cov = wl @ local.transpose(0, 2, 1) - mean[:, :, None] * mean[:, None, :]
     evals, evecs = np.linalg.eigh(cov)                           # ascending
     nrm = evecs[:, :, 0]
     flat = evals[:, 0] <= c.max_curvature * np.maximum(evals.sum(axis=1), 1e-300)
-    towards = (wt @ np.asarray(viewpoints, dtype=np.float64)[i])[:, 0] - cen
+    cen = mean + q[rows]
+    if vps.shape[0] == 1:  # one camera
+        towards = vps[0] - cen
+    else:
+        towards = np.einsum("ok,okd->od", w, vps[i]) - cen
     nrm *= np.where(np.einsum("od,od->o", nrm, towards) < 0, -1.0, 1.0)[:, None]
-    rows = np.flatnonzero(ok)
     centroid[rows], normal[rows] = cen, nrm
     ok[rows[~flat]] = False
     centroid[~ok], normal[~ok] = 0.0, 0.0
@@ -155,7 +164,9 @@ def _ring_average(n_vertices: int, faces: np.ndarray) -> scipy.sparse.csr_matrix
     a = np.concatenate([a, a[:, ::-1], np.repeat(np.arange(n_vertices), 2).reshape(-1, 2)])
     m = scipy.sparse.csr_matrix((np.ones(len(a)), (a[:, 0], a[:, 1])), shape=(n_vertices, n_vertices))
     m.data[:] = 1.0  # duplicate edges (each interior edge is in two faces) count once
-    return scipy.sparse.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
+    per_row = np.diff(m.indptr)
+    m.data /= np.repeat(per_row, per_row)  # each row sums to 1 (every row holds its own vertex)
+    return m
 
 
 def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray,
@@ -169,19 +180,22 @@ def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.nd
     c.validate()
     v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    vp = np.broadcast_to(np.asarray(viewpoints, dtype=np.float64), p.shape)
+    vp = np.asarray(viewpoints, dtype=np.float64).reshape(-1, 3)
+    if vp.shape[0] not in (1, p.shape[0]):
+        raise ValueError(f"viewpoints: one (3,) or one per point ({p.shape[0]}, 3), got {np.shape(viewpoints)}")
     zeros = np.zeros(len(v), np.float32)
     if not c.enabled or len(v) == 0 or len(faces) == 0 or p.shape[0] < c.min_neighbors:
         return AnchorResult(v.astype(np.float32), zeros, zeros.copy())
     if p.shape[0] > c.max_points:
         keep = np.random.default_rng(c.seed).choice(p.shape[0], c.max_points, replace=False)
-        p, vp = p[keep], vp[keep]
-    nearest, anchor = cKDTree(p).query(v, k=1, distance_upper_bound=c.radius, workers=-1)
+        p, vp = p[keep], (vp[keep] if vp.shape[0] > 1 else vp)
+    tree = cKDTree(p)
+    nearest, anchor = tree.query(v, k=1, distance_upper_bound=c.radius, workers=-1)
     near = np.isfinite(nearest)
     used, which = np.unique(anchor[near], return_inverse=True)
     ok, cen, nrm = np.zeros(len(v), bool), np.zeros_like(v), np.zeros_like(v)
     if used.size:  # one plane per observed point that is some vertex's anchor
-        ok_p, cen_p, nrm_p, _ = fit_planes(p[used], p, vp, c)
+        ok_p, cen_p, nrm_p, _ = fit_planes(p[used], p, vp, c, tree)
         ok[near], cen[near], nrm[near] = ok_p[which], cen_p[which], nrm_p[which]
     side = np.einsum("vd,vd->v", vertex_normals(v, faces), nrm) >= c.min_normal_dot
     weight = np.where(ok & side, np.clip((c.radius - nearest) / (0.5 * c.radius), 0.0, 1.0), 0.0)
