@@ -43,7 +43,7 @@ def query(node, points):
 
     req = QueryOccupancy.Request()
     req.points = np.asarray(points, np.float32).reshape(-1).tolist()
-    res = node._on_query(req, QueryOccupancy.Response())
+    res = node.queries.handle(req, QueryOccupancy.Response())
     assert res.success, res.message
     return np.asarray(res.probabilities)
 

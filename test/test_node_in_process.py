@@ -87,7 +87,7 @@ def test_markers_only_with_subscribers(node):
     pts = np.array([scene.box_center, scene.sphere_center, [5, 5, 5]], np.float32)
     req = QueryOccupancy.Request()
     req.points = pts.reshape(-1).tolist()
-    res = node._on_query(req, QueryOccupancy.Response())
+    res = node.queries.handle(req, QueryOccupancy.Response())
     assert res.success, res.message
     probs, ids = node.store.query(pts, mode="grid")
     np.testing.assert_array_equal(np.asarray(res.probabilities), probs)

@@ -83,18 +83,18 @@ def test_objects_are_mapped_in_world_and_queried_in_world_and_camera_frames(node
     req = QueryOccupancy.Request()
     req.header.frame_id = WORLD
     req.points = centres.reshape(-1).tolist()
-    world = node._on_query(req, QueryOccupancy.Response())
+    world = node.queries.handle(req, QueryOccupancy.Response())
     assert world.success, world.message
     assert sorted(world.object_ids) == [0, 1, 2]  # each box centre lies in its own object's box
     # the same points in the newest cloud's frame, through its pose
     req.header.frame_id = CAM_FRAME
     req.points = cloud_to_world.inverse().apply(centres).astype(np.float32).reshape(-1).tolist()
-    cam = node._on_query(req, QueryOccupancy.Response())
+    cam = node.queries.handle(req, QueryOccupancy.Response())
     assert cam.success, cam.message
     assert list(cam.object_ids) == list(world.object_ids)
     np.testing.assert_allclose(cam.probabilities, world.probabilities, atol=1e-4)
     req.header.frame_id = "elsewhere"
-    other = node._on_query(req, QueryOccupancy.Response())
+    other = node.queries.handle(req, QueryOccupancy.Response())
     assert not other.success and "elsewhere" in other.message
 
 

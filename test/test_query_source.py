@@ -106,10 +106,10 @@ def test_sources_through_the_node(scene, tmp_path):
         probe, want = probe_points(scene, box.obj.frame)
         request = QueryOccupancy.Request(points=probe.reshape(-1).tolist(), object_ids=[BOX_LABEL])
         request.header.frame_id = "cam"
-        response = node._on_query(request, QueryOccupancy.Response())
+        response = node.queries.handle(request, QueryOccupancy.Response())
         assert response.success, response.message
         got = np.frombuffer(bytes(response.source), np.uint8)
         assert np.array_equal(got, want)
         assert len(response.probabilities) == len(probe)
-        bad = node._on_query(QueryOccupancy.Request(points=[0.0, 1.0]), QueryOccupancy.Response())
+        bad = node.queries.handle(QueryOccupancy.Request(points=[0.0, 1.0]), QueryOccupancy.Response())
         assert not bad.success and len(bad.source) == 0

@@ -83,9 +83,9 @@ def test_query_points_only_with_subscribers(tmp_path):
     with node_in_process(tmp_path) as node:
         req = QueryOccupancy.Request()
         req.points = array.array("f", np.zeros(6, np.float32).tobytes())
-        res = node._on_query(req, QueryOccupancy.Response())
+        res = node.queries.handle(req, QueryOccupancy.Response())
         assert res.success
-        assert node.query_points._pending is None and node.query_points.published == 0
+        assert node.queries.query_points._pending is None and node.queries.query_points.published == 0
 
 
 def test_viewer_node_serves_the_page_and_stops(tmp_path):

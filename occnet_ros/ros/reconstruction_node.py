@@ -8,11 +8,10 @@ object map, ``camera_pose`` (geometry_msgs/PoseStamped), all with sensor-data Qo
 (visualization_msgs/MarkerArray); serves ``query_occupancy`` (occnet_ros/QueryOccupancy).
 
 Threads: subscription callbacks only store the newest messages (:class:`FrameSync`, bounded); one
-worker thread converts, segments and reconstructs the newest complete frame; the service runs in its
-own callback group on a MultiThreadedExecutor and answers from the :class:`ObjectStore` snapshot while
-the worker is busy. Query points in another frame than the objects' are moved with the newest cloud's pose
-in ``world_frame`` (object map) or the latest tf2 transform (when tf2_ros exists); otherwise such requests
-are refused. ``main`` shortens the interpreter's
+worker thread converts, segments and reconstructs the newest complete frame (which partners a cloud waits
+for: :class:`~occnet_ros.perception.live_frames.LiveFrames`); the service
+(:mod:`occnet_ros.ros.query_service`) runs in its own callback group on a MultiThreadedExecutor and answers
+from the :class:`ObjectStore` snapshot while the worker is busy. ``main`` shortens the interpreter's
 thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
 GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
 cubes, still delay a query by their duration). Mesh decimation, which holds the GIL longest (Open3D), runs in
@@ -32,7 +31,6 @@ objects (or to a new listener).
 """
 from __future__ import annotations
 
-import array
 import gc
 import sys
 import threading
@@ -40,7 +38,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import rclpy
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -64,18 +61,14 @@ from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import MessageError, stamp_to_sec
 from occnet_ros.ros.frame_input import UpAndCamera, cloud_pose_from_topic, decode_frame_messages
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
-from occnet_ros.ros.query_points_pub import QueryPointsPublisher
+from occnet_ros.ros.query_service import QueryService
 from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
-from occnet_ros.perception.query import answer_query, refused
+from occnet_ros.perception.live_frames import LiveFrames
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
-from occnet_ros.srv import QueryOccupancy
-
-SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-"""QoS of ``query_occupancy``: requests of every client wait in one reliable keep-last queue this deep."""
 
 SWITCH_INTERVAL_S = 0.001
 """sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
@@ -144,10 +137,9 @@ class ReconstructionNode(Node):
         self._msg_cache = ObjectMessageCache() if self.pose_source else None  # map objects kept between frames
         self._stop = threading.Event()
         self.frames_done = 0
-        self._query_lock = threading.Lock()
-        self._unpaired_reported: dict[str, float] = {}
-        self.queries_received = 0
-        """query_occupancy requests that reached the service callback (each is logged at debug level)."""
+        self.frames = LiveFrames(self.sync, p.segmentation.mode, p.color_from_image, self.pose_source == "topic",
+                                 p.sync.stream_timeout, p.sync.tolerance,
+                                 lambda text: self.get_logger().warning(text), p.log_throttle_sec)
 
         sensors = MutuallyExclusiveCallbackGroup()
         qos = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
@@ -163,12 +155,7 @@ class ReconstructionNode(Node):
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
-        # recent queries for viewers, published after the answer and only while someone listens
-        self.query_points = QueryPointsPublisher(self, lambda: self.store.snapshot().frame_id)
-        # one request queue for all clients: the default keep-last 10 silently drops requests of many concurrent
-        # clients (20 fresh clients x 10 calls lost 5 of 200 requests before they reached the callback)
-        self.create_service(QueryOccupancy, "query_occupancy", self._on_query, qos_profile=SERVICE_QOS,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.queries = QueryService(self, p, self.store, self.latest_pose, self.tf, bool(self.pose_source))
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
@@ -205,86 +192,7 @@ class ReconstructionNode(Node):
         with self._info_lock:
             self._camera_info = msg
 
-    def _on_query(self, request, response):
-        with self._query_lock:
-            self.queries_received += 1
-            n = self.queries_received
-        self.get_logger().debug(f"query_occupancy request {n}: {len(request.points) // 3} point(s) in "
-                                f"'{request.header.frame_id}'")
-        try:
-            ans = answer_query(self.store, request.points, request.header.frame_id, request.object_ids,
-                               self._query_transform, self.params.query_max_points,
-                               self.params.query_mode, with_sources=True)
-        except Exception as e:  # a bug must cost one answer, never the service
-            ans = refused(f"internal error: {type(e).__name__}: {e}")
-            self.get_logger().error(f"query_occupancy request {n} failed: {type(e).__name__}: {e}",
-                                    throttle_duration_sec=self.params.log_throttle_sec)
-        response.success, response.message = ans.success, ans.message
-        response.probabilities = array.array("f", ans.probabilities.astype(np.float32).tobytes())
-        response.object_ids = array.array("q", ans.object_ids.astype(np.int64).tobytes())
-        response.source = array.array("B", ans.sources.astype(np.uint8).tobytes())
-        if ans.success:  # no copy, no message built here: that happens in the publisher's own callback
-            self.query_points.offer(request.points, ans.probabilities, request.header.frame_id)
-        if not ans.success:
-            self.get_logger().warning(f"query_occupancy refused: {ans.message}",
-                                      throttle_duration_sec=self.params.log_throttle_sec)
-        return response
-
-    def _query_transform(self, target: str, source: str):
-        """Query points in another frame: the newest cloud's pose in world_frame (object map), else tf2."""
-        if self.pose_source:
-            try:
-                return self.latest_pose.transform(target, source)
-            except TransformError:
-                if not self.tf.available:
-                    raise
-        return self.tf.transform(target, source)
-
     # ------------------------------------------------------------ worker
-
-    def _take(self) -> SyncedFrame | None:
-        """The newest complete frame. A partner stream that delivers (``sync.stream_timeout``) is waited for,
-        unless its stamps have paired with no cloud for longer than that: then it is reported (with the
-        stamp offset seen) and frames go on without it, so one stale stream never blocks the others."""
-        p = self.params
-        timeout = p.sync.stream_timeout
-        partners = []  # (stream, whether clouds wait for it even while it does not deliver)
-        if p.segmentation.mode != "geometric":
-            partners.append(("mask", p.segmentation.mode == "mask"))
-        if p.color_from_image:
-            partners.append(("image", False))
-        if self.pose_source == "topic":  # a cloud taken without its pose is dropped, with why
-            partners.append(("pose", False))
-        required, optional, stale = [], [], []
-        for stream, always in partners:
-            waits = always or self.sync.active(stream, timeout)
-            if waits and self.sync.unpaired_for(stream) > timeout:
-                stale.append(stream)
-                waits = False
-            (required if waits else optional).append(stream)
-        offsets = {stream: self.sync.closest_offset(stream) for stream in stale}  # before take() consumes
-        frame = self.sync.take(required, optional, min_age=max(2 * p.sync.tolerance, 0.1))
-        for stream in stale:
-            if frame is not None and stream not in frame.items:
-                self._report_unpaired(stream, offsets[stream])
-        return frame
-
-    def _report_unpaired(self, stream: str, offset: float | None) -> None:
-        """Warn (once per ``log_throttle_sec`` per stream) that ``stream`` pairs with no cloud; ``offset``: the
-        closest stamp offset seen (its stamp minus the newest cloud's, s), None when it held nothing."""
-        now = time.monotonic()
-        if now - self._unpaired_reported.get(stream, -np.inf) < self.params.log_throttle_sec:
-            return
-        self._unpaired_reported[stream] = now
-        seen = f"closest stamp offset {offset:+.3f} s" if offset is not None else "none held"
-        effect = {"mask": ("frames are dropped (segmentation.mode is mask)" if self.params.segmentation.mode == "mask"
-                           else "segmenting geometrically meanwhile"),
-                  "image": "meshes get no colour from the image meanwhile",
-                  "pose": "frames are dropped: the object map needs each cloud's camera_pose"}[stream]
-        topic = "camera_pose" if stream == "pose" else stream
-        self.get_logger().warning(
-            f"'{topic}' has paired with no cloud for {self.sync.unpaired_for(stream):.1f} s ({seen}; "
-            f"sync.tolerance {self.params.sync.tolerance} s): {effect}; check the publishers' clocks and stamps")
 
     def _work(self) -> None:
         # before the first network call: the reconstructor's compute threads (and torch's), started by this thread on
@@ -294,7 +202,7 @@ class ReconstructionNode(Node):
         version = self.sync.version
         while not self._stop.is_set():
             version = self.sync.wait(version, 0.05)
-            frame = self._take()
+            frame = self.frames.take()
             if frame is None:
                 continue
             try:
