@@ -227,10 +227,40 @@ def test_precision_option():
     f32 = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg))
     bf = Reconstructor(net, device="cpu", config=ReconstructorConfig(precision="bfloat16", **cfg))
     f32, bf = (r.reconstruct(sphere_cloud(), extract_mesh=False) for r in (f32, bf))
-    p = f32.frame.from_canonical(np.random.default_rng(3).uniform(-0.5, 0.5, (300, 3)))
-    d = np.abs(f32.query(p) - bf.query(p))
+    c = np.random.default_rng(3).uniform(-0.5, 0.5, (300, 3)).astype(np.float32)
+    d = np.abs(f32.occupancy.probabilities(c) - bf.occupancy.probabilities(c))  # the field MISE meshes
     assert 0 < d.max() < 0.1
     assert f32.code.dtype == bf.code.dtype == torch.float32  # the code stays float32 in either precision
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_queries_decode_in_float32_whatever_the_precision(kind):
+    """A bfloat16 reconstruction meshes from bfloat16 decodings but answers queries with its code decoded in
+    float32 (the query's answer equals the plain float32 decoder's on that code; the bfloat16 one differs)."""
+    config = SMALL if kind == "global" else ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=2,
+                                                        decoder_hidden=16, decoder_blocks=3, plane_resolution=8,
+                                                        unet_base=8, unet_levels=2)
+    net = trained_like(OccupancyNetwork(config), seed=6)
+    cfg = dict(resolution0=4, upsampling_steps=1, n_input_points=64, precision="bfloat16")
+    obj = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg)).reconstruct(sphere_cloud(),
+                                                                                        extract_mesh=False)
+    fc = obj.occupancy.codes[0]
+    assert fc.prepared is not fc.query_prepared and fc.decoding(float32=True)[0] is fc.query_prepared
+    c = np.random.default_rng(4).uniform(-0.45, 0.45, (300, 3)).astype(np.float32)
+    q = torch.from_numpy(c)[None]
+    with torch.inference_mode():
+        plain = net.decoder(q, obj.code)  # the module's own forward: no fused path, no reduced precision
+        low = net.decode_prepared(q, net.prepare(obj.code, dtype=torch.bfloat16))
+        if fc.mirror_prepared is not None:  # a global code with mirror averaging: the mean of the two logits
+            flip = torch.tensor([1.0, -1.0, 1.0])
+            plain = (plain + net.decoder(q * flip, fc.mirror_code)) * 0.5
+            low = (low + net.decode_prepared(q * flip, net.prepare(fc.mirror_code, dtype=torch.bfloat16))) * 0.5
+    assert (low - plain).abs().max() > 1e-2  # bfloat16 would have answered otherwise (logits)
+    ref = torch.sigmoid(plain)[0].numpy()
+    got = obj.occupancy.network_probabilities(c, float32=True)
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+    # through the source frame and back (float32 rounding of the points moves them by ~1e-8)
+    np.testing.assert_allclose(obj.query(obj.frame.from_canonical(c)), obj.occupancy.calibrate(got), atol=2e-5)
 
 
 def test_mise_values_unchanged_by_one_pass_batching():

@@ -33,6 +33,7 @@ from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
 from occnet_ros.reconstruction.precision import resolve_precision
 from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES, ReconstructedObject
 from occnet_ros.reconstruction.surface_anchor import anchor_to_observation
+from occnet_ros.reconstruction.reuse import can_reuse, frames_close
 
 __all__ = ["Reconstructor", "ReconstructorConfig", "ReconstructedObject", "DEFAULT_WEIGHTS", "QUERY_MODES",
            "frames_close", "can_reuse"]
@@ -46,29 +47,6 @@ note, marching-cubes faces) | None`` is first offered the MISE grid itself
 (:class:`~occnet_ros.perception.frame_pipeline.MeshReduction`: marching cubes and decimation in slabs, in worker
 processes); the object's ``timings`` then count marching cubes in ``simplify`` and ``mise_stats`` say
 ``marching_cubes_in_slabs``."""
-
-
-def frames_close(a: CanonicalFrame, b: CanonicalFrame, tolerance: float) -> bool:
-    """Whether two observations give the same object frame within ``tolerance``: centres closer than
-    ``tolerance * scale``, scales within ``tolerance * scale``, and rotation matrices within
-    ``tolerance`` (Frobenius norm of the difference, about the rotation angle in radians * 1.4)."""
-    s = max(a.scale, b.scale)
-    return bool(np.linalg.norm(a.center - b.center) <= tolerance * s and abs(a.scale - b.scale) <= tolerance * s
-                and np.linalg.norm(a.rotation - b.rotation) <= tolerance)
-
-
-def can_reuse(previous: ReconstructedObject | None, model: OccupancyNetwork, frames: list[CanonicalFrame],
-              threshold: float, tolerance: float, extract_mesh: bool) -> bool:
-    """Whether ``previous`` (an object's last reconstruction) answers a new observation as it is: made by
-    ``model`` at ``threshold``, with a mesh when one is asked for, and with one canonical frame per entry
-    of ``frames`` (the object's own frame first, then the other cameras' of a fused cloud), each within
-    ``tolerance`` of the new one (:func:`frames_close`). ``tolerance`` 0 never reuses."""
-    if previous is None or tolerance <= 0 or (extract_mesh and previous.mesh is None):
-        return False
-    old = previous.occupancy
-    if old.model is not model or previous.threshold != threshold or len(old.codes) != len(frames):
-        return False
-    return all(frames_close(c.frame, f, tolerance) for c, f in zip(old.codes, frames))
 
 
 class Reconstructor:
@@ -193,7 +171,11 @@ class Reconstructor:
             else:
                 code = codes.mean(0, keepdim=True)
             prepared = self.model.prepare(code, dtype=dtype)
-        return FrameCode(frame, code, prepared, mirror_code, mirror_prepared)
+            query_prepared = query_mirror = None
+            if dtype != torch.float32:  # queries decode in float32 (occupancy_field's module docstring)
+                query_prepared = self.model.prepare(code, dtype=torch.float32)
+                query_mirror = self.model.prepare(mirror_code, dtype=torch.float32) if mirror_prepared is not None else None
+        return FrameCode(frame, code, prepared, mirror_code, mirror_prepared, query_prepared, query_mirror)
 
     def _encode_in(self, frame: CanonicalFrame, sub: np.ndarray) -> FrameCode:
         """(K, n, 3) source-frame subsamples -> their :class:`FrameCode` in ``frame`` (one batched encoding)."""
