@@ -18,6 +18,9 @@ batched decodes of MISE, while a query's points are split over the objects whose
 per object, where autocast's per-call casts cost more than the narrower arithmetic saves (600 points of one
 object on a 2-core AMD EPYC with AVX512-BF16: 0.62 ms in float32, 0.96 ms in bfloat16), and planners get the
 network's float32 answer. A :class:`FrameCode` therefore carries a float32 preparation beside a reduced one.
+Where the field has a :class:`~occnet_ros.network.query_graph.LazyQueryGraph` (the reconstructor gives each field its
+network's), queries decode through that one-call graph, so a query waits for the GIL a few times per object instead
+of some 40 times while other threads of the process run Python (:mod:`occnet_ros.network.query_graph`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch
 
 from occnet_ros.network.model import OccupancyNetwork, PreparedCode, PreparedPlanes
 from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
+from occnet_ros.network.query_graph import LazyQueryGraph
 from occnet_ros.reconstruction.compute_pool import ComputePool, split_range
 from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
@@ -99,11 +103,13 @@ class OccupancyField:
     frame, the object's own first; batch_size: points per network call; known_empty: the observation's
     empty-space test (source frame) or None; calibration: the probability calibration of answered
     queries (None = the identity; the checkpoint's for this cloud's number of views,
-    :meth:`~occnet_ros.network.checkpoint.CheckpointMeta.calibration_for`). Read-only after construction, so
-    several threads may query it at once."""
+    :meth:`~occnet_ros.network.checkpoint.CheckpointMeta.calibration_for`); query_graph: the network's one-call
+    decoder for queries (None = the eager decoder; module docstring). Read-only after construction, so several
+    threads may query it at once."""
 
     def __init__(self, model: OccupancyNetwork, codes: list[FrameCode] | tuple[FrameCode, ...], batch_size: int,
-                 known_empty: KnownEmpty | None = None, calibration: ProbabilityCalibration | None = None):
+                 known_empty: KnownEmpty | None = None, calibration: ProbabilityCalibration | None = None,
+                 query_graph: LazyQueryGraph | None = None):
         if not codes:
             raise ValueError("an occupancy field needs the code of at least one frame")
         if batch_size < 1:
@@ -115,6 +121,9 @@ class OccupancyField:
         if calibration is not None and not isinstance(calibration, ProbabilityCalibration):
             raise TypeError(f"calibration must be a ProbabilityCalibration or None, got {type(calibration).__name__}")
         self.calibration = calibration if calibration is not None else IDENTITY
+        if query_graph is not None and query_graph.model is not model:
+            raise ValueError("query_graph belongs to another network")
+        self.query_graph = query_graph
 
     def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
         """(M,) network probabilities (of :meth:`probabilities`, or a grid interpolating them) -> (M,) float32
@@ -159,7 +168,7 @@ class OccupancyField:
         :attr:`batch_size` points; no per-point Python. pool, float32: as in :meth:`probabilities`."""
         p = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
         first = self.codes[0]
-        out = self._decode(p, *first.decoding(float32), pool)
+        out = self._decode(p, *first.decoding(float32), pool, graph=float32)
         if len(self.codes) == 1 or p.shape[0] == 0:
             return out
         total, count = out.astype(np.float64), np.ones(p.shape[0])
@@ -168,15 +177,24 @@ class OccupancyField:
             q = fc.frame.to_canonical(source).astype(np.float32)
             inside = np.flatnonzero((np.abs(q) <= BOX_HALF).all(axis=1))
             if inside.size:
-                total[inside] += self._decode(q[inside], *fc.decoding(float32), pool)
+                total[inside] += self._decode(q[inside], *fc.decoding(float32), pool, graph=float32)
                 count[inside] += 1.0
         return (total / count).astype(np.float32)
 
-    def _decode(self, p: np.ndarray, prepared, mirror, pool: ComputePool | None = None) -> np.ndarray:
+    def _decode(self, p: np.ndarray, prepared, mirror, pool: ComputePool | None = None, graph: bool = False
+                ) -> np.ndarray:
         """(M, 3) float32 canonical points of the frame ``prepared`` belongs to -> (M,) float32
         probabilities of that code alone. On a GPU: one transfer each way per call (no synchronisation
         per chunk). On a CPU with a ``pool`` of several threads: each thread decodes one contiguous part,
-        in the same chunks of :attr:`batch_size` points as the calling thread would."""
+        in the same chunks of :attr:`batch_size` points as the calling thread would. ``graph``: through
+        :attr:`query_graph` where there is one and it takes ``prepared`` (queries), in the calling thread."""
+        one_call = self.query_graph.get() if graph and self.query_graph is not None and mirror is None else None
+        if one_call is not None and one_call.usable(prepared):
+            out = np.empty(p.shape[0], dtype=np.float32)
+            src = torch.from_numpy(p)
+            for s in range(0, p.shape[0], self.batch_size):
+                out[s:s + self.batch_size] = one_call(src[s:s + self.batch_size].unsqueeze(0), prepared)[0].numpy()
+            return out
         dev = self.codes[0].code.device
         if pool is not None and pool.threads > 1 and dev.type == "cpu" and p.shape[0] > self.batch_size:
             out = np.empty(p.shape[0], dtype=np.float32)

@@ -21,6 +21,7 @@ from occnet_ros.network.checkpoint import (DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, c
                                           threshold_for_views)
 from occnet_ros.network.model import OccupancyNetwork, resolve_device
 from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
+from occnet_ros.network.query_graph import LazyQueryGraph
 from occnet_ros.reconstruction.compute_pool import ComputePool, split_range, usable_cores
 from occnet_ros.reconstruction.config import DEFAULT_INPUT_POINTS, ReconstructorConfig
 from occnet_ros.reconstruction.known_empty import KnownEmpty
@@ -80,6 +81,9 @@ class Reconstructor:
         self.pool = ComputePool(threads)
         """The threads that encode and decode parts of one batch at once (:mod:`~occnet_ros.reconstruction.compute_pool`;
         ``compute_threads``). Queries of the returned objects' fields run in the caller's thread."""
+        self.query_graph = LazyQueryGraph(self.model)
+        """The network's one-call decoder that the returned objects' fields answer queries with
+        (:mod:`occnet_ros.network.query_graph`; traced on the first query)."""
 
     def close(self) -> None:
         """End :attr:`pool`'s threads; the reconstructor then works in the calling thread only."""
@@ -259,7 +263,7 @@ class Reconstructor:
             at = 0
             for p in todo:
                 p.occupancy = OccupancyField(self.model, codes[at:at + len(p.frames)], self.batch_size, p.known_empty,
-                                             p.calibration)
+                                             p.calibration, self.query_graph)
                 at += len(p.frames)
                 p.timings["encode"] = share
             meshing = [p for p in todo if p.extract_mesh]
@@ -277,7 +281,7 @@ class Reconstructor:
             for p in todo:
                 t0 = time.perf_counter()
                 p.occupancy = OccupancyField(self.model, [self._encode_in(f, p.sub) for f in p.frames],
-                                             self.batch_size, p.known_empty, p.calibration)
+                                             self.batch_size, p.known_empty, p.calibration, self.query_graph)
                 p.timings["encode"] = time.perf_counter() - t0
                 if p.extract_mesh:
                     c = self.config

@@ -12,9 +12,10 @@ worker thread converts, segments and reconstructs the newest complete frame (whi
 for: :class:`~occnet_ros.perception.live_frames.LiveFrames`); the service
 (:mod:`occnet_ros.ros.query_service`) runs in its own callback group on a MultiThreadedExecutor and answers
 from the :class:`ObjectStore` snapshot while the worker is busy. ``main`` shortens the interpreter's
-thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long for the
-GIL while the worker runs Python code (torch ops release the GIL; long C calls that hold it, e.g. marching
-cubes, still delay a query by their duration). Mesh decimation, which holds the GIL longest (Open3D), runs in
+thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long each time it
+takes the GIL back while the worker runs Python code (long C calls that hold the GIL, e.g. marching cubes, still
+delay a query by their duration), and the queries decode through a one-call graph that takes it back a few
+times per object instead of some 40 (:mod:`occnet_ros.network.query_graph`). Mesh decimation, which holds the GIL longest (Open3D), runs in
 a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
 A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
 after start-up the node holds about 280k of them (torch, the model, rclpy), and one collection took 0.2-0.25 s on a
@@ -70,9 +71,14 @@ from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_availa
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
 
-SWITCH_INTERVAL_S = 0.001
+SWITCH_INTERVAL_S = 0.0002
 """sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
-the GIL in Python code keeps it before a waiting thread (the query service) may take it."""
+the GIL in Python code keeps it before a waiting thread (the query service) may take it. A query takes the GIL
+back after each torch or large numpy call, dozens of times per query even with the one-call decoder
+(:mod:`occnet_ros.network.query_graph`), and each time may wait this long while the reconstruction runs Python.
+On the 2-core AMD EPYC (``occnet_bench --sections ros``, 3 runs of 500-723 calls each): at 1 ms the slowest
+service calls spent up to 54 ms waiting off the CPU and the runs' p99 were 17.6-21.2 ms, max 28.7-134.4 ms;
+at 0.2 ms p99 14.6-19.3 ms, max 18.0-32.6 ms, and frames were reconstructed as fast (0.61 against 0.55 frames/s)."""
 
 
 def check_startup(params: NodeParams) -> None:
@@ -110,6 +116,8 @@ class ReconstructionNode(Node):
         check_startup(self.params)
         p = self.params
         self.reconstructor = load_reconstructor(p)
+        # traced now, not on the first query (occnet_ros.network.query_graph); its absence is said in the ready line
+        query_graph = self.reconstructor.query_graph.get()
         self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
         if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
             self.decimation = ParallelDecimation(p.mesh.decimation_workers, warn=lambda m: self.get_logger().warning(m),
@@ -167,7 +175,9 @@ class ReconstructionNode(Node):
             f"ready: device {self.reconstructor.device}, precision {str(self.reconstructor.dtype).removeprefix('torch.')}, segmentation {p.segmentation.mode}, "
             f"mesh {r.resolution0}x2^{r.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
-            f"queries {p.query_mode}, known-empty space {empty}, "
+            f"queries {p.query_mode} "
+            f"({'one-call decoder' if query_graph else 'eager decoder: ' + self.reconstructor.query_graph.note}), "
+            f"known-empty space {empty}, "
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")

@@ -1,0 +1,112 @@
+"""The one-call query decoder (network.query_graph): the traced graph answers what the eager decoder answers, for
+any number of points and objects; the reconstructor's fields answer queries through it; where there is none the
+reason is given; and beside a thread that spins in Python it waits for the GIL far less often than the eager
+decoder (counted as context switches of the calling thread, not timed)."""
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from occnet_ros.network.model import ModelConfig, OccupancyNetwork
+from occnet_ros.network.query_graph import LazyQueryGraph, QueryGraph
+from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
+from fixtures_geometry import front_half_sphere, randomize_like_trained
+
+LOCAL = ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=3,
+                    plane_resolution=8, unet_base=8, unet_levels=2)
+
+
+def local_net(seed=0):
+    return randomize_like_trained(OccupancyNetwork(LOCAL), seed, scale=0.3).eval()
+
+
+@pytest.mark.parametrize("batch,points", [(1, 1), (1, 37), (1, 5000), (3, 200)])
+def test_graph_answers_what_the_eager_decoder_answers(batch, points):
+    net = local_net()
+    graph, why = QueryGraph.build(net)
+    assert graph is not None and why == ""
+    g = torch.Generator().manual_seed(points)
+    code = torch.rand(batch, *net.code_shape, generator=g)
+    q = torch.rand(batch, points, 3, generator=g) - 0.5
+    prep = net.prepare(code)
+    with torch.inference_mode():
+        eager = torch.sigmoid(net.decoder(q, code))  # the module's plain forward: the reference
+        got = graph(q, prep)
+    assert got.shape == (batch, points) and got.dtype == torch.float32
+    torch.testing.assert_close(got, eager, atol=2e-6, rtol=0)
+
+
+def test_no_graph_where_it_cannot_serve_and_why():
+    glob = randomize_like_trained(OccupancyNetwork(ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2,
+                                                               decoder_hidden=16, decoder_blocks=2)), 0).eval()
+    graph, why = QueryGraph.build(glob)
+    assert graph is None and "global-code" in why
+    training = OccupancyNetwork(LOCAL).train()
+    assert QueryGraph.build(training)[0] is None
+    lazy = LazyQueryGraph(glob)
+    assert lazy.note == "" and lazy.get() is None and "global-code" in lazy.note
+    graph, _ = QueryGraph.build(local_net())
+    net = graph.model
+    code = torch.rand(1, *net.code_shape)
+    assert graph.usable(net.prepare(code))
+    assert not graph.usable(net.prepare(code, dtype=torch.bfloat16))  # reduced precision: the eager path
+    assert not graph.usable(net.prepare(code, fuse=False))
+
+
+def test_reconstructed_objects_answer_queries_through_the_graph(monkeypatch):
+    net = local_net(1)
+    rec = Reconstructor(net, device="cpu", config=ReconstructorConfig(resolution0=4, upsampling_steps=1,
+                                                                      n_input_points=64))
+    obj = rec.reconstruct(front_half_sphere(400, 0), extract_mesh=False)
+    assert obj.occupancy.query_graph is rec.query_graph
+    c = np.random.default_rng(0).uniform(-0.5, 0.5, (700, 3)).astype(np.float32)
+    calls = []
+    real = QueryGraph.__call__
+    monkeypatch.setattr(QueryGraph, "__call__", lambda self, q, prep: calls.append(q.shape[1]) or real(self, q, prep))
+    got = obj.occupancy.network_probabilities(c, float32=True)
+    assert calls == [700]
+    calls.clear()
+    mise_path = obj.occupancy.network_probabilities(c)  # the reconstruction's own decodes stay eager
+    assert calls == []
+    np.testing.assert_allclose(got, mise_path, atol=2e-6)
+    q = obj.query(obj.frame.from_canonical(c))
+    assert calls and sum(calls) == int((np.abs(c) <= 0.55).all(axis=1).sum())
+
+
+def _voluntary_switches() -> int:
+    with open("/proc/thread-self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/status").exists(), reason="needs Linux's per-thread scheduler counters")
+def test_graph_waits_for_the_gil_less_often_than_the_eager_decoder():
+    """Each torch call releases the GIL; with another thread running Python, taking it back means sleeping (a
+    voluntary context switch). The eager decoder sleeps several times per decode, the graph about once."""
+    net = local_net(2)
+    graph, _ = QueryGraph.build(net)
+    prep = net.prepare(torch.rand(1, *net.code_shape))
+    q = torch.rand(1, 300, 3) - 0.5
+    stop = threading.Event()
+
+    def spin():
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        counts = {}
+        with torch.inference_mode():
+            for name, fn in (("eager", lambda: net.decode_prepared(q, prep)), ("graph", lambda: graph(q, prep))):
+                fn()
+                before = _voluntary_switches()
+                for _ in range(5):
+                    fn()
+                counts[name] = _voluntary_switches() - before
+    finally:
+        stop.set()
+        spinner.join()
+    assert counts["graph"] * 5 < counts["eager"], counts
