@@ -10,11 +10,14 @@ from skimage.measure import marching_cubes
 from occnet_ros.reconstruction.mise import PAD_VALUE, keep_off_threshold, mesh_from_values, mise_values
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 from occnet_ros.reconstruction.normalization import BOX_HALF
+from occnet_ros.reconstruction.occupancy_field import OccupancyField
 from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
 from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 from fixtures_geometry import front_half_sphere, randomize_like_trained
 
 SMALL = ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=3)
+LOCAL_SMALL = ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=2, decoder_hidden=16, decoder_blocks=3,
+                          plane_resolution=8, unet_base=8, unet_levels=2)
 
 
 def trained_like(model: OccupancyNetwork, seed: int = 0) -> OccupancyNetwork:
@@ -222,45 +225,46 @@ def test_precision_option():
         ReconstructorConfig(precision="int8").validate()
     with pytest.raises(ValueError, match="query_batch_size"):
         ReconstructorConfig(query_batch_size=-1).validate()
-    net = trained_like(OccupancyNetwork(SMALL), seed=6)
     cfg = dict(resolution0=4, upsampling_steps=1, n_input_points=64)
-    f32 = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg))
-    bf = Reconstructor(net, device="cpu", config=ReconstructorConfig(precision="bfloat16", **cfg))
-    f32, bf = (r.reconstruct(sphere_cloud(), extract_mesh=False) for r in (f32, bf))
     c = np.random.default_rng(3).uniform(-0.5, 0.5, (300, 3)).astype(np.float32)
-    d = np.abs(f32.occupancy.probabilities(c) - bf.occupancy.probabilities(c))  # the field MISE meshes
-    assert 0 < d.max() < 0.1
-    assert f32.code.dtype == bf.code.dtype == torch.float32  # the code stays float32 in either precision
+    for config, encoder_differs in ((SMALL, False), (LOCAL_SMALL, True)):
+        net = trained_like(OccupancyNetwork(config), seed=6)
+        f32 = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg))
+        bf = Reconstructor(net, device="cpu", config=ReconstructorConfig(precision="bfloat16", **cfg))
+        assert bf.dtype == torch.bfloat16 and bf.decoder_dtype == torch.float32  # a CPU decodes in float32
+        f32, bf = (r.reconstruct(sphere_cloud(), extract_mesh=False) for r in (f32, bf))
+        assert f32.code.dtype == bf.code.dtype == torch.float32  # the code stays float32 in either precision
+        d = np.abs(f32.occupancy.probabilities(c) - bf.occupancy.probabilities(c))
+        if encoder_differs:  # the local encoder's U-Net ran in bfloat16: close, not equal
+            assert 0 < d.max() < 0.1
+        else:  # a global network has no U-Net: nothing ran in bfloat16
+            assert d.max() == 0
+        assert bf.occupancy.codes[0].query_prepared is None  # nothing reduced to stand in for
 
 
 @pytest.mark.parametrize("kind", ["global", "local"])
-def test_queries_decode_in_float32_whatever_the_precision(kind):
-    """A bfloat16 reconstruction meshes from bfloat16 decodings but answers queries with its code decoded in
-    float32 (the query's answer equals the plain float32 decoder's on that code; the bfloat16 one differs)."""
-    config = SMALL if kind == "global" else ModelConfig(kind="local", c_dim=8, encoder_hidden=16, encoder_blocks=2,
-                                                        decoder_hidden=16, decoder_blocks=3, plane_resolution=8,
-                                                        unet_base=8, unet_levels=2)
-    net = trained_like(OccupancyNetwork(config), seed=6)
-    cfg = dict(resolution0=4, upsampling_steps=1, n_input_points=64, precision="bfloat16")
-    obj = Reconstructor(net, device="cpu", config=ReconstructorConfig(**cfg)).reconstruct(sphere_cloud(),
-                                                                                        extract_mesh=False)
+def test_float32_preparation_answers_queries_where_the_decoder_is_reduced(kind):
+    """Where the decoder runs in a reduced precision (a GPU; built here on the CPU by hand), a FrameCode carries a
+    float32 preparation too: MISE's path decodes the reduced one, queries the float32 one, which equals the plain
+    float32 decoder."""
+    from dataclasses import replace
+
+    net = trained_like(OccupancyNetwork(SMALL if kind == "global" else LOCAL_SMALL), seed=6)
+    obj = Reconstructor(net, device="cpu", config=ReconstructorConfig(resolution0=4, upsampling_steps=1,
+                                                                      n_input_points=64)).reconstruct(
+        sphere_cloud(), extract_mesh=False)
     fc = obj.occupancy.codes[0]
-    assert fc.prepared is not fc.query_prepared and fc.decoding(float32=True)[0] is fc.query_prepared
+    low = replace(fc, prepared=net.prepare(fc.code, dtype=torch.bfloat16), query_prepared=fc.prepared,
+                  mirror_prepared=None if fc.mirror_code is None else net.prepare(fc.mirror_code, dtype=torch.bfloat16),
+                  query_mirror_prepared=fc.mirror_prepared)
+    assert low.decoding(float32=True) == (fc.prepared, fc.mirror_prepared)
+    assert low.decoding()[0] is low.prepared
+    field = OccupancyField(net, [low], 4096)
     c = np.random.default_rng(4).uniform(-0.45, 0.45, (300, 3)).astype(np.float32)
-    q = torch.from_numpy(c)[None]
-    with torch.inference_mode():
-        plain = net.decoder(q, obj.code)  # the module's own forward: no fused path, no reduced precision
-        low = net.decode_prepared(q, net.prepare(obj.code, dtype=torch.bfloat16))
-        if fc.mirror_prepared is not None:  # a global code with mirror averaging: the mean of the two logits
-            flip = torch.tensor([1.0, -1.0, 1.0])
-            plain = (plain + net.decoder(q * flip, fc.mirror_code)) * 0.5
-            low = (low + net.decode_prepared(q * flip, net.prepare(fc.mirror_code, dtype=torch.bfloat16))) * 0.5
-    assert (low - plain).abs().max() > 1e-2  # bfloat16 would have answered otherwise (logits)
-    ref = torch.sigmoid(plain)[0].numpy()
-    got = obj.occupancy.network_probabilities(c, float32=True)
-    np.testing.assert_allclose(got, ref, atol=2e-6)
-    # through the source frame and back (float32 rounding of the points moves them by ~1e-8)
-    np.testing.assert_allclose(obj.query(obj.frame.from_canonical(c)), obj.occupancy.calibrate(got), atol=2e-5)
+    exact = obj.occupancy.network_probabilities(c)
+    np.testing.assert_allclose(field.network_probabilities(c, float32=True), exact, atol=1e-6)
+    reduced = field.network_probabilities(c)
+    assert np.abs(reduced - exact).max() > 1e-6  # the reduced path really is another precision
 
 
 def test_mise_values_unchanged_by_one_pass_batching():

@@ -39,8 +39,9 @@ class ReconstructorConfig:
     seed: int = setting(0, doc="seed of the input subsampling", range=(0, 2**31 - 1))
     device: str = setting("auto", doc="torch device: auto (cuda when available), cpu, cuda or cuda:N")
     precision: Literal["float32", "bfloat16", "float16", "auto"] = setting(
-        "float32", doc="precision of the decoder's MLP and of the feature-plane encoder's U-Net (the points' MLP, the "
-        "pooling and the code stay float32): float32, bfloat16, float16, or auto = bfloat16 on a CPU with native "
+        "float32", doc="precision of the feature-plane encoder's U-Net, and on a GPU of the decoder's MLP while "
+        "meshing (the points' MLP, the pooling, the code and the answers to queries stay float32; on a CPU the decoder "
+        "too: reconstruction/precision.py): float32, bfloat16, float16, or auto = bfloat16 on a CPU with native "
         "bfloat16 instructions (AVX512-BF16, AMX), float32 elsewhere. On 56 held-out objects bfloat16 scored IoU "
         "0.8106 / 0.8959 against float32's 0.8108 / 0.8959 (1 / 4 views; occnet_heldout --variant f32 --variant "
         "bf16:precision=bfloat16 --views 1 4)")

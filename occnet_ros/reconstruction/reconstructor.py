@@ -31,7 +31,7 @@ from occnet_ros.reconstruction.normalization import (BOX_HALF, CanonicalFrame, N
                                                     canonical_frame_from_observation)
 from occnet_ros.reconstruction.occupancy_field import AUTO_BATCH, MIRROR, FrameCode, OccupancyField
 from occnet_ros.reconstruction.occupancy_grid import OccupancyGrid
-from occnet_ros.reconstruction.precision import resolve_precision
+from occnet_ros.reconstruction.precision import decoder_precision, resolve_precision
 from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES, ReconstructedObject
 from occnet_ros.reconstruction.surface_anchor import anchor_to_observation
 from occnet_ros.reconstruction.reuse import can_reuse, frames_close
@@ -78,6 +78,8 @@ class Reconstructor:
         threads = self.config.compute_threads or (usable_cores() if self.device.type == "cpu" else 1)
         self.dtype = resolve_precision(self.config.precision, self.device)
         """The precision the network runs in beyond float32's parts (``precision``, ``auto`` resolved)."""
+        self.decoder_dtype = decoder_precision(self.dtype, self.device)
+        """The decoder's precision: :attr:`dtype` on a GPU, float32 on a CPU (:mod:`~occnet_ros.reconstruction.precision`)."""
         self.pool = ComputePool(threads)
         """The threads that encode and decode parts of one batch at once (:mod:`~occnet_ros.reconstruction.compute_pool`;
         ``compute_threads``). Queries of the returned objects' fields run in the caller's thread."""
@@ -161,7 +163,7 @@ class Reconstructor:
     def _frame_code(self, frame: CanonicalFrame, codes: torch.Tensor) -> FrameCode:
         """The codes of :meth:`_encoder_inputs` -> the :class:`FrameCode` of ``frame``: the mean code of the K
         subsamples (with ``mirror_average``, and of their mirror images)."""
-        dtype = self.dtype
+        dtype = self.decoder_dtype
         mirror_code, mirror_prepared = None, None
         with torch.inference_mode():
             if self.config.mirror_average:

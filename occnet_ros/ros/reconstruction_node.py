@@ -172,7 +172,8 @@ class ReconstructionNode(Node):
         up_text = (f"{p.world_frame} +z" if p.world_frame else str([round(v, 3) for v in p.up]) if p.explicit_up()
                    else "estimated from the support plane")
         self.get_logger().info(
-            f"ready: device {self.reconstructor.device}, precision {str(self.reconstructor.dtype).removeprefix('torch.')}, segmentation {p.segmentation.mode}, "
+            f"ready: device {self.reconstructor.device}, precision {str(self.reconstructor.dtype).removeprefix('torch.')} "
+            f"(decoder {str(self.reconstructor.decoder_dtype).removeprefix('torch.')}), segmentation {p.segmentation.mode}, "
             f"mesh {r.resolution0}x2^{r.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
             f"queries {p.query_mode} "
