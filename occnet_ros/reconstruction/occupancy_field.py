@@ -13,11 +13,12 @@ says, per point, whether the answer rests on the observation or on the network a
 (:data:`SOURCE_INFERRED`, :data:`SOURCE_OBSERVED_EMPTY`, :data:`SOURCE_OBSERVED_SURFACE`). :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` makes fields;
 :class:`~occnet_ros.reconstruction.reconstructed_object.ReconstructedObject` carries one.
 
-Queries decode in float32 whatever the reconstruction's ``precision``: a reduced precision serves the large
+Queries decode in float32 whatever the reconstruction's ``precision``. Where the decoder runs in a reduced
+precision (on a GPU; a CPU's decoder is float32, :mod:`~occnet_ros.reconstruction.precision`), that serves the large
 batched decodes of MISE, while a query's points are split over the objects whose boxes hold them, a few hundred
 per object, where autocast's per-call casts cost more than the narrower arithmetic saves (600 points of one
 object on a 2-core AMD EPYC with AVX512-BF16: 0.62 ms in float32, 0.96 ms in bfloat16), and planners get the
-network's float32 answer. A :class:`FrameCode` therefore carries a float32 preparation beside a reduced one.
+network's float32 answer. A :class:`FrameCode` then carries a float32 preparation beside the reduced one.
 Where the field has a :class:`~occnet_ros.network.query_graph.LazyQueryGraph` (the reconstructor gives each field its
 network's), queries decode through that one-call graph, so a query waits for the GIL a few times per object instead
 of some 40 times while other threads of the process run Python (:mod:`occnet_ros.network.query_graph`).
