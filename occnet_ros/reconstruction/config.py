@@ -43,7 +43,7 @@ class ReconstructorConfig:
         "meshing (the points' MLP, the pooling, the code and the answers to queries stay float32; on a CPU the decoder "
         "too: reconstruction/precision.py): float32, bfloat16, float16, or auto = bfloat16 on a CPU with native "
         "bfloat16 instructions (AVX512-BF16, AMX), float32 elsewhere. On 56 held-out objects bfloat16 scored IoU "
-        "0.8106 / 0.8959 against float32's 0.8108 / 0.8959 (1 / 4 views; occnet_heldout --variant f32 --variant "
+        "0.8106 / 0.8960 against float32's 0.8108 / 0.8959 (1 / 4 views; occnet_heldout --variant f32 --variant "
         "bf16:precision=bfloat16 --views 1 4)")
     keep_grid: bool = setting(False, doc="keep each object's MISE probability grid for grid-mode queries "
                               "(4 * (R+1)^3 bytes per object: 1.1 MB at 64^3, 8.6 MB at 128^3)")
