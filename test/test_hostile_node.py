@@ -351,7 +351,9 @@ def test_mask_that_never_pairs_is_reported_and_does_not_block_frames(client, nod
             break
     log = node.log.text()
     line = next(ln for ln in log.splitlines() if "'mask' has paired with no cloud" in ln)
-    assert "-0.200 s" in line and "segmenting geometrically" in line
+    # the closest mask held: this cloud's own (-0.2 s), or the previous cloud's (-1.2 s) where the report came
+    # before this cloud's mask had arrived (seen once in a fresh-clone CI)
+    assert ("offset -0.200 s" in line or "offset -1.200 s" in line) and "segmenting geometrically" in line
     assert seen and all(o.label.startswith("cluster_") for o in client.objects_at(seen[-1]).objects)
     stamp, objects, _ = run_frame(client, node, scene)  # pairs again
     assert objects is not None and [o.label for o in objects.objects] == ["mask_1", "mask_2"]
