@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
-from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound, stands_on
+from scipy import ndimage
+
+from occnet_ros.reconstruction.known_empty import (DepthView, KnownEmpty, KnownEmptyConfig, depth_bound, stands_on,
+                                                   window_extreme)
 from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 from occnet_ros.reconstruction.surface_anchor import AnchorConfig
 from fixtures_geometry import front_half_sphere
@@ -44,16 +47,29 @@ def _bound_reference(depth, window, band_a=0.0, band_b=0.0):
     return out
 
 
-@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("window", [1, 3, 5, 11])
 @pytest.mark.parametrize("band", [(0.0, 0.0), (0.05, 0.1)])
-def test_depth_bound_matches_a_per_pixel_loop(window, band):
-    d = _random_depth(1)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depth_bound_matches_a_per_pixel_loop(window, band, dtype):
+    d = _random_depth(1).astype(dtype)
     got = depth_bound(d, window, *band)
     ref = _bound_reference(d, window, *band)
     assert np.array_equal(got, ref, equal_nan=True)
-    if window > 1:  # both kinds of pixel occur
+    if 1 < window <= 5:  # both kinds of pixel occur (a wide window with no band leaves few pixels their own)
         own = got == d
         assert own.sum() > 100 and (np.isfinite(got) & ~own).sum() > 100
+
+
+@pytest.mark.parametrize("window", [3, 5, 9, 11])
+@pytest.mark.parametrize("shape", [(48, 64), (1, 1), (2, 7), (9, 1)])
+def test_window_extreme_matches_scipy_filters(window, shape):
+    rng = np.random.default_rng(window * 100 + shape[0])
+    a = rng.uniform(0.4, 1.5, shape).astype(np.float32)
+    a[rng.random(shape) < 0.2] = np.inf
+    for reduce, filt in ((np.minimum, ndimage.minimum_filter), (np.maximum, ndimage.maximum_filter)):
+        got = window_extreme(a, window, reduce)
+        assert got.dtype == a.dtype and got.shape == a.shape
+        assert np.array_equal(got, filt(a, size=window, mode="nearest"))
 
 
 def _pose(seed):

@@ -136,6 +136,48 @@ def test_is_closed_surface_matches_trimesh(sphere):
     assert not is_closed_surface(np.array([[0, 0, 1], [0, 1, 2]]))  # a face repeating a vertex
 
 
+def _closed_reference(faces) -> bool:
+    """Every directed edge once and its reverse once, by two sorts of directed-edge keys."""
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    if f.shape[0] == 0:
+        return False
+    src, dst = f.reshape(-1), f[:, [1, 2, 0]].reshape(-1)
+    if np.any(src == dst):
+        return False
+    n = int(f.max()) + 1
+    fwd, rev = np.sort(src * n + dst), np.sort(dst * n + src)
+    return bool(np.all(fwd[1:] != fwd[:-1]) and np.array_equal(fwd, rev))
+
+
+@pytest.mark.parametrize("offset", [0, 40_000])  # 40k: keys beyond int32
+def test_is_closed_surface_matches_the_two_sort_reference(sphere, offset):
+    rng = np.random.default_rng(7)
+    base = sphere.faces.astype(np.int64) + offset
+    cases = [base, base[::-1], np.concatenate([base, base]), base[:-1]]
+    for _ in range(40):  # edits that open, double, flip or re-close parts of it
+        f = base.copy()
+        kind = rng.integers(0, 6)
+        rows = rng.choice(len(f), size=rng.integers(1, 4), replace=False)
+        if kind == 4:  # still closed: another numbering of the vertices, each face started at another corner
+            perm = rng.permutation(int(f.max()) + 1)
+            f = np.roll(perm[f], int(rng.integers(0, 3)), axis=1)[rng.permutation(len(f))]
+        elif kind == 5:  # still closed: a second, disjoint copy
+            f = np.concatenate([f, f + int(f.max()) + 1])
+        elif kind == 0:
+            f = np.delete(f, rows, axis=0)
+        elif kind == 1:
+            f[rows] = f[rows, ::-1]
+        elif kind == 2:
+            f = np.concatenate([f, f[rows]])
+        else:
+            f = np.concatenate([f, f[rows, ::-1]])  # a fin: closed in count, each edge four times
+        cases.append(f)
+    cases.append(rng.integers(offset, offset + 30, size=(60, 3)))
+    results = [is_closed_surface(f) for f in cases]
+    assert results == [_closed_reference(f) for f in cases]
+    assert results[:4] == [True, True, False, False] and 0 < sum(results[4:]) < len(results) - 4
+
+
 def surface_error(ref: trimesh.Trimesh, v: np.ndarray, f: np.ndarray, n: int = 3000) -> tuple[float, float]:
     """(symmetric mean, sampled symmetric Hausdorff) distance between ``ref`` and mesh (v, f), ref's units;
     n surface samples (plus the vertices) each way, seeded. Computed with both scaled to a unit-size frame:

@@ -108,9 +108,13 @@ def join_parts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarr
         at += vs[-1].shape[0]
     v, f = np.concatenate(vs), np.concatenate(fs)
     a, b = f.reshape(-1), f[:, [1, 2, 0]].reshape(-1)
-    keys = np.minimum(a, b) * max(1, at) + np.maximum(a, b)
-    uniq, counts = np.unique(keys, return_counts=True)
-    open_edges = uniq[counts == 1]
+    small = np.int32 if max(1, at) ** 2 < 2 ** 31 else np.int64  # a sort of int32 keys: about 2x faster
+    keys = np.sort(np.minimum(a, b).astype(small) * max(1, at) + np.maximum(a, b).astype(small))
+    once = np.ones(keys.shape[0], bool)  # edges of one face only: np.unique's counts == 1, without the counting
+    same = keys[1:] == keys[:-1]
+    once[1:] &= ~same
+    once[:-1] &= ~same
+    open_edges = keys[once].astype(np.int64)
     border = np.unique(np.concatenate([open_edges // max(1, at), open_edges % max(1, at)]))
     index = np.arange(at)
     if border.size:

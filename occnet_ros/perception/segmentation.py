@@ -130,7 +130,8 @@ def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
                                 "give camera_info to project instead")
     flat_xyz = xyz.reshape(-1, 3)
     flat_m = m.reshape(-1)
-    index = np.flatnonzero((flat_m != 0) & np.isfinite(flat_xyz).all(axis=1))
+    labelled = np.flatnonzero(flat_m)  # objects cover a small part of a frame: test finiteness there only
+    index = labelled[np.isfinite(flat_xyz[labelled]).all(axis=1)]
     return [mask_segment(lab, flat_xyz[pix], pix) for lab, pix in _group_by_label(flat_m[index], index)]
 
 
