@@ -25,8 +25,10 @@ def _nodes(context, *args, **kwargs):
         params_file=arg("params_file") or None, namespace=arg("namespace"), remaps=remaps,
         use_sim_camera=arg("use_sim_camera").lower() in ("true", "1", "yes"),
         sim_params_file=arg("sim_params_file") or None)
+    env = launch_spec.dds_environment()  # Fast DDS transports and profile, where the user has not set them
     return [Node(package=s.package, executable=s.executable, name=s.name, namespace=s.namespace,
-                 parameters=list(s.parameters), remappings=list(s.remappings), output="screen")
+                 parameters=list(s.parameters), remappings=list(s.remappings), output="screen",
+                 additional_env=env)
             for s in specs]
 
 

@@ -229,9 +229,10 @@ def run_soak(args: argparse.Namespace, command_line: str, checkpoint: Path) -> S
                             "orbit_deg_per_s": args.orbit, "query_rate_hz": args.query_rate,
                             "query_points": args.query_points, "query_deadline_s": args.query_deadline,
                             "checkpoint": str(checkpoint), "domain_id": domain_id, "namespace": NAMESPACE,
-                            "fastdds_builtin_transports": env["FASTDDS_BUILTIN_TRANSPORTS"]})
+                            "fastdds_builtin_transports": env["FASTDDS_BUILTIN_TRANSPORTS"],
+                            "fastdds_profiles_file": env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")})
     own = {k: env.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS",
-                                   "ROS_LOCALHOST_ONLY")}  # this process's rclpy (read at init), restored after
+                                   "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_LOCALHOST_ONLY")}  # this process's rclpy (read at init), restored after
     saved = {k: os.environ.get(k) for k in own}
     procs: dict[str, subprocess.Popen] = {}
     live: dict[str, QueryLoop] = {}

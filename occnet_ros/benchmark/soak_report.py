@@ -308,7 +308,8 @@ def markdown(run: SoakRun, rows: list[dict], results: list[dict]) -> str:
              f"{s.get('query_points')} points in the objects' bounding box {s.get('query_region')}, deadline "
              f"{s.get('query_deadline_s')} s, one at a time",
              f"- checkpoint: {s.get('checkpoint')}; ROS_DOMAIN_ID {s.get('domain_id')}, namespace "
-             f"{s.get('namespace')}, FASTDDS_BUILTIN_TRANSPORTS={s.get('fastdds_builtin_transports')}",
+             f"{s.get('namespace')}, FASTDDS_BUILTIN_TRANSPORTS={s.get('fastdds_builtin_transports')}, "
+             f"FASTDDS_DEFAULT_PROFILES_FILE={s.get('fastdds_profiles_file') or 'unset'}",
              f"- shutdown exit codes: {run.exit_codes} (0 = clean; -15 / -9 = needed SIGTERM / SIGKILL)",
              f"- logs: {run.logs}", "",
              "## Per minute", "",

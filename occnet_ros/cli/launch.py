@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from occnet_ros.cli.processes import stop_processes
-from occnet_ros.ros.launch_spec import NODE_NAMES, LaunchSpecError, NodeSpec, launch_nodes
+from occnet_ros.ros.launch_spec import NODE_NAMES, LaunchSpecError, NodeSpec, dds_environment, launch_nodes
 
 STOP_GRACE_S = 5.0
 """Seconds a process gets after SIGINT before SIGTERM, and again before SIGKILL."""
@@ -51,12 +51,13 @@ def stop_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None
 
 
 def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the started nodes: ours, plus ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` unless set.
+    """Environment of the started nodes: ours, plus the package's Fast DDS settings where unset
+    (:func:`~occnet_ros.ros.launch_spec.dds_environment`: the LARGE_DATA transport and the shipped profile).
 
     Organized 640x480 clouds are ~10 MB; over Fast DDS's default UDP transport a best-effort subscriber
     (sensor-data QoS, as the node uses) lost most of them here, LARGE_DATA (shared memory + TCP) did not."""
     env = dict(os.environ if environ is None else environ)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env.update(dds_environment(env))
     return env
 
 

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+from occnet_ros.ros.launch_spec import dds_environment
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
@@ -35,10 +37,10 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
 
 
 def ros_environment(domain_id: int, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """``environ`` (default: ours) on ``domain_id``, discovery on this host only, Fast DDS's LARGE_DATA
-    transport unless set (as ``occnet_launch``), unbuffered Python output."""
+    """``environ`` (default: ours) on ``domain_id``, discovery on this host only, the package's Fast DDS settings
+    where unset (:func:`~occnet_ros.ros.launch_spec.dds_environment`, as ``occnet_launch``), unbuffered Python output."""
     env = dict(os.environ if environ is None else environ)
     env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     env.pop("ROS_LOCALHOST_ONLY", None)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env.update(dds_environment(env))
     return env

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.cli.processes import stop_processes
+from occnet_ros.ros.launch_spec import dds_environment
 from occnet_ros.demo.collector import Collector
 from occnet_ros.demo.results import DemoRun
 from occnet_ros.sim.ground_truth import GroundTruthError, read_ground_truth
@@ -200,8 +201,8 @@ def prepare_run(s: DemoSettings) -> None:
     for old in s.ground_truth_dir.glob("*"):
         if old.is_file():
             old.unlink()
-    if s.large_data:
-        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    if s.large_data:  # with the shipped profile where unset (launch_spec.dds_environment)
+        os.environ.update(dds_environment())
 
 
 def run_demo(s: DemoSettings, log=print) -> DemoRun:

@@ -7,10 +7,11 @@ line that launch_ros would build for the same node.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 PACKAGE = "occnet_ros"
 NODE_EXECUTABLE = "reconstruction_node"
@@ -27,6 +28,7 @@ SIM_CAMERA_OUTPUTS = ("points", "mask", "image", "camera_info", "camera_pose")
 
 PARAMS_FILE = "reconstruct.yaml"
 SIM_PARAMS_FILE = "sim_camera.yaml"
+FASTDDS_PROFILE_FILE = "fastdds_profile.xml"
 
 _NAME = re.compile(r"^~?/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -81,6 +83,26 @@ def config_dir() -> Path:
 def default_params_file() -> Path:
     """The node's shipped parameter file."""
     return config_dir() / PARAMS_FILE
+
+
+def fastdds_profile_file() -> Path:
+    """The shipped Fast DDS profile (``config/fastdds_profile.xml``: reliable writers send their periodic
+    heartbeat every 0.1 s instead of Fast DDS's 3 s, so a lost service reply is repaired within about 0.1 s)."""
+    return config_dir() / FASTDDS_PROFILE_FILE
+
+
+def dds_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Fast DDS settings the package's processes start with, for those not set in ``environ`` (default: ours)
+    -> {variable: value} to add: ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (shared memory and TCP: 640x480 clouds of
+    ~5-10 MB reach a best-effort subscriber, which the default UDP transport mostly failed to deliver here) and
+    ``FASTDDS_DEFAULT_PROFILES_FILE`` = :func:`fastdds_profile_file`. A variable the user set is left alone."""
+    env = os.environ if environ is None else environ
+    out = {}
+    if "FASTDDS_BUILTIN_TRANSPORTS" not in env:
+        out["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
+        out["FASTDDS_DEFAULT_PROFILES_FILE"] = str(fastdds_profile_file())
+    return out
 
 
 def default_sim_params_file() -> Path:
