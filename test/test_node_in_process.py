@@ -125,3 +125,15 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
         n.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_worker_returns_the_heap_after_each_frame(node):
+    """The worker hands the C heap's free memory back (perception/heap_release.py) after every frame it processed."""
+    released = []
+    node.heap.release = lambda: released.append(node.frames_done) or True
+    scene = render_scene(160, 120)
+    frame = synced(scene, 1.0, scene.mask)
+    node.sync.push("mask", 1.0, frame.items["mask"])
+    node.sync.push("points", 1.0, frame.items["points"])
+    assert wait_until(lambda: released, 60), "no frame processed"
+    assert released[0] == 1  # after the frame's objects went out

@@ -50,6 +50,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
+from occnet_ros.perception.heap_release import HeapRelease
 from occnet_ros.perception.priority import lower_thread_priority
 from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
@@ -137,6 +138,7 @@ class ReconstructionNode(Node):
         self.up_and_camera = UpAndCamera(p, self._log, lookup=self.tf.transform)
         self.gravity = self.up_and_camera.gravity
         self.store = ObjectStore()
+        self.heap = HeapRelease()
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
@@ -179,6 +181,7 @@ class ReconstructionNode(Node):
             f"queries {p.query_mode} "
             f"({'one-call decoder' if query_graph else 'eager decoder: ' + self.reconstructor.query_graph.note}), "
             f"known-empty space {empty}, "
+            f"{'heap returned after each frame' if self.heap.available else 'heap kept: ' + self.heap.note}, "
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
@@ -218,6 +221,7 @@ class ReconstructionNode(Node):
                 continue
             try:
                 self._process(frame)
+                self.heap.release()  # the frame's freed memory back to the system (heap_release's docstring)
             except (CloudFormatError, MessageError, SegmentationError, TransformError) as e:
                 self.get_logger().warning(f"dropped frame at {frame.stamp:.3f}: {e}",
                                           throttle_duration_sec=self.params.log_throttle_sec)

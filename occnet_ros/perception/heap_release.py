@@ -1,0 +1,52 @@
+"""Handing the C heap's free memory back to the operating system after each frame (pure Python, no ROS).
+
+Why: a frame allocates and frees a few hundred MB (clouds, MISE points and grids, meshes) in several threads.
+glibc's malloc keeps freed chunks inside its heaps for reuse and on its own returns only the free space at a heap's
+top, so a long-running node's resident memory creeps up with fragmentation although nothing leaks. In a 12-minute
+``occnet_soak`` the node grew from 531 to 604 MB (+13.7 %); ``malloc_trim(0)`` called on that process (from gdb)
+returned 81 MB at once (596 -> 515 MB). In process, one 64^3 object per frame, each call took 2.6-3.2 ms and
+returned 37-45 MB (2-core AMD EPYC). ``malloc_trim`` also gives back free pages inside a heap (glibc >= 2.8).
+
+ctypes releases the GIL for the call, so the query service runs meanwhile. Where there is no glibc ``malloc_trim``
+(musl, macOS, Windows) :class:`HeapRelease` does nothing and says why.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["HeapRelease"]
+
+
+class HeapRelease:
+    """``release()`` returns the C heap's free pages to the system (glibc's ``malloc_trim(0)``).
+    ``libc``: the C library to use (None = the process's own); :attr:`available` and :attr:`note` say whether it
+    has ``malloc_trim`` and, if not, why."""
+
+    def __init__(self, libc=None):
+        self.note = ""
+        self._trim = None
+        if libc is None:
+            if not sys.platform.startswith("linux"):
+                self.note = f"no glibc malloc_trim on {sys.platform}"
+                return
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError as e:
+                self.note = f"C library not loadable: {e}"
+                return
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is None:
+            self.note = "the C library has no malloc_trim (not glibc)"
+            return
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        self._trim = trim
+
+    @property
+    def available(self) -> bool:
+        return self._trim is not None
+
+    def release(self) -> bool:
+        """Give the free memory back -> True when some was returned (False also where unavailable)."""
+        return bool(self._trim(0)) if self._trim is not None else False
