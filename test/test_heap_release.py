@@ -42,3 +42,35 @@ def test_without_malloc_trim_nothing_happens_and_the_reason_is_given():
     heap = HeapRelease(libc=NotGlibc())
     assert not heap.available and "malloc_trim" in heap.note
     assert heap.release() is False
+
+
+def test_release_frees_cyclic_garbage_when_asked():
+    """A reference cycle holding an array (as a trimesh mesh and its visuals do) is freed by release() with
+    collect_garbage, and only then (automatic collection off meanwhile, so the test decides when it runs)."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    class Holder:
+        pass
+
+    def cycle():
+        a, b = Holder(), Holder()
+        a.other, b.other = b, a
+        a.data = np.ones(1000)
+        return weakref.ref(a)
+
+    heap = HeapRelease(libc=type("NotGlibc", (), {})())
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        kept = cycle()
+        heap.release()
+        assert kept() is not None  # not collecting: the cycle stays
+        heap.collect_garbage = True
+        heap.release()
+        assert kept() is None
+    finally:
+        if was_enabled:
+            gc.enable()

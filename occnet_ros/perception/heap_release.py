@@ -8,12 +8,18 @@ returned 81 MB at once (596 -> 515 MB). In process, one 64^3 object per frame, e
 returned 37-45 MB (2-core AMD EPYC). ``malloc_trim`` also gives back free pages inside a heap (glibc >= 2.8).
 
 ctypes releases the GIL for the call, so the query service runs meanwhile. Where there is no glibc ``malloc_trim``
-(musl, macOS, Windows) :class:`HeapRelease` does nothing and says why.
+(musl, macOS, Windows) :class:`HeapRelease` trims nothing and says why.
+
+With :attr:`HeapRelease.collect_garbage` set, ``release`` first runs a full collection of Python's cyclic garbage
+collector, so that a frame's reference cycles (a trimesh mesh and its visuals, with their arrays) are freed before
+the trim. Set it only once the process's start-up objects are frozen (``gc.freeze()``): a full collection then takes
+about 0.05 ms, against 135-160 ms with the 275k objects of a node's start-up unfrozen (2-core AMD EPYC).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
 
 __all__ = ["HeapRelease"]
@@ -27,6 +33,8 @@ class HeapRelease:
     def __init__(self, libc=None):
         self.note = ""
         self._trim = None
+        self.collect_garbage = False
+        """Whether :meth:`release` runs a full garbage collection first (module docstring)."""
         if libc is None:
             if not sys.platform.startswith("linux"):
                 self.note = f"no glibc malloc_trim on {sys.platform}"
@@ -48,5 +56,8 @@ class HeapRelease:
         return self._trim is not None
 
     def release(self) -> bool:
-        """Give the free memory back -> True when some was returned (False also where unavailable)."""
+        """Free the cyclic garbage (with :attr:`collect_garbage`), then give the free memory back -> True when some
+        was returned to the system (False also where there is no malloc_trim)."""
+        if self.collect_garbage:
+            gc.collect()
         return bool(self._trim(0)) if self._trim is not None else False
