@@ -227,7 +227,6 @@ class ReconstructionNode(Node):
                 continue
             try:
                 self._process(frame)
-                self.heap.release()  # the frame's freed memory back to the system (heap_release's docstring)
             except (CloudFormatError, MessageError, SegmentationError, TransformError) as e:
                 self.get_logger().warning(f"dropped frame at {frame.stamp:.3f}: {e}",
                                           throttle_duration_sec=self.params.log_throttle_sec)
@@ -236,6 +235,7 @@ class ReconstructionNode(Node):
                     break
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
+            self.heap.release()  # the frame's garbage freed and its memory returned, dropped frames' too (heap_release)
 
     def _cloud_to_world(self, frame: SyncedFrame, header) -> RigidTransform | None:
         """The cloud frame's pose in world_frame (None without a map); raises MessageError / TransformError
