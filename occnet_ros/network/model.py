@@ -146,6 +146,16 @@ class OccupancyNetwork(nn.Module):
             raise RuntimeError("decode_prepared() needs eval mode (call model.eval())")
         return self.decoder.forward_prepared(query, prep)
 
+    def decode_sampled(self, query: torch.Tensor, features: torch.Tensor, prep) -> torch.Tensor:
+        """A feature-plane network's :meth:`decode_prepared` of query (B, M, 3) whose plane features (B, M, C) are
+        given (sampled already, e.g. from a :class:`~occnet_ros.network.plane_lattice.PlaneLattice`) -> logits
+        (B, M); float32 ``prep`` only."""
+        if self.training:
+            raise RuntimeError("decode_sampled() needs eval mode (call model.eval())")
+        if self.config.kind != "local":
+            raise ValueError("decode_sampled() is for feature-plane networks")
+        return self.decoder.forward_sampled(query, features, prep)
+
     def forward(self, points: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3), query (B, M, 3), canonical -> logits (B, M)."""
         return self.decode(query, self.encode(points))

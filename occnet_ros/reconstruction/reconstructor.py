@@ -289,7 +289,8 @@ class Reconstructor:
                     c = self.config
                     n_dense = (c.resolution0 * 2 ** c.upsampling_steps + 1) ** 3
                     # every level's new corners in one call; the field chunks them for the device
-                    occ = p.occupancy
+                    # the grid's corners read the feature planes from a table made once (OccupancyField.on_grid)
+                    occ = p.occupancy.on_grid(c.resolution0 * 2 ** c.upsampling_steps, BOX_HALF)
                     p.values, p.stats = mise_values(lambda pts: occ.probabilities(pts, self.pool), c.resolution0,
                                                     c.upsampling_steps, p.threshold, BOX_HALF, batch_size=n_dense)
         return [self._finish(p) if isinstance(p, _Plan) else p for p in plans]
