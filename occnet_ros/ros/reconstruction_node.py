@@ -18,10 +18,10 @@ delay a query by their duration), and the queries decode through a one-call grap
 times per object instead of some 40 (:mod:`occnet_ros.network.query_graph`). Mesh decimation, which holds the GIL longest (Open3D), runs in
 a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
 A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
-after start-up the node holds about 280k of them (torch, the model, rclpy), and one collection took 0.2-0.25 s on a
+after start-up the node holds some 240k-280k of them (torch, the model, rclpy; ``gc.get_freeze_count()`` after the freeze), and one collection took 0.2-0.25 s on a
 2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built. Freezing alone stopped full
 collections altogether: CPython starts one only when the objects that entered the oldest generation since the last
-full collection exceed a quarter of those it held then (the 280k), so cycles such as a trimesh mesh and its
+full collection exceed a quarter of those it held then (the frozen ones), so cycles such as a trimesh mesh and its
 visuals waited there with their arrays (59-63 meshes alive in a 4-minute soak, no full collection after start-up).
 ``main`` therefore also collects once after the freeze (which resets that count), and the worker collects after
 every frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`; 0.05 ms once frozen, against 135-160 ms
