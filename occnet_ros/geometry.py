@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PinholeCamera", "Plane", "RigidTransform", "TransformError", "rotate_rows"]
+__all__ = ["PinholeCamera", "Plane", "RigidTransform", "TransformError", "finite_rows", "rotate_rows"]
 
 
 class TransformError(RuntimeError):
@@ -33,6 +33,14 @@ def rotate_rows(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     level took 190 ms instead of 90 ms when a 100k-point transform ran just before it). ``einsum``
     without ``optimize`` runs in the calling thread and costs about 2 ms per 100k points."""
     return np.einsum("nk,jk->nj", points, matrix)
+
+
+def finite_rows(points: np.ndarray) -> np.ndarray:
+    """points (N, 3) -> (N,) bool, True where all three coordinates are finite: ``np.isfinite(points).all(axis=1)``,
+    as three column ANDs (numpy's reduction along a 3-long last axis takes about 7x as long: 4.3 against 0.6 ms for a
+    640x480 cloud on a 2-core AMD EPYC)."""
+    f = np.isfinite(np.asarray(points).reshape(-1, 3))
+    return f[:, 0] & f[:, 1] & f[:, 2]
 
 
 @dataclass(frozen=True, kw_only=True)

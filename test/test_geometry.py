@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, rotate_rows
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, finite_rows, rotate_rows
 
 CAM = PinholeCamera(width=40, height=30, fx=64.0, fy=32.0, cx=19.5, cy=14.0)
 
@@ -308,3 +308,18 @@ def test_constructors_copy_and_convert_their_arrays():
     plane = Plane([0, 0, 1], 2)
     assert plane.normal.dtype == np.float64 and isinstance(plane.offset, float)
     np.testing.assert_array_equal(plane.signed_distance([[0.0, 0.0, -2.0], [1.0, 1.0, 0.5]]), [0.0, 2.5])
+
+
+def test_finite_rows_equals_numpy_all_finite():
+    """finite_rows is np.isfinite(points).all(axis=1), for NaN and +-inf in any column, float32, float64 and
+    integer points, and no points."""
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64):
+        p = rng.normal(size=(5000, 3)).astype(dtype)
+        hit = rng.random(p.shape) < 0.05
+        p[hit] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype), hit.sum())
+        p[0] = np.finfo(dtype).max  # huge but finite
+        assert np.array_equal(finite_rows(p), np.isfinite(p).all(axis=1))
+        assert finite_rows(p)[0] and not finite_rows(p).all()
+    assert finite_rows(np.arange(12).reshape(4, 3)).all()
+    assert finite_rows(np.zeros((0, 3))).shape == (0,)

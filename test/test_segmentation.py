@@ -191,3 +191,25 @@ def test_fit_support_plane_needs_enough_inliers():
         assert fit_plane_ransac(np.vstack([blob, table]), 0.01, 200, np.random.default_rng(1), up, 30.0) is not None
         if found:
             assert plane.normal @ up > 0.999 and abs(plane.offset) < 1e-3
+
+
+def test_least_squares_plane_equals_the_svd_reference():
+    """The scatter-eigenvector plane equals the last right singular vector of the centred points (up to sign), for
+    noisy planes of any tilt, far from the origin too, and for exactly planar points."""
+    from occnet_ros.perception.segmentation import least_squares_plane
+
+    rng = np.random.default_rng(12)
+    for offset, noise in ((0.0, 1e-3), (1000.0, 1e-3), (5.0, 0.0), (-3.0, 2e-2)):
+        n = rng.normal(size=3)
+        n /= np.linalg.norm(n)
+        a = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+        a /= np.linalg.norm(a)
+        b = np.cross(n, a)
+        uv = rng.uniform(-0.5, 0.5, (3000, 2))
+        p = offset + uv[:, :1] * a + uv[:, 1:] * b + rng.normal(0.0, noise, (3000, 1)) * n
+        normal, centroid = least_squares_plane(p)
+        c = p.mean(axis=0)
+        ref = np.linalg.svd(p - c, full_matrices=False)[2][2]
+        assert abs(np.linalg.norm(normal) - 1.0) < 1e-12
+        assert abs(abs(normal @ ref) - 1.0) < 1e-9, (offset, noise)
+        assert np.allclose(centroid, c, rtol=0, atol=1e-9 * max(1.0, abs(offset)))

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from occnet_ros.config_io import setting
+from occnet_ros.geometry import finite_rows
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _check_points(points: np.ndarray) -> np.ndarray:
 
 def finite_mask(points: np.ndarray) -> np.ndarray:
     """points: (N, 3) -> (N,) bool, True where all three coordinates are finite."""
-    return np.isfinite(_check_points(points)).all(axis=1)
+    return finite_rows(_check_points(points))
 
 
 def range_mask(points: np.ndarray, min_range: float = 0.0, max_range: float = 0.0,

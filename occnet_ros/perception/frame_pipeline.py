@@ -21,7 +21,7 @@ from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
 from occnet_ros.reconstruction.normalization import NormalizationError
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
 from occnet_ros.perception.object_store import StoredObject
-from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, finite_rows
 from occnet_ros.perception.segmentation import (ClusterTracker, Segment, SegmentationError,
                                      apply_limits, fit_support_plane, segment_by_mask, segment_by_projected_mask,
                                      segment_geometric)
@@ -189,7 +189,7 @@ class FramePipeline:
         """The support plane of the frame (cloud frame): RANSAC along ``up`` with the segmentation's plane
         settings on all finite points (:func:`~occnet_ros.perception.segmentation.fit_support_plane`)."""
         flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
-        flat = flat[np.isfinite(flat).all(axis=1)]
+        flat = flat[finite_rows(flat)]
         return fit_support_plane(flat, self.config.segmentation, self.rng, frame.up, frame.viewpoint)
 
     def depth_view(self, frame: FrameInput) -> tuple[DepthView | None, str]:

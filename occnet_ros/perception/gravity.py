@@ -26,7 +26,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from occnet_ros.config_io import setting
-from occnet_ros.geometry import Plane
+from occnet_ros.geometry import Plane, finite_rows
 from occnet_ros.perception.segmentation import fit_plane_ransac
 
 __all__ = ["DEFAULT_UP", "GravityConfig", "GravityTracker", "UpDecision", "UpEstimate", "angle_deg",
@@ -175,7 +175,7 @@ def estimate_up(xyz: np.ndarray, viewpoint, config: GravityConfig, rng: np.rando
     vp = np.asarray(viewpoint, np.float64).reshape(3)
     if raw.shape[0] > 4 * config.max_points:  # a large frame: test only a random sample of rows for finiteness
         raw = raw[np.sort(rng.integers(0, raw.shape[0], 4 * config.max_points))]
-    finite = np.flatnonzero(np.isfinite(raw).all(axis=1))
+    finite = np.flatnonzero(finite_rows(raw))
     if finite.size > config.max_points:
         finite = finite[rng.choice(finite.size, config.max_points, replace=False)]
     p = raw[finite].astype(np.float64)

@@ -37,7 +37,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from occnet_ros.geometry import Plane, RigidTransform
+from occnet_ros.geometry import Plane, RigidTransform, finite_rows
 from occnet_ros.perception.map_config import MapFrame, MapUpdate, MapView, ObjectMapConfig
 from occnet_ros.perception.map_object import MapObject, crop_view, unit_rows, voxel_keys
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig
@@ -154,7 +154,7 @@ class ObjectMap:
         p = np.asarray(points, np.float64)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"a segment must be (N, 3) points, got shape {p.shape}")
-        return to_world.apply(p[np.isfinite(p).all(axis=1)]).astype(np.float32)
+        return to_world.apply(p[finite_rows(p)]).astype(np.float32)
 
     def _associate(self, segments: list[np.ndarray]) -> dict[int, int]:
         """{segment index: object id}: the pairs with overlap >= ``min_overlap``, greedy by best overlap."""

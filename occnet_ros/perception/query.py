@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from occnet_ros.geometry import RigidTransform, TransformError
+from occnet_ros.geometry import RigidTransform, TransformError, finite_rows
 from occnet_ros.perception.object_store import ObjectStore, UnknownObjectError
 
 
@@ -65,7 +65,7 @@ def answer_query(store: ObjectStore, flat_points, frame_id: str, object_ids,
     if n > max_points:
         return refused(f"{n} query points exceed query_max_points = {max_points}")
     pts = pts.reshape(-1, 3)
-    bad = ~np.isfinite(pts).all(axis=1)
+    bad = ~finite_rows(pts)
     if bad.any():
         return refused(f"{int(bad.sum())} query point(s) contain NaN or inf (first at index {int(np.argmax(bad))})")
     ids = np.frombuffer(raw_ids, dtype=np.uint32) if raw_ids.nbytes else np.zeros(0, np.uint32)

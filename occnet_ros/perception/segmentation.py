@@ -14,7 +14,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from occnet_ros.geometry import PinholeCamera, Plane
+from occnet_ros.geometry import PinholeCamera, Plane, finite_rows
 from occnet_ros.config_io import setting
 from occnet_ros.perception.cloud_filter import voxel_downsample
 
@@ -131,7 +131,7 @@ def segment_by_mask(xyz: np.ndarray, mask: np.ndarray) -> list[Segment]:
     flat_xyz = xyz.reshape(-1, 3)
     flat_m = m.reshape(-1)
     labelled = np.flatnonzero(flat_m)  # objects cover a small part of a frame: test finiteness there only
-    index = labelled[np.isfinite(flat_xyz[labelled]).all(axis=1)]
+    index = labelled[finite_rows(flat_xyz[labelled])]
     return [mask_segment(lab, flat_xyz[pix], pix) for lab, pix in _group_by_label(flat_m[index], index)]
 
 
@@ -166,6 +166,21 @@ def score_planes(points: np.ndarray, normals: np.ndarray, offsets: np.ndarray, d
     return (d < distance).sum(axis=0)
 
 
+def least_squares_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The total-least-squares plane of points (N >= 3, 3) float64 -> (unit normal (3,), centroid (3,)): the
+    eigenvector of the smallest eigenvalue of the points' scatter about their centroid, i.e. the last right singular
+    vector of the centred points (the normal's sign is arbitrary). The 3x3 scatter from six column dot products
+    instead of an SVD of the N x 3 matrix: about 3 ms against 6-9 ms for the 220k inliers of a 640x480 tabletop."""
+    q = np.asarray(points, np.float64).reshape(-1, 3)
+    centroid = np.array([q[:, 0].sum(), q[:, 1].sum(), q[:, 2].sum()]) / q.shape[0]  # strided column sums: fast
+    d = q - centroid
+    scatter = np.empty((3, 3))
+    for i in range(3):
+        for j in range(i, 3):  # einsum, not @: no BLAS threads left spinning (geometry.rotate_rows)
+            scatter[i, j] = scatter[j, i] = np.einsum("n,n->", d[:, i], d[:, j])
+    return np.linalg.eigh(scatter)[1][:, 0], centroid
+
+
 def fit_plane_ransac(points: np.ndarray, distance: float, iterations: int, rng: np.random.Generator,
                      up: np.ndarray | None = None, max_tilt_deg: float = 90.0,
                      viewpoint: np.ndarray | tuple = (0.0, 0.0, 0.0), score_samples: int = 4000) -> Plane | None:
@@ -198,11 +213,9 @@ def fit_plane_ransac(points: np.ndarray, distance: float, iterations: int, rng: 
     sample = p if n <= score_samples else p[rng.choice(n, score_samples, replace=False)]
     best = int(np.argmax(score_planes(sample, normals, offsets, distance)))
     normal, offset = normals[best], offsets[best]
-    inl = np.abs(p @ normal + offset) < distance
+    inl = np.abs(np.einsum("nk,k->n", p, normal) + offset) < distance  # einsum: no BLAS threads (geometry.rotate_rows)
     if inl.sum() >= 3:  # least-squares refinement
-        q = p[inl]
-        c = q.mean(axis=0)
-        refined = np.linalg.svd(q - c, full_matrices=False)[2][2]
+        refined, c = least_squares_plane(p[inl])
         if upv is None or abs(refined @ upv) >= cos_tilt:
             normal, offset = refined, -float(refined @ c)
     ref = upv if upv is not None else np.asarray(viewpoint, np.float64).reshape(3) - p[inl].mean(axis=0)
@@ -249,7 +262,7 @@ def segment_geometric(points: np.ndarray, cfg: SegmentationConfig, rng: np.rando
     are clustered. Size limits are not applied here (see :func:`apply_limits`).
     """
     p = np.asarray(points, np.float32).reshape(-1, 3)
-    idx = np.flatnonzero(np.isfinite(p).all(axis=1))
+    idx = np.flatnonzero(finite_rows(p))
     plane = fit_support_plane(p[idx], cfg, rng, up, viewpoint)
     if plane is not None:
         idx = idx[plane.signed_distance(p[idx]) > cfg.plane_distance]
