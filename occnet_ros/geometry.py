@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PinholeCamera", "Plane", "RigidTransform", "TransformError", "finite_rows", "rotate_rows"]
+__all__ = ["PinholeCamera", "Plane", "RigidTransform", "TransformError", "all_columns", "finite_rows",
+           "rotate_rows"]
 
 
 class TransformError(RuntimeError):
@@ -35,12 +36,18 @@ def rotate_rows(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.einsum("nk,jk->nj", points, matrix)
 
 
+def all_columns(mask: np.ndarray) -> np.ndarray:
+    """mask (N, 3) bool -> (N,) bool, True where all three entries are: ``mask.all(axis=1)`` as three column ANDs
+    (numpy's reduction along a 3-long last axis takes several times as long: 4.3 against 0.6 ms for the finiteness
+    of a 640x480 cloud on a 2-core AMD EPYC). For point tests: inside a box, finite, in front of a camera."""
+    m = np.asarray(mask, dtype=bool).reshape(-1, 3)
+    return m[:, 0] & m[:, 1] & m[:, 2]
+
+
 def finite_rows(points: np.ndarray) -> np.ndarray:
-    """points (N, 3) -> (N,) bool, True where all three coordinates are finite: ``np.isfinite(points).all(axis=1)``,
-    as three column ANDs (numpy's reduction along a 3-long last axis takes about 7x as long: 4.3 against 0.6 ms for a
-    640x480 cloud on a 2-core AMD EPYC)."""
-    f = np.isfinite(np.asarray(points).reshape(-1, 3))
-    return f[:, 0] & f[:, 1] & f[:, 2]
+    """points (N, 3) -> (N,) bool, True where all three coordinates are finite (``np.isfinite(points).all(axis=1)``,
+    by :func:`all_columns`)."""
+    return all_columns(np.isfinite(np.asarray(points).reshape(-1, 3)))
 
 
 @dataclass(frozen=True, kw_only=True)

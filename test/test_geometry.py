@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, finite_rows, rotate_rows
+from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, all_columns, finite_rows, rotate_rows
 
 CAM = PinholeCamera(width=40, height=30, fx=64.0, fy=32.0, cx=19.5, cy=14.0)
 
@@ -323,3 +323,10 @@ def test_finite_rows_equals_numpy_all_finite():
         assert finite_rows(p)[0] and not finite_rows(p).all()
     assert finite_rows(np.arange(12).reshape(4, 3)).all()
     assert finite_rows(np.zeros((0, 3))).shape == (0,)
+
+
+def test_all_columns_equals_numpy_all_along_rows():
+    rng = np.random.default_rng(13)
+    m = rng.random((4000, 3)) < 0.8
+    assert np.array_equal(all_columns(m), m.all(axis=1))
+    assert all_columns(np.zeros((0, 3), bool)).shape == (0,)

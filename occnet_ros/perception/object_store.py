@@ -17,6 +17,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from occnet_ros.geometry import all_columns
 from occnet_ros.reconstruction.normalization import BOX_HALF, CanonicalFrame
 from occnet_ros.reconstruction.occupancy_field import SOURCE_NONE
 from occnet_ros.reconstruction.reconstructed_object import QUERY_MODES
@@ -154,7 +155,7 @@ class ObjectStore:
             return probs, ids, sources
         lo = np.min([o.box_min for o in objs], axis=0)
         hi = np.max([o.box_max for o in objs], axis=0)
-        candidates = np.flatnonzero(((p >= lo) & (p <= hi)).all(axis=1))
+        candidates = np.flatnonzero(all_columns((p >= lo) & (p <= hi)))
         if candidates.size == 0:
             return probs, ids, sources
         if candidates.size == m:
@@ -185,11 +186,11 @@ def _per_object(points: np.ndarray, objects: Iterable[StoredObject], mode: str, 
     canonical: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     objects = sorted(objects, key=lambda o: o.id)
     for o in objects:
-        idx = np.flatnonzero(((p >= o.box_min) & (p <= o.box_max)).all(axis=1))
+        idx = np.flatnonzero(all_columns((p >= o.box_min) & (p <= o.box_max)))
         if idx.size == 0:
             continue
         c = o.obj.frame.to_canonical(p[idx])
-        inside = (np.abs(c) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)
+        inside = all_columns(np.abs(c) <= BOX_HALF * (1.0 + 1e-5))
         idx, c = idx[inside], c[inside]
         if idx.size == 0:
             continue

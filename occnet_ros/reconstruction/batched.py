@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from occnet_ros.geometry import all_columns
 from occnet_ros.network.model_local import PreparedPlanes
 from occnet_ros.reconstruction.compute_pool import ComputePool, split_range
 from occnet_ros.reconstruction.normalization import BOX_HALF
@@ -118,7 +119,7 @@ def probabilities_many(fields: Sequence[OccupancyField], points: Sequence[np.nda
             source = f.codes[0].frame.from_canonical(q)
             for c in range(1, len(f.codes)):
                 r = f.codes[c].frame.to_canonical(source).astype(np.float32)
-                inside = np.flatnonzero((np.abs(r) <= BOX_HALF).all(axis=1))
+                inside = np.flatnonzero(all_columns(np.abs(r) <= BOX_HALF))
                 if inside.size:
                     parts.append((len(jobs), inside))
                     jobs.append((i, c, r[inside]))

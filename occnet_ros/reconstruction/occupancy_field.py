@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from occnet_ros.geometry import all_columns
 from occnet_ros.network.model import OccupancyNetwork, PreparedCode, PreparedPlanes
 from occnet_ros.network.plane_lattice import MAX_LATTICE_RESOLUTION, PlaneLattice
 from occnet_ros.network.probability_calibration import IDENTITY, ProbabilityCalibration
@@ -66,7 +67,7 @@ def inside_box(points: np.ndarray) -> np.ndarray:
     """points (M, 3) canonical -> (M,) bool, inside the padded box ``[-BOX_HALF, BOX_HALF]^3`` (with a
     float32 rounding margin); False for NaN."""
     with np.errstate(invalid="ignore"):
-        return (np.abs(points) <= BOX_HALF * (1.0 + 1e-5)).all(axis=1)
+        return all_columns(np.abs(points) <= BOX_HALF * (1.0 + 1e-5))
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class OccupancyField:
         source = first.frame.from_canonical(p)
         for fc in self.codes[1:]:
             q = fc.frame.to_canonical(source).astype(np.float32)
-            inside = np.flatnonzero((np.abs(q) <= BOX_HALF).all(axis=1))
+            inside = np.flatnonzero(all_columns(np.abs(q) <= BOX_HALF))
             if inside.size:
                 total[inside] += self._decode(q[inside], *fc.decoding(float32), pool, graph=float32)
                 count[inside] += 1.0

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from occnet_ros.geometry import all_columns
+
 BOX_TOLERANCE = 1e-5
 """Relative slack of the box test (same as the exact query): points within it count as inside."""
 
@@ -59,7 +61,7 @@ class OccupancyGrid:
         out = np.zeros(p.shape[0], dtype=np.float32)
         lim = self.box_half * (1.0 + BOX_TOLERANCE)
         with np.errstate(invalid="ignore"):
-            inside = (np.abs(p) <= lim).all(axis=1)
+            inside = all_columns(np.abs(p) <= lim)
         idx = np.flatnonzero(inside)
         if idx.size == 0:
             return out
