@@ -25,7 +25,7 @@ of some 40 times while other threads of the process run Python (:mod:`occnet_ros
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
