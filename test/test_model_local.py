@@ -270,3 +270,43 @@ def test_reconstructor_precision_reaches_the_feature_plane_encoder():
     with torch.inference_mode():
         expected = m.encode(torch.from_numpy(x)[None], dtype=torch.bfloat16)
     assert bf.dtype == torch.float32 and torch.equal(bf, expected) and not torch.equal(bf, f32)
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+def test_inference_point_planes_equal_the_module_by_module_planes(global_context):
+    """encoder_inference.point_planes (pooled maps once per input, in-place residuals, index_add_ cell means,
+    channels last) gives the module's U-Net input planes up to float rounding, for several batch sizes and point
+    counts, and the encoder's codes in eval mode follow it."""
+    from occnet_ros.network import encoder_inference
+
+    cfg = dataclasses.replace(LOCAL, local_pool=False, global_context=global_context, encoder_blocks=4)
+    net = randomize_like_trained(OccupancyNetwork(cfg), seed=7).eval()
+    enc = net.encoder
+    with torch.inference_mode():
+        for b, n in ((1, 1), (3, 200), (2, 1500)):
+            p = _points(b, n, seed=b + n)
+            assert encoder_inference.applies(enc, p)
+            ref = enc.point_planes(p)
+            got = encoder_inference.point_planes(enc, p)
+            assert got.shape == ref.shape == (b, 3, cfg.c_dim, cfg.plane_resolution, cfg.plane_resolution)
+            torch.testing.assert_close(got, ref, rtol=0, atol=2e-6 * float(ref.abs().max()) + 1e-6)
+            # channels last in memory: the U-Net's inference layout, without a copy
+            assert got.reshape(b * 3, cfg.c_dim, cfg.plane_resolution, cfg.plane_resolution).is_contiguous(
+                memory_format=torch.channels_last)
+            code = net.encode(p)
+            ref_code = enc.unet(ref.reshape(b * 3, *ref.shape[2:])).reshape(code.shape)
+            torch.testing.assert_close(code, ref_code, rtol=0, atol=1e-5 * float(ref_code.abs().max()) + 1e-6)
+
+
+def test_inference_point_planes_apply_only_in_eval_mode_with_pooling_over_all_points():
+    from occnet_ros.network import encoder_inference
+
+    p = _points(2, 50)
+    pooled_all = OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=False))
+    assert not encoder_inference.applies(pooled_all.encoder.train(), p)  # training: module by module
+    assert encoder_inference.applies(pooled_all.encoder.eval(), p)
+    assert not encoder_inference.applies(pooled_all.encoder, p.double())
+    assert not encoder_inference.applies(OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=True)).encoder.eval(), p)
+    net = randomize_like_trained(OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=False)), seed=8).train()
+    net.encode(p).sum().backward()  # the training path still carries gradients
+    assert net.encoder.blocks[1].fc_0.weight.grad is not None

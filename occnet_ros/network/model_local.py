@@ -145,10 +145,10 @@ class LocalPoolPointNet(nn.Module):
             nn.init.zeros_(self.fc_global.bias)
         self.unet = UNet2d(c_dim, unet_base, unet_levels)
 
-    def forward(self, p: torch.Tensor, unet_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """p (B, N, 3) canonical -> planes (B, 3, c_dim, R, R) float32. ``unet_dtype``: bfloat16 or float16 runs the
-        U-Net (most of the encoder's work) under ``torch.autocast`` in that precision, the points' MLP, the pooling
-        and the returned planes stay float32; None or float32 = float32 throughout."""
+    def point_planes(self, p: torch.Tensor) -> torch.Tensor:
+        """p (B, N, 3) canonical -> the U-Net's input planes (B, 3, c_dim, R, R): the points' MLP with its pooling,
+        the cell means and the global context, module by module (training, and the reference of
+        :func:`occnet_ros.network.encoder_inference.point_planes`, which :meth:`forward` uses at inference)."""
         index = cell_index(plane_grid(p), self.resolution)
         net = self.blocks[0](self.fc_pos(p))
         for block in self.blocks[1:]:
@@ -158,6 +158,16 @@ class LocalPoolPointNet(nn.Module):
         planes = scatter_mean(self.fc_c(net), index, self.resolution)
         if self.fc_global is not None:
             planes = planes + self.fc_global(net.max(dim=1)[0])[:, None, :, None, None]
+        return planes
+
+    def forward(self, p: torch.Tensor, unet_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """p (B, N, 3) canonical -> planes (B, 3, c_dim, R, R) float32. ``unet_dtype``: bfloat16 or float16 runs the
+        U-Net (most of the encoder's work) under ``torch.autocast`` in that precision, the points' MLP, the pooling
+        and the returned planes stay float32; None or float32 = float32 throughout."""
+        from occnet_ros.network import encoder_inference
+
+        planes = (encoder_inference.point_planes(self, p) if encoder_inference.applies(self, p)
+                  else self.point_planes(p))
         b, _, c, r, _ = planes.shape
         flat = planes.reshape(b * 3, c, r, r)
         if unet_dtype is None or unet_dtype == torch.float32:
