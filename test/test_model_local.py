@@ -240,6 +240,12 @@ def test_float32_mlp_equals_the_module_by_module_mlp():
             torch.testing.assert_close(fast, ref, rtol=0, atol=2e-6 * scale + 1e-6)
             assert torch.equal(q, q0) and torch.equal(c, c0)
             assert torch.equal(dec.forward_sampled(q, c, prep), fast)  # float32 outside autocast: the fast form
+    with torch.enable_grad():  # with autograd on, the module-by-module form (its graph has no in-place sums)
+        q = _points(1, 30, seed=1).requires_grad_(True)
+        code = net.encode(_points(1, 64)).detach()
+        c = dec.sample(q, code)
+        dec.forward_sampled(q, c, net.prepare(code)).sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_unet_channels_last_inference_equals_training_layout():
@@ -303,10 +309,16 @@ def test_inference_point_planes_apply_only_in_eval_mode_with_pooling_over_all_po
 
     p = _points(2, 50)
     pooled_all = OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=False))
-    assert not encoder_inference.applies(pooled_all.encoder.train(), p)  # training: module by module
-    assert encoder_inference.applies(pooled_all.encoder.eval(), p)
-    assert not encoder_inference.applies(pooled_all.encoder, p.double())
-    assert not encoder_inference.applies(OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=True)).encoder.eval(), p)
+    with torch.no_grad():
+        assert not encoder_inference.applies(pooled_all.encoder.train(), p)  # training: module by module
+        assert encoder_inference.applies(pooled_all.encoder.eval(), p)
+        assert not encoder_inference.applies(pooled_all.encoder, p.double())
+        local = OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=True)).encoder.eval()
+        assert not encoder_inference.applies(local, p)
+    assert not encoder_inference.applies(pooled_all.encoder.eval(), p)  # autograd on: the modules keep the graph
+    q = p.clone().requires_grad_(True)
+    pooled_all.encode(q).sum().backward()  # eval mode with gradients (e.g. to the input) still works
+    assert q.grad is not None and torch.isfinite(q.grad).all()
     net = randomize_like_trained(OccupancyNetwork(dataclasses.replace(LOCAL, local_pool=False)), seed=8).train()
     net.encode(p).sum().backward()  # the training path still carries gradients
     assert net.encoder.blocks[1].fc_0.weight.grad is not None

@@ -37,9 +37,11 @@ __all__ = ["applies", "point_planes"]
 
 
 def applies(encoder: "LocalPoolPointNet", p: torch.Tensor) -> bool:
-    """Whether :func:`point_planes` computes ``encoder``'s planes for ``p``: eval mode, pooling over all points,
-    float32 points, every block with a shortcut map (an input twice as wide as its output)."""
-    return (not encoder.training and not encoder.local_pool and p.dtype == torch.float32 and p.dim() == 3
+    """Whether :func:`point_planes` computes ``encoder``'s planes for ``p``: eval mode without autograd (its in-place
+    sums keep no graph), pooling over all points, float32 points, every block with a shortcut map (an input twice as
+    wide as its output)."""
+    return (not encoder.training and not torch.is_grad_enabled() and not encoder.local_pool
+            and p.dtype == torch.float32 and p.dim() == 3
             and all(blk.shortcut is not None for blk in encoder.blocks))
 
 

@@ -235,9 +235,11 @@ class LocalDecoder(nn.Module):
 
     def forward_sampled(self, p: torch.Tensor, c: torch.Tensor, prep: PreparedPlanes) -> torch.Tensor:
         """:meth:`_forward_fused` of points p (B, M, 3) whose plane features c (B, M, C) (:meth:`sample`) are
-        given -> logits (B, M). In float32 outside autocast, the residual MLP runs with fewer passes over its
-        activations, the same logits up to float rounding (:meth:`_mlp_float32`); otherwise module by module."""
-        if c.dtype == torch.float32 and p.dtype == torch.float32 and not torch.is_autocast_enabled(p.device.type):
+        given -> logits (B, M). In float32 outside autocast and autograd, the residual MLP runs with fewer passes
+        over its activations, the same logits up to float rounding (:meth:`_mlp_float32`; its in-place sums keep no
+        graph); otherwise module by module."""
+        if (c.dtype == torch.float32 and p.dtype == torch.float32 and not torch.is_autocast_enabled(p.device.type)
+                and not torch.is_grad_enabled()):
             return self._mlp_float32(p, c, prep)
         return self._mlp_modules(p, c, prep)
 
