@@ -9,7 +9,8 @@ import torch
 
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork
 from occnet_ros.network.model_local import LocalDecoder
-from occnet_ros.network.plane_lattice import MAX_LATTICE_RESOLUTION, PlaneLattice, corner_coordinates
+from occnet_ros.network.domain import grid_axis
+from occnet_ros.network.plane_lattice import MAX_LATTICE_RESOLUTION, PlaneLattice
 from occnet_ros.geometry import Plane
 from occnet_ros.reconstruction.known_empty import KnownEmpty, KnownEmptyConfig
 from occnet_ros.reconstruction.mise import grid_coords, mise_values
@@ -33,9 +34,15 @@ def _corners(resolution, n, seed=0):
     return idx, torch.from_numpy(grid_coords(idx, resolution, BOX_HALF))[None]
 
 
-def test_corner_coordinates_are_the_mise_grid_coordinates():
+def test_grid_axis_is_the_float64_formula_rounded_to_float32():
+    """MISE's corners (grid_coords) and the tables' positions come from grid_axis: i * (2h / R) - h in float64, then
+    float32, for every corner index."""
     for r in (1, 7, 64, 256):
-        assert np.array_equal(corner_coordinates(r, BOX_HALF), grid_coords(np.arange(r + 1), r, BOX_HALF))
+        i = np.arange(r + 1)
+        ref = (i * (2.0 * BOX_HALF / r) - BOX_HALF).astype(np.float32)
+        assert np.array_equal(grid_axis(r, BOX_HALF), ref)
+        idx = np.stack(np.meshgrid(i, i[::-1], i, indexing="ij"), axis=-1).reshape(-1, 3)
+        assert np.array_equal(grid_coords(idx, r, BOX_HALF), ref[idx])
 
 
 @pytest.mark.parametrize("resolution", [1, 2, 7, 64, 129])

@@ -8,7 +8,8 @@ its ``(R + 1)^2`` positions once (the same ``grid_sample`` call, at the same flo
 :meth:`LocalDecoder.sample <occnet_ros.network.model_local.LocalDecoder.sample>` makes per point) and then gives the
 features of corners with three row gathers and two additions per point instead of twelve bilinear reads: bit-identical
 to the per-point sampling. :meth:`PlaneLattice.corner_index` finds the corners' indices from their coordinates and
-says when a point is not exactly a corner (as :func:`corner_coordinates` computes them); the caller then samples.
+says when a point is not exactly a corner (as :func:`~occnet_ros.network.domain.grid_axis` gives them, which MISE's
+corners come from too); the caller then samples.
 
 Measured on a 2-core AMD EPYC: the features of 4096 corners of the 64^3 grid 0.24 ms from the table against
 0.9-1.3 ms by ``grid_sample`` (one thread); MISE of the benchmark's object at 64^3 (97k corners, one thread) 78-94 ms
@@ -21,19 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from occnet_ros.network.domain import grid_axis
 from occnet_ros.network.model_local import PLANE_AXES, plane_grid
 
-__all__ = ["PlaneLattice", "corner_coordinates", "MAX_LATTICE_RESOLUTION"]
+__all__ = ["PlaneLattice", "MAX_LATTICE_RESOLUTION"]
 
 MAX_LATTICE_RESOLUTION = 256
 """Largest grid (cells per axis) that gets a table: 3 * 257^2 * 32 channels of float32 = 25 MB. MISE on finer
 grids samples the planes per point."""
-
-
-def corner_coordinates(resolution: int, box_half: float) -> np.ndarray:
-    """(R + 1,) float32 canonical coordinates of the grid's corners along one axis, computed exactly as
-    :func:`occnet_ros.reconstruction.mise.grid_coords` computes them (float64 products, then float32)."""
-    return (np.arange(resolution + 1) * (2.0 * box_half / resolution) - box_half).astype(np.float32)
 
 
 class PlaneLattice:
@@ -50,7 +46,8 @@ class PlaneLattice:
             raise ValueError(f"box_half must be > 0, got {box_half}")
         self.resolution, self.box_half = resolution, float(box_half)
         n = resolution + 1
-        axis = torch.from_numpy(corner_coordinates(resolution, box_half)).to(code.device)
+        self._axis = grid_axis(resolution, self.box_half)  # (n,) float32: the corners' coordinates
+        axis = torch.from_numpy(self._axis).to(code.device)
         row, col = torch.meshgrid(axis, axis, indexing="ij")  # position row * n + col: (b, a) = (row, col)
         tables = []
         with torch.inference_mode():
@@ -78,8 +75,7 @@ class PlaneLattice:
         if not np.isfinite(idx).all():
             return None
         idx = idx.astype(np.int64)
-        back = (idx * (2.0 * h / r) - h).astype(np.float32)  # as corner_coordinates (and MISE) compute corners
-        return idx if np.array_equal(back, p) else None
+        return idx if np.array_equal(self._axis[idx], p) else None
 
     def plane_rows(self, index: np.ndarray) -> torch.Tensor:
         """(M, 3) corner indices (:meth:`corner_index`) -> (3, M) int64: each point's row in each plane's table."""

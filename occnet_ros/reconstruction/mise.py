@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from skimage.measure import marching_cubes
 
+from occnet_ros.network.domain import grid_axis
 from occnet_ros.reconstruction.normalization import BOX_HALF
 
 EvalFn = Callable[[np.ndarray], np.ndarray]
@@ -29,8 +30,9 @@ at one corner and a consumer that welds coincident vertices (trimesh's default) 
 
 
 def grid_coords(index: np.ndarray, resolution: int, box_half: float) -> np.ndarray:
-    """index (..., 3) integer corner indices in [0, R] -> (..., 3) float32 canonical coordinates."""
-    return (index * (2.0 * box_half / resolution) - box_half).astype(np.float32)
+    """index (..., 3) integer corner indices in [0, R] -> (..., 3) float32 canonical coordinates
+    (:func:`~occnet_ros.network.domain.grid_axis`)."""
+    return grid_axis(resolution, box_half)[index]
 
 
 def _evaluate(eval_fn: EvalFn, points: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
