@@ -116,6 +116,33 @@ def test_free_space_matches_a_per_point_reference_with_a_posed_cropped_view():
     assert 100 < got.sum() < 2900  # both answers occur
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classify_equals_mask_and_on_depth_surface(seed):
+    """One projection per view for both answers: the same as the two tests it replaces in queries, with a plane,
+    a posed cropped view and a full view, points near the depths (surface band), in front and behind."""
+    rng = np.random.default_rng(seed)
+    plane = Plane(normal=np.array([0.0, -1.0, 0.0]), offset=0.3)
+    crop = DepthView(_random_depth(seed + 5, (30, 40)), CAM, roi_origin=(9, 12), camera_to_source=_pose(seed + 1))
+    full = DepthView(_random_depth(seed + 9), CAM)
+    cfg = KnownEmptyConfig(plane_margin_m=0.01)
+    for name, views in (("crop", [crop]), ("full", [full]), ("both", [crop, full]), ("none", [])):
+        ke = KnownEmpty(cfg, plane, views)
+        u, v = rng.uniform(-5, 70, 4000), rng.uniform(-5, 53, 4000)
+        z = rng.uniform(-0.2, 1.7, 4000)
+        row = np.clip(np.floor(v + 0.5).astype(int), 0, 47)
+        col = np.clip(np.floor(u + 0.5).astype(int), 0, 63)
+        d = full.depth[row, col]
+        on = rng.random(4000) < 0.4  # many points at a measured depth, within the noise band
+        z = np.where(on & np.isfinite(d) & (d > 0), d + rng.normal(0, 0.003, 4000), z)
+        pts = np.column_stack([(u - CX) / FX * z, (v - CY) / FY * z, z])
+        pts[::97] = np.nan
+        empty, surface = ke.classify(pts)
+        assert np.array_equal(empty, ke.mask(pts))
+        assert np.array_equal(surface, ~empty & ke.on_depth_surface(pts))
+        if name == "full":
+            assert 100 < surface.sum() and 100 < empty.sum() < 3900 and not (empty & surface).any()
+
+
 def _wall(depth_m=1.0, shape=(48, 64)):
     return np.full(shape, depth_m, np.float32)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ros_helpers import BOX_LABEL, render_scene, write_random_checkpoint
 
+from occnet_ros.geometry import Plane
 from occnet_ros.perception.object_store import ObjectStore, StoredObject
 from occnet_ros.perception.query import answer_query
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, depth_bound
@@ -76,6 +77,52 @@ def test_sources_through_the_python_api(scene, tmp_path):
     _, _, blind_sources = store.query_with_sources(probe)
     covered = inside_box(blind.frame.to_canonical(probe))
     assert np.array_equal(blind_sources, np.where(covered, SOURCE_INFERRED, SOURCE_NONE))
+
+
+def _reference_sources_query(objs, points):
+    """The store's answer from each object's two separate calls (query_canonical, sources_canonical): the highest
+    probability, the first object on ties, and the source of the object that gave it."""
+    best, ids, src = np.full(len(points), -1.0, np.float32), np.full(len(points), -1), np.zeros(len(points), np.uint8)
+    for oid, obj in objs:
+        c = obj.frame.to_canonical(points)
+        inside = inside_box(c)
+        p, s = obj.query_canonical(c), obj.sources_canonical(c)
+        better = inside & (p > best)
+        best[better], ids[better], src[better] = p[better], oid, s[better]
+    return np.maximum(best, 0.0), ids, src
+
+
+def test_one_pass_answers_equal_the_separate_probability_and_source_calls(scene, tmp_path):
+    """ObjectStore.query_with_sources asks each object once (query_with_sources_canonical): the same probabilities,
+    ids and sources as the separate calls, for two overlapping objects with a support plane and a depth view, and
+    for objects without a known-empty test."""
+    from occnet_ros.reconstruction.reconstructor import Reconstructor
+
+    rec = Reconstructor.from_pretrained(write_random_checkpoint(tmp_path / "random.pt"), device="cpu",
+                                        resolution0=8, upsampling_steps=1)
+    depth = scene.xyz[..., 2].copy()
+    pts = scene.xyz[scene.mask == BOX_LABEL]
+    plane = Plane(normal=np.asarray(scene.up, np.float64), offset=0.5)  # the table z = 0, the camera 0.5 m above it
+    empty = KnownEmpty(KnownEmptyConfig(), plane, [DepthView(depth, scene.camera)])
+    rng = np.random.default_rng(7)
+    a = rec.reconstruct(pts, up=scene.up, known_empty=empty)
+    b = rec.reconstruct(pts[::2] + np.float32([0.03, 0.0, 0.01]), up=scene.up, known_empty=empty)
+    plain = rec.reconstruct(pts + np.float32([-0.05, 0.0, 0.0]), up=scene.up)
+    objs = [(3, a), (5, b), (9, plain)]
+    lo, hi = pts.min(axis=0) - 0.15, pts.max(axis=0) + 0.15
+    probe = np.concatenate([rng.uniform(lo, hi, (3000, 3)), probe_points(scene, a.frame)[0]]).astype(np.float32)
+    store = ObjectStore()
+    store.replace([StoredObject(i, f"o{i}", o) for i, o in objs], "cam", 1.0)
+    probs, ids, sources = store.query_with_sources(probe)
+    ref = _reference_sources_query(objs, probe)
+    assert np.allclose(probs, ref[0], atol=1e-6) and np.array_equal(ids, ref[1]) and np.array_equal(sources, ref[2])
+    for kind in (SOURCE_NONE, SOURCE_INFERRED, SOURCE_OBSERVED_EMPTY, SOURCE_OBSERVED_SURFACE):
+        assert (sources == kind).sum() >= 5, f"too few answers of source {kind} to compare"
+    assert len(set(ids.tolist())) == 4  # every object wins points, and some points are in none
+    for obj in (a, plain):
+        c = obj.frame.to_canonical(probe)
+        p1, s1 = obj.query_with_sources_canonical(c)
+        assert np.array_equal(p1, obj.query_canonical(c)) and np.array_equal(s1, obj.sources_canonical(c))
 
 
 def test_srv_constants_match_the_python_codes():

@@ -27,7 +27,8 @@ class QueryableObject(Protocol):
     """What the store needs of a reconstruction (e.g. :class:`occnet_ros.reconstruction.reconstructor.ReconstructedObject`):
     ``frame`` (canonical <-> store frame) and ``query_canonical(points (K, 3) canonical, mode) -> (K,)
     float32`` with ``mode`` one of :data:`QUERY_MODES`; for :meth:`ObjectStore.query_with_sources` also
-    ``sources_canonical(points (K, 3) canonical) -> (K,) uint8`` (the ``SOURCE_*`` codes)."""
+    ``query_with_sources_canonical(points (K, 3) canonical, mode) -> ((K,) float32, (K,) uint8)``: the probabilities
+    and what each rests on (the ``SOURCE_*`` codes)."""
 
     frame: CanonicalFrame
 
@@ -126,7 +127,7 @@ class ObjectStore:
     def query_with_sources(self, points: np.ndarray, object_ids: Iterable[int] | None = None, mode: str = "exact",
                            snapshot: Snapshot | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`query` and, per point, what the answer rests on: ``(probs, ids, sources (M,) uint8)``,
-        the source of the object that gave the probability (``sources_canonical`` of that object), or
+        the source of the object that gave the probability (its ``query_with_sources_canonical``), or
         ``SOURCE_NONE`` (0) where no object's box holds the point."""
         return self._query(points, object_ids, mode, snapshot, True)
 
@@ -176,16 +177,14 @@ def query_objects(points: np.ndarray, objects: Iterable[StoredObject], mode: str
 
 def _per_object(points: np.ndarray, objects: Iterable[StoredObject], mode: str, with_sources: bool
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`query_objects` and (``with_sources``) each point's source from the object that answered it,
-    asked once per object for the points it won (SOURCE_NONE elsewhere and without ``with_sources``)."""
+    """:func:`query_objects` and (``with_sources``) each point's source from the object that answered it
+    (``query_with_sources_canonical``: one pass per object; SOURCE_NONE elsewhere and without ``with_sources``)."""
     p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     m = p.shape[0]
     best = np.full(m, -1.0, dtype=np.float32)
     ids = np.full(m, -1, dtype=np.int64)
     sources = np.full(m, SOURCE_NONE, dtype=np.uint8)
-    canonical: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    objects = sorted(objects, key=lambda o: o.id)
-    for o in objects:
+    for o in sorted(objects, key=lambda o: o.id):
         idx = np.flatnonzero(all_columns((p >= o.box_min) & (p <= o.box_max)))
         if idx.size == 0:
             continue
@@ -194,18 +193,15 @@ def _per_object(points: np.ndarray, objects: Iterable[StoredObject], mode: str, 
         idx, c = idx[inside], c[inside]
         if idx.size == 0:
             continue
-        prob = np.asarray(o.obj.query_canonical(c, mode), dtype=np.float32).reshape(-1)
-        better = prob > best[idx]
-        best[idx[better]] = prob[better]
-        ids[idx[better]] = o.id
         if with_sources:
-            canonical[o.id] = (idx, c)
-    if with_sources:
-        for o in objects:
-            if o.id not in canonical:
-                continue
-            idx, c = canonical[o.id]
-            won = ids[idx] == o.id
-            if won.any():
-                sources[idx[won]] = np.asarray(o.obj.sources_canonical(c[won]), dtype=np.uint8).reshape(-1)
+            prob, src = o.obj.query_with_sources_canonical(c, mode)
+        else:
+            prob = o.obj.query_canonical(c, mode)
+        prob = np.asarray(prob, dtype=np.float32).reshape(-1)
+        better = np.flatnonzero(prob > best[idx])
+        won = idx[better]
+        best[won] = prob[better]
+        ids[won] = o.id
+        if with_sources:  # the last object to win a point is the one that answers it
+            sources[won] = np.asarray(src, dtype=np.uint8).reshape(-1)[better]
     return np.maximum(best, 0.0), ids, sources

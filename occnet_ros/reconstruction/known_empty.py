@@ -245,3 +245,28 @@ class KnownEmpty:
         """points (M, 3) source frame, metres -> (M,) bool: known to be empty (below the plane or in
         free space). Non-finite points are never marked."""
         return self.below_plane(points) | self.in_free_space(points)
+
+    def classify(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """points (M, 3) source frame, metres -> (empty (M,) bool, surface (M,) bool): ``empty`` is :meth:`mask`,
+        ``surface`` is :meth:`on_depth_surface` where not empty; both from one projection per view (a query asks
+        both of every point; the two methods are the reference)."""
+        p = np.asarray(points, np.float64).reshape(-1, 3)
+        empty = self.below_plane(p)
+        surface = np.zeros(p.shape[0], bool)
+        a, b = self.config.n_sigma * self.config.sigma_a, self.config.n_sigma * self.config.sigma_b
+        for view, limit, to_cam in self._views:
+            c = to_cam.apply(p)
+            row, col, ok = view.camera.pixels(c)
+            r0, c0 = view.roi_origin
+            h, w = limit.shape
+            if (r0, c0, h, w) != (0, 0, *view.camera.shape):  # a crop: into its pixels, inside its bounds
+                row, col = row - r0, col - c0
+                ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            idx = np.flatnonzero(ok)
+            z, row, col = c[idx, 2], row[idx], col[idx]
+            d = np.asarray(view.depth)[row, col].astype(np.float64)
+            with np.errstate(invalid="ignore"):  # NaN limit or depth (no return) compares False
+                empty[idx[z < limit[row, col]]] = True
+                surface[idx[(d > 0) & (np.abs(z - d) <= a + b * d * d)]] = True
+        surface &= ~empty
+        return empty, surface

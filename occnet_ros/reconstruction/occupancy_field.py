@@ -268,6 +268,32 @@ class OccupancyField:
             out[idx] = self.calibrate(self.probabilities(p[idx], float32=True))
         return out
 
+    def query_with_sources_canonical(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """points (M, 3) canonical -> (probabilities (M,) float32, sources (M,) uint8): :meth:`query_canonical` and
+        :meth:`sources` of the same points in one pass, the box test, the move to the source frame and the
+        known-empty test (:meth:`~occnet_ros.reconstruction.known_empty.KnownEmpty.classify`, one projection per
+        depth view) made once (the two methods are the reference)."""
+        p = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        probs = np.zeros(p.shape[0], dtype=np.float32)
+        sources = np.zeros(p.shape[0], dtype=np.uint8)
+        idx = np.flatnonzero(inside_box(p))
+        if idx.size == 0:
+            return probs, sources
+        sources[idx] = SOURCE_INFERRED
+        q = np.ascontiguousarray(p[idx])
+        if self.known_empty is None:
+            probs[idx] = self.calibrate(self.network_probabilities(q, float32=True))
+            return probs, sources
+        empty, surface = self.known_empty.classify(self.frame.from_canonical(q))
+        raw = np.zeros(q.shape[0], dtype=np.float32)
+        keep = ~empty
+        if keep.any():
+            raw[keep] = self.network_probabilities(q[keep], float32=True)
+        probs[idx] = self.calibrate(raw)
+        sources[idx[empty]] = SOURCE_OBSERVED_EMPTY
+        sources[idx[surface]] = SOURCE_OBSERVED_SURFACE
+        return probs, sources
+
     def sources(self, points: np.ndarray) -> np.ndarray:
         """points (M, 3) canonical -> (M,) uint8, what the answer at each point rests on:
         :data:`SOURCE_OBSERVED_EMPTY` where the known-empty test marks it (the probability is 0 there),

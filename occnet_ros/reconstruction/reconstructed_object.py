@@ -93,6 +93,13 @@ class ReconstructedObject:
         (:meth:`~occnet_ros.reconstruction.occupancy_field.OccupancyField.sources`; the same in both modes)."""
         return self.occupancy.sources(points)
 
+    def query_with_sources_canonical(self, points: np.ndarray, mode: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+        """points (M, 3) canonical -> (:meth:`query_canonical`, :meth:`sources_canonical`) of them; in ``exact`` mode
+        in one pass (:meth:`~occnet_ros.reconstruction.occupancy_field.OccupancyField.query_with_sources_canonical`)."""
+        if mode == "exact":
+            return self.occupancy.query_with_sources_canonical(points)
+        return self.query_canonical(points, mode), self.sources_canonical(points)
+
     def query(self, points: np.ndarray, mode: str = "exact") -> np.ndarray:
         """points (M, 3) source frame, metres -> (M,) float32 occupancy probabilities. Points outside
         the padded box get 0 without touching the network. ``mode``: see :meth:`query_canonical`."""
