@@ -217,6 +217,33 @@ def test_grid_slabs_reduced_in_workers_equal_the_in_process_result_and_stay_clos
     assert mesh_parts.parted_grid_decimation(values.copy(), 0.5, 0.55, 20000, run_slabs=lambda jobs: None) is None
 
 
+def test_a_whole_grid_meshed_in_a_worker_equals_the_in_process_mesh_and_a_lost_worker_says_so():
+    import os
+    import signal
+
+    from occnet_ros.perception.frame_pipeline import MeshReduction
+    from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
+    from occnet_ros.reconstruction.mise import mesh_from_values
+
+    values = bumpy_grid(48)
+    ref_v, ref_f = mesh_from_values(values.copy(), 0.5, 0.55)
+    assert len(ref_f) > 1000
+    warnings = []
+    with ParallelDecimation(2, warn=warnings.append) as workers:
+        pids = workers.start()
+        v, f = MeshReduction(20000, workers).mesh_whole(values.copy(), 0.5, 0.55)
+        assert v.dtype == ref_v.dtype and np.array_equal(v, ref_v) and np.array_equal(f, ref_f)
+        empty = workers.mesh_whole_grid(np.zeros_like(values), 0.5, 0.55)
+        assert empty[0].shape == (0, 3) and empty[1].shape == (0, 3) and warnings == []
+        os.kill(pids[0], signal.SIGKILL)  # lost: replaced on the next call, with a warning, the same mesh
+        v2, f2 = workers.mesh_whole_grid(values.copy(), 0.5, 0.55)
+        assert np.array_equal(v2, ref_v) and np.array_equal(f2, ref_f)
+        assert workers.restarts == 1 and len(warnings) == 1
+    assert workers.mesh_whole_grid(values.copy(), 0.5, 0.55) is None  # closed: the caller meshes it
+    assert "calling process" in warnings[-1]
+    assert MeshReduction(20000, fast_or_open3d_decimation).mesh_whole(values, 0.5, 0.55) is None
+
+
 def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
     import torch
 
@@ -254,6 +281,18 @@ def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
     obj = rec.reconstruct(pts, simplify=declined)
     assert len(declined.grids) == 1 and declined.meshes == [obj.mise_stats["faces_marching_cubes"]]
     assert not obj.mise_stats["marching_cubes_in_slabs"] and obj.mesh_note == "whole"
+    meshed_here = obj.mesh
+
+    class WholeElsewhere(Reduction):  # declines the grid but meshes it whole (as a worker process would)
+        def mesh_whole(self, values, threshold, box_half):
+            self.grids.append("whole")
+            from occnet_ros.reconstruction.mise import mesh_from_values
+            return mesh_from_values(values, threshold, box_half)
+
+    elsewhere = WholeElsewhere(None)
+    obj = rec.reconstruct(pts, simplify=elsewhere)
+    assert elsewhere.grids[1:] == ["whole"] and elsewhere.meshes == [len(meshed_here.faces)]
+    assert np.array_equal(obj.mesh.vertices, meshed_here.vertices) and np.array_equal(obj.mesh.faces, meshed_here.faces)
     # the pipeline's reduction offers grids only to a decimation that meshes them
     assert MeshReduction(20000, fast_or_open3d_decimation).from_grid(bumpy_grid(), 0.5, 0.55) is None
     assert MeshReduction(0, ParallelDecimation(1)).from_grid(bumpy_grid(), 0.5, 0.55) is None

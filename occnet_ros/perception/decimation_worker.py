@@ -142,7 +142,10 @@ def _child_main() -> None:
 
 
 def _warm_up() -> int:
-    """Import both decimators (by decimating a tetrahedron) -> this process's id."""
+    """Import both decimators (by decimating a tetrahedron) and marching cubes (of grids sent to the worker)
+    -> this process's id."""
+    from occnet_ros.reconstruction import mise  # noqa: F401  (scikit-image, no torch)
+
     quadric_decimation(*_TETRAHEDRON, 4)
     fast_quadric_decimation(*_TETRAHEDRON, 4)
     return os.getpid()

@@ -115,7 +115,10 @@ class MeshReduction:
     Called with (vertices (V, 3), faces (F, 3)), any frame: :func:`~occnet_ros.perception.mesh_ops.simplify_mesh`
     -> (vertices, faces, note). :meth:`from_grid`: where ``decimate`` can also mesh a MISE grid in slabs
     (:meth:`ParallelDecimation.mesh_grid <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_grid>`),
-    the reconstructor hands it the grid instead of a marching-cubes mesh."""
+    the reconstructor hands it the grid instead of a marching-cubes mesh; :meth:`mesh_whole`: where ``decimate`` can
+    mesh a whole grid in a worker process (:meth:`ParallelDecimation.mesh_whole_grid
+    <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_whole_grid>`), the grids it declines are
+    meshed there."""
 
     def __init__(self, max_faces: int, decimate: Decimation):
         self.max_faces = int(max_faces)
@@ -136,6 +139,15 @@ class MeshReduction:
             return None
         done = mesh_grid(values, threshold, box_half, self.max_faces)
         return None if done is None else (done[0], done[1], "", done[2])
+
+
+    def mesh_whole(self, values: np.ndarray, threshold: float, box_half: float
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A MISE corner grid (R+1)^3 -> :func:`~occnet_ros.reconstruction.mise.mesh_from_values` of it, made by
+        ``decimate``'s ``mesh_whole_grid`` (in a worker process); None where ``decimate`` has none or it failed: the
+        caller then runs marching cubes itself."""
+        mesh_whole_grid = getattr(self.decimate, "mesh_whole_grid", None)
+        return None if mesh_whole_grid is None else mesh_whole_grid(values, threshold, box_half)
 
 
 class FramePipeline:

@@ -47,7 +47,9 @@ decimation to ``mesh.max_faces``. One that also has ``from_grid(values, threshol
 note, marching-cubes faces) | None`` is first offered the MISE grid itself
 (:class:`~occnet_ros.perception.frame_pipeline.MeshReduction`: marching cubes and decimation in slabs, in worker
 processes); the object's ``timings`` then count marching cubes in ``simplify`` and ``mise_stats`` say
-``marching_cubes_in_slabs``."""
+``marching_cubes_in_slabs``. One that also has ``mesh_whole(values, threshold, box_half) -> (vertices, faces) |
+None`` makes the marching cubes of the grids ``from_grid`` declines (:func:`~occnet_ros.reconstruction.mise.mesh_from_values`,
+in a worker process); None: here."""
 
 
 class Reconstructor:
@@ -344,7 +346,9 @@ class Reconstructor:
                 t4 = t3
                 stats["faces_marching_cubes"] = int(n_mc)
             else:
-                verts, faces = mesh_from_values(plan.values, plan.threshold, BOX_HALF)
+                mesh_whole = getattr(plan.simplify, "mesh_whole", None)
+                whole = mesh_whole(plan.values, plan.threshold, BOX_HALF) if mesh_whole is not None else None
+                verts, faces = whole if whole is not None else mesh_from_values(plan.values, plan.threshold, BOX_HALF)
                 t4 = time.perf_counter()
                 stats["faces_marching_cubes"] = int(len(faces))
                 if plan.simplify is not None:
