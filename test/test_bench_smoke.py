@@ -250,7 +250,8 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert len(u["runs"]) == 3 and u["calls"] == sum(r["calls"] for r in u["runs"])
     for r in u["runs"]:
         assert r["calls"] >= sizes["latency_calls"] and 0 < r["p50_s"] <= r["p99_s"] <= r["max_s"] <= u["max_s"]
-        assert r["frames_reconstructed_meanwhile"] >= 1  # the calls overlapped a reconstruction
+        assert r["frames_reconstructed_meanwhile"] >= 2  # the calls overlapped whole reconstructions
+        assert r["window_s"] >= (r["calls"] - 1) / u["calls_per_s"]  # paced, not back to back
     fr = res["frame"]
     assert fr["available"] and fr["frame"]["objects"] >= 3 and fr["one_object"]["objects"] == 1
     assert fr["batched"]["objects"] == fr["frame"]["objects"] and _positive(fr["batched_over_one_by_one"])

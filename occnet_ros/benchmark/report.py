@@ -86,12 +86,12 @@ TARGETS = (
     Target("service_10k_p50_under_load_s", "s", 0.020, False,
            lambda r: (_dig(r, "ros", "service_under_load", "p50_s")
                       if (_dig(r, "ros", "service_under_load", "frames_reconstructed_meanwhile") or 0) >= 1 else None),
-           "query_occupancy round trip from another process, 10k points, while frames are reconstructed (not "
-           "measured unless a frame finished during the calls)"),
+           "query_occupancy round trip from another process, 10k points at 20 calls/s, while frames are "
+           "reconstructed (not measured unless a frame finished during the calls)"),
     Target("service_10k_p99_under_load_s", "s", 0.020, False,
            lambda r: _under_load(r, "p99_s"),
-           "the same calls: the worst p99 of the runs (each run at least latency_calls calls and overlapping a "
-           "frame; not measured otherwise)"),
+           "the same calls: the worst p99 of the runs (each run at least latency_calls calls and on until 2 frames "
+           "were reconstructed in it; not measured where none was)"),
     Target("service_10k_max_under_load_s", "s", 0.100, False,
            lambda r: _under_load(r, "max_s"),
            "the same calls: the longest call of all runs"),
@@ -269,7 +269,8 @@ def markdown(results: dict) -> str:
                              f"({_ms(r['spread']['time'])}), inside one object {_fmt(r['inside_one']['points_per_s'])} "
                              f"pts/s ({_ms(r['inside_one']['time'])})")
             u = ros["service_under_load"]
-            lines.append(f"- under load, {u['points']} points, frames from a camera process: worst run p50 "
+            lines.append(f"- under load, {u['points']} points at {_fmt(u.get('calls_per_s'))} calls/s (one in flight), "
+                         f"frames from a camera process: worst run p50 "
                          f"{_fmt(u['p50_s'], 's')}, p99 {_fmt(u['p99_s'], 's')}, max {_fmt(u.get('max_s'), 's')}")
             for i, r in enumerate(u.get("runs", []), 1):
                 lines.append(f"  - run {i}: {r['calls']} calls in {_fmt(r['window_s'], 's')} "
