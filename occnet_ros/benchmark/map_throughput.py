@@ -95,8 +95,7 @@ def run(ctx: BenchContext) -> dict:
 def _run_section(ctx: BenchContext, frame, n_objects: int, domain_id: int, log_path, transports: str) -> dict:
     t_start = time.time()
     proc = _start_node(ctx, frame, domain_id, log_path,
-                       extra=["-p", f"world_frame:={WORLD_FRAME}", "-p", "pose_source:=topic",
-                              "-p", "sensor_reliability:=reliable"])  # the client publishes reliable
+                       extra=["-p", f"world_frame:={WORLD_FRAME}", "-p", "pose_source:=topic"])
     client = None
     try:
         client = _MapClient(ctx, frame, domain_id)
