@@ -204,10 +204,9 @@ class KnownEmpty:
             return np.zeros(p.shape[0], bool)
         return self.plane.signed_distance(p) < -self.config.plane_margin_m
 
-    def in_free_space(self, points: np.ndarray) -> np.ndarray:
-        """points (M, 3) source frame, metres -> (M,) bool, in front of the depth bound of some view."""
-        p = np.asarray(points, np.float64).reshape(-1, 3)
-        out = np.zeros(p.shape[0], bool)
+    def _projected(self, p: np.ndarray):
+        """For each view: (view, limit, c (M, 3) points in its optical frame, idx (K,) the points that project into
+        its depth image or crop, row (K,), col (K,) their pixels in it). p: (M, 3) float64 source frame."""
         for view, limit, to_cam in self._views:
             c = to_cam.apply(p)  # no BLAS threads (see geometry.rotate_rows)
             row, col, ok = view.camera.pixels(c)
@@ -217,8 +216,15 @@ class KnownEmpty:
                 row, col = row - r0, col - c0
                 ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
             idx = np.flatnonzero(ok)
+            yield view, limit, c, idx, row[idx], col[idx]
+
+    def in_free_space(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 3) source frame, metres -> (M,) bool, in front of the depth bound of some view."""
+        p = np.asarray(points, np.float64).reshape(-1, 3)
+        out = np.zeros(p.shape[0], bool)
+        for _, limit, c, idx, row, col in self._projected(p):
             with np.errstate(invalid="ignore"):
-                out[idx[c[idx, 2] < limit[row[idx], col[idx]]]] = True  # NaN limit (no return) compares False
+                out[idx[c[idx, 2] < limit[row, col]]] = True  # NaN limit (no return) compares False
         return out
 
     def on_depth_surface(self, points: np.ndarray) -> np.ndarray:
@@ -227,19 +233,16 @@ class KnownEmpty:
         optical depth lies within ``n_sigma * sigma(d)`` of ``d``. A flying pixel's mixed depth counts too."""
         p = np.asarray(points, np.float64).reshape(-1, 3)
         out = np.zeros(p.shape[0], bool)
-        a, b = self.config.n_sigma * self.config.sigma_a, self.config.n_sigma * self.config.sigma_b
-        for view, limit, to_cam in self._views:
-            c = to_cam.apply(p)
-            row, col, ok = view.camera.pixels(c)
-            r0, c0 = view.roi_origin
-            h, w = limit.shape
-            row, col = row - r0, col - c0
-            ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
-            idx = np.flatnonzero(ok)
-            d = np.asarray(view.depth, np.float64)[row[idx], col[idx]]
-            with np.errstate(invalid="ignore"):  # NaN depth (no return) compares False
-                out[idx[(d > 0) & (np.abs(c[idx, 2] - d) <= a + b * d * d)]] = True
+        for view, _, c, idx, row, col in self._projected(p):
+            out[idx[self._near_depth(c[idx, 2], view, row, col)]] = True
         return out
+
+    def _near_depth(self, z: np.ndarray, view: DepthView, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """(K,) bool: optical depths z within the noise band of the view's own depth at pixels (row, col)."""
+        a, b = self.config.n_sigma * self.config.sigma_a, self.config.n_sigma * self.config.sigma_b
+        d = np.asarray(view.depth)[row, col].astype(np.float64)
+        with np.errstate(invalid="ignore"):  # NaN depth (no return) compares False
+            return (d > 0) & (np.abs(z - d) <= a + b * d * d)
 
     def mask(self, points: np.ndarray) -> np.ndarray:
         """points (M, 3) source frame, metres -> (M,) bool: known to be empty (below the plane or in
@@ -253,20 +256,10 @@ class KnownEmpty:
         p = np.asarray(points, np.float64).reshape(-1, 3)
         empty = self.below_plane(p)
         surface = np.zeros(p.shape[0], bool)
-        a, b = self.config.n_sigma * self.config.sigma_a, self.config.n_sigma * self.config.sigma_b
-        for view, limit, to_cam in self._views:
-            c = to_cam.apply(p)
-            row, col, ok = view.camera.pixels(c)
-            r0, c0 = view.roi_origin
-            h, w = limit.shape
-            if (r0, c0, h, w) != (0, 0, *view.camera.shape):  # a crop: into its pixels, inside its bounds
-                row, col = row - r0, col - c0
-                ok &= (row >= 0) & (row < h) & (col >= 0) & (col < w)
-            idx = np.flatnonzero(ok)
-            z, row, col = c[idx, 2], row[idx], col[idx]
-            d = np.asarray(view.depth)[row, col].astype(np.float64)
-            with np.errstate(invalid="ignore"):  # NaN limit or depth (no return) compares False
+        for view, limit, c, idx, row, col in self._projected(p):
+            z = c[idx, 2]
+            with np.errstate(invalid="ignore"):  # NaN limit (no return) compares False
                 empty[idx[z < limit[row, col]]] = True
-                surface[idx[(d > 0) & (np.abs(z - d) <= a + b * d * d)]] = True
+            surface[idx[self._near_depth(z, view, row, col)]] = True
         surface &= ~empty
         return empty, surface
