@@ -9,7 +9,7 @@ image, camera_info), as ROS messages. Each repeat runs, in the node's order:
 - the :class:`~occnet_ros.perception.frame_pipeline.FramePipeline` stages (its ``stage_seconds``): segmentation,
   clean, known_empty, normalize, encode, mise, marching_cubes, simplify (to ``mesh.max_faces``, in the node's
   decimation worker processes; where they mesh the MISE grid in slabs, marching cubes runs there too and its time
-  is part of simplify), anchor, colour;
+  is part of simplify; marching_cubes: a grid meshed whole, in a worker process, round trip included), anchor, colour;
 - message: :func:`~occnet_ros.ros.object_msgs.frame_messages` with markers (CDR bytes);
 - publish: both byte strings handed to rclpy publishers that have a subscriber in another ROS context.
 

@@ -132,8 +132,8 @@ class MeshReduction:
                   ) -> tuple[np.ndarray, np.ndarray, str, int] | None:
         """A MISE corner grid (R+1)^3 -> (vertices (V, 3) canonical, faces (F, 3), note "", faces marching cubes
         made), meshed and reduced in slabs by ``decimate``; None where it cannot (no ``mesh_grid``, reduction off,
-        a surface too small to cut, or a slab result that failed its checks): the caller then runs marching cubes
-        on the whole grid and reduces that mesh by calling this object."""
+        a surface too small to cut, or a slab result that failed its checks): the caller then meshes the whole grid
+        (:meth:`mesh_whole`) and reduces that mesh by calling this object."""
         mesh_grid = getattr(self.decimate, "mesh_grid", None)
         if mesh_grid is None or self.max_faces == 0:
             return None
