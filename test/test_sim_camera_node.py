@@ -172,3 +172,29 @@ def test_rate_is_respected(ros_context, tmp_path):
     assert 5 <= len(got) <= 50, got
     d = np.diff(got)
     assert abs(np.median(d) - 0.2) < 0.03 and np.all((d > 0.05) & (d < 0.45)), d
+
+
+@pytest.mark.parametrize("context_alive", [False, True])
+def test_a_spin_failing_on_the_shut_down_context_is_a_clean_exit(monkeypatch, context_alive):
+    """SIGINT shuts rclpy's context down from its signal handler; a spin_once building its wait set at that moment
+    raises on the dead context. main() ends with 0 then, but re-raises what fails while the context is valid."""
+    from occnet_ros.ros import sim_camera_node
+
+    class DyingExecutor:
+        def add_node(self, node):
+            pass
+
+        def spin_once(self, timeout_sec=None):
+            if not context_alive:
+                rclpy.shutdown()  # what the SIGINT handler does
+            raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN))
+    monkeypatch.setattr(sim_camera_node, "SingleThreadedExecutor", DyingExecutor)
+    args = ["sim_camera", "--ros-args", "-p", "camera.width:=64", "-p", "camera.height:=48", "-p", "rate_hz:=0.5"]
+    if context_alive:
+        with pytest.raises(RuntimeError, match="wait set"):
+            sim_camera_node.main(args)
+    else:
+        assert sim_camera_node.main(args) == 0
+    assert not rclpy.ok()  # shut down either way
