@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from occnet_ros.benchmark.node_throughput import UNDER_LOAD_HZ, UNDER_LOAD_MIN_FRAMES
+
 
 @dataclass(frozen=True)
 class Target:
@@ -84,14 +86,13 @@ TARGETS = (
            lambda r: _dig(_query_row(r), "object_exact_inside", "points_per_s"),
            "one object, exact network answers, points inside its box, 100k per request (or the largest)"),
     Target("service_10k_p50_under_load_s", "s", 0.020, False,
-           lambda r: (_dig(r, "ros", "service_under_load", "p50_s")
-                      if (_dig(r, "ros", "service_under_load", "frames_reconstructed_meanwhile") or 0) >= 1 else None),
-           "query_occupancy round trip from another process, 10k points at 20 calls/s, while frames are "
-           "reconstructed (not measured unless a frame finished during the calls)"),
+           lambda r: _under_load(r, "p50_s"),
+           f"query_occupancy round trip from another process, 10k points at {UNDER_LOAD_HZ:g} calls/s, while frames "
+           "are reconstructed (not measured unless a frame finished during the calls)"),
     Target("service_10k_p99_under_load_s", "s", 0.020, False,
            lambda r: _under_load(r, "p99_s"),
-           "the same calls: the worst p99 of the runs (each run at least latency_calls calls and on until 2 frames "
-           "were reconstructed in it; not measured where none was)"),
+           f"the same calls: the worst p99 of the runs (each run at least latency_calls calls and on until "
+           f"{UNDER_LOAD_MIN_FRAMES} frames were reconstructed in it; not measured where none was)"),
     Target("service_10k_max_under_load_s", "s", 0.100, False,
            lambda r: _under_load(r, "max_s"),
            "the same calls: the longest call of all runs"),
