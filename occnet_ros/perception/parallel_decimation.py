@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation, _WorkerLost
+from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
+from occnet_ros.worker_process import WorkerLost
 
 __all__ = ["ParallelDecimation"]
 
@@ -62,7 +63,7 @@ class ParallelDecimation:
             try:
                 for k, r in zip(idx, slot._ask(fn, ([jobs[k] for k in idx],))):
                     results[k] = r
-            except (_WorkerLost, DecimationWorkerError) as e:
+            except (WorkerLost, DecimationWorkerError) as e:
                 failed.append(str(e))
 
         threads = [threading.Thread(target=ask, args=(slot, idx), name="occnet_decimation_part")
@@ -113,7 +114,7 @@ class ParallelDecimation:
             try:
                 return self.slots[0]._ask(marching_cubes_at, (sub, start, float(threshold), values.shape[0] - 1,
                                                               float(box_half)))
-            except (_WorkerLost, DecimationWorkerError) as e:
+            except (WorkerLost, DecimationWorkerError) as e:
                 self._warn(f"{e}; this grid is meshed in the calling process instead")
                 return None
 
