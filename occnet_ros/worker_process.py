@@ -6,7 +6,9 @@ process (:mod:`occnet_ros.ros.reconstruction_process`). The worker is started wi
 function of a module (``"package.module:function"``), not forked from the parent (torch and ROS threads) nor
 started by multiprocessing's spawn (which re-imports the parent's main script: for the node, torch and rclpy); it
 imports what its entry needs. The entry reads its arguments with :func:`child_arguments` and answers with
-:func:`serve`.
+:func:`serve`. Requests and answers travel as plain pickles (:func:`send` / :func:`receive`), not as
+multiprocessing's own, which after ``import torch`` would try to share tensors through file descriptors: a tensor
+goes by value.
 
 The worker never outlives the process that started it (its parent), however that process ends, SIGKILL
 included. On Linux the kernel kills it with SIGKILL the moment the parent ends (``PR_SET_PDEATHSIG``; the
@@ -24,6 +26,7 @@ import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -33,7 +36,9 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, NoReturn
 
-__all__ = ["WorkerLost", "WorkerConnection", "child_arguments", "serve", "exit_text"]
+from occnet_ros.perception.priority import request_time_slice
+
+__all__ = ["WorkerLost", "WorkerConnection", "child_arguments", "serve", "exit_text", "send", "receive"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _PARENT_POLL_S = 0.5
@@ -47,6 +52,16 @@ class WorkerLost(Exception):
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
         self.timed_out = timed_out
+
+
+def send(conn, obj) -> None:
+    """``obj`` over ``conn`` as a plain pickle (highest protocol)."""
+    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn):
+    """The next object :func:`send` sent over ``conn``."""
+    return pickle.loads(conn.recv_bytes())
 
 
 # ------------------------------------------------------------------ in the worker process
@@ -85,11 +100,13 @@ def _watch_parent(parent_pid: int) -> None:
 
 def child_arguments() -> tuple[multiprocessing.connection.Connection, int]:
     """In a worker's entry function: (its connection to the parent, the parent's pid), from the command line
-    :class:`WorkerConnection` gave it; the worker's nice value is raised by the increment given there."""
+    :class:`WorkerConnection` gave it; the worker's nice value is raised by the increment given there, and its time
+    slice is the kernel's default (:mod:`occnet_ros.perception.priority`)."""
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     nice = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)  # background work: the parent's latency-bound threads get a core first
+    request_time_slice(0.0)  # and the kernel's default slice, whatever the parent's threads asked for
     return multiprocessing.connection.Connection(fd), parent_pid
 
 
@@ -100,10 +117,10 @@ def serve(conn, parent_pid: int, handle: Callable[[object], object], ready: obje
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent_thread()
     _watch_parent(parent_pid)
-    conn.send(("ok", os.getpid() if ready is None else ready))
+    send(conn, ("ok", os.getpid() if ready is None else ready))
     while True:
         try:
-            request = conn.recv()
+            request = receive(conn)
         except (EOFError, OSError):
             return
         except Exception as e:  # a request that cannot be unpickled here
@@ -116,11 +133,11 @@ def serve(conn, parent_pid: int, handle: Callable[[object], object], ready: obje
             except Exception as e:
                 answer = ("error", e)
         try:
-            conn.send(answer)
+            send(conn, answer)
         except (EOFError, OSError):
             return
         except Exception as e:  # an answer that cannot be pickled
-            conn.send(("error", RuntimeError(f"the worker could not send its answer: {e!r}")))
+            send(conn, ("error", RuntimeError(f"the worker could not send its answer: {e!r}")))
 
 
 # ------------------------------------------------------------------ in the parent process
@@ -231,7 +248,7 @@ class WorkerConnection:
         stopped) if it died or gave no answer within ``timeout_s`` seconds (None = no limit)."""
         try:
             try:  # the worker reads each request as soon as it has sent the previous answer: no wait here
-                self.conn.send(request)
+                send(self.conn, request)
             except (EOFError, OSError):
                 self._died()
             status, value = self._receive(timeout_s, "to answer")
@@ -246,7 +263,7 @@ class WorkerConnection:
         ready = multiprocessing.connection.wait([self.conn], timeout_s)
         if self.conn in ready:
             try:
-                return self.conn.recv()
+                return receive(self.conn)
             except (EOFError, OSError):
                 pass
         elif not ready:

@@ -88,7 +88,7 @@ def test_replay_of_a_sim_camera_recording_equals_the_live_node(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(PARAMS)
     params = load_params(params_file, ckpt)
-    from occnet_ros.ros.reconstruction_node import load_reconstructor
+    from occnet_ros.ros.frame_processor import load_reconstructor
 
     res = replay(ReplayOptions(bag=bag, out=tmp_path / "out", params=params, progress=False),
                  load_reconstructor(params), emit=lambda t: None)

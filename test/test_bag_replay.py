@@ -24,7 +24,7 @@ from occnet_ros.bag.writer import BagWriter, typestore  # noqa: E402
 from occnet_ros.cli import replay as cli  # noqa: E402
 from occnet_ros.msg import ReconstructedObjectArray  # noqa: E402
 from occnet_ros.ros import conversions  # noqa: E402
-from occnet_ros.ros.reconstruction_node import load_reconstructor  # noqa: E402
+from occnet_ros.ros.frame_processor import load_reconstructor  # noqa: E402
 
 PARAMS = """/**:
   ros__parameters:

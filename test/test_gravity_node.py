@@ -50,11 +50,13 @@ def query(node, points):
 
 def test_the_node_estimates_up_from_the_table_and_finds_the_objects(tmp_path):
     scene = render_scene(320, 240)
-    with node_in_process(tmp_path, checkpoint="", segmentation__mode="geometric", mesh__max_faces=0) as node:
+    # in this process, to read its gravity tracker (the log lines come from either)
+    with node_in_process(tmp_path, checkpoint="", segmentation__mode="geometric", mesh__max_faces=0,
+                         reconstruction_process=False) as node:
         lines = run_one_frame(node, scene)
         said = [text for level, text in lines if "gravity-up estimated" in text]
         assert len(said) == 1 and ("info", said[0]) in lines, lines
-        used = node.gravity.current
+        used = node.processor.up_and_camera.gravity.current
         assert used is not None and angle_deg(used, scene.up) < 2.0
         probs = query(node, [scene.box_center, scene.sphere_center])
         assert (probs > node.reconstructor.threshold).all(), probs
@@ -62,13 +64,14 @@ def test_the_node_estimates_up_from_the_table_and_finds_the_objects(tmp_path):
 
 def test_an_explicit_up_off_the_table_is_used_as_set_and_reported(tmp_path):
     scene = render_scene(320, 240)
-    with node_in_process(tmp_path, up=[0.0, -1.0, 0.0], segmentation__mode="geometric") as node:
+    with node_in_process(tmp_path, up=[0.0, -1.0, 0.0], segmentation__mode="geometric",
+                         reconstruction_process=False) as node:
         lines = run_one_frame(node, scene)
         warned = [text for level, text in lines if level == "warning" and "gravity-up" in text]
         assert len(warned) == 1 and "parameter 'up' = [0.000, -1.000, 0.000]" in warned[0], lines
         suggested = np.array([float(v) for v in warned[0].split("to [")[1].split("]")[0].split(",")])
         assert angle_deg(suggested, scene.up) < 2.0
-        assert node.gravity.current is None  # nothing estimated: the set up is used
+        assert node.processor.up_and_camera.gravity.current is None  # nothing estimated: the set up is used
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -59,7 +59,7 @@ def test_markers_only_with_subscribers(node):
     assert len(objects.sent) == 1 and len(markers.sent) == 0  # nobody listens to markers
     assert [o.id for o in objects.sent[0].objects] == [BOX_LABEL, SPHERE_LABEL]
     assert all(len(o.mesh.triangles) <= 100 for o in objects.sent[0].objects)
-    assert node._marker_ids == set()
+    assert node.marker_ids == set()
 
     received = []
     sub = node.create_subscription(MarkerArray, "markers", received.append, 5)
@@ -70,13 +70,13 @@ def test_markers_only_with_subscribers(node):
         node._process(synced(scene, 2.0, np.where(scene.mask == SPHERE_LABEL, 0, scene.mask)))
         assert len(objects.sent) == 2 and len(markers.sent) == 1
         assert [m.id for m in markers.sent[0].markers if m.action == Marker.ADD] == [BOX_LABEL]
-        assert node._marker_ids == {BOX_LABEL} and node.store.snapshot().ids == (BOX_LABEL,)
+        assert node.marker_ids == {BOX_LABEL} and node.store.snapshot().ids == (BOX_LABEL,)
         assert wait_until(lambda: len(received) == 1, 5, spin=lambda: executor.spin_once(timeout_sec=0.05))
         node.destroy_subscription(sub)
         assert wait_until(lambda: node.pub_markers.get_subscription_count() == 0, 10)
         node._process(synced(scene, 3.0, scene.mask))
         assert len(objects.sent) == 3 and len(markers.sent) == 1  # the subscriber left: no markers again
-        assert node._marker_ids == {BOX_LABEL}  # what the last marker message showed
+        assert node.marker_ids == {BOX_LABEL}  # what the last marker message showed
         assert node.store.snapshot().ids == (BOX_LABEL, SPHERE_LABEL)
     finally:
         executor.shutdown()
@@ -94,7 +94,7 @@ def test_markers_only_with_subscribers(node):
     assert list(res.object_ids) == ids.tolist() == [BOX_LABEL, SPHERE_LABEL, -1]
 
 
-def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_parameter(tmp_path, monkeypatch):
+def test_in_process_the_decimation_workers_start_with_the_node_or_stop_it_naming_the_parameter(tmp_path, monkeypatch):
     from occnet_ros.perception.decimation_worker import DecimationWorkerError, ProcessDecimation
     from occnet_ros.perception.parallel_decimation import ParallelDecimation
     from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
@@ -105,10 +105,10 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
     ctx = Context()
     rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
     base = [Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
-            Parameter("mesh.max_faces", value=100)]
+            Parameter("mesh.max_faces", value=100), Parameter("reconstruction_process", value=False)]
     try:
         n = ReconstructionNode(context=ctx, parameter_overrides=base)
-        assert isinstance(n.decimation, ParallelDecimation) and n.pipeline.decimate is n.decimation
+        assert isinstance(n.decimation, ParallelDecimation) and n.processor.pipeline.decimate is n.decimation
         assert len(n.decimation.slots) == 2  # mesh.decimation_workers
         assert n.stop() and all(s._closed for s in n.decimation.slots)  # the worker processes end with the node
         n.destroy_node()
@@ -120,8 +120,40 @@ def test_the_decimation_worker_starts_with_the_node_or_stops_it_naming_the_param
         with pytest.raises(ParamError, match="mesh.decimate_in_worker.*spawn refused"):
             ReconstructionNode(context=ctx, parameter_overrides=base)
         n = ReconstructionNode(context=ctx, parameter_overrides=base + [Parameter("mesh.decimate_in_worker", value=False)])
-        assert n.decimation is None and n.pipeline.decimate is fast_or_open3d_decimation
+        assert n.decimation is None and n.processor.pipeline.decimate is fast_or_open3d_decimation
         n.stop()
+        n.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def test_the_reconstruction_process_and_its_decimation_workers_end_with_the_node(tmp_path):
+    import psutil
+
+    from occnet_ros.perception.priority import time_slice
+    from occnet_ros.ros.reconstruction_node import ReconstructionNode
+    from occnet_ros.ros.reconstruction_process import ReconstructionProcess
+
+    ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        n = ReconstructionNode(context=ctx, parameter_overrides=[
+            Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
+            Parameter("mesh.max_faces", value=100)])
+        assert isinstance(n.processor, ReconstructionProcess) and n.decimation is None
+        child = psutil.Process(n.processor.pid)
+        family = [child, *child.children()]
+        assert len(family) == 3  # the process and its mesh.decimation_workers
+        if n.time_slice is not None:  # Linux >= 6.12: the node's threads ask for short slices, background work not
+            assert n.time_slice == pytest.approx(0.0002)  # time_slice_ms
+            assert wait_until(lambda: time_slice(n.worker.native_id) != pytest.approx(0.0002), 5)
+            assert all(time_slice(p.pid) != pytest.approx(0.0002) for p in family)
+            others = [t.id for t in psutil.Process().threads() if t.id != n.worker.native_id]
+            assert sum(time_slice(t) == pytest.approx(0.0002) for t in others) >= 2  # DDS threads too
+        assert n.stop()
+        gone, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive
         n.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)

@@ -22,10 +22,21 @@ from occnet_ros.ros.conversions import MessageError  # noqa: E402
 WORLD, CAM_FRAME = "world", "cam"
 
 
+MAP_NODE = dict(segmentation__min_points=20, filter__min_range=0.05, world_frame=WORLD, pose_source="topic",
+                map__reconstructions_per_frame=3)
+
+
 @pytest.fixture
 def node(tmp_path):
-    with node_in_process(tmp_path, segmentation__min_points=20, filter__min_range=0.05, world_frame=WORLD,
-                         pose_source="topic", map__reconstructions_per_frame=3) as n:
+    """The node as shipped: the map lives in its reconstruction process."""
+    with node_in_process(tmp_path, **MAP_NODE) as n:
+        yield n
+
+
+@pytest.fixture
+def local_node(tmp_path):
+    """The map in this process, where a test reads the pipeline's state."""
+    with node_in_process(tmp_path, reconstruction_process=False, **MAP_NODE) as n:
         yield n
 
 
@@ -110,22 +121,22 @@ def test_markers_are_sent_again_only_for_changed_objects_or_a_new_listener(node)
 
     node._process(synced(node, 0.0, 1.0)[0])
     shown = sent_ids(0)
-    assert shown and set(shown) == node._marker_ids
+    assert shown and set(shown) == node.marker_ids
     node._process(synced(node, 0.0, 2.0)[0])  # the same view: nothing changed, no marker sent again
-    assert sent_ids(1) == [] and node._marker_ids == set(shown)
+    assert sent_ids(1) == [] and node.marker_ids == set(shown)
     listeners[0] = 2  # a new listener (RViz started) gets every object
     node._process(synced(node, 0.0, 3.0)[0])
     assert sent_ids(2) == shown
 
 
-def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(node):
+def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(local_node):
     from rclpy.serialization import deserialize_message
 
     from occnet_ros.msg import ReconstructedObjectArray
     from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
 
-    node._process(synced(node, 0.0, 1.0)[0])
-    results = node.pipeline._published
+    local_node._process(synced(local_node, 0.0, 1.0)[0])
+    results = local_node.processor.pipeline._published
     first = list(results.values())
     cache = ObjectMessageCache()
     a = frame_messages(first, header(WORLD, 1.0), set(), False, cache=cache)
@@ -146,6 +157,7 @@ def test_the_message_of_an_unchanged_object_is_reused_with_a_fresh_header(node):
 
 
 def test_a_cloud_without_a_usable_pose_is_refused_with_the_reason(node):
+    objects = Recorder(node.pub_objects)
     frame, _ = synced(node, 0.0, 1.0, pose=False)
     with pytest.raises(MessageError, match="no camera_pose within sync.tolerance"):
         node._process(frame)
@@ -160,9 +172,10 @@ def test_a_cloud_without_a_usable_pose_is_refused_with_the_reason(node):
     frame.items["pose"].pose.orientation.x = float("nan")
     with pytest.raises(MessageError, match="not a unit quaternion"):
         node._process(frame)
-    assert len(node.pipeline.map) == 0 and node.frames_done == 0  # nothing entered the map
+    assert node.frames_done == 0 and not objects.sent
     node._process(synced(node, 0.0, 3.0)[0])
-    assert len(node.pipeline.map) == 3 and node.frames_done == 1
+    assert node.frames_done == 1 and len(objects.sent[0].objects) == 3
+    assert all(o.num_views == 1 for o in objects.sent[0].objects)  # none of the refused views entered the map
 
 
 @pytest.mark.parametrize("reliability", ["best_effort", "reliable"])

@@ -89,17 +89,36 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def peak_rss_mb(pid: int) -> dict:
-    """VmHWM (peak resident set) and VmRSS of ``pid`` in MiB, from /proc (NaN if unreadable)."""
-    out = {"peak_rss_mb": float("nan"), "rss_mb": float("nan")}
+def _status_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM peak resident set, VmRSS) of ``pid`` in MiB, from /proc (NaN if unreadable)."""
+    peak = rss = float("nan")
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                out["peak_rss_mb"] = int(line.split()[1]) / 1024.0
+                peak = int(line.split()[1]) / 1024.0
             elif line.startswith("VmRSS:"):
-                out["rss_mb"] = int(line.split()[1]) / 1024.0
+                rss = int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return peak, rss
+
+
+def peak_rss_mb(pid: int) -> dict:
+    """VmHWM (peak resident set) and VmRSS of ``pid`` in MiB, and the same summed over its child processes (the
+    reconstruction process, the decimation workers: ``children_peak_rss_mb``, ``children_rss_mb``; their peaks
+    need not coincide, so the sum bounds theirs from above); NaN where unreadable."""
+    peak, rss = _status_mb(pid)
+    out = {"peak_rss_mb": peak, "rss_mb": rss, "children_peak_rss_mb": float("nan"), "children_rss_mb": float("nan"),
+           "children": 0}
+    try:
+        import psutil
+
+        kids = [_status_mb(c.pid) for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # psutil missing or the node gone: the node's own figures stand
+        return out
+    if kids:
+        out.update(children_peak_rss_mb=float(sum(k[0] for k in kids)), children_rss_mb=float(sum(k[1] for k in kids)),
+                   children=len(kids))
     return out
 
 

@@ -118,6 +118,14 @@ def check_targets(results: dict) -> list[dict]:
     return rows
 
 
+def _children(memory: dict) -> str:
+    """The node's child processes and their summed peak RSS, as a clause of the memory line ("" for results
+    without them)."""
+    if not memory.get("children"):
+        return ""
+    return f" (its {memory['children']} child processes: {_fmt(memory.get('children_peak_rss_mb'))} MiB, peaks summed)"
+
+
 def _fmt(v: Any, unit: str = "") -> str:
     if v is None:
         return "-"
@@ -262,7 +270,7 @@ def markdown(results: dict) -> str:
                          f"MISE {nt.get('mise_resolution')}^3, "
                          f"{ros['frame']['width']}x{ros['frame']['height']}), end-to-end latency "
                          f"{_ms(nt.get('end_to_end_latency'))}; node peak RSS "
-                         f"{_fmt(ros['node_memory']['peak_rss_mb'])} MiB; Fast DDS transports "
+                         f"{_fmt(ros['node_memory']['peak_rss_mb'])} MiB{_children(ros['node_memory'])}; Fast DDS transports "
                          f"{ros.get('fastdds_builtin_transports')} (node, camera and client), profile "
                          f"{Path(ros.get('fastdds_profiles_file') or 'none').name}")
             for r in ros["service"]:
@@ -291,7 +299,7 @@ def markdown(results: dict) -> str:
                          f"{c.get('objects_recomputed_after')} objects recomputed in the frame after, MISE "
                          f"{c.get('mise_resolution')}^3), "
                          f"end-to-end latency {_ms(c.get('end_to_end_latency'))}; node peak RSS "
-                         f"{_fmt(mp['node_memory']['peak_rss_mb'])} MiB")
+                         f"{_fmt(mp['node_memory']['peak_rss_mb'])} MiB{_children(mp['node_memory'])}")
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if errors:
         lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReplayError(f"--out {args.out} is a file, not a directory")
         if (args.out / OUTPUT_BAG).exists():
             raise ReplayError(f"output bag {args.out / OUTPUT_BAG} exists already; remove it or choose another --out")
-        from occnet_ros.ros.reconstruction_node import load_reconstructor  # torch + the model: after the checks
+        from occnet_ros.ros.frame_processor import load_reconstructor  # torch + the model: after the checks
 
         reconstructor = load_reconstructor(params)
     except (BagError, ReplayError, ValueError) as e:

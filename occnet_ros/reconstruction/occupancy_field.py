@@ -130,6 +130,24 @@ class OccupancyField:
         self.lattice: PlaneLattice | None = None
         """The own frame's planes at the corners of a grid (:meth:`on_grid`); None = sample every point."""
 
+    def __getstate__(self) -> dict:
+        """Pickled, a field carries its codes, known-empty test and calibration, not the network (nor the query
+        graph or a grid table): the process that loads it gives it its own copy of the same network with
+        :meth:`attach` before asking it anything (the node's reconstruction process sends its objects this way).
+        Tensors are pickled by value (plain :mod:`pickle`)."""
+        state = dict(self.__dict__)
+        state.update(model=None, query_graph=None, lattice=None)
+        return state
+
+    def attach(self, model: OccupancyNetwork, query_graph: LazyQueryGraph | None = None) -> None:
+        """Give an unpickled field (``model`` None) the network it was encoded with (a copy of the same weights, on
+        the codes' device) and that network's one-call query decoder. ValueError for a ``query_graph`` of another
+        network."""
+        if query_graph is not None and query_graph.model is not model:
+            raise ValueError("query_graph belongs to another network")
+        self.model = model
+        self.query_graph = query_graph
+
     def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
         """(M,) network probabilities (of :meth:`probabilities`, or a grid interpolating them) -> (M,) float32
         calibrated probabilities (:attr:`calibration`; 0 stays 0)."""
@@ -218,6 +236,8 @@ class OccupancyField:
         :attr:`query_graph` where there is one and it takes ``prepared`` (queries), in the calling thread. ``rows``:
         (3, M) the points' rows in :attr:`lattice` (:meth:`~occnet_ros.network.plane_lattice.PlaneLattice.plane_rows`):
         their plane features come from there."""
+        if self.model is None:
+            raise RuntimeError("this occupancy field was unpickled without its network: attach() it first")
         one_call = self.query_graph.get() if graph and self.query_graph is not None and mirror is None else None
         if one_call is not None and one_call.usable(prepared):
             out = np.empty(p.shape[0], dtype=np.float32)

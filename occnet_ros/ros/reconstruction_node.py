@@ -7,16 +7,22 @@ object map, ``camera_pose`` (geometry_msgs/PoseStamped), all with sensor-data Qo
 ``sensor_reliability``); publishes ``objects`` (occnet_ros/ReconstructedObjectArray) and ``markers``
 (visualization_msgs/MarkerArray); serves ``query_occupancy`` (occnet_ros/QueryOccupancy).
 
-Threads: subscription callbacks only store the newest messages (:class:`FrameSync`, bounded); one
-worker thread converts, segments and reconstructs the newest complete frame (which partners a cloud waits
-for: :class:`~occnet_ros.perception.live_frames.LiveFrames`); the service
-(:mod:`occnet_ros.ros.query_service`) runs in its own callback group on a MultiThreadedExecutor and answers
-from the :class:`ObjectStore` snapshot while the worker is busy. ``main`` shortens the interpreter's
-thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long each time it
-takes the GIL back while the worker runs Python code (long C calls that hold the GIL, e.g. marching cubes, still
-delay a query by their duration), and the queries decode through a one-call graph that takes it back a few
-times per object instead of some 40 (:mod:`occnet_ros.network.query_graph`). Mesh decimation, which holds the GIL longest (Open3D), runs in
-a worker process started with the node (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`).
+Threads and processes: subscription callbacks only store the newest messages (:class:`FrameSync`, bounded); one
+worker thread takes the newest complete frame (which partners a cloud waits for:
+:class:`~occnet_ros.perception.live_frames.LiveFrames`), looks up what needs the node (the cloud's pose in
+``world_frame``, the camera's pose by tf2) and hands the messages to the
+:class:`~occnet_ros.ros.frame_processor.FrameProcessor`, which decodes, segments, reconstructs and serializes the frame;
+the worker then publishes the bytes and swaps the frame's objects into the :class:`ObjectStore`. With
+``reconstruction_process`` (the default) the processor runs in a process of its own
+(:mod:`occnet_ros.ros.reconstruction_process`), so the reconstruction's Python never holds this process's GIL;
+otherwise in the worker thread. The service (:mod:`occnet_ros.ros.query_service`) runs in its own callback group on a
+MultiThreadedExecutor and answers from the store's snapshot while a frame is reconstructed, decoding with this
+process's copy of the network through a one-call graph (:mod:`occnet_ros.network.query_graph`). ``main`` shortens
+the interpreter's thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long
+each time it takes the GIL back from another thread running Python code (the in-process reconstruction, or the
+worker receiving a frame's objects). Mesh decimation and marching cubes run in worker processes
+(``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`), started by whichever process
+reconstructs.
 A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
 after start-up the node holds some 240k-280k of them (torch, the model, rclpy; ``gc.get_freeze_count()`` after the freeze), and one collection took 0.2-0.25 s on a
 2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built. Freezing alone stopped full
@@ -57,7 +63,7 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.heap_release import HeapRelease
-from occnet_ros.perception.priority import lower_thread_priority
+from occnet_ros.perception.priority import lower_thread_priority, request_process_time_slice, request_time_slice
 from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
@@ -67,12 +73,11 @@ from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import MessageError, stamp_to_sec
-from occnet_ros.ros.frame_input import UpAndCamera, cloud_pose_from_topic, decode_frame_messages
+from occnet_ros.ros.frame_input import cloud_pose_from_topic
+from occnet_ros.ros.frame_processor import FrameOutcome, FrameProcessor, FrameRequest, cloud_header, load_reconstructor
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.query_service import QueryService
-from occnet_ros.ros.object_msgs import ObjectMessageCache, frame_messages
-from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
-from occnet_ros.perception.map_pipeline import MapPipeline
+from occnet_ros.ros.reconstruction_process import ReconstructionProcess, ReconstructionProcessError
 from occnet_ros.perception.live_frames import LiveFrames
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
@@ -97,21 +102,12 @@ def check_startup(params: NodeParams) -> None:
                          "which is not installed here; set pose_source to topic and publish camera_pose")
 
 
-def load_reconstructor(params: NodeParams):
-    """The :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor` of the ``reconstruction.*``
-    parameters and ``checkpoint``. Raises :class:`ParamError` naming the parameter for a missing checkpoint
-    or an unavailable device."""
-    from occnet_ros.reconstruction.reconstructor import Reconstructor
-
-    path = str(Path(params.checkpoint).expanduser()) if params.checkpoint else None
-    try:
-        return Reconstructor.from_config(params.reconstruction, path)
-    except FileNotFoundError as e:
-        raise ParamError(f"parameter 'checkpoint' = '{params.checkpoint}': {e}") from e
-    except ValueError as e:  # e.g. device cuda without CUDA
-        if "device" in str(e):
-            raise ParamError(f"parameter 'reconstruction.device' = '{params.reconstruction.device}': {e}") from e
-        raise
+def _slice_text(asked_ms: float, got_s: float | None) -> str:
+    if asked_ms <= 0:
+        return "the kernel's default"
+    if got_s is None:
+        return f"the kernel's default ({asked_ms:g} ms asked for: no slice requests here, Linux >= 6.12 takes them)"
+    return f"{got_s * 1e3:g} ms"
 
 
 class ReconstructionNode(Node):
@@ -122,37 +118,45 @@ class ReconstructionNode(Node):
         self.params = declare_parameters(self)
         check_startup(self.params)
         p = self.params
-        self.reconstructor = load_reconstructor(p)
+        self.reconstructor = load_reconstructor(p)  # here: the network the queries decode with
         # traced now, not on the first query (occnet_ros.network.query_graph); its absence is said in the ready line
         query_graph = self.reconstructor.query_graph.get()
-        self.decimation = None  # a worker process, so Open3D's decimation does not hold this process's GIL
-        if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
-            self.decimation = ParallelDecimation(p.mesh.decimation_workers, warn=lambda m: self.get_logger().warning(m),
-                                                 nice=p.worker_nice)
-            try:
-                self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
-            except DecimationWorkerError as e:
-                raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
-                                 f"start ({e}); set it to false to decimate in the node's own process") from e
         self.tf = TransformLookup(self, p.tf_timeout)
         self.pose_source = resolve_pose_source(p.world_frame, p.pose_source, self.tf.available)
-        decimate = self.decimation or fast_or_open3d_decimation
-        self.pipeline = (MapPipeline(self.reconstructor, p, p.map, decimate) if self.pose_source
-                         else FramePipeline(self.reconstructor, p, decimate=decimate))
+        self.decimation = None  # in-process reconstruction: worker processes, so Open3D does not hold this GIL
+        self.processor: FrameProcessor | ReconstructionProcess
+        if p.reconstruction_process:
+            self.processor = ReconstructionProcess(p, self.pose_source, self.reconstructor.model,
+                                                   self.reconstructor.query_graph, nice=p.worker_nice,
+                                                   warn=lambda m: self.get_logger().error(m))
+            try:
+                self.processor.start()
+            except DecimationWorkerError as e:  # says which parameter
+                raise ParamError(str(e)) from e
+            except ReconstructionProcessError as e:
+                raise ParamError(f"parameter 'reconstruction_process' = true, but the process did not start ({e}); "
+                                 f"set it to false to reconstruct in the node's own process") from e
+        else:
+            if p.mesh.max_faces > 0 and p.mesh.decimate_in_worker:
+                self.decimation = ParallelDecimation(p.mesh.decimation_workers,
+                                                     warn=lambda m: self.get_logger().warning(m), nice=p.worker_nice)
+                try:
+                    self.decimation.start()  # spawned and Open3D imported now, not on the first mesh
+                except DecimationWorkerError as e:
+                    raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
+                                     f"start ({e}); set it to false to decimate in the node's own process") from e
+            self.processor = FrameProcessor(p, self.reconstructor, self.decimation or fast_or_open3d_decimation,
+                                            self.pose_source)
         self.latest_pose = LatestPose(p.world_frame)
-        # gravity-up and the camera's pose in the cloud frame of each frame, as the replay finds them
-        self.up_and_camera = UpAndCamera(p, self._log, lookup=self.tf.transform)
-        self.gravity = self.up_and_camera.gravity
         self.store = ObjectStore()
         self.heap = HeapRelease()
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
-        self._marker_ids: set[int] = set()
-        self._marker_listeners = 0
-        self._msg_cache = ObjectMessageCache() if self.pose_source else None  # map objects kept between frames
         self._stop = threading.Event()
         self.frames_done = 0
+        self.marker_ids: frozenset[int] = frozenset()
+        """The object ids whose markers the last published marker message left shown."""
         self.frames = LiveFrames(self.sync, p.segmentation.mode, p.color_from_image, self.pose_source == "topic",
                                  p.sync.stream_timeout, p.sync.tolerance,
                                  lambda text: self.get_logger().warning(text), p.log_throttle_sec)
@@ -172,6 +176,8 @@ class ReconstructionNode(Node):
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
         self.queries = QueryService(self, p, self.store, self.latest_pose, self.tf, bool(self.pose_source))
+        # the node's threads so far (DDS, executor-to-be's parent) and those they start ask for short slices
+        self.time_slice = request_process_time_slice(p.time_slice_ms * 1e-3) if p.time_slice_ms > 0 else None
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
@@ -184,10 +190,12 @@ class ReconstructionNode(Node):
             f"(decoder {str(self.reconstructor.decoder_dtype).removeprefix('torch.')}), segmentation {p.segmentation.mode}, "
             f"mesh {r.resolution0}x2^{r.upsampling_steps}, threshold {self.reconstructor.threshold:.3f}, "
             f"max faces {p.mesh.max_faces or 'unlimited'}, reuse tolerance {r.reuse_tolerance}, "
+            f"reconstruction {'in process ' + str(self.processor.pid) if p.reconstruction_process else 'in this process'}, "
             f"queries {p.query_mode} "
             f"({'one-call decoder' if query_graph else 'eager decoder: ' + self.reconstructor.query_graph.note}), "
             f"known-empty space {empty}, "
             f"{'heap returned after each frame' if self.heap.available else 'heap kept: ' + self.heap.note}, "
+            f"time slice {_slice_text(p.time_slice_ms, self.time_slice)}, "
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
@@ -219,6 +227,8 @@ class ReconstructionNode(Node):
         # its first call, inherit the priority
         if lower_thread_priority(self.params.worker_nice) is None and self.params.worker_nice:
             self.get_logger().info("worker_nice not applied: no per-thread priorities here")
+        if self.time_slice is not None:
+            request_time_slice(0.0)  # background work: the kernel's default slice
         version = self.sync.version
         while not self._stop.is_set():
             version = self.sync.wait(version, 0.05)
@@ -246,60 +256,63 @@ class ReconstructionNode(Node):
             return self.tf.transform(self.params.world_frame, header.frame_id, header.stamp)
         return cloud_pose_from_topic(frame.items, self.params.world_frame, self.params.sync.tolerance)
 
-    def _log(self, level: str, text: str) -> None:
-        """``level`` "info" or "warning"; warnings rate-limited by log_throttle_sec."""
-        if level == "warning":
-            self.get_logger().warning(text, throttle_duration_sec=self.params.log_throttle_sec)
-        else:
-            self.get_logger().info(text)
+    def _camera_pose(self, header, info) -> RigidTransform | str | None:
+        """The camera_info frame's pose in the cloud frame from tf2, the failed lookup's reason, or None where
+        none is needed (no camera_info frame, or the cloud's own)."""
+        cam = info.header.frame_id if info is not None else ""
+        if not cam or cam == header.frame_id:
+            return None
+        try:
+            return self.tf.transform(header.frame_id, cam, header.stamp)
+        except TransformError as e:  # e.g. depth vs colour optical frame: origins centimetres apart
+            return str(e)
+
+    def _report(self, outcome: FrameOutcome) -> None:
+        """Log what the processor said about a frame: one call site per kind, so each kind keeps its own
+        rate limit (log_throttle_sec)."""
+        throttle = self.params.log_throttle_sec
+        for kind, text in outcome.logs:
+            if kind == "input":
+                self.get_logger().warning(f"frame {outcome.stamp:.3f}: {text}", throttle_duration_sec=throttle)
+            elif kind == "skipped":
+                self.get_logger().info(f"frame {outcome.stamp:.3f}: {text}", throttle_duration_sec=throttle)
+            elif kind == "up_warning":
+                self.get_logger().warning(text, throttle_duration_sec=throttle)
+            elif kind == "decimation":
+                self.get_logger().warning(text)
+            else:  # up_info: the gravity tracker rate-limits its own messages
+                self.get_logger().info(text)
 
     def _process(self, frame: SyncedFrame) -> None:
         t0 = time.perf_counter()
         with self._info_lock:
             info = self._camera_info
-        decoded = decode_frame_messages(
-            frame.items, info, self.params,
-            warn=lambda problems: self.get_logger().warning(f"frame {frame.stamp:.3f}: {problems}",
-                                                            throttle_duration_sec=self.params.log_throttle_sec))
-        header = decoded.header
+        header = cloud_header(frame.items)
         cloud_to_world = self._cloud_to_world(frame, header)
-        up, viewpoint, camera_to_cloud = self.up_and_camera(header.frame_id, info, cloud_to_world, xyz=decoded.xyz,
-                                                            stamp=header.stamp)
-        inp = decoded.frame_input(frame.stamp, up, viewpoint, camera_to_cloud)
-        if cloud_to_world is None:
-            result = self.pipeline.process(inp, should_stop=self._stop.is_set)
-        else:
-            result = self.pipeline.process(inp, cloud_to_world, should_stop=self._stop.is_set)
-            self.latest_pose.set(header.frame_id, cloud_to_world)
-            header = type(header)(stamp=header.stamp, frame_id=self.params.world_frame)
-        if result.cancelled:
-            return
-        if result.warnings:
-            self.get_logger().info(f"frame {frame.stamp:.3f}: " + "; ".join(result.warnings),
-                                   throttle_duration_sec=self.params.log_throttle_sec)
-        self.store.replace(stored_objects(result), header.frame_id, frame.stamp)
         listeners = self.pub_markers.get_subscription_count() if self.pub_markers is not None else 0
-        unchanged = set()
-        if self.pose_source:  # map objects whose mesh did not change keep their markers, unless a listener joined
-            unchanged = {r.segment.id for r in result.objects} - set(result.changed)
-            if listeners > self._marker_listeners:
-                unchanged = set()
-        self._marker_listeners = listeners
-        out = frame_messages(result.objects, header, self._marker_ids, listeners > 0, self.params.marker_alpha,
-                             unchanged, self._msg_cache)
-        self.pub_objects.publish(out.objects)
-        if out.markers is not None:
-            self.pub_markers.publish(out.markers)
-        self._marker_ids = out.marker_ids
+        request = FrameRequest(frame.items, frame.stamp, info, cloud_to_world, self._camera_pose(header, info),
+                               listeners)
+        outcome = self.processor.process(request, should_stop=self._stop.is_set)
+        if cloud_to_world is not None:
+            self.latest_pose.set(header.frame_id, cloud_to_world)
+        self._report(outcome)
+        if outcome.cancelled:
+            return
+        self.store.replace(outcome.stored, outcome.frame_id, frame.stamp)
+        self.pub_objects.publish(outcome.objects)
+        if outcome.markers is not None:
+            self.pub_markers.publish(outcome.markers)
+        self.marker_ids = outcome.marker_ids
         self.frames_done += 1
-        reused = sum(r.reused for r in result.objects)
         self.get_logger().info(
-            f"frame {frame.stamp:.3f}: {len(result.objects)} object(s) ({reused} reused) by {result.method} in "
-            f"{time.perf_counter() - t0:.2f} s (dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
+            f"frame {frame.stamp:.3f}: {outcome.summary} in {time.perf_counter() - t0:.2f} s "
+            f"(dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Ask the worker to stop after the current object; True if it ended within ``timeout`` s."""
         self._stop.set()
+        if isinstance(self.processor, ReconstructionProcess):  # a frame running there gets up to 1 s, then is cut short
+            self.processor.close(timeout_s=min(timeout, 1.0))
         self.worker.join(timeout)
         ended = not self.worker.is_alive()
         if self.decimation is not None:  # bounded; a decimation still running is cut short
