@@ -23,6 +23,7 @@ before it.
 from __future__ import annotations
 
 import ctypes
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -54,9 +55,35 @@ class WorkerLost(Exception):
         self.timed_out = timed_out
 
 
+_NUMPY_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+"""torch dtypes (by name) whose CPU tensors travel as numpy arrays."""
+
+
+def _tensor_from_array(array):
+    import torch
+
+    return torch.from_numpy(array)
+
+
+class _Pickler(pickle.Pickler):
+    """A plain pickler that writes a CPU tensor of a numpy dtype as its numpy array (a copy of its memory), which
+    loads several times faster than torch's own pickling (a ``torch.load`` per storage); other tensors as torch
+    pickles them."""
+
+    def reducer_override(self, obj):
+        torch = sys.modules.get("torch")
+        if (torch is not None and isinstance(obj, torch.Tensor) and type(obj) is torch.Tensor
+                and obj.device.type == "cpu" and obj.layout == torch.strided and not obj.requires_grad
+                and str(obj.dtype).removeprefix("torch.") in _NUMPY_DTYPES):
+            return _tensor_from_array, (obj.numpy(),)
+        return NotImplemented
+
+
 def send(conn, obj) -> None:
-    """``obj`` over ``conn`` as a plain pickle (highest protocol)."""
-    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    """``obj`` over ``conn`` as a plain pickle (highest protocol; CPU tensors as numpy arrays)."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    conn.send_bytes(buffer.getbuffer())
 
 
 def receive(conn):
