@@ -37,8 +37,6 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, NoReturn
 
-from occnet_ros.perception.priority import request_time_slice
-
 __all__ = ["WorkerLost", "WorkerConnection", "child_arguments", "serve", "exit_text", "send", "receive"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -127,13 +125,11 @@ def _watch_parent(parent_pid: int) -> None:
 
 def child_arguments() -> tuple[multiprocessing.connection.Connection, int]:
     """In a worker's entry function: (its connection to the parent, the parent's pid), from the command line
-    :class:`WorkerConnection` gave it; the worker's nice value is raised by the increment given there, and its time
-    slice is the kernel's default (:mod:`occnet_ros.perception.priority`)."""
+    :class:`WorkerConnection` gave it; the worker's nice value is raised by the increment given there."""
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     nice = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)  # background work: the parent's latency-bound threads get a core first
-    request_time_slice(0.0)  # and the kernel's default slice, whatever the parent's threads asked for
     return multiprocessing.connection.Connection(fd), parent_pid
 
 

@@ -6,6 +6,7 @@ with a warning; a closed one refuses frames.
 Network: the shipped feature-plane checkpoint at a 16^3 grid, so the plane path (the node's default) is the one
 carried across.
 """
+import array
 import os
 import pickle
 import signal
@@ -18,6 +19,7 @@ pytest.importorskip("sensor_msgs")
 from std_msgs.msg import Header  # noqa: E402
 
 from occnet_ros.perception.object_store import ObjectStore  # noqa: E402
+from occnet_ros.perception.pointcloud2 import CloudFormatError  # noqa: E402
 from occnet_ros.reconstruction.occupancy_field import SOURCE_INFERRED  # noqa: E402
 from occnet_ros.ros import conversions  # noqa: E402
 from occnet_ros.ros.frame_processor import FrameProcessor, FrameRequest, load_reconstructor  # noqa: E402
@@ -88,6 +90,11 @@ def test_the_process_gives_the_in_process_outcome_and_its_objects_answer_once_at
         assert [s.id for s in there.stored] == [BOX_LABEL, SPHERE_LABEL]
         probs, ids, sources = answers(there, points)
         assert (ids >= 0).sum() > 50 and (sources == SOURCE_INFERRED).any() and probs.max() > 0
+        bad = request(scene, 4.0, scene.mask)
+        bad.items["points"].data = array.array("B", bytes(10))  # far fewer bytes than its layout promises
+        with pytest.raises(CloudFormatError):  # raised there, re-raised here: the node drops the frame
+            remote.process(bad)
+        assert [s.id for s in remote.process(request(scene, 5.0, scene.mask)).stored] == [BOX_LABEL, SPHERE_LABEL]
     finally:
         remote.close()
     with pytest.raises(ReconstructionProcessError, match="closed"):

@@ -89,12 +89,6 @@ class NodeParams(PerceptionConfig):
                                "thread and the torch threads it starts) and of the decimation worker processes, so "
                                "the query service and the subscriptions get a CPU core first when the network keeps "
                                "every core busy (Linux; 0 = the same priority as the rest of the node)", range=(0, 19))
-    time_slice_ms: float = setting(0.2, doc="scheduler time slice the node's own threads (subscriptions, query "
-                                   "service, DDS) ask for, ms (Linux >= 6.12, whose EEVDF scheduler takes slice "
-                                   "requests from 0.1 ms): a thread that wakes with a short slice, e.g. for a query, "
-                                   "takes a core from longer-slice work sooner, with the same CPU share as before; the "
-                                   "reconstruction and the worker processes keep the kernel's default. 0 = the "
-                                   "kernel's default for every thread", range=(0.0, 100.0))
     sync: SyncParams = field(default_factory=SyncParams)
     map: ObjectMapConfig = field(default_factory=ObjectMapConfig)
     gravity: GravityConfig = field(default_factory=GravityConfig)

@@ -63,7 +63,7 @@ from visualization_msgs.msg import MarkerArray
 
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.heap_release import HeapRelease
-from occnet_ros.perception.priority import lower_thread_priority, request_process_time_slice, request_time_slice
+from occnet_ros.perception.priority import lower_thread_priority
 from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
@@ -100,14 +100,6 @@ def check_startup(params: NodeParams) -> None:
     if params.world_frame and params.pose_source == "tf" and not tf2_available():
         raise ParamError(f"parameter 'pose_source' = 'tf' (with world_frame '{params.world_frame}') needs tf2_ros, "
                          "which is not installed here; set pose_source to topic and publish camera_pose")
-
-
-def _slice_text(asked_ms: float, got_s: float | None) -> str:
-    if asked_ms <= 0:
-        return "the kernel's default"
-    if got_s is None:
-        return f"the kernel's default ({asked_ms:g} ms asked for: no slice requests here, Linux >= 6.12 takes them)"
-    return f"{got_s * 1e3:g} ms"
 
 
 class ReconstructionNode(Node):
@@ -176,8 +168,6 @@ class ReconstructionNode(Node):
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
         self.queries = QueryService(self, p, self.store, self.latest_pose, self.tf, bool(self.pose_source))
-        # the node's threads so far (DDS, executor-to-be's parent) and those they start ask for short slices
-        self.time_slice = request_process_time_slice(p.time_slice_ms * 1e-3) if p.time_slice_ms > 0 else None
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
@@ -195,7 +185,6 @@ class ReconstructionNode(Node):
             f"({'one-call decoder' if query_graph else 'eager decoder: ' + self.reconstructor.query_graph.note}), "
             f"known-empty space {empty}, "
             f"{'heap returned after each frame' if self.heap.available else 'heap kept: ' + self.heap.note}, "
-            f"time slice {_slice_text(p.time_slice_ms, self.time_slice)}, "
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
@@ -227,8 +216,6 @@ class ReconstructionNode(Node):
         # its first call, inherit the priority
         if lower_thread_priority(self.params.worker_nice) is None and self.params.worker_nice:
             self.get_logger().info("worker_nice not applied: no per-thread priorities here")
-        if self.time_slice is not None:
-            request_time_slice(0.0)  # background work: the kernel's default slice
         version = self.sync.version
         while not self._stop.is_set():
             version = self.sync.wait(version, 0.05)
