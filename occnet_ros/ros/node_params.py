@@ -83,8 +83,9 @@ class NodeParams(PerceptionConfig):
                                       "messages or refused queries, s", range=(0.0, 3600.0))
     reconstruction_process: bool = setting(True, doc="reconstruct in a process of the node's own, started with it: "
                                            "the query service then never waits for the reconstruction's Python "
-                                           "(one interpreter lock per process); false = in a thread of the node's "
-                                           "process (one process and one copy of torch and the network less)")
+                                           "(one interpreter lock per process), at the cost of a second copy of torch "
+                                           "and the network in memory (README, Measured); false = in a thread of "
+                                           "the node's process")
     worker_nice: int = setting(10, doc="added to the nice value of the reconstruction (its process, or its worker "
                                "thread and the torch threads it starts) and of the decimation worker processes, so "
                                "the query service and the subscriptions get a CPU core first when the network keeps "

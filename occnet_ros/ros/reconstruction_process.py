@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from occnet_ros.ros.frame_processor import FrameOutcome, FrameRequest
 from occnet_ros.ros.node_params import NodeParams
 from occnet_ros.worker_process import WorkerConnection, WorkerLost, child_arguments, serve
+
+if TYPE_CHECKING:  # the worker process imports this module before torch: its malloc limit comes first
+    from occnet_ros.ros.frame_processor import FrameOutcome, FrameRequest
 
 __all__ = ["ReconstructionProcess", "ReconstructionProcessError", "START_TIMEOUT_S", "FRAME_TIMEOUT_S"]
 
