@@ -54,7 +54,7 @@ from pathlib import Path
 import rclpy
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from geometry_msgs.msg import PoseStamped
@@ -78,6 +78,7 @@ from occnet_ros.ros.frame_processor import FrameOutcome, FrameProcessor, FrameRe
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.query_service import QueryService
 from occnet_ros.ros.reconstruction_process import ReconstructionProcess, ReconstructionProcessError
+from occnet_ros.ros.shutdown import until_shutdown
 from occnet_ros.perception.live_frames import LiveFrames
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
@@ -338,16 +339,8 @@ def main(args=None) -> int:
     gc.collect()  # and the oldest generation's count reset, so that full collections happen again
     node.heap.collect_garbage = True  # cheap now: the worker collects the cycles of each frame
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down from rclpy's signal handler and then raises KeyboardInterrupt, which
-        # Python drops when it lands inside a __del__ ("Exception ignored in: Future.__del__", seen in CI);
-        # the executor then fails to build its next wait set on the dead context. That is a shutdown, not
-        # an error; anything raised while the context is still valid is.
-        if rclpy.ok(context=node.context):
-            raise
+        with until_shutdown(node.context):
+            executor.spin()
     finally:
         if not node.stop(timeout=3.0):
             print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)

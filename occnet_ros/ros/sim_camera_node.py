@@ -33,7 +33,7 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
 from geometry_msgs.msg import PoseStamped
@@ -42,6 +42,7 @@ from std_msgs.msg import Header
 
 from occnet_ros.config_io import ConfigError
 from occnet_ros.ros import conversions
+from occnet_ros.ros.shutdown import until_shutdown
 from occnet_ros.sim.camera import RGBDFrame, SimCamera
 from occnet_ros.sim.ground_truth import ground_truth, write_ground_truth
 from occnet_ros.sim.node_config import (
@@ -186,18 +187,11 @@ def main(args: list[str] | None = None) -> int:
             return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not node.finished.is_set():
-            executor.spin_once(timeout_sec=0.1)
-        if node.error is not None:
-            code = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down from rclpy's signal handler; a spin_once building its wait set at that moment
-        # fails on the dead context ("failed to initialize wait set", seen in the soak smoke test): that is a
-        # shutdown, not an error; anything raised while the context is still valid is
-        if rclpy.ok():
-            raise
+        with until_shutdown():
+            while rclpy.ok() and not node.finished.is_set():
+                executor.spin_once(timeout_sec=0.1)
+            if node.error is not None:
+                code = 1
     finally:
         if node is not None:
             node.stop()

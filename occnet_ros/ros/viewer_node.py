@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from geometry_msgs.msg import PoseStamped
@@ -26,6 +26,7 @@ from sensor_msgs.msg import PointCloud2
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import cloud_layout, pointcloud2_to_cloud, stamp_to_sec
+from occnet_ros.ros.shutdown import until_shutdown
 from occnet_ros.viewer.config import NODE_NAME, PARAMETERS, ViewerConfig, ViewerParamError, viewer_config
 from occnet_ros.viewer.objects_cdr import decode_object_array
 from occnet_ros.viewer.rerun_sink import RerunSink, ViewerStartError
@@ -155,9 +156,8 @@ def main(args=None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with until_shutdown():
+            executor.spin()
     finally:
         node.sink.close()
         executor.shutdown(timeout_sec=1.0)
