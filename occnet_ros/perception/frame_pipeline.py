@@ -4,12 +4,13 @@ simplify the mesh to publish, colour it. No ROS types and no rclpy: the
 node converts messages to a :class:`FrameInput` and the results to messages.
 
 Memory: the pipeline keeps, per object of the last frame only, what reuse needs (the reconstruction and
-its simplified mesh); the object store holds the same objects. Nothing of older frames is kept.
+its simplified mesh); the object store holds records of the same reconstructions without their meshes
+(:func:`stored_objects`). Nothing of older frames is kept.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -104,8 +105,11 @@ class ProcessedFrame:
 
 
 def stored_objects(result: ProcessedFrame) -> list[StoredObject]:
-    """The object-store entries of a frame's results (id, label, reconstruction; nothing else kept)."""
-    return [StoredObject(r.segment.id, r.segment.label, r.obj) for r in result.objects]
+    """The object-store entries of a frame's results: id, label and the reconstruction without its mesh (queries
+    need its frame, occupancy field and grid only; the record shares them with the pipeline's, and is what the
+    node's reconstruction process sends back)."""
+    return [StoredObject(r.segment.id, r.segment.label, replace(r.obj, mesh=None, simplified_by=None))
+            for r in result.objects]
 
 
 class MeshReduction:

@@ -7,18 +7,17 @@ What needs the node (tf2 lookups, the pose of the cloud's frame, the markers' su
 the node before the request is made; what the processor says about a frame (problems with optional input, why
 objects were skipped, gravity decisions, decimation warnings) comes back in :attr:`FrameOutcome.logs` for the node
 to log, rate-limited. The objects for queries are kept without their meshes
-(:meth:`FrameOutcome.stored`): the query service needs each object's canonical frame and occupancy field only.
+(:func:`~occnet_ros.perception.frame_pipeline.stored_objects`): the query service needs each object's canonical frame and occupancy field only.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from occnet_ros.geometry import RigidTransform, TransformError
-from occnet_ros.perception.frame_pipeline import FramePipeline
+from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
 from occnet_ros.perception.object_store import StoredObject
@@ -164,8 +163,7 @@ class FrameProcessor:
                                 seconds=time.perf_counter() - t0, marker_ids=frozenset(self._marker_ids))
         if result.warnings:
             logs.append(("skipped", "; ".join(result.warnings)))
-        stored = [StoredObject(r.segment.id, r.segment.label, dataclasses.replace(r.obj, mesh=None, simplified_by=None))
-                  for r in result.objects]
+        stored = stored_objects(result)
         listeners = request.marker_listeners
         unchanged = set()
         if self.pose_source:  # map objects whose mesh did not change keep their markers, unless a listener joined
