@@ -246,6 +246,8 @@ def test_quick_benchmark_end_to_end(tmp_path):
     for r in ros["service"]:
         for k in ("spread", "inside_one"):
             assert r[k]["points_per_s"] == pytest.approx(r["points"] / r[k]["time"]["median_s"])
+    first = ros["service_first_call"]
+    assert first["points"] == sizes["query_sizes"][0] and _positive(first["seconds"])
     u = ros["service_under_load"]
     assert len(u["runs"]) == 3 and u["calls"] == sum(r["calls"] for r in u["runs"])
     for r in u["runs"]:

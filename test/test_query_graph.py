@@ -8,7 +8,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from occnet_ros.network.model import ModelConfig, OccupancyNetwork
-from occnet_ros.network.query_graph import LazyQueryGraph, QueryGraph
+from occnet_ros.network.query_graph import LazyQueryGraph, QueryGraph, _Probabilities
 from occnet_ros.reconstruction.reconstructor import Reconstructor, ReconstructorConfig
 from fixtures_geometry import front_half_sphere, randomize_like_trained
 
@@ -36,6 +36,31 @@ def test_graph_answers_what_the_eager_decoder_answers(batch, points):
     torch.testing.assert_close(got, eager, atol=2e-6, rtol=0)
 
 
+def optimized_plans(graph: QueryGraph) -> int:
+    """Execution plans TorchScript's executor holds for the graph (none until its profiled first call and the
+    optimizing second one); the test is skipped where this torch does not show them."""
+    try:
+        return len(graph._graph.get_debug_state().execution_plans)
+    except RuntimeError:  # the profiling executor asserts when asked before it has optimized
+        return 0
+    except AttributeError as e:
+        pytest.skip(f"this torch shows no executor state: {e}")
+
+
+def test_a_built_graph_is_optimized_before_its_first_query():
+    graph, _ = QueryGraph.build(local_net())
+    assert optimized_plans(graph) >= 1
+    # the reference: the same decoder traced without the warm-up calls has no plan yet
+    net = local_net()
+    c = net.config
+    planes = torch.rand(1, 3, c.c_dim, c.plane_resolution, c.plane_resolution)
+    prep = net.prepare(planes)
+    with torch.inference_mode():
+        cold = torch.jit.trace(_Probabilities(net.decoder).eval(),
+                               (torch.rand(1, 8, 3) - 0.5, planes, prep.fc_c_weight, prep.fc_c_bias), check_trace=False)
+    assert optimized_plans(QueryGraph(cold, net)) == 0
+
+
 def test_no_graph_where_it_cannot_serve_and_why():
     glob = randomize_like_trained(OccupancyNetwork(ModelConfig(c_dim=16, encoder_hidden=16, encoder_blocks=2,
                                                                decoder_hidden=16, decoder_blocks=2)), 0).eval()
@@ -60,6 +85,7 @@ def test_reconstructed_objects_answer_queries_through_the_graph(monkeypatch):
     obj = rec.reconstruct(front_half_sphere(400, 0), extract_mesh=False)
     assert obj.occupancy.query_graph is rec.query_graph
     c = np.random.default_rng(0).uniform(-0.5, 0.5, (700, 3)).astype(np.float32)
+    assert rec.query_graph.get() is not None  # built (traced and warmed up) before the calls are counted
     calls = []
     real = QueryGraph.__call__
     monkeypatch.setattr(QueryGraph, "__call__", lambda self, q, prep: calls.append(q.shape[1]) or real(self, q, prep))

@@ -364,10 +364,13 @@ def _run_section(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> di
             last = len(client.received)
         rng = np.random.default_rng(ctx.seed)
         service = []
+        first_call = None  # the node's first query since it started (any warm-up it needs is inside)
         for n in s.query_sizes:
             row = {"points": n}
             for name, pts in query_sets(frame, n, rng).items():
-                client.call(pts, publish=False)  # warm-up
+                warm_up = client.call(pts, publish=False)
+                if first_call is None:
+                    first_call = {"points": n, "set": name, "seconds": warm_up}
                 t = summary([client.call(pts, publish=False) for _ in range(ctx.repeats)])
                 row[name] = {"points_per_s": n / t["median_s"], "time": t}
             service.append(row)
@@ -385,5 +388,6 @@ def _run_section(ctx: BenchContext, frame, domain_id: int, log_path: Path) -> di
     return {"available": True, "domain_id": domain_id, "publish_hz": PUBLISH_HZ,
             "frame": {"width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
                       "objects": int(len(np.unique(frame.mask)) - 1)},
-            "node_throughput": frames, "service": service, "service_under_load": under_load,
+            "node_throughput": frames, "service": service, "service_first_call": first_call,
+            "service_under_load": under_load,
             "node_memory": memory, "node_exit_code": code, "node_log": str(log_path)}

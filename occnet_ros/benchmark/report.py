@@ -277,6 +277,10 @@ def markdown(results: dict) -> str:
                 lines.append(f"- service {r['points']} points: spread {_fmt(r['spread']['points_per_s'])} pts/s "
                              f"({_ms(r['spread']['time'])}), inside one object {_fmt(r['inside_one']['points_per_s'])} "
                              f"pts/s ({_ms(r['inside_one']['time'])})")
+            first = ros.get("service_first_call")
+            if first:
+                lines.append(f"- the node's first query since start ({first['points']} points, {first['set']}, node "
+                             f"idle): {_fmt(first['seconds'], 's')}")
             u = ros["service_under_load"]
             lines.append(f"- under load, {u['points']} points at {_fmt(u.get('calls_per_s'))} calls/s (one in flight), "
                          f"frames from a camera process: worst run p50 "

@@ -31,6 +31,15 @@ __all__ = ["LazyQueryGraph", "QueryGraph"]
 TRACE_POINTS = 64
 """Query points of the example input the graph is traced with (its shapes stay free: any B and M run)."""
 
+WARM_UP_CALLS = 3
+"""Calls :meth:`QueryGraph.build` makes on the example input after tracing. TorchScript's profiling executor
+records shapes on a graph's first call and optimizes it on the second, so the first two calls are slow: 2500 query
+points took 39.6 ms and 10.9 ms on the first two calls, then 1.9-3.6 ms (the shipped network, one torch thread,
+2-core AMD EPYC; ``torch.jit`` debug state: no optimized plan until the second call). In ``reconstruction_node``,
+while frames were reconstructed, the first ``query_occupancy`` call (10k points) took 52-144 ms in 13 of 13 starts
+without the warm-up and 7.3-9.1 ms in 3 of 3 with it; other point counts reuse the optimized plan.
+``occnet_bench --sections ros`` reports the node's first call."""
+
 
 class _Probabilities(nn.Module):
     """What is traced: query (B, M, 3), planes (B, 3, C, R, R), the stacked feature maps -> probabilities (B, M)."""
@@ -76,7 +85,13 @@ class QueryGraph:
                               check_trace=False)
         except Exception as e:  # noqa: BLE001 - any tracing failure means: decode eagerly, and say why
             return None, f"tracing failed: {type(e).__name__}: {e}"
-        return cls(graph, model), ""
+        built = cls(graph, model)
+        try:
+            for _ in range(WARM_UP_CALLS):  # profiled, then optimized, here rather than in the first queries
+                built(query, prep)
+        except Exception as e:  # noqa: BLE001 - a graph that traced but does not run is no graph
+            return None, f"the traced graph failed to run: {type(e).__name__}: {e}"
+        return built, ""
 
     def usable(self, prep) -> bool:
         """Whether ``prep`` (a prepared code of this graph's network) can be decoded here: float32 planes with the
@@ -91,8 +106,8 @@ class QueryGraph:
 
 
 class LazyQueryGraph:
-    """A network's :class:`QueryGraph`, traced on first use (about 35 ms), once, under a lock; ``note`` then says why
-    there is none (empty while there is one or nothing was asked yet)."""
+    """A network's :class:`QueryGraph`, traced and warmed up on first use (40-70 ms), once, under a lock; ``note``
+    then says why there is none (empty while there is one or nothing was asked yet)."""
 
     def __init__(self, model: OccupancyNetwork):
         self.model = model
