@@ -167,10 +167,11 @@ def wait_until(predicate, timeout: float, step: float = 0.05, spin=None) -> bool
 
 
 @contextlib.contextmanager
-def node_in_process(tmp_path: Path, **params):
+def node_in_process(tmp_path: Path, ros_args: tuple[str, ...] = (), **params):
     """A reconstruction node in this process, in its own rclpy context on a random domain, with a random
     checkpoint (TEST DOUBLE), on the CPU at 16^3 and ``params`` (dotted name = value; ``__`` stands for a
-    dot, e.g. ``segmentation__min_points=20``); stopped and shut down on exit."""
+    dot, e.g. ``segmentation__min_points=20``); ``ros_args``: the context's global ROS arguments (remaps);
+    stopped and shut down on exit."""
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter
@@ -182,7 +183,8 @@ def node_in_process(tmp_path: Path, **params):
     values = {"reconstruction.device": "cpu", "checkpoint": str(ckpt), "reconstruction.resolution0": 8,
               "reconstruction.upsampling_steps": 1, **{k.replace("__", "."): v for k, v in params.items()}}
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=["--ros-args", *ros_args] if ros_args else None, context=ctx, domain_id=random_domain_id(),
+               signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = ReconstructionNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         try:

@@ -3,7 +3,8 @@ the probabilities answered (sensor_msgs/PointCloud2, :mod:`occnet_ros.viewer.que
 
 The service callback only hands the request's point buffer and the answer over (:meth:`QueryPointsPublisher.offer`:
 a subscriber count, a reference swap and a guard-condition trigger, no copy) and returns; the message is built and
-published afterwards by the executor, in the publisher's own callback group, so the answer is never delayed by it.
+published afterwards by the reconstruction node's executor (not the service's thread), so the answer is never delayed
+by it.
 Requests that arrive while one waits replace it (the newest is published). Nothing is done without subscribers.
 """
 from __future__ import annotations

@@ -15,9 +15,11 @@ worker thread takes the newest complete frame (which partners a cloud waits for:
 the worker then publishes the bytes and swaps the frame's objects into the :class:`ObjectStore`. With
 ``reconstruction_process`` (the default) the processor runs in a process of its own
 (:mod:`occnet_ros.ros.reconstruction_process`), so the reconstruction's Python never holds this process's GIL;
-otherwise in the worker thread. The service (:mod:`occnet_ros.ros.query_service`) runs in its own callback group on a
-MultiThreadedExecutor and answers from the store's snapshot while a frame is reconstructed, decoding with this
-process's copy of the network through a one-call graph (:mod:`occnet_ros.network.query_graph`). ``main`` shortens
+otherwise in the worker thread. The service (:mod:`occnet_ros.ros.query_service`) has a node and a thread of its own
+(:class:`~occnet_ros.ros.query_service.QueryServer`, started with the node) and answers from the store's snapshot while
+a frame is reconstructed, decoding with this process's copy of the network through a one-call graph
+(:mod:`occnet_ros.network.query_graph`); ``main`` spins the node itself (subscriptions, ``query_points``, parameters)
+with a SingleThreadedExecutor, whose callbacks only store messages. ``main`` shortens
 the interpreter's thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long
 each time it takes the GIL back from another thread running Python code (the in-process reconstruction, or the
 worker receiving a frame's objects). Mesh decimation and marching cubes run in worker processes
@@ -54,7 +56,7 @@ from pathlib import Path
 import rclpy
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from geometry_msgs.msg import PoseStamped
@@ -76,7 +78,7 @@ from occnet_ros.ros.conversions import MessageError, stamp_to_sec
 from occnet_ros.ros.frame_input import cloud_pose_from_topic
 from occnet_ros.ros.frame_processor import FrameOutcome, FrameProcessor, FrameRequest, cloud_header, load_reconstructor
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
-from occnet_ros.ros.query_service import QueryService
+from occnet_ros.ros.query_service import QueryServer
 from occnet_ros.ros.reconstruction_process import ReconstructionProcess, ReconstructionProcessError
 from occnet_ros.ros.shutdown import until_shutdown
 from occnet_ros.perception.live_frames import LiveFrames
@@ -168,7 +170,8 @@ class ReconstructionNode(Node):
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
-        self.queries = QueryService(self, p, self.store, self.latest_pose, self.tf, bool(self.pose_source))
+        self.query_server = QueryServer(self, p, self.store, self.latest_pose, self.tf, bool(self.pose_source))
+        self.queries = self.query_server.service
         self.worker = threading.Thread(target=self._work, name="reconstruction_worker", daemon=True)
         self.worker.start()
         tests = (("support plane", p.known_empty.support_plane), ("free space", p.known_empty.free_space))
@@ -296,6 +299,13 @@ class ReconstructionNode(Node):
             f"frame {frame.stamp:.3f}: {outcome.summary} in {time.perf_counter() - t0:.2f} s "
             f"(dropped frames so far: {self.sync.dropped})", throttle_duration_sec=1.0)
 
+    def destroy_node(self) -> None:
+        """The service's node and thread first (:class:`QueryServer`), then this node."""
+        server = getattr(self, "query_server", None)
+        if server is not None:
+            server.close()
+        super().destroy_node()
+
     def stop(self, timeout: float = 3.0) -> bool:
         """Ask the worker to stop after the current object; True if it ended within ``timeout`` s."""
         self._stop.set()
@@ -333,7 +343,7 @@ def main(args=None) -> int:
         # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
         torch.set_num_threads(1)
     node.get_logger().info(arenas)
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()  # the service spins in its own thread (QueryServer)
     executor.add_node(node)
     gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring
     gc.collect()  # and the oldest generation's count reset, so that full collections happen again
