@@ -9,10 +9,10 @@ executor, and is answered while the reconstruction worker and the subscriptions 
 service in its own callback group on the node's 3-thread MultiThreadedExecutor (``occnet_bench``'s under-load runs:
 10k points at 20 calls/s while frames of 4 objects are reconstructed, 2-core AMD EPYC, 2 alternated rounds of 3 x 500
 calls, run alone in a diagnostic harness): p99 14.8-18.5 ms against 17.5-28.4 ms, 15 against 47 calls over 20 ms in
-3000, and the node's Python threads used 149-155 against 210-217 ms of CPU per second (rclpy's multi-threaded executor rebuilds its wait set in Python and
-hands every callback to a pool thread). Every client's requests wait in one reliable queue (:data:`SERVICE_QOS`). A
-request that cannot be answered gets ``success=false`` and the reason; an internal error costs that one answer,
-never the service. Answered requests are offered to the ``query_points`` topic
+3000, and the node's Python threads used 149-155 against 210-217 ms of CPU per second (rclpy's multi-threaded
+executor rebuilds its wait set in Python and hands every callback to a pool thread). Every client's requests wait in
+one reliable queue (:data:`SERVICE_QOS`). A request that cannot be answered gets ``success=false`` and the reason; an
+internal error costs that one answer, never the service. Answered requests are offered to the ``query_points`` topic
 (:class:`~occnet_ros.ros.query_points_pub.QueryPointsPublisher`, on the node itself) for viewers. Points in another
 frame than the objects' are moved with the newest cloud's pose in ``world_frame`` (object map) or the latest tf2
 transform (where tf2_ros exists); otherwise such requests are refused. A remap rule for the service aimed at the node
