@@ -1,13 +1,20 @@
 """until_shutdown (occnet_ros.ros.shutdown): how every program's spin loop ends on SIGINT. An exception raised once
 the context is shut down (rclpy's signal handler does that while a spin may be building its wait set) is a clean end;
-the same exception while the context is valid propagates; KeyboardInterrupt is a clean end."""
+the same exception while the context is valid propagates; KeyboardInterrupt is a clean end. spin_until_shutdown spins
+in another thread: it returns when the context shuts down or the main thread is interrupted, and re-raises what the
+executor raised while the context was valid."""
+import _thread
+import threading
+
 import pytest
 from ros_helpers import random_domain_id
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
-from occnet_ros.ros.shutdown import until_shutdown  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+from occnet_ros.ros.shutdown import spin_until_shutdown, until_shutdown  # noqa: E402
 
 
 @pytest.fixture
@@ -37,3 +44,41 @@ def test_a_failure_while_the_context_is_valid_propagates(context):
 def test_keyboard_interrupt_is_a_clean_end(context):
     with until_shutdown(context):
         raise KeyboardInterrupt
+
+
+def executor_with_timer(context, callback):
+    node = rclpy.create_node("shutdown_test", context=context)
+    node.create_timer(0.02, callback)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    return executor, node
+
+
+def test_spin_until_shutdown_returns_when_the_context_shuts_down(context):
+    ticks = []
+    executor, node = executor_with_timer(context, lambda: ticks.append(1))
+    threading.Timer(0.3, lambda: rclpy.shutdown(context=context)).start()
+    spin_until_shutdown(executor, context)
+    assert ticks and not rclpy.ok(context=context)  # the executor ran in its thread until the shutdown
+    executor.shutdown()
+
+
+def test_an_interrupt_of_the_main_thread_is_a_clean_end_while_the_executor_spins(context):
+    ticks, threads = [], set()
+    executor, node = executor_with_timer(context, lambda: ticks.append(threads.add(threading.get_ident())))
+    threading.Timer(0.3, _thread.interrupt_main).start()  # what SIGINT's handler raises in the main thread
+    spin_until_shutdown(executor, context)
+    assert ticks and threading.get_ident() not in threads  # callbacks ran on the executor's own thread
+    executor.shutdown()
+    node.destroy_node()
+
+
+def test_an_executor_failure_while_the_context_is_valid_propagates(context):
+    def fail():
+        raise ValueError("a callback's bug")
+
+    executor, node = executor_with_timer(context, fail)
+    with pytest.raises(ValueError, match="a callback's bug"):
+        spin_until_shutdown(executor, context)
+    executor.shutdown()
+    node.destroy_node()

@@ -80,7 +80,7 @@ from occnet_ros.ros.frame_processor import FrameOutcome, FrameProcessor, FrameRe
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.query_service import QueryServer
 from occnet_ros.ros.reconstruction_process import ReconstructionProcess, ReconstructionProcessError
-from occnet_ros.ros.shutdown import until_shutdown
+from occnet_ros.ros.shutdown import spin_until_shutdown
 from occnet_ros.perception.live_frames import LiveFrames
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
@@ -349,8 +349,7 @@ def main(args=None) -> int:
     gc.collect()  # and the oldest generation's count reset, so that full collections happen again
     node.heap.collect_garbage = True  # cheap now: the worker collects the cycles of each frame
     try:
-        with until_shutdown(node.context):
-            executor.spin()
+        spin_until_shutdown(executor, node.context)  # SIGINT lands in this thread's wait, not in a message take
     finally:
         if not node.stop(timeout=3.0):
             print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)

@@ -4,15 +4,22 @@ rclpy's signal handler shuts the context down and then raises KeyboardInterrupt 
 that exception when it lands inside a ``__del__`` ("Exception ignored in: Future.__del__"), and an executor building
 its next wait set on the dead context then fails ("failed to initialize wait set"). Both are a shutdown, not an
 error. :func:`until_shutdown` treats them so; anything raised while the context is still valid propagates.
+
+The KeyboardInterrupt is raised in the main thread wherever it is: inside one of rclpy's message conversions (a
+subscription's take on the thread that spins) pybind11 turns it into "RuntimeError: Unable to convert call argument
+'0' to Python object" while the context may still be valid (seen once in a CI run of ``reconstruction_node``, whose
+executor takes 5 MB clouds). :func:`spin_until_shutdown` therefore spins in another thread and lets the main thread only
+wait.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
-__all__ = ["until_shutdown"]
+__all__ = ["spin_until_shutdown", "until_shutdown"]
 
 
 @contextlib.contextmanager
@@ -26,3 +33,26 @@ def until_shutdown(context=None):
     except Exception:
         if rclpy.ok(context=context):
             raise
+
+
+def spin_until_shutdown(executor, context=None, poll_s: float = 0.1) -> None:
+    """Spin ``executor`` in a thread of its own until ``context`` (None = rclpy's default) shuts down, the executor is
+    shut down, or SIGINT, while the calling (main) thread only waits, so that SIGINT's KeyboardInterrupt is raised there
+    (module docstring). Returns normally on those ends (the executor may still be spinning: shut it down); an exception
+    the executor raised while the context was valid is re-raised here."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with until_shutdown(context):
+                executor.spin()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            failures.append(e)
+
+    thread = threading.Thread(target=run, name="executor", daemon=True)
+    thread.start()
+    with until_shutdown(context):
+        while thread.is_alive():
+            thread.join(poll_s)
+    if failures:
+        raise failures[0]
