@@ -7,7 +7,8 @@ What needs the node (tf2 lookups, the pose of the cloud's frame, the markers' su
 the node before the request is made; what the processor says about a frame (problems with optional input, why
 objects were skipped, gravity decisions, decimation warnings) comes back in :attr:`FrameOutcome.logs` for the node
 to log, rate-limited. The objects for queries are kept without their meshes
-(:func:`~occnet_ros.perception.frame_pipeline.stored_objects`): the query service needs each object's canonical frame and occupancy field only.
+(:func:`~occnet_ros.perception.frame_pipeline.stored_objects`): the query service needs each object's canonical frame
+and occupancy field only.
 """
 from __future__ import annotations
 
