@@ -266,6 +266,12 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert mp["first_meshes"]["objects"] == mp["frame"]["objects"] and mp["first_meshes"]["seconds_from_first_frame"] > 0
     assert mp["converged"]["frames"] >= 2 and _positive(mp["converged"]["frames_per_s"])
     assert mp["converged"]["objects_recomputed_after"] == 0  # a static scene: codes and meshes kept
+    ip = mp["in_process"]  # the map pipeline without ROS, converged frames stage by stage
+    assert ip["objects"] == mp["frame"]["objects"] and ip["frames"] == 4 and ip["frames_until_converged"] >= 1
+    assert _positive(ip["total"]["median_s"]) and ip["frames_per_s"] == pytest.approx(1 / ip["total"]["median_s"])
+    assert set(ip["stages"]) == {"segmentation", "clean", "known_empty", "integrate", "reconstruct"}
+    assert sum(v["median_s"] for v in ip["stages"].values()) <= ip["total"]["max_s"] * len(ip["stages"])
+    assert "map pipeline in this process" in (out / "results.md").read_text()
     assert set(statuses.values()) <= {"PASS", "MISS"}  # everything measured
 
 

@@ -10,7 +10,7 @@ from occnet_ros.geometry import Plane, RigidTransform
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.perception.frame_pipeline import FrameInput
 from occnet_ros.perception.map_config import ObjectMapConfig
-from occnet_ros.perception.map_pipeline import MapPipeline, plane_in_world
+from occnet_ros.perception.map_pipeline import MAP_STAGES, MapPipeline, plane_in_world
 from occnet_ros.reconstruction.config import ReconstructorConfig
 from occnet_ros.reconstruction.reconstructor import Reconstructor
 
@@ -81,6 +81,8 @@ def test_reconstruction_work_is_bounded_and_a_repeated_view_costs_none(reconstru
     for stamp in (3.0, 4.0):  # the same view again: nothing is stale, nothing recomputed
         out = pipe.process(*frame_at(BOXES, 30.0, stamp))
         assert counter.calls == 3 and out.changed == [] and all(o.seconds == 0.0 for o in out.objects)
+    assert list(out.stage_seconds) == list(MAP_STAGES) and all(t >= 0.0 for t in out.stage_seconds.values())
+    assert out.stage_seconds["clean"] > 0.0 and out.stage_seconds["integrate"] > 0.0
     out = pipe.process(*frame_at(BOXES, 110.0, 5.0))  # a new side: at most one object recomputed
     assert counter.calls == 4 and len(out.changed) == 1
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from scipy.spatial import cKDTree
-
+from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.reconstruction.surface_anchor import (AnchorConfig, _ring_average, anchor_to_observation, fit_planes,
                                                       vertex_normals)
 
@@ -91,7 +90,7 @@ def test_fit_planes_with_the_callers_tree_is_the_same():
     q = p[::7]
     cfg = AnchorConfig(radius=0.2)
     a = fit_planes(q, p, (-5.0, 0.0, 0.0), cfg)
-    b = fit_planes(q, p, (-5.0, 0.0, 0.0), cfg, cKDTree(p))
+    b = fit_planes(q, p, (-5.0, 0.0, 0.0), cfg, NeighbourIndex(p))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert a[0].mean() > 0.9

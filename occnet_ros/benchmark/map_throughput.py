@@ -9,7 +9,13 @@ publishes reliable; a best-effort subscriber lost nearly every 5 MB cloud at 5 H
    first ``objects`` message holding a mesh of every object of the scene (the node reconstructs at most
    ``map.reconstructions_per_frame`` objects a frame); and the node's start-up before it;
 2. converged: once a frame changed no object (every ``reconstruction_time`` 0: codes and meshes kept),
-   frames/s over ``node_seconds`` (``objects`` messages per second, end to end) and their latency.
+   frames/s over ``node_seconds`` (``objects`` messages per second, end to end) and their latency. The camera's
+   ``PUBLISH_HZ`` bounds this figure;
+3. in process (after the node has stopped): the node's map pipeline
+   (:class:`~occnet_ros.perception.map_pipeline.MapPipeline`, the node's parameters and decimation worker processes)
+   on the same frame in this process until a frame changed nothing, then ``4 * repeats`` converged frames timed
+   stage by stage (:data:`~occnet_ros.perception.map_pipeline.MAP_STAGES`, medians): the work a converged frame
+   costs without ROS, and the frames/s that work alone would allow.
 
 rclpy is imported only when this section runs.
 """
@@ -19,13 +25,17 @@ import random
 import struct
 import time
 
-from occnet_ros.benchmark.common import BenchContext
+import numpy as np
+
+from occnet_ros.benchmark.common import BenchContext, summary
 from occnet_ros.benchmark.node_throughput import (MIN_FRAMES, MIN_FRAMES_MAX_S, START_TIMEOUT_S, _Client, _frame_stats,
                                                   _start_node, _stop_node, node_mise, peak_rss_mb, render_scene,
                                                   section_environment, unavailable_reason)
 
 WORLD_FRAME = "world"
 CONVERGE_TIMEOUT_S = 300.0
+MAX_CONVERGE_FRAMES = 50
+"""In process: frames given to the map pipeline at most before it must have converged."""
 
 
 class _MapClient(_Client):
@@ -89,7 +99,68 @@ def run(ctx: BenchContext) -> dict:
     domain_id = random.SystemRandom().randint(20, 99)
     log_path = ctx.out / "reconstruction_node_map.log"
     with section_environment() as transports:
-        return _run_section(ctx, frame, n_objects, domain_id, log_path, transports)
+        out = _run_section(ctx, frame, n_objects, domain_id, log_path, transports)
+    out["in_process"] = in_process(ctx, frame)
+    return out
+
+
+def in_process(ctx: BenchContext, frame) -> dict:
+    """Part 3 of the module docstring -> ``frames_until_converged``, ``frames``, ``stages`` ({stage: summary}),
+    ``total`` (summary of whole frames), ``frames_per_s`` (1 / the median frame)."""
+    from occnet_ros.benchmark.latency import node_params, node_reconstruction
+    from occnet_ros.benchmark.mise_vs_dense import reconstructor
+    from occnet_ros.geometry import RigidTransform
+    from occnet_ros.perception.frame_pipeline import FrameInput
+    from occnet_ros.perception.map_pipeline import MAP_STAGES, MapPipeline
+    from occnet_ros.perception.parallel_decimation import ParallelDecimation
+
+    params, _ = node_params()
+    s = ctx.sizes
+    res0, steps = ((params.reconstruction.resolution0, params.reconstruction.upsampling_steps)
+                   if s.node_mise is None else s.node_mise)
+    rec = reconstructor(ctx, resolution0=res0, upsampling_steps=steps, **node_reconstruction(params))
+    worker = (ParallelDecimation(params.mesh.decimation_workers)
+              if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None)
+    to_world = RigidTransform(frame.camera_pose[:3, :3], frame.camera_pose[:3, 3])
+    try:
+        if worker is not None:
+            worker.start()
+        pipeline = MapPipeline(rec, params, params.map, worker) if worker is not None else MapPipeline(
+            rec, params, params.map)
+
+        def one(k: int):
+            inp = FrameInput(xyz=frame.points, stamp=0.2 * k, mask=frame.mask, image=frame.rgb,
+                             intrinsics=frame.intrinsics, up=np.asarray(frame.up), viewpoint=np.zeros(3),
+                             camera_to_cloud=RigidTransform())
+            t0 = time.perf_counter()
+            out = pipeline.process(inp, to_world)
+            return out, time.perf_counter() - t0
+
+        k = 0
+        while True:
+            out, _ = one(k)
+            k += 1
+            if out.objects and not out.changed:
+                break
+            if k >= MAX_CONVERGE_FRAMES:
+                raise RuntimeError(f"the map pipeline still changed objects after {k} frames of a static scene")
+        converged_after = k
+        times: dict[str, list[float]] = {name: [] for name in (*MAP_STAGES, "total")}
+        for _ in range(4 * ctx.repeats):
+            out, dt = one(k)
+            k += 1
+            if out.changed:
+                raise RuntimeError(f"a converged map changed objects {out.changed} on the same frame")
+            for name in MAP_STAGES:
+                times[name].append(out.stage_seconds[name])
+            times["total"].append(dt)
+    finally:
+        if worker is not None:
+            worker.close()
+    total = summary(times.pop("total"))
+    return {"frames_until_converged": converged_after, "frames": 4 * ctx.repeats, "objects": len(out.objects),
+            "stages": {name: summary(v) for name, v in times.items()}, "total": total,
+            "frames_per_s": 1.0 / total["median_s"]}
 
 
 def _run_section(ctx: BenchContext, frame, n_objects: int, domain_id: int, log_path, transports: str) -> dict:

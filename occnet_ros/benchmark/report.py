@@ -304,6 +304,13 @@ def markdown(results: dict) -> str:
                          f"{c.get('mise_resolution')}^3), "
                          f"end-to-end latency {_ms(c.get('end_to_end_latency'))}; node peak RSS "
                          f"{_fmt(mp['node_memory']['peak_rss_mb'])} MiB{_children(mp['node_memory'])}")
+            ip = mp.get("in_process")
+            if isinstance(ip, dict):
+                st = ", ".join(f"{k.replace('_', '-')} {_ms(v)}" for k, v in ip["stages"].items())
+                lines.append(f"- the node's map pipeline in this process, once converged "
+                             f"(after {ip['frames_until_converged']} frames): {_ms(ip['total'])} a frame "
+                             f"({_fmt(ip['frames_per_s'])} frames/s of that work alone, {ip['frames']} frames, "
+                             f"{ip['objects']} objects): {st} (medians)")
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if errors:
         lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]

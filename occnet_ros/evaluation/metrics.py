@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
-from scipy.spatial import cKDTree
 
 from occnet_ros.data.solid_inside import (MeshParts, mesh_parts, on_solid_boundary, parity_vote, random_directions,
                                      solid_inside)
+from occnet_ros.neighbours import NeighbourIndex
 
 
 @dataclass
@@ -194,8 +194,8 @@ def surface_metrics(pred_pts: np.ndarray, pred_nrm: np.ndarray, gt_pts: np.ndarr
     pred_pts, pred_nrm: (N, 3); gt_pts, gt_nrm: (M, 3); threshold: F-score distance.
     Returns a dict with ``accuracy``, ``completeness``, ``chamfer_l1``, ``normal_consistency``,
     ``precision``, ``recall``, ``fscore``."""
-    d_acc, i_acc = cKDTree(gt_pts).query(pred_pts, k=1)
-    d_comp, i_comp = cKDTree(pred_pts).query(gt_pts, k=1)
+    d_acc, i_acc = NeighbourIndex(np.asarray(gt_pts, np.float64)).nearest(pred_pts)
+    d_comp, i_comp = NeighbourIndex(np.asarray(pred_pts, np.float64)).nearest(gt_pts)
     nc_acc = np.abs(np.sum(pred_nrm * gt_nrm[i_acc], axis=1)).mean()
     nc_comp = np.abs(np.sum(gt_nrm * pred_nrm[i_comp], axis=1)).mean()
     precision = float(np.mean(d_acc < threshold))

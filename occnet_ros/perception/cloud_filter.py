@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from occnet_ros.config_io import setting
 from occnet_ros.geometry import finite_rows
+from occnet_ros.neighbours import NeighbourIndex
 
 
 @dataclass
@@ -76,9 +75,8 @@ def statistical_outlier_mask(points: np.ndarray, k: int = 16, std_ratio: float =
     n = p.shape[0]
     if k <= 0 or n <= k:
         return np.ones(n, dtype=bool)
-    # the first neighbour is the point itself; workers=-1: every core (12.4 -> 8.4 ms for 5k points on 2 cores),
-    # the GIL released meanwhile
-    dist, _ = cKDTree(p).query(p, k=k + 1, workers=-1)
+    # the first neighbour is the point itself; every core, the GIL released meanwhile (occnet_ros.neighbours)
+    dist, _ = NeighbourIndex(p).query(p, k + 1)
     mean_d = dist[:, 1:].mean(axis=1)
     limit = mean_d.mean() + std_ratio * mean_d.std()
     return mean_d <= limit
@@ -87,15 +85,11 @@ def statistical_outlier_mask(points: np.ndarray, k: int = 16, std_ratio: float =
 def nearest_colours(vertices: np.ndarray, points: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Per vertex (V, 3) the colour of its nearest point (N, 3) (same frame; N >= 1), from ``colours`` (N, C) -> (V, C)
     of ``colours``' dtype (the node colours its published meshes with the cleaned cloud's image colours). The
-    search uses every core and releases the GIL. The tree is built without compacting or balancing its
-    nodes: most vertices of a completed object lie centimetres from the nearest point of a one-sided view,
-    and such unbounded searches ran about twice as fast in that tree (10k vertices of a 64^3 mug against
-    its 5k cleaned points on a 2-core AMD EPYC: 16-17 ms -> 5-9 ms with build; the answers are the same)."""
+    search (:class:`~occnet_ros.neighbours.NeighbourIndex`, in float64) uses every core and releases the GIL."""
     v = np.asarray(vertices).reshape(-1, 3)
     if v.shape[0] == 0:
         return np.asarray(colours)[:0]
-    tree = cKDTree(np.asarray(points).reshape(-1, 3), compact_nodes=False, balanced_tree=False)
-    _, nearest = tree.query(v, k=1, workers=-1)
+    _, nearest = NeighbourIndex(np.asarray(points, np.float64).reshape(-1, 3)).nearest(v)
     return np.asarray(colours)[nearest]
 
 

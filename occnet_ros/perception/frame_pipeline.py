@@ -23,9 +23,9 @@ from occnet_ros.reconstruction.normalization import NormalizationError
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
 from occnet_ros.perception.object_store import StoredObject
 from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, finite_rows
-from occnet_ros.perception.segmentation import (ClusterTracker, Segment, SegmentationError,
-                                     apply_limits, fit_support_plane, segment_by_mask, segment_by_projected_mask,
-                                     segment_geometric)
+from occnet_ros.perception.segmentation import (PLANE_FIT_POINTS, ClusterTracker, Segment, SegmentationError,
+                                                apply_limits, fit_support_plane, segment_by_mask,
+                                                segment_by_projected_mask, segment_geometric)
 
 
 @dataclass
@@ -203,8 +203,11 @@ class FramePipeline:
 
     def support_plane(self, frame: FrameInput) -> Plane | None:
         """The support plane of the frame (cloud frame): RANSAC along ``up`` with the segmentation's plane
-        settings on all finite points (:func:`~occnet_ros.perception.segmentation.fit_support_plane`)."""
+        settings on the finite points of a random subset of :data:`~occnet_ros.perception.segmentation.PLANE_FIT_POINTS`
+        pixels (:func:`~occnet_ros.perception.segmentation.fit_support_plane`)."""
         flat = np.asarray(frame.xyz, np.float32).reshape(-1, 3)
+        if flat.shape[0] > PLANE_FIT_POINTS:  # the subset before the finite test: no copy of the whole cloud
+            flat = flat[np.sort(self.rng.choice(flat.shape[0], PLANE_FIT_POINTS, replace=False))]
         flat = flat[finite_rows(flat)]
         return fit_support_plane(flat, self.config.segmentation, self.rng, frame.up, frame.viewpoint)
 

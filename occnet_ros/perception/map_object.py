@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from occnet_ros.geometry import Plane
+from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.perception.map_config import MapView, ObjectMapConfig
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, KnownEmptyConfig, stands_on
 
@@ -85,17 +84,17 @@ class MapObject:
     """(2, 3) float64 min and max corner of the points, world, metres."""
     _assoc_keys: np.ndarray = field(default=None, repr=False)
     _fusion_keys: np.ndarray = field(default=None, repr=False)
-    _tree: cKDTree | None = field(default=None, repr=False)
+    _tree: NeighbourIndex | None = field(default=None, repr=False)
 
     @property
     def center(self) -> np.ndarray:
         """(3,) float64 centre of the bounding box of the points, world, metres."""
         return 0.5 * (self.bounds[0] + self.bounds[1])
 
-    def tree(self) -> cKDTree:
+    def tree(self) -> NeighbourIndex:
         """A k-d tree of ``points_world`` (built once per fusion)."""
         if self._tree is None:
-            self._tree = cKDTree(self.points_world)
+            self._tree = NeighbourIndex(np.asarray(self.points_world, np.float64))
         return self._tree
 
     def set_points(self, points: np.ndarray, viewpoints: np.ndarray, config: ObjectMapConfig) -> None:

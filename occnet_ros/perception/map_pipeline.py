@@ -10,13 +10,12 @@ An object no frame changed costs only segmentation and association: its code, me
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from occnet_ros.geometry import Plane, RigidTransform
+from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
@@ -26,7 +25,12 @@ from occnet_ros.perception.object_map import ObjectMap
 from occnet_ros.perception.segmentation import Segment
 from occnet_ros.reconstruction.normalization import NormalizationError
 
-__all__ = ["MapPipeline", "MappedFrame", "plane_in_world"]
+__all__ = ["MAP_STAGES", "MapPipeline", "MappedFrame", "plane_in_world"]
+
+MAP_STAGES = ("segmentation", "clean", "known_empty", "integrate", "reconstruct")
+"""Keys of :attr:`MappedFrame.stage_seconds`: the frame's segmentation; cleaning every segment (with its colours
+from the image); the depth view and the support plane of the known-empty test; the map's association and fusion;
+the due objects' reconstructions (encoding, MISE, meshing, simplification, anchoring, colours)."""
 
 
 def plane_in_world(plane: Plane, cloud_to_world: RigidTransform) -> Plane:
@@ -42,7 +46,8 @@ class MappedFrame:
     :class:`~occnet_ros.perception.frame_pipeline.ProcessedObject` s in world (``segment.points``: the object's
     accumulated points; ``seconds``: time spent on it in this frame, 0 when it was kept); ``changed``: ids
     whose mesh is new in this frame; ``gone``: ids that left the map (removed or evicted); ``update``: the map's
-    own account; ``method``, ``warnings``, ``cancelled`` as for a single frame."""
+    own account; ``method``, ``warnings``, ``cancelled`` as for a single frame; ``stage_seconds``: wall time of each
+    of :data:`MAP_STAGES` in this frame."""
 
     objects: list[ProcessedObject]
     changed: list[int]
@@ -51,6 +56,7 @@ class MappedFrame:
     method: str
     warnings: list[str]
     cancelled: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class MapPipeline:
@@ -75,7 +81,10 @@ class MapPipeline:
         """Fuse ``frame`` (its cloud frame's pose in world: ``cloud_to_world``) into the map and reconstruct
         what is due. Raises :class:`~occnet_ros.perception.segmentation.SegmentationError` as the single-frame
         pipeline does."""
+        t0 = time.perf_counter()
         segments, method, grid, plane = self.frames.segment_with_plane(frame)
+        t1 = time.perf_counter()
+        stages = {"segmentation": t1 - t0}
         warnings: list[str] = []
         viewpoint = np.asarray(frame.viewpoint, np.float64)
         kept, colors = [], []
@@ -86,6 +95,8 @@ class MapPipeline:
                 continue
             kept.append(cleaned.points)
             colors.append(self.frames.observed_colors(frame, seg, cleaned.index, grid))
+        t2 = time.perf_counter()
+        stages["clean"] = t2 - t1
         depth = None
         if kept and self.config.known_empty.enabled:
             if self.config.known_empty.free_space:
@@ -96,7 +107,11 @@ class MapPipeline:
                 plane = plane if plane is not None else self.frames.support_plane(frame)
                 if plane is not None:
                     self.map.support_plane = plane_in_world(plane, cloud_to_world)
+        t3 = time.perf_counter()
+        stages["known_empty"] = t3 - t2
         update = self.map.integrate(MapFrame(frame.stamp, cloud_to_world, kept, depth, viewpoint))
+        t4 = time.perf_counter()
+        stages["integrate"] = t4 - t3
         gone = update.removed + update.evicted
         for oid in gone:
             self._published.pop(oid, None)
@@ -114,7 +129,8 @@ class MapPipeline:
             if oid not in changed:
                 p.seconds = 0.0
         objects = [self._published[i] for i in sorted(self._published)]
-        return MappedFrame(objects, changed, gone, update, method, warnings, cancelled)
+        stages["reconstruct"] = time.perf_counter() - t4
+        return MappedFrame(objects, changed, gone, update, method, warnings, cancelled, stages)
 
     def _reconstruct(self, obj, seen, cloud_to_world: RigidTransform, warnings: list[str]) -> ProcessedObject | None:
         """Re-encode and re-mesh one map object; its published mesh simplified and coloured from this frame's
@@ -136,10 +152,10 @@ class MapPipeline:
             warnings.append(f"object {obj.id}: {note}")
         colors = None
         if seen is not None and seen[1] is not None and len(verts):
-            _, nearest = cKDTree(cloud_to_world.apply(seen[0])).query(verts, k=1)
+            _, nearest = NeighbourIndex(cloud_to_world.apply(seen[0])).nearest(verts)
             colors = seen[1][nearest]
         elif before is not None and before.vertex_colors is not None and len(verts) and len(before.vertices):
-            _, nearest = cKDTree(before.vertices).query(verts, k=1)
+            _, nearest = NeighbourIndex(before.vertices).nearest(verts)
             colors = before.vertex_colors[nearest]
         segment = Segment(obj.id, f"object_{obj.id}", obj.points_world)
         return ProcessedObject(segment, rec, int(len(obj.points_world)), colors, time.perf_counter() - t0,

@@ -201,7 +201,7 @@ class ObjectMap:
         if np.einsum("vk,k->v", dirs, unit_rows(cam - obj.center)).max() < np.cos(
                 np.radians(self.config.new_view_angle_deg)):
             return True
-        dist, _ = obj.tree().query(points, distance_upper_bound=self.config.unexplained_distance_m)
+        dist, _ = obj.tree().nearest(points, self.config.unexplained_distance_m)
         return bool(np.isinf(dist).mean() > self.config.unexplained_fraction)
 
     def _fuse_informative(self, segments: list[np.ndarray], pairs: dict[int, int], cam: np.ndarray,

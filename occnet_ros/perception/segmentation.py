@@ -224,12 +224,23 @@ def fit_plane_ransac(points: np.ndarray, distance: float, iterations: int, rng: 
     return Plane(normal=normal, offset=float(offset))
 
 
+PLANE_FIT_POINTS = 20000
+"""The support plane is fitted to at most this many of a frame's points, a random subset (``rng``) of more. On the
+simulated 640x480 tabletop (279k finite points), over 20 seeds, the planes of 20000 points lay within 0.012 degrees
+and 0.13 mm of the plane of all points (5000 points: 0.019 degrees, 0.14 mm), far inside ``plane_distance``, and the
+fit took 4.3 ms instead of 15.2 ms (2-core AMD EPYC)."""
+
+
 def fit_support_plane(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.Generator,
                       up: np.ndarray | None = None, viewpoint: np.ndarray | tuple = (0.0, 0.0, 0.0)) -> Plane | None:
     """The support plane of finite points (N, 3), metres, with the segmentation's plane settings:
     :func:`fit_plane_ransac` (normal within ``plane_max_tilt_deg`` of ``up`` when given), kept only when
-    it holds ``plane_min_inliers`` of the points within ``plane_distance``; else None."""
-    p = np.asarray(points, np.float64).reshape(-1, 3)
+    it holds ``plane_min_inliers`` of the points within ``plane_distance``; else None. Of more than
+    :data:`PLANE_FIT_POINTS` points, a random subset of that many (drawn from ``rng``) is fitted and counted."""
+    p = np.asarray(points).reshape(-1, 3)
+    if p.shape[0] > PLANE_FIT_POINTS:
+        p = p[np.sort(rng.choice(p.shape[0], PLANE_FIT_POINTS, replace=False))]
+    p = np.asarray(p, np.float64)
     plane = fit_plane_ransac(p, cfg.plane_distance, cfg.plane_iterations, rng, up,
                              cfg.plane_max_tilt_deg if up is not None else 90.0, viewpoint)
     if plane is None or (np.abs(plane.signed_distance(p)) < cfg.plane_distance).mean() < cfg.plane_min_inliers:

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
-from scipy.spatial import cKDTree
-
 from occnet_ros.config_io import setting
+from occnet_ros.neighbours import NeighbourIndex
 
 __all__ = ["AnchorConfig", "AnchorResult", "anchor_to_observation", "fit_planes", "vertex_normals"]
 
@@ -108,11 +107,12 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, config: AnchorConfig,
-               tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               tree: NeighbourIndex | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local planes of ``points`` around each query point.
 
     query (Q, 3), points (N, 3), viewpoints (N, 3): camera centre that saw each point, or (3,) / (1, 3):
-    one camera for all; one frame. ``tree``: a :class:`cKDTree` of ``points`` if the caller has one.
+    one camera for all; one frame. ``tree``: a :class:`~occnet_ros.neighbours.NeighbourIndex` of ``points`` if the
+    caller has one.
     -> (ok (Q,) bool: a flat neighbourhood of at least ``min_neighbors`` points within ``radius``;
     centroid (Q, 3); normal (Q, 3) unit, towards the cameras; nearest (Q,) distance to the nearest
     point, inf if none within ``radius``). Rows where ``ok`` is False hold zeros.
@@ -124,8 +124,7 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     vps = np.asarray(viewpoints, dtype=np.float64).reshape(-1, 3)
     k = min(c.k, p.shape[0])
-    dist, idx = (tree or cKDTree(p)).query(q, k=k, distance_upper_bound=c.radius, workers=-1)
-    dist, idx = dist.reshape(len(q), k), idx.reshape(len(q), k)
+    dist, idx = (tree or NeighbourIndex(p)).query(q, k, c.radius)
     valid = np.isfinite(dist)
     ok = valid.sum(axis=1) >= c.min_neighbors
     centroid = np.zeros_like(q)
@@ -189,8 +188,8 @@ def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.nd
     if p.shape[0] > c.max_points:
         keep = np.random.default_rng(c.seed).choice(p.shape[0], c.max_points, replace=False)
         p, vp = p[keep], (vp[keep] if vp.shape[0] > 1 else vp)
-    tree = cKDTree(p)
-    nearest, anchor = tree.query(v, k=1, distance_upper_bound=c.radius, workers=-1)
+    tree = NeighbourIndex(p)
+    nearest, anchor = tree.nearest(v, c.radius)
     near = np.isfinite(nearest)
     used, which = np.unique(anchor[near], return_inverse=True)
     ok, cen, nrm = np.zeros(len(v), bool), np.zeros_like(v), np.zeros_like(v)
