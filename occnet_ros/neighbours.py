@@ -5,20 +5,39 @@ the pairs within a radius of Euclidean clustering stay with scipy's ``cKDTree.qu
 (distances sorted ascending; a neighbour that does not exist, beyond ``max_distance`` or past the N-th point, is
 distance ``inf`` and index N), so callers can test ``np.isfinite(dist)`` whatever the cause.
 
-Why pykdtree and not scipy's cKDTree: pykdtree's queries run on every core through OpenMP and release the GIL, and
-on the clouds the node sees they take 40-60 % of cKDTree's time with the same answers (2-core AMD EPYC, one
-query each, cKDTree with ``workers=-1``): the 17 nearest neighbours of every point of an 8k-point object 14.7 ->
-8.5 ms (statistical outlier removal); the 32 neighbours within the anchor radius of 2.5k points of a 4.9k-point
-view 5.9 -> 3.5 ms and the nearest observed point of 10k mesh vertices 4.1 -> 1.7 ms (mesh anchoring); the nearest
-point of 10k vertices without a bound 7.3 -> 2.8 ms (vertex colours). Its threads follow ``OMP_NUM_THREADS``
-(all cores when unset).
+Why pykdtree, and on one thread: every query runs on the calling thread alone (no OpenMP team), which is what
+measured best inside the node's frames. On the 2-core AMD EPYC VM, the object map's pipeline on a converged
+640x480 frame of 4 objects (in process, 5 x 5 frames of each variant alternated in a diagnostic harness around
+:class:`~occnet_ros.perception.map_pipeline.MapPipeline`; ``occnet_bench --sections map`` measures the shipped one)
+took 57 ms a frame with pykdtree on one thread, 81 ms with
+scipy's cKDTree on one worker, 87 ms with pykdtree on two OpenMP threads and 92 ms with cKDTree's ``workers=-1``:
+a query alone on two threads is faster (the 17 neighbours of each of 8k points 9 ms against 17 ms), but OpenMP's
+threads keep spinning on the second core after each query, and cKDTree starts threads for every call, and the
+numpy work between the queries paid for both. pykdtree on one thread answers about as fast as cKDTree on two (an
+8k-point outlier query 17.3 against 18.0 ms) and releases the GIL while it searches.
+
+pykdtree's loop takes the OpenMP thread count of the calling thread, which torch and ``OMP_NUM_THREADS`` set
+(``torch.set_num_threads(2)`` in the benchmark's process made it two); so each query says one itself (threadpoolctl,
+for the duration of the query only). The OpenMP libraries are looked up again only when the process has imported
+modules since the last query (:func:`_openmp`; a lookup takes about 0.6 ms).
 """
 from __future__ import annotations
 
+import functools
+import sys
+
 import numpy as np
 from pykdtree.kdtree import KDTree
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["NeighbourIndex"]
+
+
+@functools.lru_cache(maxsize=1)
+def _openmp(n_modules: int):
+    """The OpenMP libraries the process has loaded (threadpoolctl) while ``n_modules`` modules were imported: a library
+    comes with an extension module (torch's OpenMP with torch), so the same count finds the same libraries."""
+    return ThreadpoolController().select(user_api="openmp")
 
 
 class NeighbourIndex:
@@ -53,7 +72,8 @@ class NeighbourIndex:
         if found == 0 or len(q) == 0:
             return dist, idx
         bound = None if np.isinf(max_distance) else float(max_distance)
-        d, i = self._tree.query(q, k=found, distance_upper_bound=bound)
+        with _openmp(len(sys.modules)).limit(limits=1):
+            d, i = self._tree.query(q, k=found, distance_upper_bound=bound)
         d, i = d.reshape(len(q), found), i.reshape(len(q), found)
         missing = i >= n  # pykdtree marks a neighbour beyond the bound with index N (and inf)
         dist[:, :found] = np.where(missing, np.inf, d)

@@ -89,3 +89,31 @@ def test_bad_arguments_are_refused():
             index.query(np.zeros((1, 3)), k)
     with pytest.raises(ValueError, match="max_distance"):
         index.query(np.zeros((1, 3)), 1, 0.0)
+
+
+def test_a_query_runs_on_one_thread_whatever_torch_set(monkeypatch):
+    """torch.set_num_threads (the benchmark's process sets it to the usable cores) sets the OpenMP thread count that
+    pykdtree's parallel loop would take; during a query every OpenMP library says one thread all the same, and
+    torch's setting is back afterwards."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from occnet_ros import neighbours
+
+    during = []
+
+    class Recording(neighbours.KDTree):
+        def query(self, *args, **kwargs):
+            during.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"])
+            return super().query(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "KDTree", Recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        points = np.random.default_rng(6).normal(size=(300, 3))
+        neighbours.NeighbourIndex(points).query(points, 4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert during and during[0] and all(n == 1 for n in during[0])
