@@ -5,16 +5,18 @@ the pairs within a radius of Euclidean clustering stay with scipy's ``cKDTree.qu
 (distances sorted ascending; a neighbour that does not exist, beyond ``max_distance`` or past the N-th point, is
 distance ``inf`` and index N), so callers can test ``np.isfinite(dist)`` whatever the cause.
 
-Why pykdtree, and on one thread: every query runs on the calling thread alone (no OpenMP team), which is what
-measured best inside the node's frames. On the 2-core AMD EPYC VM, the object map's pipeline on a converged
-640x480 frame of 4 objects (in process, 5 x 5 frames of each variant alternated in a diagnostic harness around
-:class:`~occnet_ros.perception.map_pipeline.MapPipeline`; ``occnet_bench --sections map`` measures the shipped one)
-took 57 ms a frame with pykdtree on one thread, 81 ms with
-scipy's cKDTree on one worker, 87 ms with pykdtree on two OpenMP threads and 92 ms with cKDTree's ``workers=-1``:
-a query alone on two threads is faster (the 17 neighbours of each of 8k points 9 ms against 17 ms), but OpenMP's
-threads keep spinning on the second core after each query, and cKDTree starts threads for every call, and the
-numpy work between the queries paid for both. pykdtree on one thread answers about as fast as cKDTree on two (an
-8k-point outlier query 17.3 against 18.0 ms) and releases the GIL while it searches.
+Why pykdtree, and on how many threads: a query of fewer than :data:`PARALLEL_MIN_WORK` neighbours (query points
+times k) runs on the calling thread alone; a larger one is cut into one part per usable core, each searched on a
+thread of its own (Python threads: the search releases the GIL), not by pykdtree's OpenMP loop. On the 2-core AMD
+EPYC VM, the object map's pipeline on a converged 640x480 frame of 4 objects (in process, 5 x 5 frames of each
+variant alternated in a diagnostic harness around :class:`~occnet_ros.perception.map_pipeline.MapPipeline`;
+``occnet_bench --sections map`` measures the shipped one) took 57 ms a frame with pykdtree on one thread, 81 ms
+with scipy's cKDTree on one worker, 87 ms with pykdtree on two OpenMP threads and 92 ms with cKDTree's
+``workers=-1``: its queries (1.6k-8k points) are faster alone on two threads (the 17 neighbours of each of 8k points
+8 ms against 15 ms), but OpenMP's threads keep spinning on the second core after each query (a core the node's
+other processes want), cKDTree starts threads for every call, and the numpy work between the queries paid for both.
+pykdtree on one thread answers about as fast as cKDTree on two (that query 17.3 against 18.0 ms) and releases the
+GIL while it searches.
 
 pykdtree's loop takes the OpenMP thread count of the calling thread, which torch and ``OMP_NUM_THREADS`` set
 (``torch.set_num_threads(2)`` in the benchmark's process made it two); so each query says one itself (threadpoolctl,
@@ -24,13 +26,21 @@ modules since the last query (:func:`_openmp`; a lookup takes about 0.6 ms).
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import threading
 
 import numpy as np
 from pykdtree.kdtree import KDTree
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["NeighbourIndex"]
+__all__ = ["NeighbourIndex", "PARALLEL_MIN_WORK"]
+
+PARALLEL_MIN_WORK = 250_000
+"""Neighbours asked for (query points times k) from which a query is searched in parts on every usable core. Below
+it: the node's outlier removal of objects up to about 14k points, the mesh anchoring's and the colours' queries.
+Above it, on the 2-core AMD EPYC: the outlier query of a 20k-point object (340k neighbours) 42-43 ms on one
+thread, 24-29 ms in two parts; of a 50k-point object 118 ms, 72-87 ms."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,9 +82,30 @@ class NeighbourIndex:
         if found == 0 or len(q) == 0:
             return dist, idx
         bound = None if np.isinf(max_distance) else float(max_distance)
-        with _openmp(len(sys.modules)).limit(limits=1):
-            d, i = self._tree.query(q, k=found, distance_upper_bound=bound)
-        d, i = d.reshape(len(q), found), i.reshape(len(q), found)
+        parts = len(os.sched_getaffinity(0)) if len(q) * found >= PARALLEL_MIN_WORK else 1
+        d = np.empty((len(q), found))
+        i = np.empty((len(q), found), np.int64)
+
+        failed: list[BaseException] = []
+
+        def search(a: int, b: int) -> None:
+            try:
+                with _openmp(len(sys.modules)).limit(limits=1):  # one thread: no OpenMP team (module docstring)
+                    da, ia = self._tree.query(q[a:b], k=found, distance_upper_bound=bound)
+                d[a:b], i[a:b] = da.reshape(b - a, found), ia.reshape(b - a, found)
+            except BaseException as e:  # re-raised in the calling thread
+                failed.append(e)
+
+        cuts = np.linspace(0, len(q), parts + 1).astype(int)
+        others = [threading.Thread(target=search, args=(a, b), name="occnet_neighbours")
+                  for a, b in zip(cuts[1:-1], cuts[2:])]
+        for t in others:
+            t.start()
+        search(cuts[0], cuts[1])
+        for t in others:
+            t.join()
+        if failed:
+            raise failed[0]
         missing = i >= n  # pykdtree marks a neighbour beyond the bound with index N (and inf)
         dist[:, :found] = np.where(missing, np.inf, d)
         idx[:, :found] = np.where(missing, n, i)

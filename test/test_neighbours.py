@@ -1,4 +1,6 @@
 """NeighbourIndex against a brute-force reference (all pairwise distances), fixed seeds."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,50 @@ def test_a_query_runs_on_one_thread_whatever_torch_set(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert during and during[0] and all(n == 1 for n in during[0])
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_a_large_query_searched_in_parts_on_threads_equals_the_reference(monkeypatch, seed):
+    """From PARALLEL_MIN_WORK neighbours on, the query points are cut into one part per usable core, each searched on
+    a thread of its own (OpenMP kept to one thread there too): the same answers as the brute-force reference."""
+    from threadpoolctl import threadpool_info
+
+    from occnet_ros import neighbours
+
+    threads, omp = set(), []
+
+    class Recording(neighbours.KDTree):
+        def query(self, *args, **kwargs):
+            threads.add(threading.get_ident())
+            omp.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"])
+            return super().query(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "KDTree", Recording)
+    monkeypatch.setattr(neighbours, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # three parts, whatever the machine
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(600, 3))
+    queries = rng.normal(size=(301, 3))
+    check_against_reference(neighbours.NeighbourIndex(points), points, queries, 9, max_distance=0.6)
+    assert len(threads) == 3 and all(n == 1 for calls in omp for n in calls)
+
+
+def test_a_failure_in_a_part_searched_on_another_thread_is_raised_to_the_caller(monkeypatch):
+    from occnet_ros import neighbours
+
+    calls = []
+
+    class Failing(neighbours.KDTree):
+        def query(self, *args, **kwargs):
+            calls.append(threading.current_thread() is threading.main_thread())
+            if not calls[-1]:
+                raise MemoryError("no memory for this part")
+            return super().query(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "KDTree", Failing)
+    monkeypatch.setattr(neighbours, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: {0, 1})
+    points = np.random.default_rng(9).normal(size=(50, 3))
+    with pytest.raises(MemoryError, match="this part"):
+        neighbours.NeighbourIndex(points).query(points, 3)
+    assert sorted(calls) == [False, True]
