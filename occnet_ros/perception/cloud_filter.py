@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from occnet_ros.config_io import setting
 from occnet_ros.geometry import finite_rows
 from occnet_ros.neighbours import NeighbourIndex
@@ -75,7 +76,7 @@ def statistical_outlier_mask(points: np.ndarray, k: int = 16, std_ratio: float =
     n = p.shape[0]
     if k <= 0 or n <= k:
         return np.ones(n, dtype=bool)
-    # the first neighbour is the point itself; every core, the GIL released meanwhile (occnet_ros.neighbours)
+    # the first neighbour is the point itself; the GIL is released meanwhile (threads: occnet_ros.neighbours)
     dist, _ = NeighbourIndex(p).query(p, k + 1)
     mean_d = dist[:, 1:].mean(axis=1)
     limit = mean_d.mean() + std_ratio * mean_d.std()
@@ -85,7 +86,7 @@ def statistical_outlier_mask(points: np.ndarray, k: int = 16, std_ratio: float =
 def nearest_colours(vertices: np.ndarray, points: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Per vertex (V, 3) the colour of its nearest point (N, 3) (same frame; N >= 1), from ``colours`` (N, C) -> (V, C)
     of ``colours``' dtype (the node colours its published meshes with the cleaned cloud's image colours). The
-    search (:class:`~occnet_ros.neighbours.NeighbourIndex`, in float64) uses every core and releases the GIL."""
+    search (:class:`~occnet_ros.neighbours.NeighbourIndex`, in float64) releases the GIL."""
     v = np.asarray(vertices).reshape(-1, 3)
     if v.shape[0] == 0:
         return np.asarray(colours)[:0]

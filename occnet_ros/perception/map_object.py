@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from occnet_ros.geometry import Plane
 from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.perception.map_config import MapView, ObjectMapConfig

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
+
 from occnet_ros.config_io import setting
 from occnet_ros.neighbours import NeighbourIndex
 
