@@ -270,7 +270,8 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert ip["objects"] == mp["frame"]["objects"] and ip["frames"] == 4 and ip["frames_until_converged"] >= 1
     assert _positive(ip["total"]["median_s"]) and ip["frames_per_s"] == pytest.approx(1 / ip["total"]["median_s"])
     assert set(ip["stages"]) == {"segmentation", "clean", "known_empty", "integrate", "reconstruct"}
-    assert sum(v["median_s"] for v in ip["stages"].values()) <= ip["total"]["max_s"] * len(ip["stages"])
+    assert all(0.0 <= v["median_s"] <= ip["total"]["max_s"] for v in ip["stages"].values())  # parts of a frame
+    assert ip["stages"]["clean"]["median_s"] > 0 and ip["stages"]["integrate"]["median_s"] > 0
     assert "map pipeline in this process" in (out / "results.md").read_text()
     assert set(statuses.values()) <= {"PASS", "MISS"}  # everything measured
 

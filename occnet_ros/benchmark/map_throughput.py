@@ -112,6 +112,7 @@ def in_process(ctx: BenchContext, frame) -> dict:
     from occnet_ros.geometry import RigidTransform
     from occnet_ros.perception.frame_pipeline import FrameInput
     from occnet_ros.perception.map_pipeline import MAP_STAGES, MapPipeline
+    from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.perception.parallel_decimation import ParallelDecimation
 
     params, _ = node_params()
@@ -125,8 +126,7 @@ def in_process(ctx: BenchContext, frame) -> dict:
     try:
         if worker is not None:
             worker.start()
-        pipeline = MapPipeline(rec, params, params.map, worker) if worker is not None else MapPipeline(
-            rec, params, params.map)
+        pipeline = MapPipeline(rec, params, params.map, worker or fast_or_open3d_decimation)
 
         def one(k: int):
             inp = FrameInput(xyz=frame.points, stamp=0.2 * k, mask=frame.mask, image=frame.rgb,
