@@ -12,6 +12,7 @@ import psutil
 import pytest
 import trimesh
 
+from occnet_ros.blas_threads import BLAS_THREADS_ENV, NODE_BLAS_THREADS, blas_thread_counts
 from occnet_ros.perception import decimation_worker
 from occnet_ros.perception.decimation_worker import _TETRAHEDRON, DecimationWorkerError, ProcessDecimation
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, simplify_mesh
@@ -173,3 +174,10 @@ def test_the_worker_process_runs_at_the_lower_priority_it_was_given():
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 3)
     with pytest.raises(ValueError, match="0..19"):
         ProcessDecimation(nice=20)
+
+
+def test_the_worker_process_runs_numpy_blas_on_the_node_s_thread_count(monkeypatch):
+    monkeypatch.delenv(BLAS_THREADS_ENV, raising=False)  # not inherited: the worker limits its own BLAS
+    with ProcessDecimation() as worker:
+        worker.start()
+        assert set(worker._ask(blas_thread_counts, ())) == {NODE_BLAS_THREADS}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "occnet_ros"
-RANK = {"geometry": 0, "neighbours": 0, "config_io": 0, "process_memory": 0, "worker_process": 0, "network": 1, "reconstruction": 2, "perception": 3, "data": 4, "training": 4,
+RANK = {"geometry": 0, "neighbours": 0, "config_io": 0, "process_memory": 0, "blas_threads": 0, "worker_process": 0, "network": 1, "reconstruction": 2, "perception": 3, "data": 4, "training": 4,
         "evaluation": 4, "bag": 4, "viewer": 4, "ros": 5, "cli": 6, "benchmark": 6, "demo": 6, "sim": 6, "replay": 6}
 """Layer of each top-level module or subpackage: a module may import its own layer and those below."""
 ROS_MODULES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_msgs", "visualization_msgs",

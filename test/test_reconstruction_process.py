@@ -18,6 +18,7 @@ from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene
 pytest.importorskip("sensor_msgs")
 from std_msgs.msg import Header  # noqa: E402
 
+from occnet_ros.blas_threads import BLAS_THREADS_ENV, NODE_BLAS_THREADS  # noqa: E402
 from occnet_ros.perception.object_store import ObjectStore  # noqa: E402
 from occnet_ros.perception.pointcloud2 import CloudFormatError  # noqa: E402
 from occnet_ros.reconstruction.occupancy_field import SOURCE_INFERRED  # noqa: E402
@@ -67,7 +68,8 @@ def answers(outcome, points):
     return store.query_with_sources(points)
 
 
-def test_the_process_gives_the_in_process_outcome_and_its_objects_answer_once_attached(scene):
+def test_the_process_gives_the_in_process_outcome_and_its_objects_answer_once_attached(scene, monkeypatch):
+    monkeypatch.delenv(BLAS_THREADS_ENV, raising=False)  # not inherited: the process limits its own BLAS
     params = params_from_values(VALUES)
     reconstructor = load_reconstructor(params)
     local = FrameProcessor(params, reconstructor)
@@ -77,6 +79,7 @@ def test_the_process_gives_the_in_process_outcome_and_its_objects_answer_once_at
         assert info["pid"] == remote.pid != os.getpid()
         if info["nice"] is not None:
             assert info["nice"] >= os.getpriority(os.PRIO_PROCESS, 0) + 5
+        assert info["blas_threads"] and set(info["blas_threads"]) == {NODE_BLAS_THREADS}  # numpy's BLAS as in the node
         without_sphere = np.where(scene.mask == SPHERE_LABEL, 0, scene.mask)
         points = probe(scene)
         for stamp, mask in ((1.0, scene.mask), (2.0, without_sphere), (3.0, scene.mask)):

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation, fast_quadric_decimation, quadric_decimation
 from occnet_ros.worker_process import WorkerConnection, WorkerLost, child_arguments, serve
 
@@ -43,7 +44,9 @@ _NAME = "the decimation worker process"
 
 
 def _child_main() -> None:
-    """The worker process's entry: runs each ``(fn, args)`` request as ``fn(*args)``."""
+    """The worker process's entry: numpy's BLAS on one thread (:mod:`occnet_ros.blas_threads`), then each ``(fn, args)``
+    request is run as ``fn(*args)``."""
+    limit_blas_threads(NODE_BLAS_THREADS)
     conn, parent_pid = child_arguments()
     serve(conn, parent_pid, lambda request: request[0](*request[1]))
 

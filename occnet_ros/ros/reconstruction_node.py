@@ -24,7 +24,8 @@ the interpreter's thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a q
 each time it takes the GIL back from another thread running Python code (the in-process reconstruction, or the
 worker receiving a frame's objects). Mesh decimation and marching cubes run in worker processes
 (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`), started by whichever process
-reconstructs.
+reconstructs. numpy's BLAS runs on one thread in all of them (:mod:`occnet_ros.blas_threads`: its spinning threads
+took the core the network needed).
 A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
 after start-up the node holds some 240k-280k of them (torch, the model, rclpy; ``gc.get_freeze_count()`` after the freeze), and one collection took 0.2-0.25 s on a
 2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built. Freezing alone stopped full
@@ -63,6 +64,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.heap_release import HeapRelease
 from occnet_ros.perception.priority import lower_thread_priority
@@ -321,6 +323,7 @@ class ReconstructionNode(Node):
 def main(args=None) -> int:
     """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
     arenas = limit_malloc_arenas(NODE_MALLOC_ARENAS)  # the console command did it before the imports already
+    blas = limit_blas_threads(NODE_BLAS_THREADS)  # and this; here for callers of main, and inherited by the workers
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
     # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
     # first call racing discovery) as a RuntimeWarning, which Python would print only once
@@ -342,7 +345,7 @@ def main(args=None) -> int:
         # executor's threads (queries) then use one torch thread each too, so no OpenMP team of theirs waits on a
         # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
         torch.set_num_threads(1)
-    node.get_logger().info(arenas)
+    node.get_logger().info(f"{arenas}; {blas}")
     executor = SingleThreadedExecutor()  # the service spins in its own thread (QueryServer)
     executor.add_node(node)
     gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring

@@ -96,14 +96,20 @@ class _Server:
         gc.freeze()  # start-up's objects out of the collector's reach (reconstruction_node's module docstring)
         gc.collect()
         self.heap.collect_garbage = True
-        return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None}
+        from occnet_ros.blas_threads import blas_thread_counts
+
+        return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+                "blas_threads": blas_thread_counts()}
 
 
 def _child_main() -> None:
-    """The worker process's entry: malloc limited as in the node, then :class:`_Server` until the node ends."""
+    """The worker process's entry: malloc and numpy's BLAS threads limited as in the node, then :class:`_Server` until
+    the node ends."""
+    from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
     from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 
     limit_malloc_arenas(NODE_MALLOC_ARENAS)  # before torch is imported
+    limit_blas_threads(NODE_BLAS_THREADS)  # inherited from the node where it started by its command; else here
     conn, parent_pid = child_arguments()
     serve(conn, parent_pid, _Server())
 
@@ -129,7 +135,8 @@ class ReconstructionProcess:
         self._lost: str | None = None
         self.restarts = 0
         self.info: dict = {}
-        """What the running process said when it started: ``pid``, ``nice``."""
+        """What the running process said when it started: ``pid``, ``nice``, ``blas_threads`` (each loaded BLAS
+        library's thread count)."""
 
     def _start_locked(self) -> WorkerConnection:
         try:
