@@ -3,14 +3,13 @@
 numpy's linear algebra (matrix products such as the support plane's RANSAC scores, least squares, eigen-decompositions)
 runs on the BLAS library numpy was built with: OpenBLAS in the PyPI wheels, which keeps one thread per core. After a
 call that used them, OpenBLAS's threads go on spinning on their cores for a while (``OPENBLAS_THREAD_TIMEOUT``, about
-2^28 cycles) before they sleep, and on a 2-core machine that is the core the network's threads need next: the
-encoding that follows a frame's segmentation ran 55-69 ms against 31-36 ms for the same object encoded on its own.
-The node's numpy work is on small matrices, where a second BLAS thread gains nothing, so the node's processes give
-BLAS one thread. Measured on a 2-core AMD EPYC (a 640x480 frame of 4 objects and a frame of 1 object from the
-benchmark's scene, ``FramePipeline`` with the decimation worker processes, 24 frames per variant alternated in one
-process): one object 217.5 -> 196.5 ms, 4 objects 638.7 -> 609.5 ms with the limit in that process only; with it in the
-worker processes too (``OPENBLAS_NUM_THREADS=1`` for the whole process tree, two runs): one object 190.6 and 168.0 ms
-against 236.5 and 221.7 ms, its encoding 36-54 ms against 67-69 ms; no stage took longer.
+2^28 cycles) before they sleep, and on a 2-core machine that is the core the network's threads need next. The node's
+numpy work is on small matrices, where a second BLAS thread gains nothing, so the node's processes give BLAS one
+thread. Measured on a 2-core AMD EPYC with the benchmark's 640x480 scene (``FramePipeline`` with the decimation worker
+processes, the medians of 12 frames each of the first object alone and of all 4 objects, 4 pairs of processes
+alternated, ``OPENBLAS_NUM_THREADS=1`` for the whole process tree against no limit): one object 169.7-192.6 ms against
+213.9-251.2 ms, its encoding 33.6-37.7 ms against 58.8-86.3 ms (the RANSAC support plane's matrix products ran just
+before it); 4 objects 553.8-598.3 ms against 601.1-665.0 ms.
 
 :func:`limit_blas_threads` limits the BLAS libraries the process has loaded (threadpoolctl) and sets
 ``OPENBLAS_NUM_THREADS``, which the OpenBLAS copies loaded later (scipy's) and the process's children read; where that

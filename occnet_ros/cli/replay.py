@@ -3,6 +3,8 @@ path, no ROS installation or running node needed. Writes into ``--out``: each ob
 report (``report.md``, ``timing.png``, ``last_frame.png``) and an MCAP bag (``bag/``) with the input topics plus
 the node's ``objects`` and ``markers`` (open it in Foxglove, or ``ros2 bag play`` it into RViz).
 
+numpy's BLAS runs on one thread, as in the node's processes (:mod:`occnet_ros.blas_threads`).
+
 Exit codes: 0 replayed (single frames or messages may have been dropped, see the report), 1 the bag has no
 usable points topic or could not be read, 2 a bad argument, file or parameter."""
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from occnet_ros.bag.reader import BagError
+from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
 from occnet_ros.replay.replay import OUTPUT_BAG, ReplayError, ReplayOptions, load_params, replay
 
 
@@ -39,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run a replay; see the module docstring for the exit codes."""
     args = parse_args(argv)
+    limit_blas_threads(NODE_BLAS_THREADS)  # numpy's BLAS as in the node's processes (occnet_ros.blas_threads)
     from occnet_ros.bag.reader import resolve_bag_path
 
     try:
