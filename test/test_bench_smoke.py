@@ -213,6 +213,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert "## Targets" in (out / "results.md").read_text() and "## Targets" in proc.stdout
     assert res["machine"]["gc_frozen_objects"] > 10_000  # torch's and the network's objects, frozen as in the node
     assert res["machine"]["blas_threads"] and set(res["machine"]["blas_threads"]) == {1}  # numpy's BLAS as in the node
+    assert f"numpy BLAS threads {res['machine']['blas_threads']}" in proc.stdout
     for key in ("floor", "mise_vs_dense", "latency", "frame", "queries", "ros", "map"):
         assert key in res and "error" not in res[key], res.get(key)
     _check_floor(res["floor"])

@@ -179,8 +179,8 @@ def markdown(results: dict) -> str:
     lines = [f"# occnet_ros benchmark ({'quick' if results.get('quick') else 'full'} run)", "",
              *([f"- note: {results['note']}"] if results.get("note") else []),
              f"- machine: {m.get('cpu_model')}, {m.get('usable_cores')} usable cores, torch threads "
-             f"{m.get('torch_threads')}, load average at start {m.get('loadavg_1_5_15')}; network on "
-             f"{m.get('device', 'cpu')}",
+             f"{m.get('torch_threads')}, numpy BLAS threads {m.get('blas_threads', '?')}, load average at start "
+             f"{m.get('loadavg_1_5_15')}; network on {m.get('device', 'cpu')}",
              f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
              f"- medians over {results.get('repeats')} runs; floors = network FLOPs / measured float32 matmul "
              f"rate on that device {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s "
