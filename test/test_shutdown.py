@@ -69,9 +69,10 @@ def test_an_interrupt_of_the_main_thread_is_a_clean_end_while_the_executor_spins
     stop = threading.Event()
 
     def interrupt() -> None:
-        """What SIGINT's handler raises in the main thread, sent again until one lands: Python drops one that arrives
-        while the main thread runs a ``__del__`` (a collection of an earlier test's objects; it once hung the whole
-        suite). None in 9 s: the context is shut down, which ends the spin, and the test fails below."""
+        """What SIGINT's handler raises in the main thread, sent again until one lands: a single one was lost once in a
+        full run and hung the suite (Python drops one that arrives while the main thread runs a ``__del__``, e.g. in a
+        collection of an earlier test's objects). None in 9 s: the context is shut down, which ends the spin, and the
+        test fails below."""
         for _ in range(30):
             if stop.wait(0.3):
                 return
