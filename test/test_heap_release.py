@@ -74,3 +74,40 @@ def test_release_frees_cyclic_garbage_when_asked():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_without_return_memory_release_collects_but_never_trims():
+    """A process that keeps its freed buffers (process_memory.keep_freed_buffers) clears return_memory: release()
+    still frees the cyclic garbage, and malloc_trim is not called."""
+    import gc
+    import weakref
+
+    class CountingLibc:
+        def __init__(self):
+            self.trims = 0
+            self.malloc_trim = self
+
+        def __call__(self, pad):
+            self.trims += 1
+            return 1
+
+    class Holder:
+        pass
+
+    libc = CountingLibc()
+    heap = HeapRelease(libc=libc)
+    assert heap.available and heap.return_memory
+    assert heap.release() is True and libc.trims == 1
+    heap.return_memory, heap.collect_garbage = False, True
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        a, b = Holder(), Holder()
+        a.other, b.other = b, a
+        kept = weakref.ref(a)
+        del a, b
+        assert heap.release() is False
+        assert kept() is None and libc.trims == 1
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -109,6 +109,7 @@ def test_in_process_the_decimation_workers_start_with_the_node_or_stop_it_naming
     try:
         n = ReconstructionNode(context=ctx, parameter_overrides=base)
         assert isinstance(n.decimation, ParallelDecimation) and n.processor.pipeline.decimate is n.decimation
+        assert n.heap.return_memory  # the frames' heap churn is this process's own: trimmed after each frame
         assert len(n.decimation.slots) == 2  # mesh.decimation_workers
         assert n.stop() and all(s._closed for s in n.decimation.slots)  # the worker processes end with the node
         n.destroy_node()
@@ -141,6 +142,7 @@ def test_the_reconstruction_process_and_its_decimation_workers_end_with_the_node
             Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
             Parameter("mesh.max_faces", value=100)])
         assert isinstance(n.processor, ReconstructionProcess) and n.decimation is None
+        assert not n.heap.return_memory  # this process keeps its freed buffers; the reconstruction process trims
         child = psutil.Process(n.processor.pid)
         family = [child, *child.children()]
         assert len(family) == 3  # the process and its mesh.decimation_workers
@@ -152,8 +154,9 @@ def test_the_reconstruction_process_and_its_decimation_workers_end_with_the_node
         rclpy.shutdown(context=ctx)
 
 
-def test_worker_returns_the_heap_after_each_frame(node):
-    """The worker hands the C heap's free memory back (perception/heap_release.py) after every frame it processed."""
+def test_worker_releases_the_heap_after_each_frame(node):
+    """The worker collects the frame's garbage (and, reconstructing in this process, hands the C heap's free memory
+    back: perception/heap_release.py) after every frame it processed."""
     released = []
     node.heap.release = lambda: released.append(node.frames_done) or True
     scene = render_scene(160, 120)

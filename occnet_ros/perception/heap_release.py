@@ -12,7 +12,10 @@ ctypes releases the GIL for the call, so the query service runs meanwhile. Where
 
 With :attr:`HeapRelease.collect_garbage` set, ``release`` first runs a full collection of Python's cyclic garbage
 collector, so that a frame's reference cycles (a trimesh mesh and its visuals, with their arrays) are freed before
-the trim. Set it only once the process's start-up objects are frozen (``gc.freeze()``): a full collection then takes
+the trim. With :attr:`HeapRelease.return_memory` cleared, ``release`` only collects: a process that keeps its freed
+buffers for reuse (:func:`occnet_ros.process_memory.keep_freed_buffers`; the node's, where the reconstruction runs in
+a process of its own) would otherwise fault every page of the next frame's buffers in again. Set
+``collect_garbage`` only once the process's start-up objects are frozen (``gc.freeze()``): a full collection then takes
 about 0.05 ms, against 135-160 ms with the 275k objects of a node's start-up unfrozen (2-core AMD EPYC).
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ class HeapRelease:
         self._trim = None
         self.collect_garbage = False
         """Whether :meth:`release` runs a full garbage collection first (module docstring)."""
+        self.return_memory = True
+        """Whether :meth:`release` gives the free memory back (``malloc_trim``); False: it only collects."""
         if libc is None:
             if not sys.platform.startswith("linux"):
                 self.note = f"no glibc malloc_trim on {sys.platform}"
@@ -56,8 +61,9 @@ class HeapRelease:
         return self._trim is not None
 
     def release(self) -> bool:
-        """Free the cyclic garbage (with :attr:`collect_garbage`), then give the free memory back -> True when some
-        was returned to the system (False also where there is no malloc_trim)."""
+        """Free the cyclic garbage (with :attr:`collect_garbage`), then give the free memory back (with
+        :attr:`return_memory`) -> True when some was returned to the system (False also where there is no
+        malloc_trim or nothing was to be returned)."""
         if self.collect_garbage:
             gc.collect()
-        return bool(self._trim(0)) if self._trim is not None else False
+        return bool(self._trim(0)) if self._trim is not None and self.return_memory else False

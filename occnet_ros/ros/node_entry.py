@@ -4,14 +4,16 @@ runs."""
 from __future__ import annotations
 
 from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
-from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
+from occnet_ros.process_memory import NODE_MALLOC_ARENAS, keep_freed_buffers, limit_malloc_arenas
 
 
 def main(args=None) -> int:
-    """glibc's malloc limited to :data:`~occnet_ros.process_memory.NODE_MALLOC_ARENAS` arenas and numpy's BLAS to
+    """glibc's malloc limited to :data:`~occnet_ros.process_memory.NODE_MALLOC_ARENAS` arenas and keeping freed
+    buffers for reuse (:func:`~occnet_ros.process_memory.keep_freed_buffers`; this process only), numpy's BLAS to
     :data:`~occnet_ros.blas_threads.NODE_BLAS_THREADS` threads (here and in the node's worker processes), then the
     node."""
     limit_malloc_arenas(NODE_MALLOC_ARENAS)
+    keep_freed_buffers()
     limit_blas_threads(NODE_BLAS_THREADS)
     from occnet_ros.ros.reconstruction_node import main as node_main
 

@@ -36,8 +36,9 @@ visuals waited there with their arrays (59-63 meshes alive in a 4-minute soak, n
 every frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`; 0.05 ms once frozen, against 135-160 ms
 before). The ``reconstruction_node`` command
 (:mod:`occnet_ros.ros.node_entry`) limits glibc's malloc to two arenas before torch and rclpy are imported, so
-memory the threads free is reused rather than kept per thread (:mod:`occnet_ros.process_memory`); ``main`` sets the
-same limit where it is called otherwise.
+memory the threads free is reused rather than kept per thread, and has it keep freed buffers of up to 32 MiB for
+reuse rather than unmap them, so a received cloud does not fault its pages in under the GIL
+(:mod:`occnet_ros.process_memory`); ``main`` does the same where it is called otherwise.
 
 Per frame: objects are always published; markers only while ``markers`` has subscribers. Without
 ``world_frame`` every frame is reconstructed on its own and its messages are built per frame; with it the
@@ -68,7 +69,7 @@ from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.heap_release import HeapRelease
 from occnet_ros.perception.priority import lower_thread_priority
-from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
+from occnet_ros.process_memory import NODE_MALLOC_ARENAS, keep_freed_buffers, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
@@ -147,6 +148,9 @@ class ReconstructionNode(Node):
         self.latest_pose = LatestPose(p.world_frame)
         self.store = ObjectStore()
         self.heap = HeapRelease()
+        # the reconstruction's heap churn happens in its process, which trims after each frame; this process keeps the
+        # buffers it frees (clouds, a frame's request and answer) for the next frame (keep_freed_buffers in main)
+        self.heap.return_memory = not p.reconstruction_process
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
@@ -190,10 +194,15 @@ class ReconstructionNode(Node):
             f"queries {p.query_mode} "
             f"({'one-call decoder' if query_graph else 'eager decoder: ' + self.reconstructor.query_graph.note}), "
             f"known-empty space {empty}, "
-            f"{'heap returned after each frame' if self.heap.available else 'heap kept: ' + self.heap.note}, "
+            f"{self._heap_text()}, "
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
+
+    def _heap_text(self) -> str:
+        if not self.heap.return_memory:
+            return "heap kept between frames (the reconstruction process returns its own)"
+        return "heap returned after each frame" if self.heap.available else "heap kept: " + self.heap.note
 
     # ------------------------------------------------------------ callbacks: store only
 
@@ -238,7 +247,7 @@ class ReconstructionNode(Node):
                     break
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
-            self.heap.release()  # the frame's garbage freed and its memory returned, dropped frames' too (heap_release)
+            self.heap.release()  # the frame's garbage freed (and its memory returned: return_memory), dropped frames' too
 
     def _cloud_to_world(self, frame: SyncedFrame, header) -> RigidTransform | None:
         """The cloud frame's pose in world_frame (None without a map); raises MessageError / TransformError
@@ -323,6 +332,7 @@ class ReconstructionNode(Node):
 def main(args=None) -> int:
     """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
     arenas = limit_malloc_arenas(NODE_MALLOC_ARENAS)  # the console command did it before the imports already
+    buffers = keep_freed_buffers()  # and this (process_memory's module docstring)
     blas = limit_blas_threads(NODE_BLAS_THREADS)  # and this; here for callers of main, and inherited by the workers
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
     # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
@@ -345,7 +355,7 @@ def main(args=None) -> int:
         # executor's threads (queries) then use one torch thread each too, so no OpenMP team of theirs waits on a
         # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
         torch.set_num_threads(1)
-    node.get_logger().info(f"{arenas}; {blas}")
+    node.get_logger().info(f"{arenas}; {buffers}; {blas}")
     executor = SingleThreadedExecutor()  # the service spins in its own thread (QueryServer)
     executor.add_node(node)
     gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring
