@@ -16,8 +16,9 @@ a fresh ``mmap`` and unmaps it when freed, and hands a heap's free top back once
 received 5 MB cloud and each frame's pickled request and answer came in pages the kernel faulted in and zeroed one
 by one: the node process took 11-16k minor page faults a second under the benchmark's load. Part of that happens
 under the GIL: rclpy takes a subscription's message without releasing it, and taking a 640x480 cloud (4.9 MB) held
-it for 8-10 ms, of which 1.1-1.4 ms remain once the pages are reused (median over 110 clouds, in a separate
-process from the publisher, 2-core AMD EPYC). A query waiting for the GIL waits that long.
+it for a median 7.9-8.4 ms (max 11.5 ms) with glibc's defaults and 1.3-1.4 ms with the buffers kept (the first
+takes, before there are buffers to reuse: up to 6.8 ms); 110 clouds at 10 Hz from another process, two alternated
+pairs of runs, 2-core AMD EPYC. A query that needs the GIL meanwhile waits that long.
 :func:`keep_freed_buffers` sets the mmap threshold to :data:`NODE_MMAP_THRESHOLD` (blocks up to that size come from
 the heaps and are reused when freed) and the trim threshold to :data:`NODE_TRIM_THRESHOLD` (``mallopt``, as the
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` variables do, which rule where set). The node then keeps
