@@ -21,9 +21,10 @@ takes, before there are buffers to reuse: up to 6.8 ms); 110 clouds at 10 Hz fro
 pairs of runs, 2-core AMD EPYC. A query that needs the GIL meanwhile waits that long.
 :func:`keep_freed_buffers` sets the mmap threshold to :data:`NODE_MMAP_THRESHOLD` (blocks up to that size come from
 the heaps and are reused when freed) and the trim threshold to :data:`NODE_TRIM_THRESHOLD` (``mallopt``, as the
-``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` variables do, which rule where set). The node then keeps
-its heap between frames (:class:`~occnet_ros.perception.heap_release.HeapRelease` without the trim) where the
-reconstruction runs in its own process, which still returns its heap after every frame.
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` variables do, which rule where set). The node then trims
+its heap after a frame only once it holds more than 128 MiB free
+(:class:`~occnet_ros.perception.heap_release.HeapRelease`'s ``keep_free_bytes``) where the reconstruction runs in its
+own process, which still returns its heap after every frame.
 """
 from __future__ import annotations
 

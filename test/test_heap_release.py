@@ -76,29 +76,42 @@ def test_release_frees_cyclic_garbage_when_asked():
             gc.enable()
 
 
-def test_without_return_memory_release_collects_but_never_trims():
-    """A process that keeps its freed buffers (process_memory.keep_freed_buffers) clears return_memory: release()
-    still frees the cyclic garbage, and malloc_trim is not called."""
+class Fn:
+    """A C function's stand-in: callable, and takes argtypes / restype as ctypes functions do."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+def test_with_a_bound_release_trims_only_when_the_heaps_hold_more_free_bytes():
+    """A process that keeps its freed buffers (process_memory.keep_freed_buffers) sets keep_free_bytes: release()
+    still frees the cyclic garbage every time, and calls malloc_trim only when mallinfo2 says more bytes are free."""
     import gc
     import weakref
 
-    class CountingLibc:
-        def __init__(self):
-            self.trims = 0
-            self.malloc_trim = self
+    from occnet_ros.perception.heap_release import MallInfo2
 
-        def __call__(self, pad):
+    class FakeLibc:  # malloc_trim counted, mallinfo2 reporting a settable free byte count
+        def __init__(self):
+            self.trims, self.free = 0, 0
+            self.malloc_trim, self.mallinfo2 = Fn(self._trim), Fn(lambda: MallInfo2(fordblks=self.free))
+
+        def _trim(self, pad):
             self.trims += 1
             return 1
 
     class Holder:
         pass
 
-    libc = CountingLibc()
+    libc = FakeLibc()
     heap = HeapRelease(libc=libc)
-    assert heap.available and heap.return_memory
-    assert heap.release() is True and libc.trims == 1
-    heap.return_memory, heap.collect_garbage = False, True
+    assert heap.available and heap.keep_free_bytes == 0
+    libc.free = 10 << 20
+    assert heap.release() is True and libc.trims == 1  # no bound: every release trims
+    heap.keep_free_bytes, heap.collect_garbage = 64 << 20, True
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -106,8 +119,50 @@ def test_without_return_memory_release_collects_but_never_trims():
         a.other, b.other = b, a
         kept = weakref.ref(a)
         del a, b
-        assert heap.release() is False
-        assert kept() is None and libc.trims == 1
+        assert heap.release() is False  # 10 MB free: under the bound
+        assert kept() is None and libc.trims == 1  # collected, not trimmed
+        libc.free = 65 << 20
+        assert heap.release() is True and libc.trims == 2
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_without_mallinfo2_a_bound_still_trims_after_every_release():
+    class OldGlibc:  # malloc_trim, but no mallinfo2 (glibc < 2.33)
+        def __init__(self):
+            self.trims = 0
+            self.malloc_trim = Fn(self._trim)
+
+        def _trim(self, pad):
+            self.trims += 1
+            return 1
+
+    libc = OldGlibc()
+    heap = HeapRelease(libc=libc)
+    heap.keep_free_bytes = 64 << 20
+    assert heap.free_bytes() is None
+    assert heap.release() is True and heap.release() is True and libc.trims == 2
+
+
+FREED = """
+from occnet_ros.perception.heap_release import HeapRelease
+from occnet_ros.process_memory import keep_freed_buffers
+keep_freed_buffers()  # an 8 MB block then comes from the heap, not from an mmap of its own
+heap = HeapRelease()
+heap.keep_free_bytes = 1 << 40  # never trims here
+before = heap.free_bytes()
+block = bytearray(8 << 20)
+pin = bytearray(4096)  # keeps the block off the heap's top
+del block
+print(before, heap.free_bytes(), heap.release())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or HeapRelease().free_bytes() is None,
+                    reason="needs glibc's mallinfo2 (glibc >= 2.33)")
+def test_free_bytes_reports_a_freed_block_and_a_bound_above_it_keeps_it():
+    out = subprocess.run([sys.executable, "-c", FREED], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after, returned = out.stdout.split()
+    assert int(after) - int(before) >= 7 << 20 and returned == "False"  # the 8 MB block, less what was reused

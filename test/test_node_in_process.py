@@ -109,7 +109,7 @@ def test_in_process_the_decimation_workers_start_with_the_node_or_stop_it_naming
     try:
         n = ReconstructionNode(context=ctx, parameter_overrides=base)
         assert isinstance(n.decimation, ParallelDecimation) and n.processor.pipeline.decimate is n.decimation
-        assert n.heap.return_memory  # the frames' heap churn is this process's own: trimmed after each frame
+        assert n.heap.keep_free_bytes == 0  # the frames' heap churn is this process's own: trimmed after each frame
         assert len(n.decimation.slots) == 2  # mesh.decimation_workers
         assert n.stop() and all(s._closed for s in n.decimation.slots)  # the worker processes end with the node
         n.destroy_node()
@@ -131,7 +131,7 @@ def test_in_process_the_decimation_workers_start_with_the_node_or_stop_it_naming
 def test_the_reconstruction_process_and_its_decimation_workers_end_with_the_node(tmp_path):
     import psutil
 
-    from occnet_ros.ros.reconstruction_node import ReconstructionNode
+    from occnet_ros.ros.reconstruction_node import NODE_KEEP_FREE_BYTES, ReconstructionNode
     from occnet_ros.ros.reconstruction_process import ReconstructionProcess
 
     ckpt = write_random_checkpoint(tmp_path / "random_test_double.pt")
@@ -142,7 +142,7 @@ def test_the_reconstruction_process_and_its_decimation_workers_end_with_the_node
             Parameter("reconstruction.device", value="cpu"), Parameter("checkpoint", value=str(ckpt)),
             Parameter("mesh.max_faces", value=100)])
         assert isinstance(n.processor, ReconstructionProcess) and n.decimation is None
-        assert not n.heap.return_memory  # this process keeps its freed buffers; the reconstruction process trims
+        assert n.heap.keep_free_bytes == NODE_KEEP_FREE_BYTES  # this process keeps its freed buffers (to a bound)
         child = psutil.Process(n.processor.pid)
         family = [child, *child.children()]
         assert len(family) == 3  # the process and its mesh.decimation_workers

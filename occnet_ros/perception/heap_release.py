@@ -12,9 +12,12 @@ ctypes releases the GIL for the call, so the query service runs meanwhile. Where
 
 With :attr:`HeapRelease.collect_garbage` set, ``release`` first runs a full collection of Python's cyclic garbage
 collector, so that a frame's reference cycles (a trimesh mesh and its visuals, with their arrays) are freed before
-the trim. With :attr:`HeapRelease.return_memory` cleared, ``release`` only collects: a process that keeps its freed
-buffers for reuse (:func:`occnet_ros.process_memory.keep_freed_buffers`; the node's, where the reconstruction runs in
-a process of its own) would otherwise fault every page of the next frame's buffers in again. Set
+the trim. With :attr:`HeapRelease.keep_free_bytes` set, ``release`` trims only once the heaps hold more free
+bytes than that (glibc's ``mallinfo2``): a process that keeps its freed buffers for reuse
+(:func:`occnet_ros.process_memory.keep_freed_buffers`; the node's, where the reconstruction runs in a process of
+its own) would otherwise fault every page of the next frame's buffers in again, and the bound still caps what
+fragmentation can hold (the node held 38-65 MB free after its frames under the benchmark's load). Where there is
+no ``mallinfo2`` (glibc < 2.33) it trims after every frame, as without the bound. Set
 ``collect_garbage`` only once the process's start-up objects are frozen (``gc.freeze()``): a full collection then takes
 about 0.05 ms, against 135-160 ms with the 275k objects of a node's start-up unfrozen (2-core AMD EPYC).
 """
@@ -25,7 +28,14 @@ import ctypes.util
 import gc
 import sys
 
-__all__ = ["HeapRelease"]
+__all__ = ["HeapRelease", "MallInfo2"]
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (``<malloc.h>``, glibc >= 2.33): byte counts over all arenas."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 class HeapRelease:
@@ -38,8 +48,9 @@ class HeapRelease:
         self._trim = None
         self.collect_garbage = False
         """Whether :meth:`release` runs a full garbage collection first (module docstring)."""
-        self.return_memory = True
-        """Whether :meth:`release` gives the free memory back (``malloc_trim``); False: it only collects."""
+        self.keep_free_bytes = 0
+        """Free heap bytes :meth:`release` leaves in place: it trims only when the heaps hold more (0: always)."""
+        self._mallinfo2 = None
         if libc is None:
             if not sys.platform.startswith("linux"):
                 self.note = f"no glibc malloc_trim on {sys.platform}"
@@ -55,15 +66,29 @@ class HeapRelease:
             return
         trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
         self._trim = trim
+        info = getattr(libc, "mallinfo2", None)
+        if info is not None:
+            info.argtypes, info.restype = [], MallInfo2
+            self._mallinfo2 = info
+
+    def free_bytes(self) -> int | None:
+        """Bytes free inside the C heaps (``mallinfo2().fordblks``, all arenas), or None where glibc cannot say."""
+        return int(self._mallinfo2().fordblks) if self._mallinfo2 is not None else None
 
     @property
     def available(self) -> bool:
         return self._trim is not None
 
     def release(self) -> bool:
-        """Free the cyclic garbage (with :attr:`collect_garbage`), then give the free memory back (with
-        :attr:`return_memory`) -> True when some was returned to the system (False also where there is no
-        malloc_trim or nothing was to be returned)."""
+        """Free the cyclic garbage (with :attr:`collect_garbage`), then give the free memory back if the heaps hold
+        more than :attr:`keep_free_bytes` free -> True when some was returned to the system (False also where there
+        is no malloc_trim or the heaps were under the bound)."""
         if self.collect_garbage:
             gc.collect()
-        return bool(self._trim(0)) if self._trim is not None and self.return_memory else False
+        if self._trim is None:
+            return False
+        if self.keep_free_bytes > 0:
+            free = self.free_bytes()
+            if free is not None and free <= self.keep_free_bytes:
+                return False
+        return bool(self._trim(0))

@@ -89,6 +89,11 @@ from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_availa
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
 from occnet_ros.perception.segmentation import SegmentationError
 
+NODE_KEEP_FREE_BYTES = 128 << 20
+"""With the reconstruction in its own process: free bytes the node's C heaps may hold before the worker trims them
+after a frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`). Under the benchmark's load they held 38-65 MB
+free after each frame, so this trims only when fragmentation grows."""
+
 SWITCH_INTERVAL_S = 0.0002
 """sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
 the GIL in Python code keeps it before a waiting thread (the query service) may take it. A query takes the GIL
@@ -148,9 +153,11 @@ class ReconstructionNode(Node):
         self.latest_pose = LatestPose(p.world_frame)
         self.store = ObjectStore()
         self.heap = HeapRelease()
-        # the reconstruction's heap churn happens in its process, which trims after each frame; this process keeps the
-        # buffers it frees (clouds, a frame's request and answer) for the next frame (keep_freed_buffers in main)
-        self.heap.return_memory = not p.reconstruction_process
+        if p.reconstruction_process:
+            # the reconstruction's heap churn happens in its process, which trims after each frame; this process keeps
+            # the buffers it frees (clouds, a frame's request and answer) for the next frame (keep_freed_buffers in
+            # main), up to a bound
+            self.heap.keep_free_bytes = NODE_KEEP_FREE_BYTES
         self.sync = FrameSync(["points", "mask", "image", "pose"], "points", p.sync.tolerance, history=3)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
@@ -200,8 +207,9 @@ class ReconstructionNode(Node):
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
     def _heap_text(self) -> str:
-        if not self.heap.return_memory:
-            return "heap kept between frames (the reconstruction process returns its own)"
+        if self.heap.keep_free_bytes:
+            return (f"heap kept between frames up to {self.heap.keep_free_bytes >> 20} MiB free"
+                    f"{'' if self.heap.free_bytes() is not None else ' (not measurable here: returned after each frame)'}")
         return "heap returned after each frame" if self.heap.available else "heap kept: " + self.heap.note
 
     # ------------------------------------------------------------ callbacks: store only
@@ -247,7 +255,7 @@ class ReconstructionNode(Node):
                     break
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
-            self.heap.release()  # the frame's garbage freed (and its memory returned: return_memory), dropped frames' too
+            self.heap.release()  # the frame's garbage freed (and its memory returned: keep_free_bytes), dropped frames' too
 
     def _cloud_to_world(self, frame: SyncedFrame, header) -> RigidTransform | None:
         """The cloud frame's pose in world_frame (None without a map); raises MessageError / TransformError
