@@ -4,7 +4,7 @@ Why: torch's own intra-op threads form an OpenMP team per calling thread, and a 
 has given to other threads stalls at every barrier. In the node the reconstruction and the query service run
 the network at once on a machine with as many cores as busy threads, so each slowed the other. With the work
 split here over threads of one torch thread each, and every other thread of the node at one torch thread
-too (``reconstruction_node.main``), no thread waits on a team. Measured on a 2-core AMD EPYC with
+too (``node_entry.main``), no thread waits on a team. Measured on a 2-core AMD EPYC with
 ``occnet_bench --sections ros`` (4 objects per frame at 64^3, 10k-point queries while frames are reconstructed,
 two runs of the section each): query p50 6.4-8.4 ms against 9.8-12.3 ms with ``compute_threads`` 1, calls over
 20 ms 1.7 % against 3.0 %, frame latency 0.88-0.98 s against 1.34-1.57 s; the worst call of a run was not

@@ -18,27 +18,10 @@ the worker then publishes the bytes and swaps the frame's objects into the :clas
 otherwise in the worker thread. The service (:mod:`occnet_ros.ros.query_service`) has a node and a thread of its own
 (:class:`~occnet_ros.ros.query_service.QueryServer`, started with the node) and answers from the store's snapshot while
 a frame is reconstructed, decoding with this process's copy of the network through a one-call graph
-(:mod:`occnet_ros.network.query_graph`); ``main`` spins the node itself (subscriptions, ``query_points``, parameters)
-with a SingleThreadedExecutor, whose callbacks only store messages. ``main`` shortens
-the interpreter's thread switch interval (:data:`SWITCH_INTERVAL_S`) so that a query waits at most about that long
-each time it takes the GIL back from another thread running Python code (the in-process reconstruction, or the
-worker receiving a frame's objects). Mesh decimation and marching cubes run in worker processes
+(:mod:`occnet_ros.network.query_graph`). Mesh decimation and marching cubes run in worker processes
 (``mesh.decimate_in_worker``, :mod:`occnet_ros.perception.decimation_worker`), started by whichever process
-reconstructs. numpy's BLAS runs on one thread in all of them (:mod:`occnet_ros.blas_threads`: its spinning threads
-took the core the network needed).
-A full collection of Python's cyclic garbage collector also holds the GIL while it walks every tracked object;
-after start-up the node holds some 240k-280k of them (torch, the model, rclpy; ``gc.get_freeze_count()`` after the freeze), and one collection took 0.2-0.25 s on a
-2-core EPYC, so ``main`` freezes them (``gc.freeze()``) once the node is built. Freezing alone stopped full
-collections altogether: CPython starts one only when the objects that entered the oldest generation since the last
-full collection exceed a quarter of those it held then (the frozen ones), so cycles such as a trimesh mesh and its
-visuals waited there with their arrays (59-63 meshes alive in a 4-minute soak, no full collection after start-up).
-``main`` therefore also collects once after the freeze (which resets that count), and the worker collects after
-every frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`; 0.05 ms once frozen, against 135-160 ms
-before). The ``reconstruction_node`` command
-(:mod:`occnet_ros.ros.node_entry`) limits glibc's malloc to two arenas before torch and rclpy are imported, so
-memory the threads free is reused rather than kept per thread, and has it keep freed buffers of up to 32 MiB for
-reuse rather than unmap them, so a received cloud does not fault its pages in under the GIL
-(:mod:`occnet_ros.process_memory`); ``main`` does the same where it is called otherwise.
+reconstructs. The ``reconstruction_node`` command (:mod:`occnet_ros.ros.node_entry`) sets the process up (GIL switch
+interval, malloc, numpy's BLAS, the garbage collector) and spins the node.
 
 Per frame: objects are always published; markers only while ``markers`` has subscribers. Without
 ``world_frame`` every frame is reconstructed on its own and its messages are built per frame; with it the
@@ -48,28 +31,21 @@ objects (or to a new listener).
 """
 from __future__ import annotations
 
-import gc
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
-import rclpy
-import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.perception.heap_release import HeapRelease
 from occnet_ros.perception.priority import lower_thread_priority
-from occnet_ros.process_memory import NODE_MALLOC_ARENAS, keep_freed_buffers, limit_malloc_arenas
 from occnet_ros.perception.decimation_worker import DecimationWorkerError
 from occnet_ros.perception.parallel_decimation import ParallelDecimation
 from occnet_ros.perception.frame_sync import FrameSync, SyncedFrame
@@ -83,7 +59,6 @@ from occnet_ros.ros.frame_processor import FrameOutcome, FrameProcessor, FrameRe
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, declare_parameters
 from occnet_ros.ros.query_service import QueryServer
 from occnet_ros.ros.reconstruction_process import ReconstructionProcess, ReconstructionProcessError
-from occnet_ros.ros.shutdown import spin_until_shutdown
 from occnet_ros.perception.live_frames import LiveFrames
 from occnet_ros.ros.tf_lookup import TransformError, TransformLookup, tf2_available
 from occnet_ros.ros.world_pose import LatestPose, resolve_pose_source
@@ -93,16 +68,6 @@ NODE_KEEP_FREE_BYTES = 128 << 20
 """With the reconstruction in its own process: free bytes the node's C heaps may hold before the worker trims them
 after a frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`). Under the benchmark's load they held 38-65 MB
 free after each frame, so this trims only when fragmentation grows."""
-
-SWITCH_INTERVAL_S = 0.0002
-"""sys.setswitchinterval of the node process (Python's default is 0.005 s): how long a thread that holds
-the GIL in Python code keeps it before a waiting thread (the query service) may take it. A query takes the GIL
-back after each torch or large numpy call, dozens of times per query even with the one-call decoder
-(:mod:`occnet_ros.network.query_graph`), and each time may wait this long while the reconstruction runs Python.
-On the 2-core AMD EPYC (``occnet_bench --sections ros``, 3 runs of 500-723 calls each): at 1 ms the slowest
-service calls spent up to 54 ms waiting off the CPU and the runs' p99 were 17.6-21.2 ms, max 28.7-134.4 ms;
-at 0.2 ms p99 14.6-19.3 ms, max 18.0-32.6 ms, and frames were reconstructed as fast (0.61 against 0.55 frames/s)."""
-
 
 def check_startup(params: NodeParams) -> None:
     """Problems that must stop the node before it loads anything (raises :class:`ParamError`)."""
@@ -207,10 +172,12 @@ class ReconstructionNode(Node):
             f"tf2 {'available' if self.tf.available else 'not available'}")
 
     def _heap_text(self) -> str:
-        if self.heap.keep_free_bytes:
-            return (f"heap kept between frames up to {self.heap.keep_free_bytes >> 20} MiB free"
-                    f"{'' if self.heap.free_bytes() is not None else ' (not measurable here: returned after each frame)'}")
-        return "heap returned after each frame" if self.heap.available else "heap kept: " + self.heap.note
+        """The ready line's account of the C heap after each frame (HeapRelease)."""
+        if not self.heap.available:
+            return "heap kept: " + self.heap.note
+        if self.heap.keep_free_bytes and self.heap.free_bytes() is not None:
+            return f"heap returned after a frame beyond {self.heap.keep_free_bytes >> 20} MiB free"
+        return "heap returned after each frame"
 
     # ------------------------------------------------------------ callbacks: store only
 
@@ -337,48 +304,7 @@ class ReconstructionNode(Node):
         return ended
 
 
-def main(args=None) -> int:
-    """Run the node until SIGINT; exit code 2 for bad parameters or a missing/unreadable checkpoint."""
-    arenas = limit_malloc_arenas(NODE_MALLOC_ARENAS)  # the console command did it before the imports already
-    buffers = keep_freed_buffers()  # and this (process_memory's module docstring)
-    blas = limit_blas_threads(NODE_BLAS_THREADS)  # and this; here for callers of main, and inherited by the workers
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
-    # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
-    # first call racing discovery) as a RuntimeWarning, which Python would print only once
-    warnings.filterwarnings("always", message=".*failed to send response", category=RuntimeWarning)
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ReconstructionNode()
-    except Exception as e:
-        from occnet_ros.network.checkpoint import CheckpointError  # an unreadable or foreign checkpoint file
-
-        if not isinstance(e, (ParamError, FileNotFoundError, CheckpointError)):
-            raise
-        print(f"{NODE_NAME}: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    if node.reconstructor.pool.threads > 1:
-        # the network's parallel work runs on the reconstructor's pool, one torch thread per pool thread; the
-        # executor's threads (queries) then use one torch thread each too, so no OpenMP team of theirs waits on a
-        # core the pool holds (reconstruction.compute_threads; occnet_ros.reconstruction.compute_pool)
-        torch.set_num_threads(1)
-    node.get_logger().info(f"{arenas}; {buffers}; {blas}")
-    executor = SingleThreadedExecutor()  # the service spins in its own thread (QueryServer)
-    executor.add_node(node)
-    gc.freeze()  # start-up's objects (torch, the model, rclpy) out of the collector's reach: module docstring
-    gc.collect()  # and the oldest generation's count reset, so that full collections happen again
-    node.heap.collect_garbage = True  # cheap now: the worker collects the cycles of each frame
-    try:
-        spin_until_shutdown(executor, node.context)  # SIGINT lands in this thread's wait, not in a message take
-    finally:
-        if not node.stop(timeout=3.0):
-            print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
-
 if __name__ == "__main__":
+    from occnet_ros.ros.node_entry import main
+
     sys.exit(main())

@@ -79,7 +79,7 @@ class _Server:
         from occnet_ros.ros.frame_processor import FrameProcessor, load_reconstructor
 
         reconstructor = load_reconstructor(params)
-        if reconstructor.pool.threads > 1:  # the pool's threads use one torch thread each (reconstruction_node.main)
+        if reconstructor.pool.threads > 1:  # the pool's threads use one torch thread each (node_entry.main)
             torch.set_num_threads(1)
         decimate = fast_or_open3d_decimation
         if params.mesh.max_faces > 0 and params.mesh.decimate_in_worker:
@@ -93,7 +93,7 @@ class _Server:
                                             f"in the reconstruction process") from e
         self.processor = FrameProcessor(params, reconstructor, decimate, pose_source)
         self.heap = HeapRelease()
-        gc.freeze()  # start-up's objects out of the collector's reach (reconstruction_node's module docstring)
+        gc.freeze()  # start-up's objects out of the collector's reach (node_entry's module docstring)
         gc.collect()
         self.heap.collect_garbage = True
         from occnet_ros.blas_threads import blas_thread_counts
