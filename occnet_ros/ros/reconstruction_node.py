@@ -69,6 +69,7 @@ NODE_KEEP_FREE_BYTES = 128 << 20
 after a frame (:class:`~occnet_ros.perception.heap_release.HeapRelease`). Under the benchmark's load they held 38-65 MB
 free after each frame, so this trims only when fragmentation grows."""
 
+
 def check_startup(params: NodeParams) -> None:
     """Problems that must stop the node before it loads anything (raises :class:`ParamError`)."""
     if params.checkpoint and not Path(params.checkpoint).expanduser().is_file():
@@ -222,7 +223,7 @@ class ReconstructionNode(Node):
                     break
                 self.get_logger().error(f"frame at {frame.stamp:.3f} failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=self.params.log_throttle_sec)
-            self.heap.release()  # the frame's garbage freed (and its memory returned: keep_free_bytes), dropped frames' too
+            self.heap.release()  # the frame's garbage freed, and memory returned (keep_free_bytes); dropped frames too
 
     def _cloud_to_world(self, frame: SyncedFrame, header) -> RigidTransform | None:
         """The cloud frame's pose in world_frame (None without a map); raises MessageError / TransformError

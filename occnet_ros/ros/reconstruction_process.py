@@ -103,8 +103,8 @@ class _Server:
 
 
 def _child_main() -> None:
-    """The worker process's entry: malloc and numpy's BLAS threads limited as in the node, then :class:`_Server` until
-    the node ends."""
+    """The worker process's entry: malloc arenas and numpy's BLAS threads limited as in the node (freed buffers are not
+    kept for reuse here: this process returns its heap after every frame), then :class:`_Server` until the node ends."""
     from occnet_ros.blas_threads import NODE_BLAS_THREADS, limit_blas_threads
     from occnet_ros.process_memory import NODE_MALLOC_ARENAS, limit_malloc_arenas
 
