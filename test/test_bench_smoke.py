@@ -169,6 +169,28 @@ def test_floor_and_mise_sections_in_process(tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
 
 
+@pytest.mark.parametrize("kind", ["local", "global"])
+def test_encode_floor_charges_each_part_at_its_rate(tmp_path, kind):
+    """The points' MLP at the float32 decoder-size rate; a feature-plane U-Net at the rate of its own precision
+    (float32 where that precision was not measured); a global network's per-code work at the float32 rate."""
+    ctx = make_context(None, tmp_path, QUICK_SIZES, repeats=1)
+    if kind == "global":
+        ctx.model = ctx.model.__class__(dataclasses.replace(ctx.model.config, kind="global", global_context=False,
+                                                            local_pool=False))
+        from occnet_ros.network.model import cost_report
+        ctx.costs = cost_report(ctx.model.config)
+    ctx.rate_gflops, ctx.unet_rate_gflops = 100.0, {"float32": 50.0, "bfloat16": 400.0}
+    points = 12 * ctx.n_input_points * ctx.costs["encoder_inference_flops_per_input_point"] / 100e9
+    per_code = 12 * ctx.costs["prepare_flops_per_code"]
+    got = {d: ctx.encode_floor_s(12, d) for d in (torch.float32, torch.bfloat16, torch.float16)}
+    if kind == "local":
+        assert got[torch.float32] == pytest.approx(points + per_code / 50e9)
+        assert got[torch.bfloat16] == pytest.approx(points + per_code / 400e9)
+        assert got[torch.float16] == pytest.approx(points + per_code / 50e9)
+    else:
+        assert all(v == pytest.approx(points + per_code / 100e9) for v in got.values())
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
@@ -185,6 +207,10 @@ def _check_floor(f):
         assert r["points_per_s"] == pytest.approx(r["points"] / r["time"]["median_s"])
     assert f["best_chunk"] in [r["chunk"] for r in f["decoder_by_chunk"]]
     assert 0 <= f["bfloat16_error"]["max_abs_prob_diff"] < 1
+    unet = f["matmul_unet"]
+    assert set(unet) == {"float32", "bfloat16"}  # the default architecture has feature planes; on a CPU
+    for r in unet.values():
+        assert r["gflops"] == pytest.approx(2 * r["rows"] * r["hidden"] ** 2 / r["time"]["min_s"] / 1e9)
 
 
 def _check_mise(mv):
@@ -264,6 +290,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert sum(fr["frame"]["share"].values()) == pytest.approx(1.0 - fr["frame"]["unaccounted_s"]
                                                               / fr["frame"]["stages"]["total"]["median_s"])
     assert _positive(fr["frame"]["stages"]["encode"]["median_s"]) and _positive(fr["frame"]["floor"]["mise"])
+    assert _positive(fr["frame"]["floor"]["encode"])
     mp = res["map"]
     assert mp["available"] and mp["node_exit_code"] == 0 and mp["frame"]["objects"] >= 3
     assert mp["first_meshes"]["objects"] == mp["frame"]["objects"] and mp["first_meshes"]["seconds_from_first_frame"] > 0

@@ -126,6 +126,28 @@ def test_cost_report_local_matches_torch_flop_counter(global_context):
     assert fc.get_total_flops() == q * (rep["decoder_flops_per_query"] - taps)
 
 
+@pytest.mark.parametrize("global_context", [False, True])
+def test_cost_report_inference_encoder_flops_match_torch_flop_counter(global_context):
+    """The encoder at inference (eval, no autograd: encoder_inference.point_planes) does the per-point work
+    cost_report says, plus the pooled half of each later block's maps once per input (2 maps of hidden x hidden)."""
+    cfg = dataclasses.replace(LOCAL, global_context=global_context)
+    rep = cost_report(cfg)
+    m = OccupancyNetwork(cfg).eval()
+    e = cfg.encoder_hidden
+    per_input = 2 * (cfg.encoder_blocks - 1) * 2 * e * e
+    # torch's counter skips in-place addmm_, which each block's second layer is (hidden x hidden per point)
+    uncounted_per_point = 2 * cfg.encoder_blocks * e * e
+    assert rep["encoder_inference_flops_per_input_point"] < rep["encoder_flops_per_input_point"]
+    for n in (50, 90):
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            m.encode(_points(1, n))
+        assert fc.get_total_flops() == (n * (rep["encoder_inference_flops_per_input_point"] - uncounted_per_point)
+                                        + per_input + rep["prepare_flops_per_code"])
+    pooled = dataclasses.replace(cfg, local_pool=True)
+    assert (cost_report(pooled)["encoder_inference_flops_per_input_point"]
+            == cost_report(pooled)["encoder_flops_per_input_point"])
+
+
 def test_global_context_starts_at_zero_and_reaches_empty_cells():
     """Zero-initialised, the global-context model equals the plain one with the same weights; once
     its map is non-zero, plane cells that no input point falls in differ from zero."""

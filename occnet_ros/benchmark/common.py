@@ -67,8 +67,10 @@ QUICK_SIZES = BenchSizes(resolution0=8, upsampling_steps=2, cloud_sizes=(300, 10
 class BenchContext:
     """What every section gets: ``sizes``, ``repeats`` (medians over this many runs), ``out`` folder,
     the network (``model``, ``threshold``, ``weights`` description), ``rate_gflops`` (measured float32
-    matmul rate of the decoder's size; set by the floor section), ``seed``, ``device`` (the torch device the
-    network runs on in every section: ``cpu``, or ``cuda`` on a machine with an NVIDIA GPU)."""
+    matmul rate of the decoder's size; set by the floor section), ``unet_rate_gflops`` (feature-plane networks:
+    the matmul rate at the U-Net's widest layer by dtype name, float32 and bfloat16, float16 too on a GPU; set by
+    the floor section), ``seed``, ``device`` (the torch device the network runs on in every section: ``cpu``, or
+    ``cuda`` on a machine with an NVIDIA GPU)."""
 
     sizes: BenchSizes
     repeats: int
@@ -81,6 +83,7 @@ class BenchContext:
     rate_gflops: float = float("nan")
     costs: dict = field(default_factory=dict)
     device: str = "cpu"
+    unet_rate_gflops: dict = field(default_factory=dict)
 
     def sync(self) -> None:
         """Wait for the device's queued work (CUDA runs asynchronously; a no-op on the CPU), so timings hold it."""
@@ -93,6 +96,19 @@ class BenchContext:
 
     def decoder_floor_s(self, n_queries: int) -> float:
         return self.floor_s(n_queries * self.costs["decoder_flops_per_query"])
+
+    def encode_floor_s(self, encodings: int, unet_dtype: torch.dtype = torch.float32) -> float:
+        """Seconds ``encodings`` encoder passes of ``n_input_points`` points take at the measured rates: the points'
+        MLP as inference computes it (float32, at the decoder-size rate) plus the per-code work (the U-Net of a
+        feature-plane network, at the rate of its widest layer in ``unet_dtype``, the precision it runs in, or in
+        float32 where that precision was not measured; a global network's CBN folding at the float32 rate)."""
+        points = self.floor_s(encodings * self.n_input_points * self.costs["encoder_inference_flops_per_input_point"])
+        per_code = encodings * self.costs["prepare_flops_per_code"]
+        rate = self.unet_rate_gflops.get(str(unet_dtype).replace("torch.", ""),
+                                         self.unet_rate_gflops.get("float32", float("nan")))
+        if self.model.config.kind != "local" or not rate > 0:
+            return points + self.floor_s(per_code)
+        return points + float(per_code / (rate * 1e9))
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[dict, object]:

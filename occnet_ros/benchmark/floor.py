@@ -1,7 +1,8 @@
 """Section "floor": what this machine can do. The float32 matmul rate at the decoder's size (rows =
-a large batch of points, hidden x hidden weights) sets every FLOPs-based floor of the report; the
-decoder's own rate by chunk size shows how close the fused decoder gets to it, and where the cache
-stops helping; bfloat16 is measured, with its error against float32, as an option.
+a large batch of points, hidden x hidden weights) sets the FLOPs-based floors of the report; a feature-plane
+encoder's U-Net, which runs in the node's precision (bfloat16 on a CPU with native bfloat16), takes the matmul rate
+at its widest layer in that precision. The decoder's own rate by chunk size shows how close the fused decoder gets
+to its floor, and where the cache stops helping; bfloat16 is measured, with its error against float32, as an option.
 """
 from __future__ import annotations
 
@@ -64,13 +65,29 @@ def precision_error(ctx: BenchContext, dtype: torch.dtype, n_points: int = 65536
             "mean_abs_prob_diff": float(d.mean()), "occupancy_flip_fraction": float(flips)}
 
 
+def unet_rates(ctx: BenchContext) -> dict:
+    """Feature-plane networks: matmul rates at the width of the U-Net's widest layer (``unet_base`` *
+    2^(``unet_levels`` - 1)) in float32 and bfloat16 (and float16 on a GPU), the rates its convolutions can reach in
+    the precision they run in -> {dtype name: matmul_rate result}; {} for a global network."""
+    c = ctx.model.config
+    if c.kind != "local":
+        return {}
+    width = c.unet_base * 2 ** (c.unet_levels - 1)
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if ctx.device.startswith("cuda") else [])
+    return {str(d).replace("torch.", ""): matmul_rate(width, ctx.sizes.matmul_batch, ctx.repeats, d, ctx=ctx)
+            for d in dtypes}
+
+
 def run(ctx: BenchContext) -> dict:
-    """Measure the rates; sets ``ctx.rate_gflops`` (float32 matmul at the decoder's size)."""
+    """Measure the rates; sets ``ctx.rate_gflops`` (float32 matmul at the decoder's size) and
+    ``ctx.unet_rate_gflops`` (:func:`unet_rates`)."""
     s = ctx.sizes
     h = ctx.model.config.decoder_hidden
     f32 = matmul_rate(h, s.matmul_batch, ctx.repeats, ctx=ctx)
     ctx.rate_gflops = f32["gflops"]
     bf16 = matmul_rate(h, s.matmul_batch, ctx.repeats, torch.bfloat16, ctx=ctx)
+    unet = unet_rates(ctx)
+    ctx.unet_rate_gflops = {k: r["gflops"] for k, r in unet.items()}
     chunks = [decoder_rate(ctx, c, s.decoder_points) for c in s.chunk_sizes]
     best = max(chunks, key=lambda r: r["points_per_s"])
     # the unfused CBN path exists only for the global kind (the local decoder has no folded form)
@@ -81,8 +98,10 @@ def run(ctx: BenchContext) -> dict:
         "device": ctx.device,
         "matmul_float32": f32,
         "matmul_bfloat16": bf16,
+        "matmul_unet": unet,
         "decoder_flops_per_query": ctx.costs["decoder_flops_per_query"],
         "encoder_flops_per_input_point": ctx.costs["encoder_flops_per_input_point"],
+        "encoder_inference_flops_per_input_point": ctx.costs["encoder_inference_flops_per_input_point"],
         "decoder_floor_points_per_s": 1.0 / ctx.decoder_floor_s(1),
         "decoder_by_chunk": chunks,
         "best_chunk": best["chunk"],

@@ -116,8 +116,7 @@ def _measure(ctx: BenchContext, pipeline: FramePipeline, params, msgs, pubs, up:
     accounted = sum(stages[k]["median_s"] for k in STAGES)
     rec = pipeline.reconstructor.config
     encodings = n_objects * rec.input_subsamples * (2 if rec.mirror_average else 1)
-    floor = {"encode": ctx.floor_s(encodings * (ctx.costs["encoder_flops_per_input_point"] * ctx.n_input_points
-                                                + ctx.costs["prepare_flops_per_code"])),
+    floor = {"encode": ctx.encode_floor_s(encodings, pipeline.reconstructor.dtype),
              "mise": ctx.decoder_floor_s(n_evals)}
     return {"objects": n_objects, "stages": stages, "mise_evals": n_evals, "encodings": encodings, "floor": floor,
             "share": {k: stages[k]["median_s"] / total for k in STAGES},

@@ -265,9 +265,7 @@ def _run(ctx: BenchContext, params: NodeParams, source: str, view, rec, decimate
             "colored_vertices": 0 if colors is None else int(len(colors)),
             "message_bytes": int(sum(nbytes)), "message_bytes_objects": int(nbytes[0]),
             "message_bytes_markers": int(nbytes[1]),
-            "floor": {"encode_s": ctx.floor_s(_encodings(rec) * (ctx.costs["encoder_flops_per_input_point"]
-                                                                 * ctx.n_input_points
-                                                                 + ctx.costs["prepare_flops_per_code"])),
+            "floor": {"encode_s": ctx.encode_floor_s(_encodings(rec), rec.dtype),
                       "mise_s": ctx.decoder_floor_s(n_evals)},
         })
     return {"resolution": resolution, "messages_measured": messages is not None,

@@ -172,6 +172,20 @@ def _frame_lines(fr: Any) -> list[str]:
     return lines
 
 
+def _floor_basis(floor: dict) -> str:
+    """What the floors divide by: the measured matmul rates of the floor section."""
+    f32 = _fmt(floor.get("matmul_float32", {}).get("gflops"))
+    unet = floor.get("matmul_unet") or {}
+    text = (f"floors = network FLOPs / measured matmul rate on that device: the decoder and the encoder's point MLP "
+            f"at the float32 rate of the decoder's size, {f32} GFLOP/s")
+    if unet:
+        width = next(iter(unet.values())).get("hidden")
+        rates = ", ".join(f"{k} {_fmt(r.get('gflops'))}" for k, r in unet.items())
+        text += (f"; the encoder's U-Net at the rate of its widest layer ({width}) in the precision it runs in "
+                 f"({rates} GFLOP/s)")
+    return text
+
+
 def markdown(results: dict) -> str:
     """The human-readable report."""
     m = results.get("machine", {})
@@ -182,10 +196,7 @@ def markdown(results: dict) -> str:
              f"{m.get('torch_threads')}, numpy BLAS threads {m.get('blas_threads', '?')}, load average at start "
              f"{m.get('loadavg_1_5_15')}; network on {m.get('device', 'cpu')}",
              f"- weights: {w.get('kind')} ({w.get('path')}), threshold {w.get('threshold')}",
-             f"- medians over {results.get('repeats')} runs; floors = network FLOPs / measured float32 matmul "
-             f"rate on that device {_fmt(results.get('floor', {}).get('matmul_float32', {}).get('gflops'))} GFLOP/s "
-             f"(float32 floors: parts that run in bfloat16, the node's precision auto on a CPU with native bfloat16, "
-             f"can take less)", ""]
+             f"- medians over {results.get('repeats')} runs; {_floor_basis(results.get('floor', {}))}", ""]
     lines += ["## Targets", "", "| target | limit | measured | status | what |", "|---|---|---|---|---|"]
     for t in results.get("targets", []):
         unit = t["unit"] if t["unit"] != "s" else ""
@@ -233,14 +244,15 @@ def markdown(results: dict) -> str:
                   f"messages with markers"
                   + ("" if lat.get("messages_measured", True) else " (not measured: ROS packages missing)"), "",
                   "| grid | points | " + " | ".join(stages) + " | faces MC -> published | message bytes | MISE evals "
-                  "| MISE floor | longest GIL hold |", "|---" * (len(stages) + 7) + "|"]
+                  "| encode floor | MISE floor | longest GIL hold |", "|---" * (len(stages) + 8) + "|"]
         for r in lat["sizes"]:
             faces = f"{r.get('faces_marching_cubes')} -> {r.get('faces_published')}"
             if r.get("simplify_note"):
                 faces += f" ({r['simplify_note']})"
             lines.append(f"| {r.get('resolution', lat.get('resolution'))}^3 | {r['cloud_points']} | " + " | ".join(_ms(r['stages'].get(k)) for k in stages)
                          + f" | {faces} | {r.get('message_bytes')} | {r['mise_n_evals']} "
-                         f"| {_fmt(r['floor']['mise_s'], 's')} | {_fmt(r.get('longest_gil_hold_s'), 's')} |")
+                         f"| {_fmt(r['floor'].get('encode_s'), 's')} | {_fmt(r['floor']['mise_s'], 's')} "
+                         f"| {_fmt(r.get('longest_gil_hold_s'), 's')} |")
     lines += _frame_lines(results.get("frame"))
     q = results.get("queries")
     if isinstance(q, dict) and "sizes" in q:

@@ -166,8 +166,12 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
 
     ``decoder_flops_per_query``: per query point once the code is prepared (global: the CBN maps
     folded; local: 4 bilinear taps per channel and plane, then the MLP);
-    ``encoder_flops_per_input_point``: per input point (pooling ignored); ``prepare_flops_per_code``:
-    per object, independent of the points (global: CBN folding; local: the U-Net on three planes)."""
+    ``encoder_flops_per_input_point``: per input point (pooling ignored), as the modules compute it;
+    ``encoder_inference_flops_per_input_point``: per input point as inference computes it (local kind without
+    ``local_pool``: :func:`~occnet_ros.network.encoder_inference.point_planes` maps the pooled half of each block's
+    input once per input, not once per point; those per-input maps, a few thousand FLOPs, are ignored; otherwise the
+    modules' count); ``prepare_flops_per_code``: per object, independent of the points (global: CBN folding; local:
+    the U-Net on three planes)."""
     c = config
     model = OccupancyNetwork(c)
     n_enc = sum(p.numel() for p in model.encoder.parameters())
@@ -176,11 +180,15 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
     if c.kind == "local":
         dec_macs = 3 * 4 * c.c_dim + 3 * h + c.decoder_blocks * (c.c_dim * h + 2 * h * h) + h
         enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e) + e * c.c_dim
+        # inference: the first block takes the full [a, a] input, the later ones only the per-point half a
+        inf_macs = (enc_macs if c.local_pool
+                    else 3 * 2 * e + 5 * e * e + (c.encoder_blocks - 1) * 3 * e * e + e * c.c_dim)
         per_code = 3 * unet_macs(c.c_dim, c.unet_base, c.unet_levels, c.plane_resolution)
         per_code += e * c.c_dim if c.global_context else 0
     else:
         dec_macs = 3 * h + c.decoder_blocks * (2 * h * h + 2 * h) + h + h
         enc_macs = 3 * 2 * e + c.encoder_blocks * (2 * e * e + e * e + 2 * e * e)
+        inf_macs = enc_macs
         per_code = (2 * c.decoder_blocks + 1) * 2 * c.c_dim * h
     return {
         "params_total": float(n_enc + n_dec),
@@ -188,6 +196,7 @@ def cost_report(config: ModelConfig) -> dict[str, float]:
         "params_decoder": float(n_dec),
         "decoder_flops_per_query": float(2 * dec_macs),
         "encoder_flops_per_input_point": float(2 * enc_macs),
+        "encoder_inference_flops_per_input_point": float(2 * inf_macs),
         "prepare_flops_per_code": float(2 * per_code),
     }
 
