@@ -268,7 +268,8 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert ros["available"] is False
         pytest.skip(f"ROS part not runnable here: {ros['reason']}")
     assert ros["available"] and ros["node_exit_code"] == 0
-    assert ros["fastdds_builtin_transports"] == os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:  # the section ran on the shipped profile
+        assert ros["fastdds_transports"] == "SHM (32 MiB segment) + UDPv4 (profile fastdds_profile.xml)"
     assert ros["node_throughput"]["frames"] >= 1 and ros["frame"]["objects"] >= 3
     assert ros["frame"]["width"] == 640 and ros["frame"]["height"] == 480
     assert _positive(ros["node_memory"]["peak_rss_mb"])
@@ -326,20 +327,24 @@ def test_gil_stall_meter_sees_a_call_that_holds_the_gil_and_not_a_sleep():
 
 def test_ros_sections_share_one_transport_setting_and_restore_the_environment(monkeypatch):
     from occnet_ros.benchmark.node_throughput import section_environment
+    from occnet_ros.ros.launch_spec import fastdds_profile_file
 
-    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
     with section_environment() as transports:
-        assert transports == "LARGE_DATA" == os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+        assert transports == "SHM (32 MiB segment) + UDPv4 (profile fastdds_profile.xml)"
+        assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == str(fastdds_profile_file())
         assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    assert "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
-    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # a user's choice is kept, and kept afterwards
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "")  # a user's choice is kept, and kept afterwards
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     with pytest.raises(RuntimeError):
         with section_environment() as transports:
-            assert transports == "UDPv4"
+            assert transports == "builtin UDPv4"
             raise RuntimeError("a failing section still restores the environment")
-    assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4" and os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "" and os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
+    assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: test_cuda_path runs the GPU bench")

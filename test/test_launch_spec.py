@@ -153,8 +153,9 @@ def test_rviz_config_shows_markers_cloud_and_tf():
     assert displays["rviz_default_plugins/MarkerArray"]["Namespaces"] == {NAMESPACE: True}
 
 
-def test_launcher_children_get_large_data_transport_unless_set():
+def test_launcher_children_get_the_shipped_dds_profile_unless_set():
     from occnet_ros.cli.launch import child_environment
+    from occnet_ros.ros.launch_spec import fastdds_profile_file
 
-    assert child_environment({"PATH": "/bin"})["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
-    assert child_environment({"FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"})["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
+    assert child_environment({"PATH": "/bin"})["FASTDDS_DEFAULT_PROFILES_FILE"] == str(fastdds_profile_file())
+    assert child_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/a.xml"})["FASTDDS_DEFAULT_PROFILES_FILE"] == "/a.xml"

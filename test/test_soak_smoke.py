@@ -11,7 +11,8 @@ import pytest
 from ros_helpers import REPO, VENV_BIN, node_env, random_domain_id, write_random_checkpoint
 
 from occnet_ros.benchmark import soak_report
-from occnet_ros.benchmark.soak_report import SoakRun, checks, minute_rows, objects_count, write_all
+from occnet_ros.benchmark.soak_report import SoakRun, checks, minute_rows, write_all
+from occnet_ros.benchmark.soak_sampling import objects_count
 
 
 def _run(minutes=10.0, rss=lambda t: 500.0, fds=lambda t: 40, threads=lambda t: 30, bad_queries=0,

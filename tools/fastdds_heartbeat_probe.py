@@ -54,9 +54,9 @@ rclpy.spin(node)
 
 def semaphore_writes(profile: str | None, window_s: float, domain_id: int) -> list[float]:
     """Seconds, from the first, of the publisher's writes to shared-memory semaphores over ``window_s``."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)  # Fast DDS's default transports: shared memory and UDPv4
     if profile:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
     sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER], env=env, stdout=subprocess.DEVNULL,

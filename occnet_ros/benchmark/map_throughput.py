@@ -1,9 +1,8 @@
 """Section "map": the reconstruction node as an object mapper (``world_frame`` set, poses on ``camera_pose``),
 in its own process, on a static scene: the simulated 640x480 tabletop of section "ros" (4 objects, mask, image,
-camera_info) and the camera's pose in the simulated world, published with fresh stamps at ``PUBLISH_HZ``, over
-Fast DDS's LARGE_DATA transport (``FASTDDS_BUILTIN_TRANSPORTS``, as ``occnet_launch`` and ``make demo`` use it,
-unless set otherwise), to a node whose inputs are subscribed reliable (``sensor_reliability``: the client
-publishes reliable; a best-effort subscriber lost nearly every 5 MB cloud at 5 Hz here).
+camera_info) and the camera's pose in the simulated world, published with fresh stamps at ``PUBLISH_HZ``, with the
+package's Fast DDS profile (as ``occnet_launch`` and ``make demo`` use it, unless set otherwise), to a node whose
+inputs are subscribed reliable (``sensor_reliability``: the client publishes reliable).
 
 1. first meshes: once the node is up (its service is there), seconds from the first published frame to the
    first ``objects`` message holding a mesh of every object of the scene (the node reconstructs at most
@@ -210,7 +209,7 @@ def _run_section(ctx: BenchContext, frame, n_objects: int, domain_id: int, log_p
         if client is not None:
             client.close()
         code = _stop_node(proc)
-    return {"available": True, "domain_id": domain_id, "fastdds_builtin_transports": transports,
+    return {"available": True, "domain_id": domain_id, "fastdds_transports": transports,
             "first_meshes": first, "converged": converged,
             "frame": {"width": int(frame.points.shape[1]), "height": int(frame.points.shape[0]),
                       "objects": n_objects},

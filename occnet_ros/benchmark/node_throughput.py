@@ -36,7 +36,7 @@ import numpy as np
 from occnet_ros.benchmark.bench_camera import FRAME_ID, PUBLISH_HZ, save_frame, start_camera
 from occnet_ros.benchmark.common import BenchContext, percentile, summary
 from occnet_ros.cli.processes import stop_process
-from occnet_ros.ros.launch_spec import dds_environment
+from occnet_ros.ros.launch_spec import dds_environment, dds_transports
 
 SCENE_MARGIN_M = 0.2
 START_TIMEOUT_S = 180.0
@@ -57,17 +57,17 @@ MIN_FRAMES_MAX_S = 120.0
 @contextlib.contextmanager
 def section_environment():
     """For one section, in this process and the node and camera processes it starts: discovery on this host only and
-    the package's Fast DDS settings where unset (:func:`~occnet_ros.ros.launch_spec.dds_environment`: the LARGE_DATA
-    transport and the shipped profile, as ``occnet_launch`` and :func:`~occnet_ros.cli.processes.ros_environment` run
-    the nodes); the environment is restored afterwards. Yields the transports in use. Node, camera and benchmark
-    client must share them: with the node and client on the default transports and the camera on LARGE_DATA, the node
-    received about one 5 MB cloud in four."""
+    the package's Fast DDS settings where unset (:func:`~occnet_ros.ros.launch_spec.dds_environment`: the shipped
+    profile, as ``occnet_launch`` and :func:`~occnet_ros.cli.processes.ros_environment` run the nodes); the environment
+    is restored afterwards. Yields the transports in use, in words (:func:`~occnet_ros.ros.launch_spec.dds_transports`).
+    The camera's transports are the ones that matter for its clouds: a writer with Fast DDS's default 512 KiB
+    shared-memory segment delivers no 5 MB cloud to a best-effort reader (the profile's comment)."""
     saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS",
                                             "FASTDDS_DEFAULT_PROFILES_FILE")}
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.update(dds_environment())
     try:
-        yield os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+        yield dds_transports(os.environ)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -326,7 +326,7 @@ def run(ctx: BenchContext) -> dict:
     domain_id = random.SystemRandom().randint(20, 99)
     log_path = ctx.out / "reconstruction_node.log"
     with section_environment() as transports:
-        return {**_run_section(ctx, frame, domain_id, log_path), "fastdds_builtin_transports": transports,
+        return {**_run_section(ctx, frame, domain_id, log_path), "fastdds_transports": transports,
                 "fastdds_profiles_file": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")}
 
 

@@ -283,8 +283,7 @@ def markdown(results: dict) -> str:
                          f"{ros['frame']['width']}x{ros['frame']['height']}), end-to-end latency "
                          f"{_ms(nt.get('end_to_end_latency'))}; node peak RSS "
                          f"{_fmt(ros['node_memory']['peak_rss_mb'])} MiB{_children(ros['node_memory'])}; Fast DDS transports "
-                         f"{ros.get('fastdds_builtin_transports')} (node, camera and client), profile "
-                         f"{Path(ros.get('fastdds_profiles_file') or 'none').name}")
+                         f"{ros.get('fastdds_transports')} (node, camera and client)")
             for r in ros["service"]:
                 lines.append(f"- service {r['points']} points: spread {_fmt(r['spread']['points_per_s'])} pts/s "
                              f"({_ms(r['spread']['time'])}), inside one object {_fmt(r['inside_one']['points_per_s'])} "

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.benchmark.soak_client import NAMESPACE, QueryLoop, SoakClient
-from occnet_ros.benchmark.soak_report import (ProcessSampler, SoakRun, check_lines, machine_info, query_region,
-                                              sample_row, status_line, table, write_all)
+from occnet_ros.benchmark.soak_report import SoakRun, check_lines, status_line, table, write_all
+from occnet_ros.benchmark.soak_sampling import ProcessSampler, machine_info, query_region, sample_row
 from occnet_ros.cli.processes import ros_environment, stop_processes
+from occnet_ros.ros.launch_spec import dds_transports
 
 REFERENCE_WIDTH, REFERENCE_FX = 640, 615.0
 """The shipped camera's width and focal length: the focal length scales with --width (same view)."""
@@ -229,7 +230,7 @@ def run_soak(args: argparse.Namespace, command_line: str, checkpoint: Path) -> S
                             "orbit_deg_per_s": args.orbit, "query_rate_hz": args.query_rate,
                             "query_points": args.query_points, "query_deadline_s": args.query_deadline,
                             "checkpoint": str(checkpoint), "domain_id": domain_id, "namespace": NAMESPACE,
-                            "fastdds_builtin_transports": env["FASTDDS_BUILTIN_TRANSPORTS"],
+                            "fastdds_transports": dds_transports(env),
                             "fastdds_profiles_file": env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")})
     own = {k: env.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS",
                                    "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_LOCALHOST_ONLY")}  # this process's rclpy (read at init), restored after

@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from occnet_ros.benchmark.soak_report import objects_count
+from occnet_ros.benchmark.soak_sampling import objects_count
 
 NAMESPACE = "/occnet_soak"
 """The namespace of the soak's processes and topics."""

@@ -52,10 +52,10 @@ def stop_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None
 
 def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of the started nodes: ours, plus the package's Fast DDS settings where unset
-    (:func:`~occnet_ros.ros.launch_spec.dds_environment`: the LARGE_DATA transport and the shipped profile).
+    (:func:`~occnet_ros.ros.launch_spec.dds_environment`: the shipped profile).
 
-    Organized 640x480 clouds are ~10 MB; over Fast DDS's default UDP transport a best-effort subscriber
-    (sensor-data QoS, as the node uses) lost most of them here, LARGE_DATA (shared memory + TCP) did not."""
+    Organized 640x480 clouds are 5-10 MB; a writer with Fast DDS's default transports (a 512 KiB shared-memory
+    segment) delivered none of them to a best-effort subscriber here, one with the profile's 32 MiB segment all."""
     env = dict(os.environ if environ is None else environ)
     env.update(dds_environment(env))
     return env

@@ -9,11 +9,11 @@ would run them in turn. This process only collects: it subscribes to the camera'
 ``frames`` reconstructed frames. Ground truth comes from the files the camera node writes
 (``ground_truth_dir``), read with :func:`occnet_ros.sim.ground_truth.read_ground_truth`.
 
-Transport: the node subscribes with sensor-data QoS (best effort). With Fast DDS's default UDP transport
-a best-effort reader loses most 5 MB clouds (640x480) as soon as the CPU is busy: in a test here it
-received 2 of 15 frames, against 11-14 of 15 with ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (shared
-memory and TCP for large samples, Fast DDS >= 2.13). The demo sets that variable for itself and both
-nodes unless it is already set (``DemoSettings.large_data``); other RMW implementations ignore it.
+Transport: the demo runs itself and both nodes with the package's Fast DDS profile
+(:func:`~occnet_ros.ros.launch_spec.dds_environment`) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set
+(``DemoSettings.dds_profile``): its 32 MiB shared-memory segment lets a 640x480 cloud (~5 MB) reach a best-effort
+reader whole, which Fast DDS's default 512 KiB segment does not (``config/fastdds_profile.xml`` holds the
+measurements); other RMW implementations ignore it.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from occnet_ros.cli.processes import stop_processes
-from occnet_ros.ros.launch_spec import dds_environment
+from occnet_ros.ros.launch_spec import dds_environment, dds_transports
 from occnet_ros.demo.collector import Collector
 from occnet_ros.demo.results import DemoRun
 from occnet_ros.sim.ground_truth import GroundTruthError, read_ground_truth
@@ -49,8 +49,8 @@ class DemoSettings:
     scales with the width, so the view stays the same); ``rate_hz``: camera frame rate; ``objects``,
     ``seed``: the scene; ``timeout_s``: give up after this many seconds; ``namespace``: ROS namespace
     of both nodes (keeps the demo's topics apart from others'); ``node_params``: extra
-    ``name:=value`` parameters for reconstruction_node; ``log_dir``: the nodes' output; ``large_data``:
-    set ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (see the module docstring) when it is unset; ``viewer``: run
+    ``name:=value`` parameters for reconstruction_node; ``log_dir``: the nodes' output; ``dds_profile``:
+    set ``FASTDDS_DEFAULT_PROFILES_FILE`` to the package's profile (see the module docstring) when it is unset; ``viewer``: run
     ``viewer_node`` beside the nodes (live view in a browser, :func:`viewer_url`); ``record_bag``: the camera
     also records what it publishes into this new rosbag2 (MCAP) folder ("" = no recording), which
     ``occnet_replay`` replays."""
@@ -67,7 +67,7 @@ class DemoSettings:
     timeout_s: float = 300.0
     namespace: str = "occnet_demo"
     node_params: list[str] = field(default_factory=list)
-    large_data: bool = True
+    dds_profile: bool = True
     viewer: bool = False
     record_bag: str = ""
 
@@ -192,7 +192,7 @@ class _Processes:
 
 def prepare_run(s: DemoSettings) -> None:
     """Before the nodes start: the weights exist, the log folder is there, the ground-truth folder is empty,
-    and Fast DDS's LARGE_DATA transport is chosen (``s.large_data``, unless set) before rclpy.init and the
+    and the package's Fast DDS profile is chosen (``s.dds_profile``, unless set) before rclpy.init and the
     children. Raises :class:`DemoError` for missing weights."""
     if not Path(s.weights).is_file():
         raise DemoError(f"checkpoint not found: {s.weights}")
@@ -201,7 +201,7 @@ def prepare_run(s: DemoSettings) -> None:
     for old in s.ground_truth_dir.glob("*"):
         if old.is_file():
             old.unlink()
-    if s.large_data:  # with the shipped profile where unset (launch_spec.dds_environment)
+    if s.dds_profile:  # the shipped profile where unset (launch_spec.dds_environment)
         os.environ.update(dds_environment())
 
 
@@ -252,7 +252,7 @@ def run_demo(s: DemoSettings, log=print) -> DemoRun:
                    info={"weights": str(s.weights), "resolution": f"{s.width}x{s.height}",
                          "rate_hz": s.rate_hz, "objects": list(s.objects), "seed": s.seed,
                          "namespace": s.namespace, "node_params": list(s.node_params),
-                         "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", ""),
+                         "fastdds_transports": dds_transports(os.environ),
                          "up_camera": up_in_camera(sim_camera_config(s)),
                          "processes": "sim_camera and reconstruction_node as separate processes",
                          "results_without_held_input": collector.unmatched,

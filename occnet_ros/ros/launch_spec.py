@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+from xml.etree import ElementTree
 
 PACKAGE = "occnet_ros"
 NODE_EXECUTABLE = "reconstruction_node"
@@ -86,23 +87,59 @@ def default_params_file() -> Path:
 
 
 def fastdds_profile_file() -> Path:
-    """The shipped Fast DDS profile (``config/fastdds_profile.xml``: reliable writers send their periodic
-    heartbeat every 0.1 s instead of Fast DDS's 3 s, so a lost service reply is repaired within about 0.1 s)."""
+    """The shipped Fast DDS profile (``config/fastdds_profile.xml``): shared memory with a 32 MiB segment and UDPv4,
+    so that large best-effort samples arrive whole (a 640x480 cloud did not with Fast DDS's 512 KiB segment), and
+    reliable writers that send their periodic heartbeat every 0.1 s instead of every 3 s, so that a lost service reply
+    is repaired within about 0.1 s. The file's comment holds the measurements."""
     return config_dir() / FASTDDS_PROFILE_FILE
 
 
 def dds_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The Fast DDS settings the package's processes start with, for those not set in ``environ`` (default: ours)
-    -> {variable: value} to add: ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (shared memory and TCP: 640x480 clouds of
-    ~5-10 MB reach a best-effort subscriber, which the default UDP transport mostly failed to deliver here) and
-    ``FASTDDS_DEFAULT_PROFILES_FILE`` = :func:`fastdds_profile_file`. A variable the user set is left alone."""
+    -> {variable: value} to add: ``FASTDDS_DEFAULT_PROFILES_FILE`` = :func:`fastdds_profile_file`. A profile file
+    the user set is left alone (its transports are theirs; where it names none, ``FASTDDS_BUILTIN_TRANSPORTS``
+    chooses them)."""
     env = os.environ if environ is None else environ
-    out = {}
-    if "FASTDDS_BUILTIN_TRANSPORTS" not in env:
-        out["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
-        out["FASTDDS_DEFAULT_PROFILES_FILE"] = str(fastdds_profile_file())
-    return out
+    if "FASTDDS_DEFAULT_PROFILES_FILE" in env:
+        return {}
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(fastdds_profile_file())}
+
+
+def dds_transports(environ: Mapping[str, str] | None = None) -> str:
+    """The Fast DDS transports a participant started with ``environ`` (default: ours) uses, in words, for reports:
+    the shipped profile's (which overrides ``FASTDDS_BUILTIN_TRANSPORTS``), else the builtin transports the
+    variable names, else Fast DDS's default."""
+    env = os.environ if environ is None else environ
+    profile = env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+    transports = profile_transports(profile) if profile else []
+    if transports:
+        return " + ".join(transports) + f" (profile {Path(profile).name})"
+    builtin = env.get("FASTDDS_BUILTIN_TRANSPORTS") or "DEFAULT"
+    return f"builtin {builtin}" + (f" (profile {profile})" if profile else "")
+
+
+def profile_transports(path: str | Path) -> list[str]:
+    """The transports a Fast DDS profile file gives its default participant instead of the builtin ones, in words
+    (a shared-memory transport with its segment size), [] where it names none or cannot be read."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return []
+    ns = {"dds": "http://www.eprosima.com"}
+    descriptors = {d.findtext("dds:transport_id", "", ns): d
+                   for d in root.iterfind(".//dds:transport_descriptors/dds:transport_descriptor", ns)}
+    for participant in root.iterfind(".//dds:profiles/dds:participant", ns):
+        if participant.get("is_default_profile") != "true":
+            continue
+        out = []
+        for tid in participant.iterfind("dds:rtps/dds:userTransports/dds:transport_id", ns):
+            d = descriptors.get((tid.text or "").strip())
+            kind = d.findtext("dds:type", "?", ns) if d is not None else "?"
+            segment = d.findtext("dds:segment_size", "", ns) if d is not None else ""
+            out.append(f"{kind} ({int(segment) / 2 ** 20:g} MiB segment)" if kind == "SHM" and segment.isdigit()
+                       else kind)
+        return out
+    return []
 
 
 def default_sim_params_file() -> Path:

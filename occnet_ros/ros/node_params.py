@@ -67,9 +67,10 @@ class NodeParams(PerceptionConfig):
     sensor_reliability: Literal["best_effort", "reliable"] = setting(
         "best_effort", doc="reliability of the input subscriptions (points, mask, image, camera_info, camera_pose; "
         "otherwise the sensor-data QoS: keep last 5, volatile): best_effort matches every publisher (the ROS "
-        "convention for sensors); reliable matches only reliable publishers, and there it delivers large "
-        "clouds that best effort loses (Fast DDS on one machine: 0 of 30 640x480 clouds at 5 Hz arrived best "
-        "effort, 30 of 30 reliable)")
+        "convention for sensors); reliable matches only reliable publishers. Large clouds reach a best-effort "
+        "subscriber only from a writer whose Fast DDS shared-memory segment holds them: the package's profile "
+        "config/fastdds_profile.xml in the camera driver's environment (one machine: 30 of 30 640x480 clouds at "
+        "5 Hz, 0 of 30 with Fast DDS's defaults); a reliable subscriber gets them from a reliable writer either way")
     publish_markers: bool = setting(True, doc="publish visualization_msgs/MarkerArray on 'markers'")
     marker_alpha: float = setting(1.0, doc="opacity of the mesh markers", range=(0.0, 1.0))
     query_max_points: int = setting(2000000, doc="largest number of points one query_occupancy request may hold",

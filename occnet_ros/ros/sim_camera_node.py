@@ -20,10 +20,10 @@ The scene (PyBullet, DIRECT mode) and all parameters are described in
 :mod:`occnet_ros.sim.node_config` and ``config/sim_camera.yaml``; parameters are read once at start.
 Rendering runs on a worker thread, so the executor stays free (parameter services, shutdown).
 
-QoS: RELIABLE by default (matches reliable and best-effort subscribers), keep last 2. A best-effort
-subscriber (sensor-data QoS, e.g. reconstruction_node) over Fast DDS's default UDP transport loses most
-640x480 clouds (~5 MB) when the CPU is busy; run both with ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``
-(``occnet_demo`` does).
+QoS: RELIABLE by default (matches reliable and best-effort subscribers), keep last 2. Published best effort
+(``reliable: false``), its 640x480 clouds (~5 MB) reach a best-effort subscriber only when this node runs with the
+package's Fast DDS profile (``config/fastdds_profile.xml``: a 32 MiB shared-memory segment; ``occnet_launch`` and
+``occnet_demo`` set it): with Fast DDS's default 512 KiB segment none arrived.
 """
 from __future__ import annotations
 
