@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,8 @@ def test_latency_section_simplifies_like_the_node(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert res["max_faces"] == 1000 and res["node_params"] == "given"
+    # the section's reconstructors closed their compute threads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("occnet_compute")]
     r, coarse = res["sizes"]  # the benchmark's grid, then one MISE step coarser
     assert (r["resolution"], coarse["resolution"]) == (32, 16) and coarse["cloud_points"] == 300
     assert set(r["stages"]) == set(latency.STAGES)
@@ -162,6 +165,7 @@ def test_floor_and_mise_sections_in_process(tmp_path):
         torch.set_num_threads(threads)
     assert set(res) >= {"floor", "mise_vs_dense", "targets", "machine", "weights"}
     assert "latency" not in res and "ros" not in res
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("occnet_compute")]
     _check_floor(res["floor"])
     assert res["machine"]["device"] == "cpu" and res["floor"]["device"] == "cpu"
     _check_mise(res["mise_vs_dense"])

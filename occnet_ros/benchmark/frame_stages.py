@@ -137,15 +137,16 @@ def run(ctx: BenchContext) -> dict:
     node_res0 = params.reconstruction.resolution0 if s.node_mise is None else s.node_mise[0]
     rec = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
                         **{**node_reconstruction(params), "batch_objects": "off"})
-    node_batches = reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
-                                 **{**node_reconstruction(params), "batch_objects": params.reconstruction.batch_objects,
-                                    "compute_threads": 1}).batch_objects()
+    with reconstructor(ctx, resolution0=node_res0, upsampling_steps=node_steps,
+                       **{**node_reconstruction(params), "batch_objects": params.reconstruction.batch_objects,
+                          "compute_threads": 1}) as node_rec:
+        node_batches = node_rec.batch_objects()
     frame = render_scene(ctx)
     labels = sorted(int(v) for v in np.unique(frame.mask) if v > 0)
     domain_id = random.SystemRandom().randint(20, 99)
     with section_environment():  # the in-process nodes on this host, Fast DDS transports as the node runs
         worker = ParallelDecimation(params.mesh.decimation_workers) if params.mesh.decimate_in_worker and params.mesh.max_faces > 0 else None
-        rclpy = nodes = contexts = None
+        rclpy = nodes = contexts = batched = None
         try:
             rclpy, nodes, pubs, contexts = _ros_side(domain_id)
             if worker is not None:
@@ -157,6 +158,9 @@ def run(ctx: BenchContext) -> dict:
                 pipeline = FramePipeline(r, params, decimate=worker) if worker is not None else FramePipeline(r, params)
                 rows[name] = _measure(ctx, pipeline, params, _messages(frame, only), pubs, np.asarray(frame.up))
         finally:
+            rec.close()  # the compute threads end with the section
+            if batched is not None:
+                batched.close()
             if worker is not None:
                 worker.close()
             if nodes is not None:

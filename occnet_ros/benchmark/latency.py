@@ -178,8 +178,8 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
                              (s.upsampling_steps - 1, s.cloud_sizes[len(s.cloud_sizes) // 2:][:1])):
             if steps < 0:
                 continue
-            rec = reconstructor(ctx, upsampling_steps=steps, **node_reconstruction(params))
-            res = _run(ctx, params, source, view, rec, decimate, sizes)
+            with reconstructor(ctx, upsampling_steps=steps, **node_reconstruction(params)) as rec:
+                res = _run(ctx, params, source, view, rec, decimate, sizes)
             if out is None:
                 out = res
             else:

@@ -154,6 +154,7 @@ def in_process(ctx: BenchContext, frame) -> dict:
                 times[name].append(out.stage_seconds[name])
             times["total"].append(dt)
     finally:
+        rec.close()  # the compute threads end with the section
         if worker is not None:
             worker.close()
     total = summary(times.pop("total"))

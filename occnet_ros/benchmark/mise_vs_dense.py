@@ -19,7 +19,8 @@ from occnet_ros.reconstruction.reconstructor import Reconstructor, Reconstructor
 
 
 def reconstructor(ctx: BenchContext, model: OccupancyNetwork | None = None, **overrides) -> Reconstructor:
-    """A reconstructor of ``ctx``'s network (or ``model``) on ``ctx.device`` at the benchmark's MISE resolution."""
+    """A reconstructor of ``ctx``'s network (or ``model``) on ``ctx.device`` at the benchmark's MISE resolution; the
+    sections use it in a ``with`` block, so that its compute threads end with the section."""
     s = ctx.sizes
     settings = {"resolution0": s.resolution0, "upsampling_steps": s.upsampling_steps, **overrides}
     cfg = ReconstructorConfig(threshold=ctx.threshold, n_input_points=ctx.n_input_points, seed=ctx.seed,
@@ -39,7 +40,8 @@ def mesh_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int, seed: int = 0) -> f
 def mise_counts(ctx: BenchContext, model: OccupancyNetwork, points: np.ndarray, up: np.ndarray,
                 threshold: float) -> dict:
     """MISE evaluation counts only (no timing) for ``model`` on the view, at ``threshold``."""
-    obj = reconstructor(ctx, model).reconstruct(points, up=up, extract_mesh=False)
+    with reconstructor(ctx, model) as rec:
+        obj = rec.reconstruct(points, up=up, extract_mesh=False)
     s = ctx.sizes
     _, st = mise_values(obj.occupancy.probabilities, s.resolution0, s.upsampling_steps, threshold, BOX_HALF,
                         batch_size=(s.resolution + 1) ** 3)
@@ -50,7 +52,8 @@ def mise_counts(ctx: BenchContext, model: OccupancyNetwork, points: np.ndarray, 
 def run(ctx: BenchContext) -> dict:
     s = ctx.sizes
     view = realistic_object(ctx.seed)
-    obj = reconstructor(ctx).reconstruct(view.points, up=view.up, extract_mesh=False)
+    with reconstructor(ctx) as rec:  # the field's grid evaluation below runs in this thread
+        obj = rec.reconstruct(view.points, up=view.up, extract_mesh=False)
     thr, res = ctx.threshold, s.resolution
     big = (res + 1) ** 3  # one call per level: the object chunks for the device
     # as the reconstructor evaluates a grid: through the field's table of the grid's plane features (built in each

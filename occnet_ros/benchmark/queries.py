@@ -25,12 +25,12 @@ OFFSETS_M = ((-0.3, 0.0, 0.0), (-0.1, 0.02, 0.05), (0.1, -0.02, 0.0), (0.3, 0.0,
 
 def scene_objects(ctx: BenchContext, n_objects: int = 4):
     """``n_objects`` reconstructions of procedural shapes side by side, camera optical frame."""
-    rec = reconstructor(ctx, keep_grid=True)  # the grid-mode rows need each object's MISE grid
     objs = []
-    for i in range(n_objects):
-        view = realistic_object(ctx.seed + i, FAMILIES[i % len(FAMILIES)])
-        pts = view.points + np.asarray(OFFSETS_M[i % len(OFFSETS_M)], np.float32)
-        objs.append(rec.reconstruct(pts, up=view.up))
+    with reconstructor(ctx, keep_grid=True) as rec:  # the grid-mode rows need each object's MISE grid
+        for i in range(n_objects):
+            view = realistic_object(ctx.seed + i, FAMILIES[i % len(FAMILIES)])
+            pts = view.points + np.asarray(OFFSETS_M[i % len(OFFSETS_M)], np.float32)
+            objs.append(rec.reconstruct(pts, up=view.up))
     return objs
 
 

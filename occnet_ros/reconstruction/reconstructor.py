@@ -94,6 +94,13 @@ class Reconstructor:
         self.pool.close()
         self.pool = ComputePool(1)
 
+    def __enter__(self) -> "Reconstructor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Leaving a ``with`` block :meth:`close` s the pool (the reconstructor stays usable, in the calling thread)."""
+        self.close()
+
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
                         **overrides) -> "Reconstructor":
