@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -357,3 +358,30 @@ def test_bench_on_cuda_without_cuda_stops_at_start_naming_the_reason(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--device cuda" in proc.stderr and "CUDA" in proc.stderr
     assert not (tmp_path / "b").exists()  # nothing measured, nothing written
+
+
+def test_views_saved_by_one_run_are_the_objects_of_another(tmp_path, monkeypatch):
+    """--save-views keeps the rendered test objects; --views benchmarks those without rendering (a machine without
+    open3d); a view the file lacks, or a file that is no views file, stops with a message naming the file."""
+    from occnet_ros.benchmark import common
+    from occnet_ros.benchmark.common import ViewSet
+
+    views = ViewSet()
+    first = views.get(0, "mug", 0)
+    assert views.get(0, "mug", 0) is first  # rendered once
+    path = views.save(tmp_path / "v" / "views.pkl")
+    monkeypatch.setattr(common, "realistic_object", lambda *a: pytest.fail("rendered instead of loaded"))
+    loaded = ViewSet.load(path)
+    again = loaded.get(0, "mug", 0)
+    np.testing.assert_array_equal(again.points, first.points)
+    np.testing.assert_array_equal(again.up, first.up)
+    np.testing.assert_array_equal(again.depth_view.depth, first.depth_view.depth)
+    assert again.mesh.faces.shape == first.mesh.faces.shape and again.family == "mug"
+    with pytest.raises(KeyError, match="views.pkl holds no view for seed 1, family box"):
+        loaded.get(1, "box", 0)
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="bad.pkl"):
+        ViewSet.load(tmp_path / "bad.pkl")
+    proc = subprocess.run([sys.executable, "-m", "occnet_ros.cli.bench", "--views", str(tmp_path / "bad.pkl"),
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "bad.pkl" in proc.stderr and not (tmp_path / "b").exists()

@@ -57,15 +57,18 @@ def test_a_frame_batched_on_cuda_matches_one_after_the_other_on_the_cpu():
 
 
 def test_the_benchmark_runs_the_network_on_the_gpu(tmp_path):
-    """``occnet_bench --device cuda`` (``make gpu-check``), quick sizes, the in-process sections: measured numbers."""
+    """``occnet_bench --device cuda`` (``make gpu-check``), quick sizes, the in-process sections: measured numbers. Where
+    ``OCCNET_BENCH_VIEWS`` names a views file (``tools/gpu_check.sh`` on a machine without open3d), the test objects
+    come from it."""
     import json
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    exe = Path(sys.executable).parent / "occnet_bench"
-    proc = subprocess.run([str(exe), "--quick", "--repeats", "1", "--device", "cuda", "--sections", "mise", "latency",
-                           "--out", str(tmp_path / "bench")], capture_output=True, text=True, timeout=900)
+    views = ["--views", os.environ["OCCNET_BENCH_VIEWS"]] if os.environ.get("OCCNET_BENCH_VIEWS") else []
+    proc = subprocess.run([sys.executable, "-m", "occnet_ros.cli.bench", "--quick", "--repeats", "1", "--device", "cuda",
+                           "--sections", "mise", "latency", "--out", str(tmp_path / "bench"), *views],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert res["machine"]["device"].startswith("cuda (") and res["floor"]["device"] == "cuda"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import os
+import pickle
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import trimesh
 import yaml
 
 from occnet_ros.reconstruction.compute_pool import usable_cores
@@ -70,7 +72,7 @@ class BenchContext:
     matmul rate of the decoder's size; set by the floor section), ``unet_rate_gflops`` (feature-plane networks:
     the matmul rate at the U-Net's widest layer by dtype name, float32 and bfloat16, float16 too on a GPU; set by
     the floor section), ``seed``, ``device`` (the torch device the network runs on in every section: ``cpu``, or
-    ``cuda`` on a machine with an NVIDIA GPU)."""
+    ``cuda`` on a machine with an NVIDIA GPU), ``views``: the test objects the sections look at (:class:`ViewSet`)."""
 
     sizes: BenchSizes
     repeats: int
@@ -84,6 +86,7 @@ class BenchContext:
     costs: dict = field(default_factory=dict)
     device: str = "cpu"
     unet_rate_gflops: dict = field(default_factory=dict)
+    views: "ViewSet" = field(default_factory=lambda: ViewSet())
 
     def sync(self) -> None:
         """Wait for the device's queued work (CUDA runs asynchronously; a no-op on the CPU), so timings hold it."""
@@ -280,6 +283,56 @@ def realistic_object(seed: int = 0, family: str = "mug", min_points: int = 0,
     plane = fit_support_plane(seen.table_points, SegmentationConfig(), np.random.default_rng([seed, 7]), up)
     view = DepthView(seen.depth, intr, seen.roi_origin)
     return TestObject(points=pts, up=up, family=family, mesh=mesh, depth_view=view, plane=plane)
+
+
+class ViewSet:
+    """The sections' test objects (:func:`realistic_object`), rendered once per (seed, family, min_points) and kept;
+    or, loaded from a file that :meth:`save` wrote (``occnet_bench --save-views`` / ``--views``), only those: a machine
+    without open3d (the ray caster of the virtual camera), such as a GPU machine given just the network's packages,
+    then benchmarks the same objects as the machine that rendered them."""
+
+    def __init__(self, views: dict | None = None, source: str = ""):
+        self.views: dict[tuple[int, str, int], TestObject] = dict(views or {})
+        self.source = source
+        """The file the views came from ("" = rendered here)."""
+
+    def get(self, seed: int = 0, family: str = "mug", min_points: int = 0) -> TestObject:
+        """The test object (:func:`realistic_object` with these arguments). KeyError naming the file where the views
+        came from one that lacks it."""
+        key = (int(seed), str(family), int(min_points))
+        if key not in self.views:
+            if self.source:
+                raise KeyError(f"{self.source} holds no view for seed {seed}, family {family}, min_points "
+                               f"{min_points} (it holds {sorted(self.views)}): save the views with the same "
+                               f"--seed, --quick and --sections")
+            self.views[key] = realistic_object(*key)
+        return self.views[key]
+
+    def save(self, path: str | Path) -> Path:
+        """Write every view so far (pickle of plain arrays, the shapes' meshes as float32 vertices and int32 faces; read
+        back only by :meth:`load`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        views = {k: dataclasses.replace(v, mesh=(np.asarray(v.mesh.vertices, np.float32),
+                                                 np.asarray(v.mesh.faces, np.int32)))
+                 for k, v in self.views.items()}
+        with open(path, "wb") as f:
+            pickle.dump({"format": "occnet_bench_views", "version": 1, "views": views}, f)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ViewSet":
+        """Views :meth:`save` wrote. ValueError naming the file where it is not such a file."""
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+            raise ValueError(f"views file {path}: {type(e).__name__}: {e}") from e
+        if not isinstance(data, dict) or data.get("format") != "occnet_bench_views" or data.get("version") != 1:
+            raise ValueError(f"views file {path}: not an occnet_bench views file (occnet_bench --save-views writes one)")
+        views = {k: dataclasses.replace(v, mesh=trimesh.Trimesh(*v.mesh, process=False))
+                 for k, v in data["views"].items()}
+        return cls(views, str(path))
 
 
 def resample(points: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from occnet_ros.benchmark.common import BenchContext, GilStallMeter, realistic_object, resample, summary
+from occnet_ros.benchmark.common import BenchContext, GilStallMeter, resample, summary
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.perception.cloud_filter import clean_cloud, nearest_colours
 from occnet_ros.config_io import flatten
@@ -164,7 +164,7 @@ def run(ctx: BenchContext, params: NodeParams | None = None) -> dict:
     source = "given"
     if params is None:
         params, source = node_params()
-    view = realistic_object(ctx.seed, min_points=max(s.cloud_sizes))
+    view = ctx.views.get(ctx.seed, min_points=max(s.cloud_sizes))
     max_faces = params.mesh.max_faces
     worker = ParallelDecimation(params.mesh.decimation_workers) if max_faces > 0 and params.mesh.decimate_in_worker else None
     try:

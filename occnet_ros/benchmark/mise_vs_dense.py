@@ -5,11 +5,13 @@ the two meshes (100k points uniform in the box, inside tests by ray parity on th
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 import trimesh
 
-from occnet_ros.benchmark.common import BenchContext, default_model_config, realistic_object, timed
+from occnet_ros.benchmark.common import BenchContext, default_model_config, timed
 from occnet_ros.network.checkpoint import DEFAULT_THRESHOLD
 from occnet_ros.evaluation.metrics import box_points, inside_mesh, iou_from_occupancy
 from occnet_ros.reconstruction.mise import dense_values, mesh_from_values, mise_values
@@ -29,8 +31,11 @@ def reconstructor(ctx: BenchContext, model: OccupancyNetwork | None = None, **ov
                          default_threshold=ctx.threshold)
 
 
-def mesh_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int, seed: int = 0) -> float:
-    """Volumetric IoU of two closed meshes (same frame) on ``n`` points uniform in the canonical box."""
+def mesh_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int, seed: int = 0) -> float | None:
+    """Volumetric IoU of two closed meshes (same frame) on ``n`` points uniform in the canonical box; None where Open3D,
+    whose ray caster tests inside, is not installed (the GPU benchmark's machine: the report says not measured)."""
+    if importlib.util.find_spec("open3d") is None:
+        return None
     rng = np.random.default_rng(seed)
     pts = box_points(n, BOX_HALF, rng)
     return iou_from_occupancy(inside_mesh(a, pts, 3, np.random.default_rng(seed + 1)),
@@ -51,7 +56,7 @@ def mise_counts(ctx: BenchContext, model: OccupancyNetwork, points: np.ndarray, 
 
 def run(ctx: BenchContext) -> dict:
     s = ctx.sizes
-    view = realistic_object(ctx.seed)
+    view = ctx.views.get(ctx.seed)
     with reconstructor(ctx) as rec:  # the field's grid evaluation below runs in this thread
         obj = rec.reconstruct(view.points, up=view.up, extract_mesh=False)
     thr, res = ctx.threshold, s.resolution

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from occnet_ros.benchmark.common import BenchContext, realistic_object, timed
+from occnet_ros.benchmark.common import BenchContext, timed
 from occnet_ros.benchmark.mise_vs_dense import reconstructor
 from occnet_ros.reconstruction.normalization import BOX_HALF
 from occnet_ros.perception.object_store import ObjectStore, StoredObject
@@ -28,7 +28,7 @@ def scene_objects(ctx: BenchContext, n_objects: int = 4):
     objs = []
     with reconstructor(ctx, keep_grid=True) as rec:  # the grid-mode rows need each object's MISE grid
         for i in range(n_objects):
-            view = realistic_object(ctx.seed + i, FAMILIES[i % len(FAMILIES)])
+            view = ctx.views.get(ctx.seed + i, FAMILIES[i % len(FAMILIES)])
             pts = view.points + np.asarray(OFFSETS_M[i % len(OFFSETS_M)], np.float32)
             objs.append(rec.reconstruct(pts, up=view.up))
     return objs

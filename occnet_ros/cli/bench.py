@@ -2,7 +2,7 @@
 with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
 
     occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N] [--device cpu|cuda]
-                 [--sections floor mise latency frame queries ros map]
+                 [--sections floor mise latency frame queries ros map] [--save-views FILE | --views FILE]
 
 Timings are medians over ``--repeats`` runs on this machine; run it on an otherwise idle machine (the
 load average at start is recorded). ``--quick``: tiny sizes, for the smoke test; its numbers mean
@@ -10,7 +10,9 @@ nothing. Without ``--weights`` the shipped weights are used, or, when there are 
 initialised network of the default architecture (a stand-in: MISE's work depends on the surface).
 ``--device cuda`` runs the network on the GPU in every section (the floor's rates, the in-process sections and the
 node of the ros and map sections; ``make gpu-check`` runs it after the CUDA tests); the rest of the pipeline stays on
-the CPU as in the node. Exit code 2 when CUDA is asked for and not available. The program sets its process up as
+the CPU as in the node. Exit code 2 when CUDA is asked for and not available, or a ``--views`` file cannot be read.
+``--save-views`` keeps the test objects the sections rendered (open3d ray casting) and ``--views`` benchmarks those
+on a machine without open3d (``tools/gpu_check.sh``: a GPU machine given only the network's packages). The program sets its process up as
 ``reconstruction_node`` sets up its own: numpy's BLAS on one thread (:mod:`occnet_ros.blas_threads`), and once the
 network is loaded the objects made so far (torch, the network) out of the cyclic garbage collector's reach
 (``gc.freeze()``), so a collection inside a timed section walks only what the sections made (an unfrozen full
@@ -29,7 +31,7 @@ import torch
 
 from occnet_ros.benchmark import (floor, frame_stages, latency, map_throughput, mise_vs_dense, node_throughput,
                                   queries, report)
-from occnet_ros.benchmark.common import QUICK_SIZES, BenchSizes, machine_info, make_context
+from occnet_ros.benchmark.common import QUICK_SIZES, BenchSizes, ViewSet, machine_info, make_context
 from occnet_ros.blas_threads import NODE_BLAS_THREADS, blas_thread_counts, limit_blas_threads
 
 SECTIONS = {"mise": ("mise_vs_dense", mise_vs_dense.run), "latency": ("latency", latency.run),
@@ -53,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the network runs (default cpu; cuda: the first NVIDIA GPU)")
+    ap.add_argument("--save-views", default=None, metavar="FILE",
+                    help="also write the test objects the sections rendered to FILE (for --views)")
+    ap.add_argument("--views", default=None, metavar="FILE",
+                    help="take the test objects from FILE (written by --save-views with the same --seed, --quick "
+                         "and sections) instead of rendering them: a machine without open3d benchmarks them")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
@@ -60,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads < 0:
         ap.error(f"--threads must be >= 0, got {args.threads}")
+    if args.views is not None:
+        try:
+            args.views = ViewSet.load(args.views)
+        except ValueError as e:
+            ap.error(str(e))
     return args
 
 
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace, node_setup: bool = False) -> dict:
     info["torch_threads"] = torch.get_num_threads()
     info["device"] = args.device if args.device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})"
     ctx = make_context(args.weights, out, sizes, repeats, args.seed, device=args.device)
+    if args.views is not None:
+        ctx.views = args.views
     if node_setup:
         gc.collect()
         gc.freeze()
@@ -98,6 +112,9 @@ def run(args: argparse.Namespace, node_setup: bool = False) -> dict:
         results[name]["section_wall_s"] = time.perf_counter() - t0
         if name == "floor" and "error" in results[name]:
             break  # no rate, no floors
+    results["views"] = ctx.views.source or "rendered here"
+    if args.save_views:
+        results["views_saved"] = str(ctx.views.save(args.save_views))
     results["targets"] = report.check_targets(results)
     report.write(results, out)
     return results

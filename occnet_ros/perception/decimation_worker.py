@@ -52,12 +52,15 @@ def _child_main() -> None:
 
 
 def _warm_up() -> int:
-    """Import both decimators (by decimating a tetrahedron) and marching cubes (of grids sent to the worker)
+    """Import the decimators (Open3D's where installed; by decimating a tetrahedron) and marching cubes (of grids sent to the worker)
     -> this process's id."""
     from occnet_ros.reconstruction import mise  # noqa: F401  (scikit-image, no torch)
 
-    quadric_decimation(*_TETRAHEDRON, 4)
     fast_quadric_decimation(*_TETRAHEDRON, 4)
+    try:
+        quadric_decimation(*_TETRAHEDRON, 4)
+    except ImportError:  # an install without Open3D (the GPU benchmark's machine): the fallback decimator, needed
+        pass  # only where fast-simplification misses the budget, raises then, naming the missing module
     return os.getpid()
 
 
