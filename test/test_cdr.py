@@ -17,7 +17,7 @@ from std_msgs.msg import ColorRGBA, Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from occnet_ros.msg import ReconstructedObject, ReconstructedObjectArray  # noqa: E402
-from occnet_ros.perception.frame_pipeline import ProcessedObject  # noqa: E402
+from occnet_ros.perception.processed_frame import ProcessedObject  # noqa: E402
 from occnet_ros.perception.segmentation import Segment  # noqa: E402
 from occnet_ros.reconstruction.normalization import CanonicalFrame  # noqa: E402
 from occnet_ros.ros import cdr  # noqa: E402

@@ -50,6 +50,25 @@ def test_pool_runs_tasks_in_order_on_single_threaded_workers_and_raises_their_er
         ComputePool(0)
 
 
+def test_work_given_by_a_pool_thread_runs_in_that_thread():
+    """A task that itself gives the pool several tasks (an object on a pool thread whose network uses the pool) runs
+    them in its own thread, one after the other, rather than waiting for threads that are all busy."""
+    pool = ComputePool(2)
+    try:
+        assert not pool.in_pool_thread()
+
+        def outer(i):
+            inner = pool.run([lambda j=j: (j, threading.current_thread().name) for j in range(3)])
+            return threading.current_thread().name, pool.in_pool_thread(), inner
+
+        got = pool.run([lambda i=i: outer(i) for i in range(4)])  # 4 outer tasks hold both threads
+        for name, member, inner in got:
+            assert member and name.startswith("occnet_compute")
+            assert [j for j, _ in inner] == [0, 1, 2] and {n for _, n in inner} == {name}
+    finally:
+        pool.close()
+
+
 @pytest.fixture(scope="module")
 def pair():
     """The same small feature-plane network in a reconstructor with a 2-thread pool and one without."""

@@ -221,7 +221,7 @@ def test_a_whole_grid_meshed_in_a_worker_equals_the_in_process_mesh_and_a_lost_w
     import os
     import signal
 
-    from occnet_ros.perception.frame_pipeline import MeshReduction
+    from occnet_ros.perception.mesh_ops import MeshReduction
     from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.reconstruction.mise import mesh_from_values
 
@@ -248,7 +248,7 @@ def test_the_reconstructor_offers_its_grid_to_a_reduction_that_takes_one():
     import torch
 
     from occnet_ros.network.model import ModelConfig, OccupancyNetwork
-    from occnet_ros.perception.frame_pipeline import MeshReduction
+    from occnet_ros.perception.mesh_ops import MeshReduction
     from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
     from occnet_ros.reconstruction.config import ReconstructorConfig
     from occnet_ros.reconstruction.reconstructor import Reconstructor

@@ -6,6 +6,7 @@ hold only the current frame's objects; earlier objects are freed). Then the outg
 The network is a TEST DOUBLE (random weights, ros_helpers.write_random_checkpoint).
 """
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -15,7 +16,8 @@ from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene, write_random_chec
 from occnet_ros.perception.mesh_ops import is_closed_surface
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.ros.node_params import default_values, params_from_values
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, stored_objects
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline
+from occnet_ros.perception.processed_frame import stored_objects
 from occnet_ros.reconstruction.reconstructor import Reconstructor
 
 
@@ -223,3 +225,31 @@ def test_objects_of_a_frame_batched_publish_the_meshes_of_one_after_the_other(sc
         assert len(a.faces) == len(b.faces) > 0
         np.testing.assert_allclose(b.vertices, a.vertices, atol=1e-4)
     assert together.stage_seconds["encode"] > 0 and together.stage_seconds["mise"] > 0
+
+
+def test_objects_on_the_compute_threads_publish_what_one_after_the_other_does(scene, checkpoint):
+    """Two compute threads on a CPU take whole objects at once (each object's network on its own thread); one
+    compute thread takes them one after the other: the same objects, meshes and colours, in the same order. A stop
+    request before the frame stops both with nothing done."""
+    serial = make_pipeline(checkpoint, **{"reconstruction.compute_threads": 1})
+    threaded = make_pipeline(checkpoint, **{"reconstruction.compute_threads": 2})
+    seen = []
+    original = threaded.reconstructor.reconstruct
+
+    def spy(**kw):
+        seen.append((threading.current_thread().name, threaded.reconstructor.pool.in_pool_thread()))
+        return original(**kw)
+
+    threaded.reconstructor.reconstruct = spy
+    a, b = serial.process(frame(scene)), threaded.process(frame(scene))
+    assert all(name.startswith("occnet_compute") and member for name, member in seen)
+    assert len(seen) == 2
+    assert [r.segment.id for r in b.objects] == [r.segment.id for r in a.objects] == [BOX_LABEL, SPHERE_LABEL]
+    for x, y in zip(a.objects, b.objects):
+        assert len(x.faces) == len(y.faces) > 0 and x.n_observed == y.n_observed
+        np.testing.assert_allclose(y.vertices, x.vertices, atol=1e-4)
+        np.testing.assert_array_equal(y.vertex_colors, x.vertex_colors)
+    assert b.stage_seconds["clean"] > 0 and b.stage_seconds["encode"] > 0 and b.stage_seconds["colour"] > 0
+    for p in (serial, threaded):
+        stopped = p.process(frame(scene), should_stop=lambda: True)
+        assert stopped.cancelled and stopped.objects == []

@@ -19,10 +19,13 @@ encoder FLOPs; mise: the decoder FLOPs of the points MISE evaluated) at the meas
 is measured for a frame that holds only the first object (its mask alone), so ``four_over_one`` says what
 4 objects cost against 1. ``objects_per_s``: objects reconstructed per second of frame time. ``unaccounted_s``:
 the median frame minus the sum of the stages' medians (medians of parts need not add up to the median whole, so it
-can be a few milliseconds either way). ``frame`` and ``one_object`` run the objects one after the other
-(``reconstruction.batch_objects: off``); ``batched``: the same 4-object frame with ``batch_objects: on`` (the objects'
-network work in shared calls), ``batched_over_one_by_one`` its frame time over ``frame``'s, and ``node_batches``
-whether the node's setting (auto) batches on this device (the benchmark runs on the CPU).
+can be a few milliseconds either way). ``frame`` and ``one_object`` run the objects unbatched
+(``reconstruction.batch_objects: off``), as the node does on a CPU: the frame's objects on the reconstructor's compute
+threads at once (``object_threads`` of them); then a stage's time is summed over the objects, i.e. thread time, and
+its share, ``unaccounted_s`` and the floors (FLOPs at the rate of all threads, times ``object_threads``) are of the
+frame's thread time (``object_threads`` x the frame). ``batched``: the same 4-object frame with ``batch_objects: on``
+(the objects' network work in shared calls), ``batched_over_one_by_one`` its frame time over ``frame``'s, and
+``node_batches`` whether the node's setting (auto) batches on this device (the benchmark runs on the CPU).
 
 rclpy is imported only when this section runs; without it the section says why.
 """
@@ -114,14 +117,26 @@ def _measure(ctx: BenchContext, pipeline: FramePipeline, params, msgs, pubs, up:
     stages = {k: summary(v) for k, v in times.items()}
     total = stages["total"]["median_s"]
     accounted = sum(stages[k]["median_s"] for k in STAGES)
-    rec = pipeline.reconstructor.config
+    reconstructor = pipeline.reconstructor
+    rec = reconstructor.config
+    threads = object_threads(reconstructor, n_objects)
     encodings = n_objects * rec.input_subsamples * (2 if rec.mirror_average else 1)
-    floor = {"encode": ctx.encode_floor_s(encodings, pipeline.reconstructor.dtype),
-             "mise": ctx.decoder_floor_s(n_evals)}
-    return {"objects": n_objects, "stages": stages, "mise_evals": n_evals, "encodings": encodings, "floor": floor,
-            "share": {k: stages[k]["median_s"] / total for k in STAGES},
-            "unaccounted_s": total - accounted,
+    floor = {"encode": threads * ctx.encode_floor_s(encodings, reconstructor.dtype),
+             "mise": threads * ctx.decoder_floor_s(n_evals)}
+    return {"objects": n_objects, "object_threads": threads, "stages": stages, "mise_evals": n_evals,
+            "encodings": encodings, "floor": floor,
+            "share": {k: stages[k]["median_s"] / (threads * total) for k in STAGES},
+            "unaccounted_s": threads * total - accounted,
             "objects_per_s": n_objects / total if total > 0 else float("nan")}
+
+
+def object_threads(reconstructor, n_objects: int) -> int:
+    """Threads that took the frame's objects at once (:meth:`FramePipeline.process
+    <occnet_ros.perception.frame_pipeline.FramePipeline.process>`): the compute pool's on a CPU, unbatched, with several
+    objects; else 1."""
+    if n_objects < 2 or reconstructor.batch_objects() or reconstructor.device.type != "cpu":
+        return 1
+    return min(reconstructor.pool.threads, n_objects)
 
 
 def run(ctx: BenchContext) -> dict:

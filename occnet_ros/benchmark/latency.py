@@ -54,7 +54,8 @@ from occnet_ros.reconstruction.known_empty import KnownEmpty
 from occnet_ros.ros.launch_spec import default_params_file
 from occnet_ros.perception.mesh_ops import fast_or_open3d_decimation
 from occnet_ros.ros.node_params import NODE_NAME, NodeParams, ParamError, params_from_values
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline
+from occnet_ros.perception.processed_frame import ProcessedObject
 
 RECONSTRUCT_STAGES = ("normalize", "encode", "mise", "marching_cubes", "simplify", "anchor")
 STAGES = ("crop", "clean", "known_empty", *RECONSTRUCT_STAGES, "colour", "message", "serialize", "total")

@@ -151,15 +151,18 @@ def _frame_lines(fr: Any) -> list[str]:
     if not fr.get("available", False):
         return ["", "## One node frame, stage by stage", "", f"- not measured: {fr.get('reason', fr.get('error'))}"]
     full, one = fr["frame"], fr["one_object"]
+    threads = full.get("object_threads", 1)
+    how = (f"the objects on {threads} compute threads at once (stage times, shares and floors: thread time, summed "
+           f"over the objects; shares of {threads} x the frame)" if threads > 1 else "one object after the other")
     lines = ["", "## One node frame, stage by stage", "",
              f"- {fr['width']}x{fr['height']} tabletop, {full['objects']} objects (mask, image, camera_info), node "
              f"parameters {fr['node_params']} (MISE {fr['resolution']}^3), decimation {fr['decimation']}; medians",
-             f"- frame, one object after the other {_ms(full['stages']['total'])} ({_fmt(full['objects_per_s'])} "
-             f"objects/s); the first object "
-             f"alone {_ms(one['stages']['total'])}: {full['objects']} objects cost {_fmt(fr['four_over_one'])}x one",
+             f"- frame, {how}: {_ms(full['stages']['total'])} ({_fmt(full['objects_per_s'])} objects/s); the first "
+             f"object alone {_ms(one['stages']['total'])}: {full['objects']} objects cost {_fmt(fr['four_over_one'])}x "
+             f"one",
              *([f"- the same frame with reconstruction.batch_objects on (shared network calls): "
-                f"{_ms(fr['batched']['stages']['total'])}, {_fmt(fr['batched_over_one_by_one'])}x one object after the "
-                f"other (encode {_ms(fr['batched']['stages']['encode'])}, MISE {_ms(fr['batched']['stages']['mise'])}); "
+                f"{_ms(fr['batched']['stages']['total'])}, {_fmt(fr['batched_over_one_by_one'])}x the frame above "
+                f"(encode {_ms(fr['batched']['stages']['encode'])}, MISE {_ms(fr['batched']['stages']['mise'])}); "
                 f"the node's batch_objects {'batches' if fr.get('node_batches') else 'does not batch'} here"]
                if "batched" in fr else []),
              "", "| stage | frame | share | floor | one object alone |", "|---|---|---|---|---|"]
@@ -167,7 +170,8 @@ def _frame_lines(fr: Any) -> list[str]:
     for k, share in full["share"].items():
         floor = _fmt(floors.get(k), "s") if k in floors else ""
         lines.append(f"| {k} | {_ms(full['stages'][k])} | {share * 100:.1f} % | {floor} | {_ms(one['stages'][k])} |")
-    lines.append(f"| median frame minus the stages' medians | {_fmt(full['unaccounted_s'], 's')} | | | "
+    lines.append(f"| {'thread time' if threads > 1 else 'median frame'} minus the stages' medians "
+                 f"| {_fmt(full['unaccounted_s'], 's')} | | | "
                  f"{_fmt(one['unaccounted_s'], 's')} |")
     return lines
 

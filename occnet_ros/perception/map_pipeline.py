@@ -18,7 +18,8 @@ from occnet_ros.geometry import Plane, RigidTransform
 from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, ProcessedObject
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline
+from occnet_ros.perception.processed_frame import ProcessedObject
 from occnet_ros.perception.map_config import MapFrame, MapUpdate, ObjectMapConfig
 from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
 from occnet_ros.perception.object_map import ObjectMap
@@ -43,7 +44,7 @@ def plane_in_world(plane: Plane, cloud_to_world: RigidTransform) -> Plane:
 @dataclass
 class MappedFrame:
     """One processed frame. ``objects``: every map object that has a mesh, as
-    :class:`~occnet_ros.perception.frame_pipeline.ProcessedObject` s in world (``segment.points``: the object's
+    :class:`~occnet_ros.perception.processed_frame.ProcessedObject` s in world (``segment.points``: the object's
     accumulated points; ``seconds``: time spent on it in this frame, 0 when it was kept); ``changed``: ids
     whose mesh is new in this frame; ``gone``: ids that left the map (removed or evicted); ``update``: the map's
     own account; ``method``, ``warnings``, ``cancelled`` as for a single frame; ``stage_seconds``: wall time of each

@@ -339,3 +339,44 @@ def simplify_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int, keep_
     if keep_closed and not is_closed_surface(sf) and is_closed_surface(f):
         return SimplifiedMesh(v, f, False, "decimation would open the closed mesh; mesh left unsimplified")
     return SimplifiedMesh(sv, sf, True)
+
+
+class MeshReduction:
+    """The pipeline's mesh reduction to ``max_faces`` by ``decimate``, passed to the reconstructor as its ``simplify``
+    (:data:`~occnet_ros.reconstruction.reconstructor.MeshSimplify`), so meshes are reduced before they are anchored.
+
+    Called with (vertices (V, 3), faces (F, 3)), any frame: :func:`~occnet_ros.perception.mesh_ops.simplify_mesh`
+    -> (vertices, faces, note). :meth:`from_grid`: where ``decimate`` can also mesh a MISE grid in slabs
+    (:meth:`ParallelDecimation.mesh_grid <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_grid>`),
+    the reconstructor hands it the grid instead of a marching-cubes mesh; :meth:`mesh_whole`: where ``decimate`` can
+    mesh a whole grid in a worker process (:meth:`ParallelDecimation.mesh_whole_grid
+    <occnet_ros.perception.parallel_decimation.ParallelDecimation.mesh_whole_grid>`), the grids it declines are
+    meshed there."""
+
+    def __init__(self, max_faces: int, decimate: Decimation):
+        self.max_faces = int(max_faces)
+        self.decimate = decimate
+
+    def __call__(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        s = simplify_mesh(vertices, faces, self.max_faces, decimate=self.decimate)
+        return s.vertices, s.faces, s.note
+
+    def from_grid(self, values: np.ndarray, threshold: float, box_half: float
+                  ) -> tuple[np.ndarray, np.ndarray, str, int] | None:
+        """A MISE corner grid (R+1)^3 -> (vertices (V, 3) canonical, faces (F, 3), note "", faces marching cubes
+        made), meshed and reduced in slabs by ``decimate``; None where it cannot (no ``mesh_grid``, reduction off,
+        a surface too small to cut, or a slab result that failed its checks): the caller then meshes the whole grid
+        (:meth:`mesh_whole`) and reduces that mesh by calling this object."""
+        mesh_grid = getattr(self.decimate, "mesh_grid", None)
+        if mesh_grid is None or self.max_faces == 0:
+            return None
+        done = mesh_grid(values, threshold, box_half, self.max_faces)
+        return None if done is None else (done[0], done[1], "", done[2])
+
+    def mesh_whole(self, values: np.ndarray, threshold: float, box_half: float
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A MISE corner grid (R+1)^3 -> :func:`~occnet_ros.reconstruction.mise.mesh_from_values` of it, made by
+        ``decimate``'s ``mesh_whole_grid`` (in a worker process); None where ``decimate`` has none or it failed: the
+        caller then runs marching cubes itself."""
+        mesh_whole_grid = getattr(self.decimate, "mesh_whole_grid", None)
+        return None if mesh_whole_grid is None else mesh_whole_grid(values, threshold, box_half)

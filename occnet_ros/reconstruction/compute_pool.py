@@ -17,7 +17,10 @@ work (so they inherit its scheduling priority: the node's reconstruction worker 
 first runs the network, :mod:`occnet_ros.perception.priority`). Each sets its torch intra-op thread count to
 1 when it starts; torch keeps that count per thread, but takes it as the default of threads that first use
 torch afterwards. With ``threads`` 1 there are no worker threads: work runs in the calling thread with
-torch's own threads.
+torch's own threads. Work given to :meth:`ComputePool.run` by one of the pool's own threads runs in that thread (one
+torch thread), so a task may itself call code that uses the pool: the frame pipeline runs whole objects on the pool's
+threads at once, each object's network then on its own thread
+(:meth:`~occnet_ros.perception.frame_pipeline.FramePipeline.process`).
 """
 from __future__ import annotations
 
@@ -70,10 +73,15 @@ class ComputePool:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._member = threading.local()
 
-    @staticmethod
-    def _start_thread() -> None:
+    def _start_thread(self) -> None:
         torch.set_num_threads(1)
+        self._member.yes = True
+
+    def in_pool_thread(self) -> bool:
+        """Whether the calling thread is one of this pool's worker threads."""
+        return getattr(self._member, "yes", False)
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -85,9 +93,10 @@ class ComputePool:
             return self._executor
 
     def run(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
-        """Call each task, on the pool's threads at the same time when there are several tasks and threads ->
-        their results in order. A task's exception is raised here after every task has ended."""
-        if len(tasks) <= 1 or self.threads == 1:
+        """Call each task, on the pool's threads at the same time when there are several tasks and threads (in the
+        calling thread, one after the other, when that is one of the pool's threads) -> their results in order. A
+        task's exception is raised here after every task has ended."""
+        if len(tasks) <= 1 or self.threads == 1 or self.in_pool_thread():
             return [t() for t in tasks]
         futures = [self._pool().submit(t) for t in tasks]
         errors = [f.exception() for f in futures]

@@ -63,16 +63,18 @@ class ReconstructorConfig:
                                    "frames of up to max_view_frames - 1 of its other cameras and the "
                                    "probabilities averaged (one more encoding and decoding each); 1 = only the "
                                    "frame of its own viewpoint", range=(1, 64))
-    compute_threads: int = setting(0, doc="threads that run the network on parts of one object's batch at once, each "
+    compute_threads: int = setting(0, doc="threads that run the network on parts of one object's batch at once, or "
+                                   "the objects of a frame at once (the frame pipeline), each "
                                    "with one torch thread, so that no OpenMP team of torch's waits on a core another "
                                    "thread holds (the node's queries: p50 6-8 ms against 10-12 ms under load on 2 "
                                    "cores, make bench section ros); 0 = one per usable CPU core on a CPU, 1 on a GPU; "
                                    "1 = the calling thread with torch's own threads", range=(0, 256))
     batch_objects: Literal["auto", "on", "off"] = setting(
         "auto", doc="the objects of one frame share network calls: all their inputs encoded in one call and each "
-        "MISE level of all of them decoded together (on), or one object after the other (off); auto = on a GPU "
-        "only (on a CPU one object already keeps every core busy: a 4-object frame took 0.89-1.07x as long batched "
-        "in bfloat16 over 7 runs and 1.01-1.03x in float32, make bench section frame on a 2-core AMD EPYC)")
+        "MISE level of all of them decoded together (on), or each object on its own (off: on a CPU the frame's "
+        "objects then run on the compute threads at once, one object's network per thread); auto = on a GPU only "
+        "(a 4-object frame at 64^3 took 400 ms batched against 283 ms on the compute threads, make bench section "
+        "frame on a 2-core AMD EPYC)")
 
     def __post_init__(self):
         # None is the Python spelling of "the checkpoint's" for the two settings whose 0 means that

@@ -45,7 +45,7 @@ MeshSimplify = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, 
 units (the note says why a mesh was left as it was; empty when it was reduced as asked), e.g. the node's
 decimation to ``mesh.max_faces``. One that also has ``from_grid(values, threshold, box_half) -> (vertices, faces,
 note, marching-cubes faces) | None`` is first offered the MISE grid itself
-(:class:`~occnet_ros.perception.frame_pipeline.MeshReduction`: marching cubes and decimation in slabs, in worker
+(:class:`~occnet_ros.perception.mesh_ops.MeshReduction`: marching cubes and decimation in slabs, in worker
 processes); the object's ``timings`` then count marching cubes in ``simplify`` and ``mise_stats`` say
 ``marching_cubes_in_slabs``. One that also has ``mesh_whole(values, threshold, box_half) -> (vertices, faces) |
 None`` makes the marching cubes of the grids ``from_grid`` declines (:func:`~occnet_ros.reconstruction.mise.mesh_from_values`,

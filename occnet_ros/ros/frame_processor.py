@@ -7,7 +7,7 @@ What needs the node (tf2 lookups, the pose of the cloud's frame, the markers' su
 the node before the request is made; what the processor says about a frame (problems with optional input, why
 objects were skipped, gravity decisions, decimation warnings) comes back in :attr:`FrameOutcome.logs` for the node
 to log, rate-limited. The objects for queries are kept without their meshes
-(:func:`~occnet_ros.perception.frame_pipeline.stored_objects`): the query service needs each object's canonical frame
+(:func:`~occnet_ros.perception.processed_frame.stored_objects`): the query service needs each object's canonical frame
 and occupancy field only.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from occnet_ros.geometry import RigidTransform, TransformError
-from occnet_ros.perception.frame_pipeline import FramePipeline, stored_objects
+from occnet_ros.perception.frame_pipeline import FramePipeline
+from occnet_ros.perception.processed_frame import stored_objects
 from occnet_ros.perception.map_pipeline import MapPipeline
 from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
 from occnet_ros.perception.object_store import StoredObject

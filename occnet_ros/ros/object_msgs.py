@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from std_msgs.msg import Header
 
-from occnet_ros.perception.frame_pipeline import ProcessedObject
+from occnet_ros.perception.processed_frame import ProcessedObject
 from occnet_ros.ros.cdr import CdrWriter, Fragment, FragmentWriter, rgba_array, write_header, write_pose
 from occnet_ros.ros.conversions import quaternion_from_matrix
 from occnet_ros.ros.markers import MeshView, marker_array
