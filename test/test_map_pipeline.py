@@ -106,3 +106,24 @@ def test_the_support_plane_goes_into_world(reconstructor):
     world = plane_in_world(cloud, pose)
     pts = np.random.default_rng(1).normal(size=(50, 3))
     np.testing.assert_allclose(world.signed_distance(pose.apply(pts)), cloud.signed_distance(pts), atol=1e-9)
+
+
+def test_objects_due_in_a_frame_run_at_once_on_the_compute_threads(tmp_path):
+    """With two compute threads on a CPU the frame's due objects are reconstructed at once (each on its own thread)
+    and the map and the published objects come out as with one thread, one after the other."""
+    path = write_random_checkpoint(tmp_path / "random_test_double.pt")
+    out = {}
+    for threads in (1, 2):
+        rec = Reconstructor.from_config(ReconstructorConfig(resolution0=8, upsampling_steps=1, device="cpu",
+                                                            compute_threads=threads), path)
+        config = PerceptionConfig()
+        config.filter.min_range, config.segmentation.min_points = 0.05, 20
+        pipe = MapPipeline(rec, config, ObjectMapConfig(reconstructions_per_frame=3))
+        inp, to_world = frame_at(BOXES, 30.0, 0.0)
+        got = pipe.process(inp, to_world)
+        assert not got.cancelled and sorted(got.changed) == sorted(o.segment.id for o in got.objects)
+        assert len(got.objects) == 3 and not pipe.map.due(3)  # all reconstructed, none stale
+        out[threads] = got
+    for a, b in zip(out[1].objects, out[2].objects):
+        assert a.segment.id == b.segment.id and len(a.faces) == len(b.faces) > 0
+        np.testing.assert_allclose(b.vertices, a.vertices, atol=1e-4)

@@ -117,14 +117,31 @@ class MapPipeline:
         for oid in gone:
             self._published.pop(oid, None)
         seen = {oid: (kept[i], colors[i]) for i, oid in enumerate(update.segment_ids) if oid is not None}
-        changed, cancelled = [], False
-        for obj in self.map.due(self.map.config.reconstructions_per_frame):
-            if should_stop():
-                cancelled = True
-                break
-            out = self._reconstruct(obj, seen.get(obj.id), cloud_to_world, warnings)
-            if out is not None:
-                self._published[obj.id] = out
+        changed = []
+        due = [(obj, obj.version, self.map.reconstruction_inputs(obj.id,
+                                                                plane_tolerance_m=self.config.segmentation.plane_distance))
+               for obj in self.map.due(self.map.config.reconstructions_per_frame)]
+        tasks = [lambda o=o, i=i: None if should_stop() else self._reconstruct(o, i, seen.get(o.id), cloud_to_world)
+                 for o, _, i in due]
+        pool = getattr(self.reconstructor, "pool", None)
+        on_cpu = getattr(getattr(self.reconstructor, "device", None), "type", "cpu") == "cpu"
+        if len(tasks) > 1 and on_cpu and pool is not None and pool.threads > 1 and not pool.in_pool_thread():
+            outs = pool.run(tasks)  # the objects at once, each one's network on its own compute thread
+        else:
+            outs = []
+            for task in tasks:
+                outs.append(task())
+                if outs[-1] is None:
+                    break
+        cancelled = len(outs) < len(due) or any(o is None for o in outs)
+        for (obj, version, _), out in zip(due, outs):
+            if out is None:
+                continue
+            warnings.extend(out[1])
+            if out[0] is not None:
+                obj.reconstruction = out[0].obj
+                self.map.mark_reconstructed(obj.id, version)
+                self._published[obj.id] = out[0]
                 changed.append(obj.id)
         for oid, p in self._published.items():
             if oid not in changed:
@@ -133,20 +150,19 @@ class MapPipeline:
         stages["reconstruct"] = time.perf_counter() - t4
         return MappedFrame(objects, changed, gone, update, method, warnings, cancelled, stages)
 
-    def _reconstruct(self, obj, seen, cloud_to_world: RigidTransform, warnings: list[str]) -> ProcessedObject | None:
-        """Re-encode and re-mesh one map object; its published mesh simplified and coloured from this frame's
-        observation of it (``seen``: (cleaned points in the cloud frame, their colours or None)), else with the
-        colours it had. None (and a warning) when its points define no canonical frame."""
+    def _reconstruct(self, obj, inputs: dict, seen, cloud_to_world: RigidTransform
+                     ) -> tuple[ProcessedObject | None, list[str]]:
+        """Re-encode and re-mesh one map object from ``inputs`` (its :meth:`ObjectMap.reconstruction_inputs`); its
+        published mesh simplified and coloured from this frame's observation of it (``seen``: (cleaned points in the
+        cloud frame, their colours or None)), else with the colours it had -> (the object, or None when its points
+        define no canonical frame; warnings). Changes nothing of the map or of what is published (the caller does, in
+        its own thread), so several objects may run at once."""
         t0 = time.perf_counter()
-        version = obj.version
         try:
-            rec = self.reconstructor.reconstruct(**self.map.reconstruction_inputs(
-                obj.id, plane_tolerance_m=self.config.segmentation.plane_distance), simplify=self.frames.simplify)
+            rec = self.reconstructor.reconstruct(**inputs, simplify=self.frames.simplify)
         except NormalizationError as e:
-            warnings.append(f"object {obj.id} not reconstructed: {e}")
-            return None
-        obj.reconstruction = rec
-        self.map.mark_reconstructed(obj.id, version)
+            return None, [f"object {obj.id} not reconstructed: {e}"]
+        warnings = []
         before = self._published.get(obj.id)
         verts, faces, note = self.frames.published_mesh(rec)
         if note:
@@ -160,4 +176,4 @@ class MapPipeline:
             colors = before.vertex_colors[nearest]
         segment = Segment(obj.id, f"object_{obj.id}", obj.points_world)
         return ProcessedObject(segment, rec, int(len(obj.points_world)), colors, time.perf_counter() - t0,
-                               verts, faces, obj.n_views)
+                               verts, faces, obj.n_views), warnings
