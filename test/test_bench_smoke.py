@@ -117,6 +117,7 @@ def test_latency_section_simplifies_like_the_node(tmp_path):
     """One small size in process, with a face budget below the marching-cubes mesh: the published mesh
     (what the messages carry) is the simplified one, every vertex coloured."""
     sizes = dataclasses.replace(QUICK_SIZES, cloud_sizes=(300,))
+    before = _compute_threads()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -128,7 +129,7 @@ def test_latency_section_simplifies_like_the_node(tmp_path):
         torch.set_num_threads(threads)
     assert res["max_faces"] == 1000 and res["node_params"] == "given"
     # the section's reconstructors closed their compute threads
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("occnet_compute")]
+    assert not _compute_threads() - before
     r, coarse = res["sizes"]  # the benchmark's grid, then one MISE step coarser
     assert (r["resolution"], coarse["resolution"]) == (32, 16) and coarse["cloud_points"] == 300
     assert set(r["stages"]) == set(latency.STAGES)
@@ -157,7 +158,13 @@ def _check_latency_row(r, messages_measured):
         assert r["message_bytes"] == 0 and math.isnan(r["stages"]["message"]["median_s"])
 
 
+def _compute_threads() -> set[int]:
+    """Idents of the live compute-pool threads (other tests' reconstructors may hold some)."""
+    return {t.ident for t in threading.enumerate() if t.name.startswith("occnet_compute")}
+
+
 def test_floor_and_mise_sections_in_process(tmp_path):
+    before = _compute_threads()
     threads = torch.get_num_threads()
     try:
         res = bench.run(bench.parse_args(["--quick", "--repeats", "1", "--threads", "1", "--out", str(tmp_path),
@@ -166,7 +173,7 @@ def test_floor_and_mise_sections_in_process(tmp_path):
         torch.set_num_threads(threads)
     assert set(res) >= {"floor", "mise_vs_dense", "targets", "machine", "weights"}
     assert "latency" not in res and "ros" not in res
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("occnet_compute")]
+    assert not _compute_threads() - before  # the section's reconstructors closed their compute threads
     _check_floor(res["floor"])
     assert res["machine"]["device"] == "cpu" and res["floor"]["device"] == "cpu"
     _check_mise(res["mise_vs_dense"])

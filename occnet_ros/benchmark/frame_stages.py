@@ -40,7 +40,7 @@ from occnet_ros.benchmark.common import BenchContext, summary
 from occnet_ros.geometry import RigidTransform
 from occnet_ros.benchmark.latency import node_params, node_reconstruction
 from occnet_ros.benchmark.node_throughput import render_scene, section_environment, unavailable_reason
-from occnet_ros.perception.frame_pipeline import FRAME_STAGES, FramePipeline
+from occnet_ros.perception.frame_pipeline import FRAME_STAGES, FramePipeline, object_threads
 
 STAGES = ("parse", *FRAME_STAGES, "message", "publish")
 """Keys of each frame's ``stages``, in processing order."""
@@ -119,7 +119,7 @@ def _measure(ctx: BenchContext, pipeline: FramePipeline, params, msgs, pubs, up:
     accounted = sum(stages[k]["median_s"] for k in STAGES)
     reconstructor = pipeline.reconstructor
     rec = reconstructor.config
-    threads = object_threads(reconstructor, n_objects)
+    threads = 1 if reconstructor.batch_objects() else object_threads(reconstructor, n_objects)
     encodings = n_objects * rec.input_subsamples * (2 if rec.mirror_average else 1)
     floor = {"encode": threads * ctx.encode_floor_s(encodings, reconstructor.dtype),
              "mise": threads * ctx.decoder_floor_s(n_evals)}
@@ -129,14 +129,6 @@ def _measure(ctx: BenchContext, pipeline: FramePipeline, params, msgs, pubs, up:
             "unaccounted_s": threads * total - accounted,
             "objects_per_s": n_objects / total if total > 0 else float("nan")}
 
-
-def object_threads(reconstructor, n_objects: int) -> int:
-    """Threads that took the frame's objects at once (:meth:`FramePipeline.process
-    <occnet_ros.perception.frame_pipeline.FramePipeline.process>`): the compute pool's on a CPU, unbatched, with several
-    objects; else 1."""
-    if n_objects < 2 or reconstructor.batch_objects() or reconstructor.device.type != "cpu":
-        return 1
-    return min(reconstructor.pool.threads, n_objects)
 
 
 def run(ctx: BenchContext) -> dict:

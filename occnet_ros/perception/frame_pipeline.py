@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -49,11 +49,38 @@ class FrameInput:
     camera_to_cloud: RigidTransform | None = None
 
 
+T = TypeVar("T")
+
 RECONSTRUCTION_STAGES = ("normalize", "encode", "mise", "marching_cubes", "simplify", "anchor")
 """The stages of :meth:`Reconstructor.reconstruct <occnet_ros.reconstruction.reconstructor.Reconstructor.reconstruct>`
 (keys of its ``timings``)."""
 FRAME_STAGES = ("segmentation", "clean", "known_empty", *RECONSTRUCTION_STAGES, "colour")
 """Keys of :attr:`ProcessedFrame.stage_seconds`, in processing order."""
+
+
+def object_threads(reconstructor, n_objects: int) -> int:
+    """Threads that take ``n_objects`` objects' work at once (:func:`run_objects`): the reconstructor's compute pool's
+    on a CPU (``reconstruction.compute_threads``) when there are several objects and the caller is not itself one of
+    those threads; else 1."""
+    pool = getattr(reconstructor, "pool", None)
+    on_cpu = getattr(getattr(reconstructor, "device", None), "type", "cpu") == "cpu"
+    if n_objects < 2 or pool is None or not on_cpu or pool.threads < 2 or pool.in_pool_thread():
+        return 1
+    return min(pool.threads, n_objects)
+
+
+def run_objects(reconstructor, tasks: list[Callable[[], T]], stopped: Callable[[T], bool]) -> list[T]:
+    """Tasks that each do one object's whole work with ``reconstructor`` -> their results in order: on its compute
+    pool's threads at once where :func:`object_threads` says so (each object's network then on one thread), else one
+    after the other, stopping after the first result that ``stopped`` says ended the frame."""
+    if object_threads(reconstructor, len(tasks)) > 1:
+        return reconstructor.pool.run(tasks)
+    out: list[T] = []
+    for task in tasks:
+        out.append(task())
+        if stopped(out[-1]):
+            break
+    return out
 
 
 @dataclass
@@ -265,17 +292,7 @@ class FramePipeline:
                     obj = e
                 return self._complete(frame, todo, obj, grid, time.perf_counter() - t0)
 
-            tasks = [lambda seg=seg: whole(seg) for seg in segments]
-            pool = getattr(rec, "pool", None)
-            on_cpu = getattr(getattr(rec, "device", None), "type", "cpu") == "cpu"
-            if len(tasks) > 1 and on_cpu and pool is not None and pool.threads > 1 and not pool.in_pool_thread():
-                outcomes = pool.run(tasks)
-            else:
-                outcomes = []
-                for task in tasks:
-                    outcomes.append(task())
-                    if outcomes[-1].cancelled:
-                        break
+            outcomes = run_objects(rec, [lambda seg=seg: whole(seg) for seg in segments], lambda o: o.cancelled)
         results = []
         for o in outcomes:
             warnings.extend(o.warnings)

@@ -18,7 +18,7 @@ from occnet_ros.geometry import Plane, RigidTransform
 from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.perception.cloud_filter import clean_cloud
 from occnet_ros.perception.config import PerceptionConfig
-from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline
+from occnet_ros.perception.frame_pipeline import FrameInput, FramePipeline, run_objects
 from occnet_ros.perception.processed_frame import ProcessedObject
 from occnet_ros.perception.map_config import MapFrame, MapUpdate, ObjectMapConfig
 from occnet_ros.perception.mesh_ops import Decimation, fast_or_open3d_decimation
@@ -123,16 +123,7 @@ class MapPipeline:
                for obj in self.map.due(self.map.config.reconstructions_per_frame)]
         tasks = [lambda o=o, i=i: None if should_stop() else self._reconstruct(o, i, seen.get(o.id), cloud_to_world)
                  for o, _, i in due]
-        pool = getattr(self.reconstructor, "pool", None)
-        on_cpu = getattr(getattr(self.reconstructor, "device", None), "type", "cpu") == "cpu"
-        if len(tasks) > 1 and on_cpu and pool is not None and pool.threads > 1 and not pool.in_pool_thread():
-            outs = pool.run(tasks)  # the objects at once, each one's network on its own compute thread
-        else:
-            outs = []
-            for task in tasks:
-                outs.append(task())
-                if outs[-1] is None:
-                    break
+        outs = run_objects(self.reconstructor, tasks, lambda out: out is None)  # at once on a CPU's compute threads
         cancelled = len(outs) < len(due) or any(o is None for o in outs)
         for (obj, version, _), out in zip(due, outs):
             if out is None:
