@@ -110,6 +110,7 @@ def test_in_process_the_decimation_workers_start_with_the_node_or_stop_it_naming
         n = ReconstructionNode(context=ctx, parameter_overrides=base)
         assert isinstance(n.decimation, ParallelDecimation) and n.processor.pipeline.decimate is n.decimation
         assert n.heap.keep_free_bytes == 0  # the frames' heap churn is this process's own: trimmed after each frame
+        assert n.processor.pipeline.objects_at_once is False  # the objects' Python would share the queries' GIL
         assert len(n.decimation.slots) == 2  # mesh.decimation_workers
         assert n.stop() and all(s._closed for s in n.decimation.slots)  # the worker processes end with the node
         n.destroy_node()

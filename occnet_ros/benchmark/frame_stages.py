@@ -119,7 +119,8 @@ def _measure(ctx: BenchContext, pipeline: FramePipeline, params, msgs, pubs, up:
     accounted = sum(stages[k]["median_s"] for k in STAGES)
     reconstructor = pipeline.reconstructor
     rec = reconstructor.config
-    threads = 1 if reconstructor.batch_objects() else object_threads(reconstructor, n_objects)
+    threads = 1 if reconstructor.batch_objects() else object_threads(reconstructor, n_objects,
+                                                                      pipeline.objects_at_once)
     encodings = n_objects * rec.input_subsamples * (2 if rec.mirror_average else 1)
     floor = {"encode": threads * ctx.encode_floor_s(encodings, reconstructor.dtype),
              "mise": threads * ctx.decoder_floor_s(n_evals)}

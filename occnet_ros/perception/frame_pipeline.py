@@ -58,22 +58,23 @@ FRAME_STAGES = ("segmentation", "clean", "known_empty", *RECONSTRUCTION_STAGES, 
 """Keys of :attr:`ProcessedFrame.stage_seconds`, in processing order."""
 
 
-def object_threads(reconstructor, n_objects: int) -> int:
-    """Threads that take ``n_objects`` objects' work at once (:func:`run_objects`): the reconstructor's compute pool's
-    on a CPU (``reconstruction.compute_threads``) when there are several objects and the caller is not itself one of
-    those threads; else 1."""
+def object_threads(reconstructor, n_objects: int, at_once: bool = True) -> int:
+    """Threads that take ``n_objects`` objects' work at once (:func:`run_objects`): with ``at_once``, the
+    reconstructor's compute pool's on a CPU (``reconstruction.compute_threads``) when there are several objects and the
+    caller is not itself one of those threads; else 1."""
     pool = getattr(reconstructor, "pool", None)
     on_cpu = getattr(getattr(reconstructor, "device", None), "type", "cpu") == "cpu"
-    if n_objects < 2 or pool is None or not on_cpu or pool.threads < 2 or pool.in_pool_thread():
+    if not at_once or n_objects < 2 or pool is None or not on_cpu or pool.threads < 2 or pool.in_pool_thread():
         return 1
     return min(pool.threads, n_objects)
 
 
-def run_objects(reconstructor, tasks: list[Callable[[], T]], stopped: Callable[[T], bool]) -> list[T]:
+def run_objects(reconstructor, tasks: list[Callable[[], T]], stopped: Callable[[T], bool], at_once: bool = True
+                ) -> list[T]:
     """Tasks that each do one object's whole work with ``reconstructor`` -> their results in order: on its compute
     pool's threads at once where :func:`object_threads` says so (each object's network then on one thread), else one
     after the other, stopping after the first result that ``stopped`` says ended the frame."""
-    if object_threads(reconstructor, len(tasks)) > 1:
+    if object_threads(reconstructor, len(tasks), at_once) > 1:
         return reconstructor.pool.run(tasks)
     out: list[T] = []
     for task in tasks:
@@ -116,11 +117,17 @@ class FramePipeline:
     reconstructor decides whether to reuse it; ``known_empty``: the frame's empty-space test). Not
     thread-safe: one worker calls :meth:`process`. ``decimate``: how meshes are reduced to
     ``mesh.max_faces`` (:func:`~occnet_ros.perception.mesh_ops.fast_or_open3d_decimation` in this process by default; the
-    node passes a :class:`~occnet_ros.perception.parallel_decimation.ParallelDecimation`).
+    node passes a :class:`~occnet_ros.perception.parallel_decimation.ParallelDecimation`). ``objects_at_once``: see
+    the attribute.
     """
 
-    def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = fast_or_open3d_decimation):
+    def __init__(self, reconstructor, config: PerceptionConfig, decimate: Decimation = fast_or_open3d_decimation,
+                 objects_at_once: bool = True):
         self.reconstructor = reconstructor
+        self.objects_at_once = objects_at_once
+        """Whether a frame's objects may run at once on the reconstructor's compute threads (:meth:`process`). The
+        node turns it off where it reconstructs in its own process (``reconstruction_process: false``): there the
+        objects' Python would take turns with the query service for one interpreter lock."""
         self.config = config
         self.decimate = decimate
         self.simplify = MeshReduction(config.mesh.max_faces, decimate)  # one object: published_mesh recognises
@@ -292,7 +299,8 @@ class FramePipeline:
                     obj = e
                 return self._complete(frame, todo, obj, grid, time.perf_counter() - t0)
 
-            outcomes = run_objects(rec, [lambda seg=seg: whole(seg) for seg in segments], lambda o: o.cancelled)
+            outcomes = run_objects(rec, [lambda seg=seg: whole(seg) for seg in segments], lambda o: o.cancelled,
+                                   self.objects_at_once)
         results = []
         for o in outcomes:
             warnings.extend(o.warnings)

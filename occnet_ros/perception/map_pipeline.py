@@ -67,8 +67,8 @@ class MapPipeline:
     :meth:`process`."""
 
     def __init__(self, reconstructor, config: PerceptionConfig, map_config: ObjectMapConfig | None = None,
-                 decimate: Decimation = fast_or_open3d_decimation):
-        self.frames = FramePipeline(reconstructor, config, decimate)
+                 decimate: Decimation = fast_or_open3d_decimation, objects_at_once: bool = True):
+        self.frames = FramePipeline(reconstructor, config, decimate, objects_at_once)
         self.config = config
         self.map = ObjectMap(map_config, config.known_empty)
         self._published: dict[int, ProcessedObject] = {}
@@ -123,7 +123,8 @@ class MapPipeline:
                for obj in self.map.due(self.map.config.reconstructions_per_frame)]
         tasks = [lambda o=o, i=i: None if should_stop() else self._reconstruct(o, i, seen.get(o.id), cloud_to_world)
                  for o, _, i in due]
-        outs = run_objects(self.reconstructor, tasks, lambda out: out is None)  # at once on a CPU's compute threads
+        outs = run_objects(self.reconstructor, tasks, lambda out: out is None,  # at once on a CPU's compute threads
+                           self.frames.objects_at_once)
         cancelled = len(outs) < len(due) or any(o is None for o in outs)
         for (obj, version, _), out in zip(due, outs):
             if out is None:

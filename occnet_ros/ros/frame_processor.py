@@ -109,17 +109,19 @@ class FrameProcessor:
 
     reconstructor: a :class:`~occnet_ros.reconstruction.reconstructor.Reconstructor`; decimate: how meshes are
     reduced (a :class:`~occnet_ros.perception.parallel_decimation.ParallelDecimation` in the node); pose_source:
-    "tf" or "topic" with an object map in ``world_frame``, "" without. Keeps between frames what the pipeline keeps
+    "tf" or "topic" with an object map in ``world_frame``, "" without; objects_at_once: the pipelines' (False in the
+    node's own process: :attr:`FramePipeline.objects_at_once
+    <occnet_ros.perception.frame_pipeline.FramePipeline.objects_at_once>`). Keeps between frames what the pipeline keeps
     (reuse, the object map), the markers shown and the encoded objects of unchanged map objects. Not thread-safe:
     one caller."""
 
     def __init__(self, params: NodeParams, reconstructor, decimate: Decimation = fast_or_open3d_decimation,
-                 pose_source: str = ""):
+                 pose_source: str = "", objects_at_once: bool = True):
         self.params = params
         self.reconstructor = reconstructor
         self.pose_source = pose_source
-        self.pipeline = (MapPipeline(reconstructor, params, params.map, decimate) if pose_source
-                         else FramePipeline(reconstructor, params, decimate=decimate))
+        self.pipeline = (MapPipeline(reconstructor, params, params.map, decimate, objects_at_once) if pose_source
+                         else FramePipeline(reconstructor, params, decimate, objects_at_once))
         self._logs: list[tuple[str, str]] = []
         self._camera_pose: RigidTransform | str | None = None
         self.up_and_camera = UpAndCamera(params, self._up_log, lookup=self._resolved_lookup)

@@ -115,7 +115,7 @@ class ReconstructionNode(Node):
                     raise ParamError(f"parameter 'mesh.decimate_in_worker' = true, but the worker process did not "
                                      f"start ({e}); set it to false to decimate in the node's own process") from e
             self.processor = FrameProcessor(p, self.reconstructor, self.decimation or fast_or_open3d_decimation,
-                                            self.pose_source)
+                                            self.pose_source, objects_at_once=False)  # queries share this GIL
         self.latest_pose = LatestPose(p.world_frame)
         self.store = ObjectStore()
         self.heap = HeapRelease()
