@@ -329,7 +329,8 @@ class ViewSet:
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
             raise ValueError(f"views file {path}: {type(e).__name__}: {e}") from e
         if not isinstance(data, dict) or data.get("format") != "occnet_bench_views" or data.get("version") != 1:
-            raise ValueError(f"views file {path}: not an occnet_bench views file (occnet_bench --save-views writes one)")
+            raise ValueError(f"views file {path}: not an occnet_bench views file "
+                             f"(occnet_bench --save-views writes one)")
         views = {k: dataclasses.replace(v, mesh=trimesh.Trimesh(*v.mesh, process=False))
                  for k, v in data["views"].items()}
         return cls(views, str(path))

@@ -2,7 +2,7 @@
 with PASS/MISS, writes ``<out>/results.json`` and ``<out>/results.md``.
 
     occnet_bench [--out out/bench] [--weights P] [--quick] [--repeats N] [--threads N] [--device cpu|cuda]
-                 [--sections floor mise latency frame queries ros map] [--save-views FILE | --views FILE]
+                 [--sections floor mise latency frame queries ros map] [--save-views FILE] [--views FILE]
 
 Timings are medians over ``--repeats`` runs on this machine; run it on an otherwise idle machine (the
 load average at start is recorded). ``--quick``: tiny sizes, for the smoke test; its numbers mean
@@ -12,9 +12,9 @@ initialised network of the default architecture (a stand-in: MISE's work depends
 node of the ros and map sections; ``make gpu-check`` runs it after the CUDA tests); the rest of the pipeline stays on
 the CPU as in the node. Exit code 2 when CUDA is asked for and not available, or a ``--views`` file cannot be read.
 ``--save-views`` keeps the test objects the sections rendered (open3d ray casting) and ``--views`` benchmarks those
-on a machine without open3d (``tools/gpu_check.sh``: a GPU machine given only the network's packages). The program sets its process up as
-``reconstruction_node`` sets up its own: numpy's BLAS on one thread (:mod:`occnet_ros.blas_threads`), and once the
-network is loaded the objects made so far (torch, the network) out of the cyclic garbage collector's reach
+on a machine without open3d (``tools/gpu_check.sh``: a GPU machine given only the network's packages). The program
+sets its process up as ``reconstruction_node`` sets up its own: numpy's BLAS on one thread
+(:mod:`occnet_ros.blas_threads`), and once the network is loaded the objects made so far (torch, the network) out of the cyclic garbage collector's reach
 (``gc.freeze()``), so a collection inside a timed section walks only what the sections made (an unfrozen full
 collection took 137 ms in a latency run).
 """
