@@ -14,9 +14,9 @@ the CPU as in the node. Exit code 2 when CUDA is asked for and not available, or
 ``--save-views`` keeps the test objects the sections rendered (open3d ray casting) and ``--views`` benchmarks those
 on a machine without open3d (``tools/gpu_check.sh``: a GPU machine given only the network's packages). The program
 sets its process up as ``reconstruction_node`` sets up its own: numpy's BLAS on one thread
-(:mod:`occnet_ros.blas_threads`), and once the network is loaded the objects made so far (torch, the network) out of the cyclic garbage collector's reach
-(``gc.freeze()``), so a collection inside a timed section walks only what the sections made (an unfrozen full
-collection took 137 ms in a latency run).
+(:mod:`occnet_ros.blas_threads`), and once the network is loaded the objects made so far (torch, the network) out of
+the cyclic garbage collector's reach (``gc.freeze()``), so a collection inside a timed section walks only what the
+sections made (an unfrozen full collection took 137 ms in a latency run).
 """
 from __future__ import annotations
 
