@@ -21,7 +21,7 @@ from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, stands_
 from occnet_ros.perception.mesh_ops import Decimation, MeshReduction, fast_or_open3d_decimation, simplify_mesh
 from occnet_ros.reconstruction.normalization import NormalizationError
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
-from occnet_ros.perception.processed_frame import ProcessedFrame, ProcessedObject, _Kept
+from occnet_ros.perception.processed_frame import ProcessedFrame, ProcessedObject, KeptObject
 from occnet_ros.geometry import PinholeCamera, Plane, RigidTransform, finite_rows
 from occnet_ros.perception.segmentation import (PLANE_FIT_POINTS, ClusterTracker, Segment, SegmentationError,
                                                 apply_limits, fit_support_plane, segment_by_mask,
@@ -91,7 +91,7 @@ class _Todo:
 
     seg: Segment
     cleaned: object = None
-    kept: _Kept | None = None
+    kept: KeptObject | None = None
     seconds: float = 0.0
     request: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
@@ -134,14 +134,14 @@ class FramePipeline:
         # the meshes it already reduced
         self.tracker = ClusterTracker(config.segmentation.track_distance)
         self.rng = np.random.default_rng(config.seed)
-        self._kept: dict[int, _Kept] = {}
+        self._kept: dict[int, KeptObject] = {}
 
     @property
     def kept_ids(self) -> list[int]:
         """Ids of the objects whose last reconstruction is kept for reuse (the last frame's objects)."""
         return sorted(self._kept)
 
-    def published_mesh(self, obj: ReconstructedObject, kept: _Kept | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    def published_mesh(self, obj: ReconstructedObject, kept: KeptObject | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """(vertices, faces, note) of the mesh to publish: the kept one when ``obj`` reuses its mesh; ``obj.mesh``
         as is when the reconstructor already reduced it with :attr:`simplify`; else ``obj.mesh`` simplified to
         ``mesh.max_faces``."""
@@ -310,7 +310,7 @@ class FramePipeline:
                 results.append(o.result)
         if any(o.cancelled for o in outcomes):
             return ProcessedFrame(results, method, warnings, cancelled=True, stage_seconds=stages)
-        self._kept = {r.segment.id: _Kept(r.obj, r.vertices, r.faces) for r in results}
+        self._kept = {r.segment.id: KeptObject(r.obj, r.vertices, r.faces) for r in results}
         return ProcessedFrame(results, method, warnings, stage_seconds=stages)
 
     def _prepare(self, seg: Segment, known_empty, up: np.ndarray, viewpoint: np.ndarray) -> _Todo:

@@ -1,5 +1,5 @@
 """What the frame pipeline gives (pure numpy, no ROS): each reconstructed object with its published mesh and colours
-(:class:`ProcessedObject`), the frame (:class:`ProcessedFrame`), what reuse keeps of an object (:class:`_Kept`), and the
+(:class:`ProcessedObject`), the frame (:class:`ProcessedFrame`), what reuse keeps of an object (:class:`KeptObject`), and the
 object-store records of a frame (:func:`stored_objects`). :mod:`occnet_ros.perception.frame_pipeline` makes them.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from occnet_ros.perception.object_store import StoredObject
 from occnet_ros.perception.segmentation import Segment
 from occnet_ros.reconstruction.reconstructed_object import ReconstructedObject
 
-__all__ = ["ProcessedFrame", "ProcessedObject", "stored_objects"]
+__all__ = ["KeptObject", "ProcessedFrame", "ProcessedObject", "stored_objects"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ProcessedObject:
 
 
 @dataclass(frozen=True)
-class _Kept:
+class KeptObject:
     """What reuse needs of an object of the last frame: its reconstruction and published mesh."""
 
     obj: ReconstructedObject
