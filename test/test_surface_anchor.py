@@ -6,7 +6,7 @@ import trimesh
 
 from occnet_ros.neighbours import NeighbourIndex
 from occnet_ros.reconstruction.surface_anchor import (AnchorConfig, _ring_average, anchor_to_observation, fit_planes,
-                                                      vertex_normals)
+                                                      smallest_eigenpairs, vertex_normals)
 
 
 def _hemisphere_points(n, radius, noise, seed):
@@ -107,6 +107,23 @@ def test_ring_average_is_the_mean_over_each_vertex_and_its_neighbours():
     ref /= ref.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(dense, ref, atol=1e-15)
 
+
+def test_ring_average_of_any_face_soup_matches_the_dense_reference():
+    """Faces in any order and orientation, repeated faces and edges in more than two faces, and a vertex no face
+    uses (its row is itself alone): the CSR construction against a dense loop over the faces."""
+    rng = np.random.default_rng(3)
+    n = 40
+    faces = np.array([rng.choice(n - 1, 3, replace=False) for _ in range(90)])  # vertex n - 1 in no face
+    faces = np.concatenate([faces, faces[:7], faces[10:15, ::-1]])
+    ref = np.eye(n)
+    for face in faces:
+        for a, b in ((face[0], face[1]), (face[1], face[2]), (face[2], face[0])):
+            ref[a, b] = ref[b, a] = 1.0
+    ref /= ref.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(_ring_average(n, faces).toarray(), ref, atol=1e-15)
+    np.testing.assert_allclose(_ring_average(n, faces.astype(np.int32)).toarray(), ref, atol=1e-15)
+    assert _ring_average(n, faces)[n - 1].toarray()[0, n - 1] == 1.0
+
 def test_sphere_seen_from_one_side_moves_onto_the_observed_radius_only_there():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.05)
     v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
@@ -175,3 +192,47 @@ def test_vertex_normals_point_outwards():
     n = vertex_normals(sphere.vertices, sphere.faces)
     radial = sphere.vertices / np.linalg.norm(sphere.vertices, axis=1, keepdims=True)
     assert (np.einsum("ij,ij->i", n, radial) > 0.99).all()
+
+
+def _assert_smallest_pairs_match_eigh(cov, value_tol=1e-12):
+    values, vectors = smallest_eigenpairs(cov)
+    evals, evecs = np.linalg.eigh(cov)
+    scale = np.abs(evals).max(axis=1)
+    np.testing.assert_array_less(np.abs(values - evals[:, 0]), value_tol * np.maximum(scale, 1e-300) + 1e-300)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-12)
+    # an eigenvector of the smallest eigenvalue: cov v = value v (whatever the basis where it is not unique)
+    residual = np.linalg.norm(np.einsum("oab,ob->oa", cov, vectors) - values[:, None] * vectors, axis=1)
+    np.testing.assert_array_less(residual, 1e-9 * np.maximum(scale, 1e-300) + 1e-300)
+    return values, vectors, evecs
+
+
+def test_smallest_eigenpairs_match_eigh_on_random_and_flat_covariances():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(4000, 3, 3))
+    cov = x @ x.transpose(0, 2, 1) * rng.uniform(1e-6, 10.0, (4000, 1, 1))
+    # flat patches: points on a tilted plane with a little noise, as the anchoring sees them
+    pts = rng.normal(size=(2000, 32, 3)) * np.array([1.0, 1.0, 1e-3])
+    rot = np.linalg.qr(rng.normal(size=(2000, 3, 3)))[0]
+    pts = pts @ rot
+    pts -= pts.mean(axis=1, keepdims=True)
+    flat = pts.transpose(0, 2, 1) @ pts / 32
+    for c in (cov, flat):
+        _, vectors, evecs = _assert_smallest_pairs_match_eigh(c)
+        np.testing.assert_allclose(np.abs(np.einsum("od,od->o", vectors, evecs[:, :, 0])), 1.0, atol=1e-8)
+
+
+def test_smallest_eigenpairs_of_degenerate_covariances_are_eigenpairs():
+    """Zero, isotropic, line-like (two equal smallest eigenvalues) and exactly planar (rank 2) matrices, which the
+    closed form hands to eigh or solves exactly; an empty batch."""
+    rng = np.random.default_rng(8)
+    u = rng.normal(size=3)
+    line = np.outer(u, u)
+    q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    in_plane = q @ np.diag([0.0, 1.0, 2.0]) @ q.T  # points exactly on a plane: normal q[:, 0]
+    cov = np.stack([np.zeros((3, 3)), np.eye(3) * 2.5, line, in_plane, np.diag([1.0, 1.0, 3.0]),
+                    np.diag([3.0, 1.0, 1.0 + 1e-14])])
+    values, vectors, _ = _assert_smallest_pairs_match_eigh(cov)
+    assert values[0] == 0.0 and values[1] == pytest.approx(2.5)
+    np.testing.assert_allclose(np.abs(vectors[3] @ q[:, 0]), 1.0, atol=1e-10)
+    empty_values, empty_vectors = smallest_eigenpairs(np.zeros((0, 3, 3)))
+    assert empty_values.shape == (0,) and empty_vectors.shape == (0, 3)

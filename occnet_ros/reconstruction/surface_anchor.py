@@ -35,7 +35,8 @@ import scipy.sparse
 from occnet_ros.config_io import setting
 from occnet_ros.neighbours import NeighbourIndex
 
-__all__ = ["AnchorConfig", "AnchorResult", "anchor_to_observation", "fit_planes", "vertex_normals"]
+__all__ = ["AnchorConfig", "AnchorResult", "anchor_to_observation", "fit_planes", "smallest_eigenpairs",
+           "vertex_normals"]
 
 
 @dataclass
@@ -107,6 +108,55 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
 
 
+SEPARATION = 1e-6
+"""Rows of :func:`smallest_eigenpairs` whose smallest eigenvalue lies closer than this fraction of the matrix's scale
+to the next one (no unique direction: isotropic or line-like neighbourhoods, a zero covariance) are decomposed by
+``numpy.linalg.eigh`` instead."""
+
+
+def smallest_eigenpairs(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest eigenvalue and a unit eigenvector of each symmetric 3x3 matrix of ``cov`` (O, 3, 3) float64
+    -> (values (O,), vectors (O, 3)); the vector's sign is arbitrary, as ``numpy.linalg.eigh``'s is.
+
+    Closed form: the eigenvalues from the trigonometric solution of the characteristic cubic, the eigenvector as the
+    longest cross product of two rows of ``cov - value * I`` (vectorised: 0.5 ms for 2500 matrices, against 2.2 ms
+    for ``eigh``'s LAPACK call per matrix, 2-core AMD EPYC). Rows whose two smallest eigenvalues are not separated by
+    :data:`SEPARATION` of the scale go to ``eigh`` (tested against it)."""
+    a = np.asarray(cov, dtype=np.float64).reshape(-1, 3, 3)
+    values, vectors = np.zeros(len(a)), np.zeros((len(a), 3))
+    if len(a) == 0:
+        return values, vectors
+    xx, yy, zz, xy, xz, yz = a[:, 0, 0], a[:, 1, 1], a[:, 2, 2], a[:, 0, 1], a[:, 0, 2], a[:, 1, 2]
+    mean = (xx + yy + zz) / 3.0
+    dx, dy, dz = xx - mean, yy - mean, zz - mean
+    spread = np.sqrt((dx * dx + dy * dy + dz * dz + 2.0 * (xy * xy + xz * xz + yz * yz)) / 6.0)
+    # eigenvalues = mean + 2 * spread * cos(angle + 2 pi j / 3); det(cov - mean * I) / 2 = spread^3 * cos(3 angle)
+    half_det = 0.5 * (dx * (dy * dz - yz * yz) - xy * (xy * dz - yz * xz) + xz * (xy * yz - dy * xz))
+    ratio = np.divide(half_det, spread ** 3, out=np.zeros_like(half_det), where=spread > 0)
+    angle = np.arccos(np.clip(ratio, -1.0, 1.0)) / 3.0
+    values[:] = mean + 2.0 * spread * np.cos(angle + 2.0 * np.pi / 3.0)
+    middle = mean + 2.0 * spread * np.cos(angle - 2.0 * np.pi / 3.0)
+    # rows of cov - value * I: (ax, xy, xz), (xy, by, yz), (xz, yz, cz); their three cross products
+    ax, by, cz = xx - values, yy - values, zz - values
+    crosses = np.stack([
+        np.stack([xy * yz - xz * by, xz * xy - ax * yz, ax * by - xy * xy], axis=1),   # row 0 x row 1
+        np.stack([xy * cz - xz * yz, xz * xz - ax * cz, ax * yz - xy * xz], axis=1),   # row 0 x row 2
+        np.stack([by * cz - yz * yz, yz * xz - xy * cz, xy * yz - by * xz], axis=1),   # row 1 x row 2
+    ], axis=1)
+    lengths = np.sqrt(np.einsum("ocd,ocd->oc", crosses, crosses))
+    best = lengths.argmax(axis=1)
+    rows = np.arange(len(a))
+    longest = lengths[rows, best]
+    scale = np.maximum(np.abs(values), np.abs(mean + 2.0 * spread))
+    good = (middle - values > SEPARATION * scale) & (longest > 0)
+    vectors[good] = crosses[rows[good], best[good]] / longest[good, None]
+    if not good.all():
+        bad = np.flatnonzero(~good)
+        evals, evecs = np.linalg.eigh(a[bad])
+        values[bad], vectors[bad] = evals[:, 0], evecs[:, :, 0]
+    return values, vectors
+
+
 def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, config: AnchorConfig,
                tree: NeighbourIndex | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local planes of ``points`` around each query point.
@@ -137,14 +187,18 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
     d, i, m = dist[rows], np.where(valid[rows], idx[rows], 0), valid[rows]
     w = np.where(m, np.exp(-(np.where(m, d, 0.0) / (0.5 * c.radius)) ** 2), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    # neighbours relative to their query point, (O, 3, k): one gather per coordinate, then batched matmuls
-    local = np.stack([pc[i] - qc[:, None] for pc, qc in zip(p.T, q[rows].T)], axis=1)
+    # neighbours relative to their query point, (O, 3, k): one gather per coordinate from contiguous coordinate rows,
+    # subtracted in place, then batched matmuls (2504 x 32 neighbours: 0.36 ms, against 0.65 ms indexing the strided
+    # rows of p.T)
+    pt, qt = np.ascontiguousarray(p.T), np.ascontiguousarray(q[rows].T)
+    local = np.empty((len(rows), 3, i.shape[1]))
+    for axis in range(3):
+        np.subtract(np.take(pt[axis], i), qt[axis][:, None], out=local[:, axis])
     wl = local * w[:, None, :]
     mean = wl.sum(axis=2)                                        # (O, 3) weighted centroid, local
     cov = wl @ local.transpose(0, 2, 1) - mean[:, :, None] * mean[:, None, :]
-    evals, evecs = np.linalg.eigh(cov)                           # ascending
-    nrm = evecs[:, :, 0]
-    flat = evals[:, 0] <= c.max_curvature * np.maximum(evals.sum(axis=1), 1e-300)
+    smallest, nrm = smallest_eigenpairs(cov)
+    flat = smallest <= c.max_curvature * np.maximum(np.trace(cov, axis1=1, axis2=2), 1e-300)
     cen = mean + q[rows]
     if vps.shape[0] == 1:  # one camera
         towards = vps[0] - cen
@@ -158,15 +212,21 @@ def fit_planes(query: np.ndarray, points: np.ndarray, viewpoints: np.ndarray, co
 
 
 def _ring_average(n_vertices: int, faces: np.ndarray) -> scipy.sparse.csr_matrix:
-    """(V, V) row-stochastic matrix: the mean over each vertex and its mesh neighbours."""
-    f = np.asarray(faces, dtype=np.int64)
-    a = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    a = np.concatenate([a, a[:, ::-1], np.repeat(np.arange(n_vertices), 2).reshape(-1, 2)])
-    m = scipy.sparse.csr_matrix((np.ones(len(a)), (a[:, 0], a[:, 1])), shape=(n_vertices, n_vertices))
-    m.data[:] = 1.0  # duplicate edges (each interior edge is in two faces) count once
-    per_row = np.diff(m.indptr)
-    m.data /= np.repeat(per_row, per_row)  # each row sums to 1 (every row holds its own vertex)
-    return m
+    """(V, V) row-stochastic matrix: the mean over each vertex and its mesh neighbours.
+
+    Built directly in CSR form: the keys ``row * V + column`` of both directions of every face edge and of each
+    vertex to itself, sorted and made unique, are the matrix's entries in row order (a 20k-face mesh: 1.5 ms, against
+    2.5 ms through scipy's COO conversion with its duplicate summing and index sorting)."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    n = int(n_vertices)
+    a, b = f.T.reshape(-1), f[:, [1, 2, 0]].T.reshape(-1)  # each face's edges 0-1, 1-2, 2-0
+    keys = np.concatenate([a * n + b, b * n + a, np.arange(n, dtype=np.int64) * (n + 1)])
+    keys.sort()
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # an interior edge is in two faces: once
+    rows, cols = np.divmod(keys, n)
+    per_row = np.bincount(rows, minlength=n)  # >= 1: every row holds its own vertex
+    indptr = np.concatenate(([0], np.cumsum(per_row)))
+    return scipy.sparse.csr_matrix((np.repeat(1.0 / per_row, per_row), cols, indptr), shape=(n, n))
 
 
 def anchor_to_observation(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray,
