@@ -5,18 +5,17 @@ the pairs within a radius of Euclidean clustering stay with scipy's ``cKDTree.qu
 (distances sorted ascending; a neighbour that does not exist, beyond ``max_distance`` or past the N-th point, is
 distance ``inf`` and index N), so callers can test ``np.isfinite(dist)`` whatever the cause.
 
-Why pykdtree, and on how many threads: a query of fewer than :data:`PARALLEL_MIN_WORK` neighbours (query points
-times k) runs on the calling thread alone; a larger one is cut into one part per usable core, each searched on a
-thread of its own (Python threads: the search releases the GIL), not by pykdtree's OpenMP loop. On the 2-core AMD
-EPYC VM, the object map's pipeline on a converged 640x480 frame of 4 objects (in process, 5 x 5 frames of each
-variant alternated in a diagnostic harness around :class:`~occnet_ros.perception.map_pipeline.MapPipeline`;
-``occnet_bench --sections map`` measures the shipped one) took 57 ms a frame with pykdtree on one thread, 81 ms
-with scipy's cKDTree on one worker, 87 ms with pykdtree on two OpenMP threads and 92 ms with cKDTree's
-``workers=-1``: its queries (1.6k-8k points) are faster alone on two threads (the 17 neighbours of each of 8k points
-8 ms against 15 ms), but OpenMP's threads keep spinning on the second core after each query (a core the node's
-other processes want), cKDTree starts threads for every call, and the numpy work between the queries paid for both.
-pykdtree on one thread answers about as fast as cKDTree on two (that query 17.3 against 18.0 ms) and releases the
-GIL while it searches.
+Why pykdtree, and on how many threads: a query is cut into parts of at least :data:`PART_MIN_WORK` neighbours
+(query points times k), at most one per usable core, each searched on a thread of its own (Python threads: the search
+releases the GIL), not by pykdtree's OpenMP loop; a query too small for two parts runs on the calling thread alone.
+On the 2-core AMD EPYC VM, the object map's pipeline on a converged 640x480 frame of 4 objects (in process, 5 x 5
+frames of each variant alternated in a diagnostic harness around
+:class:`~occnet_ros.perception.map_pipeline.MapPipeline`; ``occnet_bench --sections map`` measures the shipped one)
+took 57 ms a frame with pykdtree on one thread, 81 ms with scipy's cKDTree on one worker, 87 ms with pykdtree on two
+OpenMP threads and 92 ms with cKDTree's ``workers=-1``: OpenMP's threads keep spinning on the second core after each
+query (a core the node's other processes want), cKDTree starts threads for every call, and the numpy work between the
+queries paid for both. pykdtree on one thread answers about as fast as cKDTree on two and releases the GIL while it
+searches, so parts on Python threads use the second core without spinning on it.
 
 pykdtree's loop takes the OpenMP thread count of the calling thread, which torch and ``OMP_NUM_THREADS`` set
 (``torch.set_num_threads(2)`` in the benchmark's process made it two); so each query says one itself (threadpoolctl,
@@ -25,6 +24,8 @@ modules since the last query (:func:`_openmp`; a lookup takes about 0.6 ms).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import sys
@@ -34,13 +35,32 @@ import numpy as np
 from pykdtree.kdtree import KDTree
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["NeighbourIndex", "PARALLEL_MIN_WORK"]
+__all__ = ["NeighbourIndex", "PART_MIN_WORK", "searching_alone"]
 
-PARALLEL_MIN_WORK = 250_000
-"""Neighbours asked for (query points times k) from which a query is searched in parts on every usable core. Below
-it: the node's outlier removal of objects up to about 14k points, the mesh anchoring's and the colours' queries.
-Above it, on the 2-core AMD EPYC: the outlier query of a 20k-point object (340k neighbours) 42-43 ms on one
-thread, 24-29 ms in two parts; of a 50k-point object 118 ms, 72-87 ms."""
+PART_MIN_WORK = 5_000
+"""Neighbours (query points times k) that each part of a query searched on a thread of its own gets at least; a
+query of fewer than twice this runs on the calling thread alone. Queries of uniform random points in a 10 cm cube,
+2-core AMD EPYC, medians of 60 (one thread against two parts): 600 x 17 neighbours 0.75 against 0.73 ms (the break
+even), 10k x 1 1.85 against 1.08 ms, 2.5k x 32 8.8 against 4.5 ms, 5k x 17 10.4 against 5.1 ms. In the node's
+stages (``occnet_bench --sections latency``, one object of 5k points, alternated runs against one part below 250k
+neighbours): the outlier removal 7.6-8.8 -> 4.8-5.5 ms, the anchoring 14.8-17.8 -> 13.1-14.3 ms; where the
+frame's objects already run at once on both cores, parts made the 4-object frame slower (``--sections frame``, 3
+alternated pairs: 274-295 against 252-254 ms), so those threads search alone (:func:`searching_alone`)."""
+
+_ALONE = contextvars.ContextVar("occnet_neighbours_alone", default=False)
+"""Whether the current thread's queries search on it alone (:func:`searching_alone`)."""
+
+
+@contextlib.contextmanager
+def searching_alone():
+    """Within this context the calling thread's queries search on that thread alone, never in parts on other threads:
+    for work that runs beside other threads that already keep every core busy (the frame pipeline's objects at once,
+    :func:`~occnet_ros.perception.frame_pipeline.run_objects`)."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,7 +102,8 @@ class NeighbourIndex:
         if found == 0 or len(q) == 0:
             return dist, idx
         bound = None if np.isinf(max_distance) else float(max_distance)
-        parts = len(os.sched_getaffinity(0)) if len(q) * found >= PARALLEL_MIN_WORK else 1
+        parts = 1 if _ALONE.get() else max(1, min(len(os.sched_getaffinity(0)), len(q) * found // PART_MIN_WORK,
+                                                  len(q)))
         d = np.empty((len(q), found))
         i = np.empty((len(q), found), np.int64)
 

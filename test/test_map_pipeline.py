@@ -109,8 +109,9 @@ def test_the_support_plane_goes_into_world(reconstructor):
 
 
 def test_objects_due_in_a_frame_run_at_once_on_the_compute_threads(tmp_path):
-    """With two compute threads on a CPU the frame's due objects are reconstructed at once (each on its own thread)
-    and the map and the published objects come out as with one thread, one after the other."""
+    """With two compute threads on a CPU the frame's segments are cleaned and its due objects reconstructed at once
+    (each on its own thread), and the map and the published objects come out as with one thread, one after the
+    other."""
     path = write_random_checkpoint(tmp_path / "random_test_double.pt")
     out = {}
     for threads in (1, 2):
@@ -126,4 +127,6 @@ def test_objects_due_in_a_frame_run_at_once_on_the_compute_threads(tmp_path):
         out[threads] = got
     for a, b in zip(out[1].objects, out[2].objects):
         assert a.segment.id == b.segment.id and len(a.faces) == len(b.faces) > 0
+        assert a.n_observed == b.n_observed
         np.testing.assert_allclose(b.vertices, a.vertices, atol=1e-4)
+        np.testing.assert_array_equal(b.vertex_colors, a.vertex_colors)

@@ -123,7 +123,7 @@ def test_a_query_runs_on_one_thread_whatever_torch_set(monkeypatch):
 
 @pytest.mark.parametrize("seed", [7, 8])
 def test_a_large_query_searched_in_parts_on_threads_equals_the_reference(monkeypatch, seed):
-    """From PARALLEL_MIN_WORK neighbours on, the query points are cut into one part per usable core, each searched on
+    """With PART_MIN_WORK neighbours per part, the query points are cut into one part per usable core, each searched on
     a thread of its own (OpenMP kept to one thread there too): the same answers as the brute-force reference."""
     from threadpoolctl import threadpool_info
 
@@ -138,7 +138,7 @@ def test_a_large_query_searched_in_parts_on_threads_equals_the_reference(monkeyp
             return super().query(*args, **kwargs)
 
     monkeypatch.setattr(neighbours, "KDTree", Recording)
-    monkeypatch.setattr(neighbours, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(neighbours, "PART_MIN_WORK", 1)
     monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # three parts, whatever the machine
     rng = np.random.default_rng(seed)
     points = rng.normal(size=(600, 3))
@@ -160,9 +160,64 @@ def test_a_failure_in_a_part_searched_on_another_thread_is_raised_to_the_caller(
             return super().query(*args, **kwargs)
 
     monkeypatch.setattr(neighbours, "KDTree", Failing)
-    monkeypatch.setattr(neighbours, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(neighbours, "PART_MIN_WORK", 1)
     monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: {0, 1})
     points = np.random.default_rng(9).normal(size=(50, 3))
     with pytest.raises(MemoryError, match="this part"):
         neighbours.NeighbourIndex(points).query(points, 3)
     assert sorted(calls) == [False, True]
+
+
+@pytest.mark.parametrize("cores, n_queries, k, part_min, expected", [
+    (64, 5, 3, 1, 5),        # never more parts than query points
+    (64, 400, 10, 1000, 4),  # each part at least part_min neighbours
+    (2, 400, 10, 1000, 2),   # at most one part per usable core
+    (2, 199, 10, 1000, 1),   # fewer than two parts' worth: the calling thread alone
+])
+def test_parts_are_bounded_by_cores_work_and_query_points(monkeypatch, cores, n_queries, k, part_min, expected):
+    from occnet_ros import neighbours
+
+    parts = []
+
+    class Recording(neighbours.KDTree):
+        def query(self, *args, **kwargs):
+            parts.append(len(args[0]))
+            return super().query(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "KDTree", Recording)
+    monkeypatch.setattr(neighbours, "PART_MIN_WORK", part_min)
+    monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    rng = np.random.default_rng(cores + n_queries)
+    points = rng.normal(size=(300, 3))
+    queries = rng.normal(size=(n_queries, 3))
+    check_against_reference(neighbours.NeighbourIndex(points), points, queries, k)
+    assert len(parts) == expected and sum(parts) == n_queries  # one search per part, every query point once
+
+
+def test_queries_within_searching_alone_stay_on_the_calling_thread(monkeypatch):
+    """searching_alone: one part whatever the work, for that thread and only within the context; other threads and
+    the same thread afterwards split again."""
+    from occnet_ros import neighbours
+
+    parts = []
+
+    class Recording(neighbours.KDTree):
+        def query(self, *args, **kwargs):
+            parts.append(threading.get_ident())
+            return super().query(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "KDTree", Recording)
+    monkeypatch.setattr(neighbours, "PART_MIN_WORK", 1)
+    monkeypatch.setattr(neighbours.os, "sched_getaffinity", lambda pid: {0, 1})
+    points = np.random.default_rng(11).normal(size=(200, 3))
+    index = neighbours.NeighbourIndex(points)
+    with neighbours.searching_alone():
+        check_against_reference(index, points, points[:50], 4)
+        assert parts == [threading.get_ident()]
+        other = threading.Thread(target=lambda: index.query(points[:50], 4))  # another thread: its own context
+        other.start()
+        other.join()
+        assert len(parts) == 3
+    parts.clear()
+    index.query(points[:50], 4)
+    assert len(parts) == 2

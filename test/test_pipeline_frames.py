@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ros_helpers import BOX_LABEL, SPHERE_LABEL, render_scene, write_random_checkpoint
 
+from occnet_ros import neighbours
 from occnet_ros.perception.mesh_ops import is_closed_surface
 from occnet_ros.perception.object_store import ObjectStore
 from occnet_ros.ros.node_params import default_values, params_from_values
@@ -237,12 +238,15 @@ def test_objects_on_the_compute_threads_publish_what_one_after_the_other_does(sc
     original = threaded.reconstructor.reconstruct
 
     def spy(**kw):
-        seen.append((threading.current_thread().name, threaded.reconstructor.pool.in_pool_thread()))
+        seen.append((threading.current_thread().name, threaded.reconstructor.pool.in_pool_thread(),
+                     neighbours._ALONE.get()))
         return original(**kw)
 
     threaded.reconstructor.reconstruct = spy
     a, b = serial.process(frame(scene)), threaded.process(frame(scene))
-    assert all(name.startswith("occnet_compute") and member for name, member in seen)
+    # on the compute threads, and their neighbour searches on those threads alone (the cores are busy already)
+    assert all(name.startswith("occnet_compute") and member and alone for name, member, alone in seen)
+    assert not neighbours._ALONE.get()
     assert len(seen) == 2
     assert [r.segment.id for r in b.objects] == [r.segment.id for r in a.objects] == [BOX_LABEL, SPHERE_LABEL]
     for x, y in zip(a.objects, b.objects):

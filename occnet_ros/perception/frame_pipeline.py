@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from occnet_ros.neighbours import searching_alone
 from occnet_ros.perception.cloud_filter import clean_cloud, nearest_colours
 from occnet_ros.perception.config import PerceptionConfig
 from occnet_ros.reconstruction.known_empty import DepthView, KnownEmpty, stands_on
@@ -73,9 +74,15 @@ def run_objects(reconstructor, tasks: list[Callable[[], T]], stopped: Callable[[
                 ) -> list[T]:
     """Tasks that each do one object's whole work with ``reconstructor`` -> their results in order: on its compute
     pool's threads at once where :func:`object_threads` says so (each object's network then on one thread), else one
-    after the other, stopping after the first result that ``stopped`` says ended the frame."""
+    after the other, stopping after the first result that ``stopped`` says ended the frame. Tasks that run at once
+    make their neighbour searches on their own thread (:func:`~occnet_ros.neighbours.searching_alone`): the cores
+    are busy with the objects already."""
     if object_threads(reconstructor, len(tasks), at_once) > 1:
-        return reconstructor.pool.run(tasks)
+        def alone(task: Callable[[], T]) -> T:
+            with searching_alone():
+                return task()
+
+        return reconstructor.pool.run([lambda t=t: alone(t) for t in tasks])
     out: list[T] = []
     for task in tasks:
         out.append(task())

@@ -89,13 +89,23 @@ class MapPipeline:
         warnings: list[str] = []
         viewpoint = np.asarray(frame.viewpoint, np.float64)
         kept, colors = [], []
-        for seg in segments:
+
+        def clean(seg):
             cleaned = clean_cloud(seg.points, self.config.filter, viewpoint)
+            if cleaned.points.shape[0] < self.config.segmentation.min_points:
+                return cleaned, None
+            return cleaned, self.frames.observed_colors(frame, seg, cleaned.index, grid)
+
+        # at once on a CPU's compute threads, as the reconstructions below: on a converged frame cleaning is most of
+        # the work and the second core is otherwise idle
+        cleaned_segments = run_objects(self.reconstructor, [lambda seg=seg: clean(seg) for seg in segments],
+                                       lambda _: False, self.frames.objects_at_once)
+        for seg, (cleaned, seg_colors) in zip(segments, cleaned_segments):
             if cleaned.points.shape[0] < self.config.segmentation.min_points:
                 warnings.append(f"{seg.label} skipped: {cleaned.points.shape[0]} points left after cleaning")
                 continue
             kept.append(cleaned.points)
-            colors.append(self.frames.observed_colors(frame, seg, cleaned.index, grid))
+            colors.append(seg_colors)
         t2 = time.perf_counter()
         stages["clean"] = t2 - t1
         depth = None
