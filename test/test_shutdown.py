@@ -15,7 +15,7 @@ from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
-from occnet_ros.ros.shutdown import spin_until_shutdown, until_shutdown  # noqa: E402
+from occnet_ros.ros.shutdown import end_program, spin_until_shutdown, until_shutdown  # noqa: E402
 
 
 @pytest.fixture
@@ -96,3 +96,11 @@ def test_an_executor_failure_while_the_context_is_valid_propagates(context):
         spin_until_shutdown(executor, context)
     executor.shutdown()
     node.destroy_node()
+
+
+def test_end_program_shuts_the_executor_node_and_context_down(context):
+    executor, node = executor_with_timer(context, lambda: None)
+    end_program(executor, node, context)
+    assert not rclpy.ok(context=context)
+    with pytest.raises(rclpy._rclpy_pybind11.InvalidHandle):  # the node is destroyed
+        node.get_name()

@@ -52,7 +52,7 @@ def main(args=None) -> int:
 
     from occnet_ros.ros.node_params import NODE_NAME, ParamError
     from occnet_ros.ros.reconstruction_node import ReconstructionNode
-    from occnet_ros.ros.shutdown import spin_until_shutdown
+    from occnet_ros.ros.shutdown import end_program, spin_until_shutdown
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # queries get the GIL soon while the worker runs Python code
     # rclpy reports an answer it could not deliver (the client's response reader not matched yet, a new client's
@@ -86,9 +86,7 @@ def main(args=None) -> int:
     finally:
         if not node.stop(timeout=3.0):
             print(f"{NODE_NAME}: reconstruction still running at shutdown; exiting anyway", file=sys.stderr)
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        end_program(executor, node)
     return 0
 
 

@@ -19,7 +19,7 @@ import threading
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
-__all__ = ["spin_until_shutdown", "until_shutdown"]
+__all__ = ["end_program", "spin_until_shutdown", "until_shutdown"]
 
 
 @contextlib.contextmanager
@@ -56,3 +56,11 @@ def spin_until_shutdown(executor, context=None, poll_s: float = 0.1) -> None:
             thread.join(poll_s)
     if failures:
         raise failures[0]
+
+
+def end_program(executor, node, context=None, timeout_s: float = 1.0) -> None:
+    """The end of a program's spin loop: ``executor`` shut down (its callbacks given ``timeout_s``), ``node`` destroyed
+    and ``context`` (None = rclpy's default) shut down if it is not already."""
+    executor.shutdown(timeout_sec=timeout_s)
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)

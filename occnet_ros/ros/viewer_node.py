@@ -26,7 +26,7 @@ from sensor_msgs.msg import PointCloud2
 from occnet_ros.msg import ReconstructedObjectArray
 from occnet_ros.perception.pointcloud2 import CloudFormatError
 from occnet_ros.ros.conversions import cloud_layout, pointcloud2_to_cloud, stamp_to_sec
-from occnet_ros.ros.shutdown import spin_until_shutdown
+from occnet_ros.ros.shutdown import end_program, spin_until_shutdown
 from occnet_ros.viewer.config import NODE_NAME, PARAMETERS, ViewerConfig, ViewerParamError, viewer_config
 from occnet_ros.viewer.objects_cdr import decode_object_array
 from occnet_ros.viewer.rerun_sink import RerunSink, ViewerStartError
@@ -159,9 +159,7 @@ def main(args=None) -> int:
         spin_until_shutdown(executor)  # SIGINT lands in this thread's wait, not in a take of an objects message
     finally:
         node.sink.close()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        end_program(executor, node)
     return 0
 
 
