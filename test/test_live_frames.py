@@ -16,10 +16,11 @@ class Clock:
         return self.t
 
 
-def make(mode="auto", colour=True, pose=False, timeout=2.0, throttle=5.0):
+def make(mode="auto", colour=True, pose=False, timeout=2.0, throttle=5.0, publishers=None):
     clock, warnings = Clock(), []
     sync = FrameSync(STREAMS, "points", tolerance=0.05, history=3)
-    frames = LiveFrames(sync, mode, colour, pose, timeout, 0.05, warnings.append, throttle, clock=clock)
+    frames = LiveFrames(sync, mode, colour, pose, timeout, 0.05, warnings.append, throttle, clock=clock,
+                        publishers=publishers)
     return sync, frames, clock, warnings
 
 
@@ -80,3 +81,60 @@ def test_a_partner_that_never_pairs_stops_blocking_and_is_reported_once_per_thro
     assert len(warnings) == 2  # at about 2 s and again after the 5 s throttle
     assert "'mask' has paired with no cloud" in warnings[0] and "closest stamp offset +99.600 s" in warnings[0]  # the oldest mask held (history 3)
     assert "segmenting geometrically meanwhile" in warnings[0]
+
+
+@pytest.mark.parametrize("mask_publishers, expected", [(1, {"points": "cloud 1", "mask": "labels 1"}),
+                                                       (0, {"points": "cloud 1"})])
+def test_the_first_cloud_waits_for_a_partner_whose_topic_has_a_publisher(mask_publishers, expected):
+    """Mode auto at start: the segmenter's first mask comes 0.3 s after its cloud (past the 0.1 s grace period). With a
+    publisher on the mask topic the first cloud waits for it; with none it is taken alone (geometric segmentation)."""
+    asked = []
+
+    def publishers(stream):
+        asked.append(stream)
+        return mask_publishers
+    sync, frames, clock, warnings = make("auto", colour=False, publishers=publishers)
+    sync.push("points", 1.0, "cloud 1", now=clock.t)
+    clock.t += 0.3
+    frame = frames.take()
+    if mask_publishers:
+        assert frame is None  # still waiting for the mask
+        sync.push("mask", 1.0, "labels 1", now=clock.t)
+        frame = frames.take()
+    assert frame.items == expected and warnings == [] and asked and set(asked) == {"mask"}
+    asked.clear()
+    sync.push("points", 1.2, "cloud 2", now=clock.t)
+    sync.push("mask", 1.2, "labels 2", now=clock.t)
+    frames.take()
+    assert mask_publishers == 0 or asked == []  # once the mask has delivered, its publishers are not counted again
+
+
+def test_the_first_mask_lost_the_next_cloud_is_taken_with_its_mask():
+    """The segmenter's first mask never arrives (its reader matched after that publication): the first cloud waits,
+    and the next cloud is taken with its own mask."""
+    sync, frames, clock, _ = make("auto", colour=False, publishers=lambda stream: 1)
+    sync.push("points", 1.0, "cloud 1", now=clock.t)
+    clock.t += 0.2
+    assert frames.take() is None
+    sync.push("points", 1.2, "cloud 2", now=clock.t)
+    sync.push("mask", 1.2, "labels 2", now=clock.t)
+    frame = frames.take()
+    assert frame.items == {"points": "cloud 2", "mask": "labels 2"} and sync.dropped == 1
+
+
+def test_a_partner_with_a_publisher_that_never_delivers_stops_blocking_and_is_reported():
+    sync, frames, clock, warnings = make("auto", colour=True, timeout=2.0, throttle=5.0, publishers=lambda s: 2)
+    taken = []
+    for i in range(1, 31):  # 6 s of clouds at 5 Hz; mask and image topics have publishers, nothing arrives
+        clock.t = 100.0 + 0.2 * i
+        sync.push("points", 0.2 * i, f"cloud {i}", now=clock.t)
+        frame = frames.take()
+        if frame is not None:
+            taken.append(frame)
+    assert taken and all(f.items.keys() == {"points"} for f in taken)
+    assert 2.0 <= taken[0].stamp <= 2.6  # waited about stream_timeout from the first cloud
+    mask = [w for w in warnings if w.startswith("'mask'")]
+    image = [w for w in warnings if w.startswith("'image'")]
+    assert len(mask) == len(image) == 1  # once, then throttled
+    assert "has 2 publisher(s) but delivered nothing" in mask[0] and "segmenting geometrically meanwhile" in mask[0]
+    assert "no colour from the image" in image[0]

@@ -16,6 +16,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
@@ -167,3 +168,17 @@ def test_worker_releases_the_heap_after_each_frame(node):
     assert wait_until(lambda: released, 60), "no frame processed"
     assert released[0] == 1  # after the frame's objects went out
 
+
+
+def test_the_node_counts_the_publishers_of_its_partner_topics(node):
+    """LiveFrames waits for a partner whose topic has a publisher before its first message: the node counts them on
+    the topics its subscriptions resolved (mask and image here; no pose topic without an object map)."""
+    assert node._partner_publishers("mask") == node._partner_publishers("image") == 0
+    assert node._partner_publishers("pose") == 0  # not subscribed
+    source = rclpy.create_node("mask_source", context=node.context)
+    try:
+        source.create_publisher(Image, "mask", 1)
+        assert wait_until(lambda: node._partner_publishers("mask") == 1, 10)
+        assert node._partner_publishers("image") == 0
+    finally:
+        source.destroy_node()

@@ -37,7 +37,9 @@ class SyncParams:
     tolerance: float = setting(0.05, doc="largest stamp difference between a cloud and its mask / image, s",
                                range=(0.0, 10.0))
     stream_timeout: float = setting(2.0, doc="a mask / image stream is active (clouds wait for it) if a message "
-                                    "came within this time, or since the previous cloud, s", range=(0.01, 3600.0))
+                                    "came within this time, or since the previous cloud; one that has a publisher but "
+                                    "has delivered nothing yet is waited for this long from the first cloud, s",
+                                    range=(0.01, 3600.0))
 
 
 @dataclass

@@ -131,9 +131,12 @@ class ReconstructionNode(Node):
         self.frames_done = 0
         self.marker_ids: frozenset[int] = frozenset()
         """The object ids whose markers the last published marker message left shown."""
+        self._partner_topics: dict[str, str] = {}
+        """Partner stream -> the resolved name of the topic its subscription reads."""
         self.frames = LiveFrames(self.sync, p.segmentation.mode, p.color_from_image, self.pose_source == "topic",
                                  p.sync.stream_timeout, p.sync.tolerance,
-                                 lambda text: self.get_logger().warning(text), p.log_throttle_sec)
+                                 lambda text: self.get_logger().warning(text), p.log_throttle_sec,
+                                 publishers=self._partner_publishers)
 
         sensors = MutuallyExclusiveCallbackGroup()
         qos = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
@@ -141,11 +144,13 @@ class ReconstructionNode(Node):
                          reliability=(ReliabilityPolicy.RELIABLE if p.sensor_reliability == "reliable"
                                       else qos_profile_sensor_data.reliability))
         self.create_subscription(PointCloud2, "points", self._on_points, qos, callback_group=sensors)
-        self.create_subscription(Image, "mask", self._on_mask, qos, callback_group=sensors)
-        self.create_subscription(Image, "image", self._on_image, qos, callback_group=sensors)
+        subs = {"mask": self.create_subscription(Image, "mask", self._on_mask, qos, callback_group=sensors),
+                "image": self.create_subscription(Image, "image", self._on_image, qos, callback_group=sensors)}
         self.create_subscription(CameraInfo, "camera_info", self._on_info, qos, callback_group=sensors)
         if self.pose_source == "topic":
-            self.create_subscription(PoseStamped, "camera_pose", self._on_pose, qos, callback_group=sensors)
+            subs["pose"] = self.create_subscription(PoseStamped, "camera_pose", self._on_pose, qos,
+                                                    callback_group=sensors)
+        self._partner_topics = {stream: sub.topic_name for stream, sub in subs.items()}
         out_qos = QoSProfile(depth=2)
         self.pub_objects = self.create_publisher(ReconstructedObjectArray, "objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "markers", out_qos) if p.publish_markers else None
@@ -171,6 +176,12 @@ class ReconstructionNode(Node):
             f"up {up_text}, "
             f"{'object map in ' + p.world_frame + ', poses from ' + self.pose_source if self.pose_source else 'no map'}, "
             f"tf2 {'available' if self.tf.available else 'not available'}")
+
+    def _partner_publishers(self, stream: str) -> int:
+        """Publishers of a partner stream's topic now (:class:`LiveFrames` waits for a partner that has some from the
+        first cloud on); 0 before its subscription exists."""
+        topic = self._partner_topics.get(stream)
+        return 0 if topic is None else self.count_publishers(topic)
 
     def _heap_text(self) -> str:
         """The ready line's account of the C heap after each frame (HeapRelease)."""
