@@ -42,10 +42,11 @@ PART_MIN_WORK = 5_000
 query of fewer than twice this runs on the calling thread alone. Queries of uniform random points in a 10 cm cube,
 2-core AMD EPYC, medians of 60 (one thread against two parts): 600 x 17 neighbours 0.75 against 0.73 ms (the break
 even), 10k x 1 1.85 against 1.08 ms, 2.5k x 32 8.8 against 4.5 ms, 5k x 17 10.4 against 5.1 ms. In the node's
-stages (``occnet_bench --sections latency``, one object of 5k points, alternated runs against one part below 250k
-neighbours): the outlier removal 7.6-8.8 -> 4.8-5.5 ms, the anchoring 14.8-17.8 -> 13.1-14.3 ms; where the
-frame's objects already run at once on both cores, parts made the 4-object frame slower (``--sections frame``, 3
-alternated pairs: 274-295 against 252-254 ms), so those threads search alone (:func:`searching_alone`)."""
+stages (``occnet_bench --sections latency``, one 64^3 object of 5k points, 3 runs alternated with one part below 250k
+neighbours): the outlier removal 7.2-8.0 -> 4.4-5.1 ms, the anchoring 14.2-16.0 -> 11.7-12.5 ms, the colours
+3.9-4.4 -> 2.7-3.1 ms; where the frame's objects already run at once on both cores, parts made the 4-object frame
+slower (``--sections frame``, 3 alternated pairs: 274-295 against 252-254 ms), so those threads search alone
+(:func:`searching_alone`)."""
 
 _ALONE = contextvars.ContextVar("occnet_neighbours_alone", default=False)
 """Whether the current thread's queries search on it alone (:func:`searching_alone`)."""
