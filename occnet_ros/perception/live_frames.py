@@ -92,16 +92,16 @@ class LiveFrames:
         the first cloud on, for ``stream_timeout``; past that it is reported (rate-limited) and no longer waited for."""
         if self.publishers is None or self._first_cloud is None or self.sync.last_received(stream) is not None:
             return False
-        count = self.publishers(stream)
-        if count <= 0:
-            return False
         waited = now - self._first_cloud
         if waited <= self.stream_timeout:
-            return True
-        if now - self._reported.get(stream, -math.inf) >= self.throttle_s:
-            self._reported[stream] = now
-            self.warn(f"'{self._topic(stream)}' has {count} publisher(s) but delivered nothing in {waited:.1f} s since "
-                      f"the first cloud: {self._effect(stream)}; check the publisher's QoS and that it publishes")
+            return self.publishers(stream) > 0
+        if now - self._reported.get(stream, -math.inf) >= self.throttle_s:  # counted again only to report
+            count = self.publishers(stream)
+            if count > 0:
+                self._reported[stream] = now
+                self.warn(f"'{self._topic(stream)}' has {count} publisher(s) but delivered nothing in {waited:.1f} s "
+                          f"since the first cloud: {self._effect(stream)}; check the publisher's QoS and that it "
+                          f"publishes")
         return False
 
     @staticmethod
