@@ -180,5 +180,7 @@ def test_the_node_counts_the_publishers_of_its_partner_topics(node):
         source.create_publisher(Image, "mask", 1)
         assert wait_until(lambda: node._partner_publishers("mask") == 1, 10)
         assert node._partner_publishers("image") == 0
+        node._stop.set()  # stopping: nothing is waited for any more
+        assert node._partner_publishers("mask") == 0
     finally:
         source.destroy_node()

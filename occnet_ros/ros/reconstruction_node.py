@@ -36,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -179,9 +180,17 @@ class ReconstructionNode(Node):
 
     def _partner_publishers(self, stream: str) -> int:
         """Publishers of a partner stream's topic now (:class:`LiveFrames` waits for a partner that has some from the
-        first cloud on); 0 before its subscription exists."""
+        first cloud on); 0 before its subscription exists, and once the node or its context is shut down (rclpy's
+        InvalidHandle / RCLError: nothing is waited for then)."""
         topic = self._partner_topics.get(stream)
-        return 0 if topic is None else self.count_publishers(topic)
+        if topic is None or self._stop.is_set():
+            return 0
+        try:
+            return self.count_publishers(topic)
+        except RuntimeError:
+            if rclpy.ok(context=self.context):
+                raise
+            return 0
 
     def _heap_text(self) -> str:
         """The ready line's account of the C heap after each frame (HeapRelease)."""
